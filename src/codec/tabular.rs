@@ -1,0 +1,361 @@
+//! Tabular codec: CSV records <-> JSON objects with typed values.
+//!
+//! Typing is lossless: a field becomes a JSON number only when the number's canonical JSON
+//! text is exactly the field's text, so every value reads back as the same characters.
+//! `007`, `1.50`, `1e5`, `-0`, `NaN`, `1e999` and integers beyond i64 stay strings; an empty
+//! field becomes null.
+
+use super::{HeaderValue, Headers, Kind, Message, message_id};
+use csv::StringRecord;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// Content type of tabular messages.
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// How one CSV field is typed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Typed<'a> {
+    /// Empty field.
+    Null,
+    /// A number whose canonical JSON text is exactly this.
+    Number(&'a str),
+    /// Anything else.
+    Str(&'a str),
+}
+
+/// Type one CSV field.
+pub fn type_value(field: &str) -> Typed<'_> {
+    if field.is_empty() {
+        Typed::Null
+    } else if is_canonical_number(field) {
+        Typed::Number(field)
+    } else {
+        Typed::Str(field)
+    }
+}
+
+fn is_canonical_number(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let first = bytes[0];
+    if !(first == b'-' || first.is_ascii_digit()) {
+        return false;
+    }
+    if bytes.iter().all(|b| b.is_ascii_digit() || *b == b'-') {
+        return is_canonical_integer(s);
+    }
+    // Decimal: must be exactly what serde_json (ryu) prints for the parsed f64.
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() => {
+            let mut buf = ryu::Buffer::new();
+            buf.format_finite(f) == s
+        }
+        _ => false,
+    }
+}
+
+fn is_canonical_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let canonical_digits = match digits.as_bytes() {
+        [] => false,
+        [b'0'] => digits.len() == s.len(), // "0" yes, "-0" no
+        [b'0', ..] => false,
+        _ => digits.bytes().all(|b| b.is_ascii_digit()),
+    };
+    canonical_digits && s.parse::<i64>().is_ok()
+}
+
+/// A row the encoder could not turn into a message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+/// Encodes the rows of one CSV source.
+pub struct Encoder {
+    source: String,
+    /// Column names, already JSON-escaped with quotes and the trailing colon.
+    keys: Vec<String>,
+    /// Repeat pass (0 for the first), part of the message id so a `--repeat` stream
+    /// is not dropped as duplicates.
+    pass: u64,
+}
+
+impl Encoder {
+    /// `source` is the CSV's base name; `columns` its header row.
+    pub fn new<'a>(source: &str, columns: impl IntoIterator<Item = &'a str>) -> Self {
+        let keys = columns
+            .into_iter()
+            .map(|c| format!("{}:", Value::String(c.to_string())))
+            .collect();
+        Encoder {
+            source: source.to_string(),
+            keys,
+            pass: 0,
+        }
+    }
+
+    /// Number of columns.
+    pub fn width(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Set the `--repeat` pass number.
+    pub fn set_pass(&mut self, pass: u64) {
+        self.pass = pass;
+    }
+
+    /// Append one row as a JSON object to `out`.
+    pub fn write_object(&self, fields: &StringRecord, out: &mut Vec<u8>) -> Result<(), RowError> {
+        if fields.len() != self.keys.len() {
+            return Err(RowError(format!(
+                "row has {} fields but the header has {}",
+                fields.len(),
+                self.keys.len()
+            )));
+        }
+        out.push(b'{');
+        for (i, (key, field)) in self.keys.iter().zip(fields.iter()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key.as_bytes());
+            match type_value(field) {
+                Typed::Null => out.extend_from_slice(b"null"),
+                Typed::Number(n) => out.extend_from_slice(n.as_bytes()),
+                Typed::Str(s) => write_json_string(s, out),
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// A message for one row (`row` is the 1-based data row number).
+    pub fn encode_row(&self, fields: &StringRecord, row: u64) -> Result<Message, RowError> {
+        let mut body = Vec::with_capacity(self.keys.len() * 16);
+        self.write_object(fields, &mut body)?;
+        Ok(self.message(body, row, None))
+    }
+
+    /// A message for a batch already written as a JSON array by the caller
+    /// (`[` + objects joined by `,` + `]`).
+    pub fn encode_batch(&self, body: Vec<u8>, first_row: u64, rows: u64) -> Message {
+        self.message(body, first_row, Some(rows))
+    }
+
+    fn message(&self, body: Vec<u8>, row: u64, rows: Option<u64>) -> Message {
+        let position = match (rows, self.pass) {
+            (None, 0) => row.to_string(),
+            (None, p) => format!("{row}#{p}"),
+            (Some(n), 0) => format!("{row}+{n}"),
+            (Some(n), p) => format!("{row}+{n}#{p}"),
+        };
+        let mut headers = Headers::new();
+        headers.insert("source".into(), HeaderValue::Str(self.source.clone()));
+        headers.insert("row".into(), HeaderValue::Int(clamp(row)));
+        if let Some(n) = rows {
+            headers.insert("rows".into(), HeaderValue::Int(clamp(n)));
+        }
+        let label = match rows {
+            None => format!("{} row {row}", self.source),
+            Some(n) => format!("{} rows {row}-{}", self.source, row + n.saturating_sub(1)),
+        };
+        Message {
+            kind: Kind::Tabular,
+            content_type: CONTENT_TYPE.to_string(),
+            message_id: message_id(Kind::Tabular, &self.source, &position, &body),
+            headers,
+            body,
+            label,
+        }
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's escaping; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Why a body is not tabular data.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+/// Decode a tabular body: one JSON object, or an array of objects (a batch).
+pub fn decode(body: &[u8]) -> Result<Vec<Map<String, Value>>, DecodeError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError(format!("body is not JSON: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(vec![map]),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Object(map) => Ok(map),
+                other => Err(DecodeError(format!(
+                    "batch item {i} is {} , not a JSON object",
+                    json_kind(&other)
+                ))),
+            })
+            .collect(),
+        other => Err(DecodeError(format!(
+            "body is a JSON {}, not an object or an array of objects",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The CSV field for a JSON value: null -> empty, strings as they are, numbers in their
+/// canonical text, nested values as compact JSON.
+pub fn csv_field(v: &Value) -> Cow<'_, str> {
+    match v {
+        Value::Null => Cow::Borrowed(""),
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Value::Number(n) => Cow::Owned(n.to_string()),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::assert_round_trip;
+
+    #[test]
+    fn values_are_typed_losslessly() {
+        assert_eq!(type_value(""), Typed::Null);
+        for n in [
+            "0",
+            "42",
+            "-7",
+            "1.5",
+            "-0.25",
+            "100.0",
+            "9223372036854775807",
+            "1e16",
+            "0.0001",
+        ] {
+            assert_eq!(type_value(n), Typed::Number(n), "{n}");
+        }
+        for s in [
+            "007",
+            "1.50",
+            "1e5",
+            "-0",
+            "+5",
+            "NaN",
+            "inf",
+            "1e999",
+            "9223372036854775808",
+            "18446744073709551616",
+            "1.",
+            ".5",
+            "0x10",
+            "1_000",
+            " 1",
+            "abc",
+            "-",
+            "--1",
+            "1-2",
+        ] {
+            assert_eq!(type_value(s), Typed::Str(s), "{s}");
+        }
+    }
+
+    fn decode_rows(d: &crate::codec::Delivery) -> Vec<Vec<String>> {
+        decode(&d.body)
+            .expect("decodes")
+            .iter()
+            .map(|m| m.values().map(|v| csv_field(v).into_owned()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn row_round_trips_through_json() {
+        let enc = Encoder::new("data.csv", ["ID", "name", "score", "note", "zip"]);
+        let fields = ["1", "Zoë \"Z\"", "0.5", "", "007"];
+        let msg = enc
+            .encode_row(&StringRecord::from(fields.to_vec()), 3)
+            .expect("encodes");
+        assert_eq!(
+            std::str::from_utf8(&msg.body).expect("utf8"),
+            r#"{"ID":1,"name":"Zoë \"Z\"","score":0.5,"note":null,"zip":"007"}"#
+        );
+        assert_eq!(msg.headers.get("row"), Some(&HeaderValue::Int(3)));
+        assert_eq!(
+            msg.headers.get("source"),
+            Some(&HeaderValue::Str("data.csv".into()))
+        );
+        let expected = vec![fields.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+        assert_round_trip(&msg, CONTENT_TYPE, decode_rows, expected);
+    }
+
+    #[test]
+    fn batch_decodes_to_one_row_per_object() {
+        let enc = Encoder::new("d.csv", ["a", "b"]);
+        let mut body = b"[".to_vec();
+        enc.write_object(&StringRecord::from(vec!["1", "x"]), &mut body)
+            .expect("row");
+        body.push(b',');
+        enc.write_object(&StringRecord::from(vec!["2", ""]), &mut body)
+            .expect("row");
+        body.push(b']');
+        let msg = enc.encode_batch(body, 1, 2);
+        assert_eq!(msg.headers.get("rows"), Some(&HeaderValue::Int(2)));
+        let expected = vec![
+            vec!["1".to_string(), "x".into()],
+            vec!["2".into(), "".into()],
+        ];
+        assert_round_trip(&msg, CONTENT_TYPE, decode_rows, expected);
+    }
+
+    #[test]
+    fn wrong_width_row_is_an_error() {
+        let enc = Encoder::new("d.csv", ["a", "b"]);
+        let err = enc
+            .encode_row(&StringRecord::from(vec!["1"]), 1)
+            .expect_err("short row");
+        assert!(err.0.contains("1 fields but the header has 2"), "{}", err.0);
+    }
+
+    #[test]
+    fn repeat_pass_changes_the_id_but_not_the_body() {
+        let mut enc = Encoder::new("d.csv", ["a"]);
+        let first = enc
+            .encode_row(&StringRecord::from(vec!["1"]), 1)
+            .expect("row");
+        enc.set_pass(1);
+        let second = enc
+            .encode_row(&StringRecord::from(vec!["1"]), 1)
+            .expect("row");
+        assert_eq!(first.body, second.body);
+        assert_ne!(first.message_id, second.message_id);
+    }
+
+    #[test]
+    fn non_tabular_bodies_are_decode_errors() {
+        for body in [
+            &b"not json"[..],
+            b"42",
+            b"\"s\"",
+            b"[1,2]",
+            b"",
+            b"{\"a\":1",
+        ] {
+            assert!(decode(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Parsed arguments -> validated plain structs the flows take. No clap type goes past here.
+
+use crate::amqp::{Endpoint, PublisherOptions};
+use crate::cli::{self, Cli, Command, ConsumeCommand, ProduceCommand};
+use crate::codec::Kind;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Bad usage: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Everything a run needs.
+#[derive(Debug)]
+pub struct Config {
+    /// Broker and output settings shared by every command.
+    pub global: Global,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Shared settings.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Where the broker is.
+    pub endpoint: Endpoint,
+    /// No progress bar, no summary.
+    pub quiet: bool,
+}
+
+/// The command to run.
+#[derive(Debug)]
+pub enum Action {
+    /// `produce <kind>`.
+    Produce(ProduceConfig),
+    /// `consume <kind>`.
+    Consume(ConsumeConfig),
+    /// `demo`.
+    Demo,
+}
+
+/// A producer run.
+#[derive(Debug, Clone)]
+pub struct ProduceConfig {
+    /// Data kind.
+    pub kind: Kind,
+    /// Target queue.
+    pub queue: String,
+    /// Pause between messages.
+    pub interval: Duration,
+    /// Confirm window and deadline.
+    pub publisher: PublisherOptions,
+    /// Largest body sent; bigger items are skipped.
+    pub max_message_size: u64,
+    /// Where the data comes from.
+    pub source: Source,
+}
+
+/// Producer input.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A CSV file.
+    Csv {
+        /// The file.
+        file: PathBuf,
+        /// Stop after this many data rows.
+        num_records: Option<u64>,
+        /// Rows per message.
+        batch_size: u64,
+        /// Loop over the file forever.
+        repeat: bool,
+    },
+    /// Files under a directory.
+    Files {
+        /// The directory.
+        directory: PathBuf,
+        /// One message per line (text only).
+        split_lines: bool,
+    },
+}
+
+/// A consumer run.
+#[derive(Debug, Clone)]
+pub struct ConsumeConfig {
+    /// Data kind.
+    pub kind: Kind,
+    /// Source queue.
+    pub queue: String,
+    /// Stop after this many messages.
+    pub count: Option<u64>,
+    /// Stop after this long without a message.
+    pub idle_timeout: Option<Duration>,
+    /// QoS prefetch.
+    pub prefetch: u16,
+    /// Where the data goes.
+    pub sink: SinkConfig,
+}
+
+/// Consumer output.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// Rows to stdout (None) or appended to a file.
+    Rows {
+        /// None = stdout.
+        output: Option<PathBuf>,
+        /// Row format.
+        format: RowFormat,
+    },
+    /// Files into a directory.
+    Directory(PathBuf),
+}
+
+/// Row output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    /// JSON lines.
+    Jsonl,
+    /// CSV with a header.
+    Csv,
+}
+
+/// In-flight bytes bound of the confirm window, so a window of large images stays in memory
+/// bounds.
+const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+
+impl Config {
+    /// Validate parsed arguments.
+    pub fn from_cli(cli: Cli) -> Result<Config, UsageError> {
+        let g = &cli.global;
+        let timeout = seconds("--connect-timeout", g.connect_timeout, false)?;
+        let endpoint = Endpoint::parse(&g.url, g.rabbitmq_server.as_deref(), timeout)
+            .map_err(|e| UsageError(e.0))?;
+        let global = Global {
+            endpoint,
+            quiet: g.quiet,
+        };
+        let action = match cli.command {
+            Command::Produce(p) => Action::Produce(produce(p)?),
+            Command::Consume(c) => Action::Consume(consume(c)?),
+            Command::Demo => Action::Demo,
+        };
+        Ok(Config { global, action })
+    }
+}
+
+fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
+    let (kind, common, source) = match cmd {
+        ProduceCommand::Tabular(t) => (
+            Kind::Tabular,
+            t.common,
+            Source::Csv {
+                file: t.file,
+                num_records: t.num_records,
+                batch_size: t.batch_size,
+                repeat: t.repeat,
+            },
+        ),
+        ProduceCommand::Image(i) => (
+            Kind::Image,
+            i.common,
+            Source::Files {
+                directory: i.directory,
+                split_lines: false,
+            },
+        ),
+        ProduceCommand::Text(t) => (
+            Kind::Text,
+            t.common,
+            Source::Files {
+                directory: t.directory,
+                split_lines: t.split == cli::Split::Line,
+            },
+        ),
+    };
+    Ok(ProduceConfig {
+        kind,
+        queue: queue_name(common.queue, kind)?,
+        interval: seconds("--interval", common.interval, true)?,
+        publisher: PublisherOptions {
+            window: common.confirm_window as usize,
+            window_bytes: WINDOW_BYTES,
+            confirm_timeout: seconds("--confirm-timeout", common.confirm_timeout, false)?,
+        },
+        max_message_size: common.max_message_size,
+        source,
+    })
+}
+
+fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
+    let (kind, common, sink) = match cmd {
+        ConsumeCommand::Tabular(t) => {
+            let output = (t.output != "-").then(|| PathBuf::from(&t.output));
+            let format = match t.format {
+                cli::Format::Jsonl => RowFormat::Jsonl,
+                cli::Format::Csv => RowFormat::Csv,
+            };
+            (Kind::Tabular, t.common, SinkConfig::Rows { output, format })
+        }
+        ConsumeCommand::Image(f) => {
+            let dir = f
+                .output_directory
+                .unwrap_or_else(|| "received_images".into());
+            (Kind::Image, f.common, SinkConfig::Directory(dir))
+        }
+        ConsumeCommand::Text(f) => {
+            let dir = f
+                .output_directory
+                .unwrap_or_else(|| "received_texts".into());
+            (Kind::Text, f.common, SinkConfig::Directory(dir))
+        }
+    };
+    let idle_timeout = common
+        .idle_timeout
+        .map(|s| seconds("--idle-timeout", s, false))
+        .transpose()?;
+    Ok(ConsumeConfig {
+        kind,
+        queue: queue_name(common.queue, kind)?,
+        count: common.count,
+        idle_timeout,
+        prefetch: common.prefetch,
+        sink,
+    })
+}
+
+fn queue_name(given: Option<String>, kind: Kind) -> Result<String, UsageError> {
+    let name = given.unwrap_or_else(|| kind.default_queue().to_string());
+    if name.is_empty() || name.len() > 255 {
+        return Err(UsageError(format!(
+            "--queue {name:?}: a queue name must be 1 to 255 bytes long"
+        )));
+    }
+    if name.starts_with("amq.") {
+        return Err(UsageError(format!(
+            "--queue {name}: names starting with `amq.` are reserved by RabbitMQ; pick another"
+        )));
+    }
+    Ok(name)
+}
+
+fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, UsageError> {
+    let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0)) && value < 1e9;
+    if !ok {
+        let want = if zero_ok { "0 or more" } else { "more than 0" };
+        return Err(UsageError(format!(
+            "{flag} {value}: must be a number of seconds, {want}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<Config, UsageError> {
+        let mut all = vec!["mqdemo"];
+        all.extend_from_slice(args);
+        Config::from_cli(Cli::try_parse_from(all).expect("parses"))
+    }
+
+    #[test]
+    fn defaults_follow_the_original_demo() {
+        let Ok(Config {
+            action: Action::Consume(c),
+            ..
+        }) = config(&["consume", "image"])
+        else {
+            panic!("consume image");
+        };
+        assert_eq!(c.queue, "image_queue");
+        assert!(
+            matches!(c.sink, SinkConfig::Directory(ref d) if d == &PathBuf::from("received_images"))
+        );
+        let Ok(Config {
+            action: Action::Produce(p),
+            ..
+        }) = config(&["produce", "tabular", "--file", "a.csv"])
+        else {
+            panic!("produce tabular");
+        };
+        assert_eq!(p.queue, "alicpp_records");
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        assert!(config(&["consume", "text", "--idle-timeout", "0"]).is_err());
+        assert!(config(&["produce", "text", "--interval", "-1"]).is_err());
+        assert!(config(&["produce", "text", "--queue", ""]).is_err());
+        assert!(config(&["produce", "text", "--queue", "amq.x"]).is_err());
+        assert!(config(&["--url", "http://x", "demo"]).is_err());
+    }
+}

@@ -1,0 +1,355 @@
+//! Consumers: deliveries -> codec -> sink (stdout, a file, a directory), acked only after
+//! the sink has the data durably.
+
+use crate::amqp::{ConsumeLimits, Disposition, Handler, Session};
+use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
+use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
+use crate::output::{Progress, Reporter, Summary};
+use crate::sink::{DirSink, Stored, safe_relative_path};
+use color_eyre::eyre::{Result, WrapErr};
+use serde_json::{Map, Value};
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// How a consumer run ended.
+pub struct Outcome {
+    /// Counts for the summary line.
+    pub summary: Summary,
+    /// What stopped the run early, if anything.
+    pub error: Option<color_eyre::eyre::Report>,
+}
+
+/// Run one consumer. `stdout` is where rows go when no --output file is given.
+pub fn run(
+    global: &Global,
+    cfg: &ConsumeConfig,
+    stop: &AtomicBool,
+    stdout: Box<dyn Write>,
+) -> Result<Outcome> {
+    let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue));
+    let mut handler: Box<dyn CountingHandler> = match &cfg.sink {
+        SinkConfig::Rows { output, format } => Box::new(RowHandler::new(
+            output.as_ref(),
+            *format,
+            stdout,
+            reporter.clone(),
+        )?),
+        SinkConfig::Directory(dir) => Box::new(FileHandler::new(dir, cfg.kind, reporter.clone())?),
+    };
+    let mut session = Session::open(&global.endpoint)?;
+    session.declare_queue(&cfg.queue)?;
+    let limits = ConsumeLimits {
+        count: cfg.count,
+        idle: cfg.idle_timeout,
+        stop,
+    };
+    let started = Instant::now();
+    let result = session.consume(&cfg.queue, cfg.prefetch, &limits, handler.as_mut_handler());
+    reporter.finish();
+    let counts = handler.counts();
+    let (outcome, error) = match result {
+        Ok(o) => {
+            let _ = session.close();
+            (o, None)
+        }
+        Err(e) => (Default::default(), Some(e)),
+    };
+    let summary = Summary {
+        verb: "consumed",
+        messages: counts.messages,
+        bytes: counts.bytes,
+        elapsed: started.elapsed(),
+        skipped: 0,
+        failed: outcome.rejected.max(counts.rejected),
+        extra: counts.extra(),
+    };
+    Ok(Outcome { summary, error })
+}
+
+/// What a handler saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// Messages stored (or found already stored).
+    pub messages: u64,
+    /// Their body bytes.
+    pub bytes: u64,
+    /// Rows written (tabular).
+    pub rows: u64,
+    /// Files written.
+    pub written: u64,
+    /// Files already present with the same content.
+    pub duplicates: u64,
+    /// Files written under another name because the wanted one held other content.
+    pub renamed: u64,
+    /// Messages rejected as undecodable.
+    pub rejected: u64,
+    /// Rows rather than files.
+    pub tabular: bool,
+}
+
+impl Counts {
+    fn extra(&self) -> String {
+        if self.tabular {
+            format!("rows {}", self.rows)
+        } else {
+            format!(
+                "written {}, duplicates {}, renamed {}",
+                self.written, self.duplicates, self.renamed
+            )
+        }
+    }
+}
+
+trait CountingHandler: Handler {
+    fn counts(&self) -> Counts;
+    fn as_mut_handler(&mut self) -> &mut dyn Handler;
+}
+
+/// Rows to stdout or a file, as JSON lines or CSV.
+struct RowHandler {
+    out: RowOut,
+    reporter: Reporter,
+    counts: Counts,
+}
+
+enum RowOut {
+    Jsonl(BufWriter<Box<dyn Write>>),
+    Csv {
+        w: csv::Writer<Box<dyn Write>>,
+        header: Option<Vec<String>>,
+        has_header: bool,
+    },
+}
+
+impl RowHandler {
+    fn new(
+        output: Option<&PathBuf>,
+        format: RowFormat,
+        stdout: Box<dyn Write>,
+        reporter: Reporter,
+    ) -> Result<RowHandler> {
+        let (w, non_empty): (Box<dyn Write>, bool) = match output {
+            None => (stdout, false),
+            Some(path) => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .wrap_err_with(|| {
+                        format!(
+                            "cannot open output file {}; check the --output path",
+                            path.display()
+                        )
+                    })?;
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                (Box::new(f), len > 0)
+            }
+        };
+        let out = match format {
+            RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
+            RowFormat::Csv => RowOut::Csv {
+                w: csv::WriterBuilder::new()
+                    .buffer_capacity(64 * 1024)
+                    .from_writer(w),
+                header: None,
+                has_header: non_empty,
+            },
+        };
+        Ok(RowHandler {
+            out,
+            reporter,
+            counts: Counts {
+                tabular: true,
+                ..Counts::default()
+            },
+        })
+    }
+
+    fn reject(&mut self, d: &Delivery, why: &str) -> Disposition {
+        self.counts.rejected += 1;
+        self.reporter
+            .warn(&format!("rejected message {}: {why}", d.id_or_hash()));
+        Disposition::Reject
+    }
+
+    fn write_rows(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
+        match &mut self.out {
+            RowOut::Jsonl(w) => {
+                for row in rows {
+                    serde_json::to_writer(&mut *w, row).wrap_err("cannot write rows")?;
+                    w.write_all(b"\n").wrap_err("cannot write rows")?;
+                }
+            }
+            RowOut::Csv {
+                w,
+                header,
+                has_header,
+            } => {
+                let cols = header.get_or_insert_with(|| rows[0].keys().cloned().collect());
+                if !*has_header {
+                    w.write_record(cols.iter()).wrap_err("cannot write rows")?;
+                    *has_header = true;
+                }
+                for row in rows {
+                    let fields = cols.iter().map(|c| {
+                        row.get(c)
+                            .map_or(std::borrow::Cow::Borrowed(""), tabular::csv_field)
+                    });
+                    w.write_record(fields.map(|f| f.into_owned()))
+                        .wrap_err("cannot write rows")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// CSV output: the columns a message's rows have beyond the header.
+    fn unknown_columns(&self, rows: &[Map<String, Value>]) -> Option<String> {
+        let RowOut::Csv {
+            header: Some(cols), ..
+        } = &self.out
+        else {
+            return None;
+        };
+        rows.iter()
+            .flat_map(|r| r.keys())
+            .find(|k| !cols.contains(k))
+            .map(|k| format!("column {k:?} is not in the CSV header already written"))
+    }
+}
+
+impl Handler for RowHandler {
+    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+        let rows = match tabular::decode(&d.body) {
+            Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
+            Ok(rows) => rows,
+            Err(e) => return Ok(self.reject(&d, &e.0)),
+        };
+        if let Some(why) = self.unknown_columns(&rows) {
+            return Ok(self.reject(&d, &why));
+        }
+        self.write_rows(&rows)?;
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        self.counts.rows += rows.len() as u64;
+        Ok(Disposition::Ack)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match &mut self.out {
+            RowOut::Jsonl(w) => w.flush(),
+            RowOut::Csv { w, .. } => w.flush(),
+        }
+        .wrap_err("cannot write rows")
+    }
+}
+
+impl CountingHandler for RowHandler {
+    fn counts(&self) -> Counts {
+        self.counts
+    }
+    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+        self
+    }
+}
+
+/// Files into a directory, named from the `source` header when it is safe.
+struct FileHandler {
+    sink: DirSink,
+    kind: Kind,
+    reporter: Reporter,
+    counts: Counts,
+}
+
+impl FileHandler {
+    fn new(dir: &std::path::Path, kind: Kind, reporter: Reporter) -> Result<FileHandler> {
+        Ok(FileHandler {
+            sink: DirSink::new(dir)?,
+            kind,
+            reporter,
+            counts: Counts::default(),
+        })
+    }
+
+    fn names(&self, d: &Delivery) -> (Option<PathBuf>, String, String) {
+        let id = d.id_or_hash();
+        let safe_id = if id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            id
+        } else {
+            sha256_hex(id.as_bytes())[..32].to_string()
+        };
+        let fallback = format!("{safe_id}.{}", extension_for(d.content_type.as_deref()));
+        let tag = safe_id.chars().take(12).collect();
+        let rel = d.header_str("source").and_then(|s| {
+            let p = safe_relative_path(s);
+            if p.is_none() {
+                self.reporter.warn(&format!(
+                    "unsafe source header {s:?}; writing {fallback} instead"
+                ));
+            }
+            p
+        });
+        (rel, fallback, tag)
+    }
+}
+
+impl Handler for FileHandler {
+    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+        if let Some(want) = d.header_str("sha256") {
+            if !want.eq_ignore_ascii_case(&sha256_hex(&d.body)) {
+                self.counts.rejected += 1;
+                self.reporter.warn(&format!(
+                    "rejected message {}: body does not match its sha256 header",
+                    d.id_or_hash()
+                ));
+                return Ok(Disposition::Reject);
+            }
+        }
+        let (rel, fallback, tag) = self.names(&d);
+        let line = d
+            .header_int("line")
+            .filter(|n| *n > 0 && self.kind == Kind::Text);
+        if let Some(line) = line {
+            let key = d.header_str("source").unwrap_or(&fallback).to_string();
+            self.sink
+                .append_line(&key, rel.as_deref(), &fallback, &tag, line as u64, &d.body)?;
+            self.counts.written += u64::from(line == 1);
+        } else {
+            match self.sink.store(rel.as_deref(), &fallback, &tag, &d.body)? {
+                Stored::Written(_) => self.counts.written += 1,
+                Stored::Duplicate(_) => self.counts.duplicates += 1,
+                Stored::Renamed { wanted, written } => {
+                    self.counts.renamed += 1;
+                    self.reporter.warn(&format!(
+                        "{} exists with other content; wrote {}",
+                        wanted.display(),
+                        written.display()
+                    ));
+                }
+            }
+        }
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        Ok(Disposition::Ack)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.sink.sync()
+    }
+}
+
+impl CountingHandler for FileHandler {
+    fn counts(&self) -> Counts {
+        self.counts
+    }
+    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+        self
+    }
+}

@@ -1,0 +1,193 @@
+//! What people see on stderr: progress bars, warnings and the one-line summary.
+//! stdout is data only and is never written here.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// The run's voice on stderr: a progress bar (hidden when quiet or not a terminal) and
+/// warnings printed above it.
+#[derive(Clone)]
+pub struct Reporter {
+    bar: ProgressBar,
+}
+
+/// What the progress bar counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// Bytes of an input file (length known).
+    Bytes(u64),
+    /// Items (files) with a known total.
+    Items(u64),
+    /// Nothing known about the total.
+    Open,
+}
+
+impl Reporter {
+    /// A reporter whose bar is drawn only when `show` and stderr is a terminal.
+    pub fn new(show: bool, progress: Progress, what: &str) -> Reporter {
+        if !show || !std::io::stderr().is_terminal() {
+            return Reporter::hidden();
+        }
+        let (bar, template) = match progress {
+            Progress::Bytes(n) => (
+                ProgressBar::new(n),
+                "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}",
+            ),
+            Progress::Items(n) => (
+                ProgressBar::new(n),
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} files {msg} {per_sec} ETA {eta}",
+            ),
+            Progress::Open => (
+                ProgressBar::no_length(),
+                "{spinner} {prefix} {msg} {elapsed}",
+            ),
+        };
+        let style = ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(what.to_string());
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Reporter { bar }
+    }
+
+    /// A reporter that draws nothing (warnings still print).
+    pub fn hidden() -> Reporter {
+        Reporter {
+            bar: ProgressBar::hidden(),
+        }
+    }
+
+    /// Set the bar's position (bytes read or items done).
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+    }
+
+    /// Advance the bar.
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    /// Show a status such as "1,234 msgs, 2.1 MiB confirmed".
+    pub fn status(&self, msg: String) {
+        if !self.bar.is_hidden() {
+            self.bar.set_message(msg);
+        }
+    }
+
+    /// Print a warning line above the bar.
+    pub fn warn(&self, msg: &str) {
+        self.bar.suspend(|| eprintln!("mqdemo: {msg}"));
+    }
+
+    /// Remove the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The one-line summary every run ends with.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// "produced" / "consumed".
+    pub verb: &'static str,
+    /// Messages confirmed (producers) or handled (consumers).
+    pub messages: u64,
+    /// Body bytes of those messages.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Input items skipped (bad rows, non-images, too large).
+    pub skipped: u64,
+    /// Messages that failed (nacked, returned, unconfirmed, rejected).
+    pub failed: u64,
+    /// Extra, kind-specific counts ("written 6, duplicates 0").
+    pub extra: String,
+}
+
+impl Summary {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        per_sec(self.messages as f64, self.elapsed)
+    }
+
+    /// The summary line.
+    pub fn line(&self) -> String {
+        let extra = if self.extra.is_empty() {
+            String::new()
+        } else {
+            format!("{}; ", self.extra)
+        };
+        format!(
+            "mqdemo: {} {} messages ({}) in {:.2} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}",
+            self.verb,
+            self.messages,
+            human_bytes(self.bytes),
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            human_bytes(per_sec(self.bytes as f64, self.elapsed) as u64),
+            extra,
+            self.skipped,
+            self.failed
+        )
+    }
+
+    /// True when nothing was skipped or failed.
+    pub fn clean(&self) -> bool {
+        self.skipped == 0 && self.failed == 0
+    }
+}
+
+fn per_sec(n: f64, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 { n / s } else { 0.0 }
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    #[test]
+    fn summary_line_has_every_count() {
+        let s = Summary {
+            verb: "produced",
+            messages: 300,
+            bytes: 2048,
+            elapsed: Duration::from_secs(2),
+            skipped: 1,
+            failed: 2,
+            extra: String::new(),
+        };
+        assert_eq!(
+            s.line(),
+            "mqdemo: produced 300 messages (2.0 KiB) in 2.00 s, 150 msg/s, 1024 B/s; skipped 1, failed 2"
+        );
+        assert!(!s.clean());
+    }
+}

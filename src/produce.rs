@@ -1,0 +1,517 @@
+//! Producers: CSV rows or files -> codec -> confirmed publishing, with progress.
+//!
+//! A bad item inside the input (malformed row, non-image, non-UTF-8 text, too large) is
+//! skipped, named on stderr and counted; a bad whole input stops the run before anything is
+//! sent. Only messages the broker confirmed count as produced.
+
+use crate::amqp::{Publisher, Session};
+use crate::codec::{Kind, Message, image, tabular, text};
+use crate::config::{Global, ProduceConfig, Source};
+use crate::output::{Progress, Reporter, Summary, human_bytes};
+use color_eyre::eyre::{Report, Result, WrapErr, bail};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use walkdir::WalkDir;
+
+/// How a run ended: the summary always, and the error that stopped it, if any.
+pub struct Outcome {
+    /// Counts for the summary line.
+    pub summary: Summary,
+    /// What stopped the run early (connection lost, confirm timeout, ...).
+    pub error: Option<Report>,
+}
+
+/// Run one producer.
+pub fn run(global: &Global, cfg: &ProduceConfig, stop: &AtomicBool) -> Result<Outcome> {
+    let input = Input::open(cfg)?;
+    let mut session = Session::open(&global.endpoint)?;
+    session.declare_queue(&cfg.queue)?;
+    let publisher = session.publisher(&cfg.queue, cfg.publisher)?;
+    let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue));
+    let mut pump = Pump {
+        publisher,
+        reporter,
+        stop,
+        interval: cfg.interval,
+        max_size: cfg.max_message_size,
+        skipped: 0,
+        sent: 0,
+    };
+    let started = Instant::now();
+    let streamed = input.stream(cfg, &mut pump);
+    let Pump {
+        publisher,
+        reporter,
+        skipped,
+        ..
+    } = pump;
+    let (report, finished) = publisher.finish();
+    reporter.finish();
+    for (label, why) in &report.refused {
+        reporter.warn(&format!("not delivered: {label}: {why}"));
+    }
+    if !report.unconfirmed.is_empty() {
+        let shown: Vec<&str> = report
+            .unconfirmed
+            .iter()
+            .take(5)
+            .map(String::as_str)
+            .collect();
+        reporter.warn(&format!(
+            "{} message(s) published but not confirmed by the broker (may or may not be in the \
+             queue): {}{}",
+            report.unconfirmed.len(),
+            shown.join(", "),
+            if report.unconfirmed.len() > 5 {
+                ", ..."
+            } else {
+                ""
+            }
+        ));
+    }
+    let error = streamed.err().or(finished.err());
+    if error.is_none() {
+        let _ = session.close();
+    }
+    let summary = Summary {
+        verb: "produced",
+        messages: report.confirmed,
+        bytes: report.confirmed_bytes,
+        elapsed: started.elapsed(),
+        skipped,
+        failed: (report.refused.len() + report.unconfirmed.len()) as u64,
+        extra: String::new(),
+    };
+    Ok(Outcome { summary, error })
+}
+
+/// Hands messages to the publisher, one at a time, honouring --interval and signals.
+struct Pump<'a> {
+    publisher: Publisher,
+    reporter: Reporter,
+    stop: &'a AtomicBool,
+    interval: Duration,
+    max_size: u64,
+    skipped: u64,
+    sent: u64,
+}
+
+impl Pump<'_> {
+    /// Publish; Ok(false) when the run should stop reading input (signal).
+    fn send(&mut self, msg: Message) -> Result<bool> {
+        if msg.body.len() as u64 > self.max_size {
+            self.skip(&msg.label, &too_large(msg.body.len() as u64, self.max_size));
+            return Ok(self.keep_going());
+        }
+        if self.sent > 0 && !self.interval.is_zero() {
+            self.pause();
+        }
+        if !self.keep_going() {
+            return Ok(false);
+        }
+        self.publisher.publish(msg)?;
+        self.sent += 1;
+        if self.sent % 64 == 0 {
+            let r = self.publisher.report();
+            self.reporter.status(format!("{} confirmed", r.confirmed));
+        }
+        Ok(self.keep_going())
+    }
+
+    fn skip(&mut self, what: &str, why: &str) {
+        self.skipped += 1;
+        self.reporter.warn(&format!("skipped {what}: {why}"));
+    }
+
+    fn keep_going(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleep for --interval, waking early on a signal.
+    fn pause(&self) {
+        let until = Instant::now() + self.interval;
+        while self.keep_going() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+}
+
+fn too_large(size: u64, max: u64) -> String {
+    format!(
+        "{} is over the {} message size limit (raise --max-message-size, and max_message_size in \
+         rabbitmq.conf, to send it)",
+        human_bytes(size),
+        human_bytes(max)
+    )
+}
+
+/// The checked input of a run.
+enum Input {
+    Csv {
+        file: PathBuf,
+        size: u64,
+    },
+    Files {
+        root: PathBuf,
+        files: Vec<(PathBuf, String)>,
+    },
+}
+
+impl Input {
+    /// Check the whole input before connecting, so a bad path fails at once.
+    fn open(cfg: &ProduceConfig) -> Result<Input> {
+        match &cfg.source {
+            Source::Csv { file, .. } => {
+                let meta = std::fs::metadata(file).wrap_err_with(|| {
+                    format!(
+                        "cannot read CSV file {}; check the --file path",
+                        file.display()
+                    )
+                })?;
+                if !meta.is_file() {
+                    bail!("{} is not a file; --file needs a CSV file", file.display());
+                }
+                Ok(Input::Csv {
+                    file: file.clone(),
+                    size: meta.len(),
+                })
+            }
+            Source::Files { directory, .. } => {
+                let meta = std::fs::metadata(directory).wrap_err_with(|| {
+                    format!(
+                        "cannot read directory {}; check the --directory path",
+                        directory.display()
+                    )
+                })?;
+                if !meta.is_dir() {
+                    bail!(
+                        "{} is not a directory; check the --directory path",
+                        directory.display()
+                    );
+                }
+                Ok(Input::Files {
+                    root: directory.clone(),
+                    files: list_files(directory)?,
+                })
+            }
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        match self {
+            Input::Csv { size, .. } => Progress::Bytes(*size),
+            Input::Files { files, .. } => Progress::Items(files.len() as u64),
+        }
+    }
+
+    fn stream(&self, cfg: &ProduceConfig, pump: &mut Pump<'_>) -> Result<()> {
+        match (self, &cfg.source) {
+            (
+                Input::Csv { file, .. },
+                Source::Csv {
+                    num_records,
+                    batch_size,
+                    repeat,
+                    ..
+                },
+            ) => {
+                let rows = RowLimits {
+                    num_records: *num_records,
+                    batch_size: *batch_size,
+                    repeat: *repeat,
+                };
+                stream_csv(file, rows, pump)
+            }
+            (Input::Files { root, files }, Source::Files { split_lines, .. }) => {
+                stream_files(root, files, cfg.kind, *split_lines, pump)
+            }
+            _ => bail!("internal: input does not match source"),
+        }
+    }
+}
+
+/// Regular files under `root`, sorted, with their `/`-separated relative paths.
+fn list_files(root: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = Vec::new();
+    for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
+        let entry = entry.wrap_err_with(|| format!("cannot list {}", root.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+        let source = parts
+            .map(|p| p.join("/"))
+            .unwrap_or_else(|| rel.to_string_lossy().into_owned());
+        files.push((entry.path().to_path_buf(), source));
+    }
+    Ok(files)
+}
+
+#[derive(Clone, Copy)]
+struct RowLimits {
+    num_records: Option<u64>,
+    batch_size: u64,
+    repeat: bool,
+}
+
+fn stream_csv(path: &Path, limits: RowLimits, pump: &mut Pump<'_>) -> Result<()> {
+    let source = path
+        .file_name()
+        .map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
+    let mut read = 0u64;
+    for pass in 0.. {
+        let file = File::open(path).wrap_err_with(|| {
+            format!(
+                "cannot read CSV file {}; check the --file path",
+                path.display()
+            )
+        })?;
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .buffer_capacity(256 * 1024)
+            .from_reader(file);
+        let columns = rdr.headers().wrap_err_with(|| {
+            format!(
+                "cannot read the header row of {}; is it a CSV file?",
+                path.display()
+            )
+        })?;
+        let mut encoder = tabular::Encoder::new(&source, columns.iter());
+        encoder.set_pass(pass);
+        let more = csv_pass(&mut rdr, &encoder, &source, limits, &mut read, pump)?;
+        if !more || !limits.repeat || read == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One pass over the file; Ok(false) when the run must stop (limit reached or signal).
+fn csv_pass(
+    rdr: &mut csv::Reader<File>,
+    encoder: &tabular::Encoder,
+    source: &str,
+    limits: RowLimits,
+    read: &mut u64,
+    pump: &mut Pump<'_>,
+) -> Result<bool> {
+    let mut record = csv::StringRecord::new();
+    let mut batch = Batch::default();
+    let mut row = 0u64;
+    loop {
+        if limits.num_records.is_some_and(|n| *read >= n) {
+            batch.flush(encoder, pump)?;
+            return Ok(false);
+        }
+        match rdr.read_record(&mut record) {
+            Ok(false) => return batch.flush(encoder, pump),
+            Ok(true) => {
+                row += 1;
+                *read += 1;
+                let line = record.position().map_or(0, |p| p.line());
+                let keep = if limits.batch_size == 1 {
+                    match encoder.encode_row(&record, row) {
+                        Ok(msg) => pump.send(msg)?,
+                        Err(e) => bad_row(pump, source, line, &e.0),
+                    }
+                } else {
+                    match batch.add(encoder, &record, row) {
+                        Ok(()) if batch.rows >= limits.batch_size => batch.flush(encoder, pump)?,
+                        Ok(()) => true,
+                        Err(e) => bad_row(pump, source, line, &e.0),
+                    }
+                };
+                pump.reporter.set_position(rdr.position().byte());
+                if !keep {
+                    batch.flush(encoder, pump)?;
+                    return Ok(false);
+                }
+            }
+            Err(e) => {
+                row += 1;
+                *read += 1;
+                let line = e.position().map_or(0, |p| p.line());
+                let why = match e.kind() {
+                    csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
+                    _ => e.to_string(),
+                };
+                if !bad_row(pump, source, line, &why) {
+                    return Ok(false);
+                }
+                if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                    return Err(e).wrap_err_with(|| format!("cannot read {source}"));
+                }
+            }
+        }
+    }
+}
+
+fn bad_row(pump: &mut Pump<'_>, source: &str, line: u64, why: &str) -> bool {
+    pump.skip(&format!("{source} line {line}"), why);
+    pump.keep_going()
+}
+
+/// Rows collected for one `--batch-size` message.
+#[derive(Default)]
+struct Batch {
+    body: Vec<u8>,
+    first_row: u64,
+    rows: u64,
+}
+
+impl Batch {
+    fn add(
+        &mut self,
+        encoder: &tabular::Encoder,
+        record: &csv::StringRecord,
+        row: u64,
+    ) -> Result<(), tabular::RowError> {
+        let mark = self.body.len();
+        self.body.push(if self.rows == 0 { b'[' } else { b',' });
+        if let Err(e) = encoder.write_object(record, &mut self.body) {
+            self.body.truncate(mark);
+            return Err(e);
+        }
+        if self.rows == 0 {
+            self.first_row = row;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Publish the batch if it holds rows; Ok(false) on a signal.
+    fn flush(&mut self, encoder: &tabular::Encoder, pump: &mut Pump<'_>) -> Result<bool> {
+        if self.rows == 0 {
+            return Ok(pump.keep_going());
+        }
+        let mut body = std::mem::take(&mut self.body);
+        body.push(b']');
+        let msg = encoder.encode_batch(body, self.first_row, self.rows);
+        self.rows = 0;
+        pump.send(msg)
+    }
+}
+
+fn stream_files(
+    root: &Path,
+    files: &[(PathBuf, String)],
+    kind: Kind,
+    split_lines: bool,
+    pump: &mut Pump<'_>,
+) -> Result<()> {
+    for (path, source) in files {
+        let shown = format!("{}", root.join(source).display());
+        let keep = match std::fs::metadata(path) {
+            Err(e) => {
+                pump.skip(&shown, &format!("cannot read it: {e}"));
+                pump.keep_going()
+            }
+            Ok(m) if !split_lines && m.len() > pump.max_size => {
+                pump.skip(&shown, &too_large(m.len(), pump.max_size));
+                pump.keep_going()
+            }
+            Ok(_) if split_lines => send_lines(path, source, &shown, pump)?,
+            Ok(_) => send_file(path, source, &shown, kind, pump)?,
+        };
+        pump.reporter.inc(1);
+        if !keep {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn send_file(
+    path: &Path,
+    source: &str,
+    shown: &str,
+    kind: Kind,
+    pump: &mut Pump<'_>,
+) -> Result<bool> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            pump.skip(shown, &format!("cannot read it: {e}"));
+            return Ok(pump.keep_going());
+        }
+    };
+    let encoded = match kind {
+        Kind::Image => image::encode(source, bytes).map_err(|_| {
+            "not an image (JPEG, PNG, GIF, WebP, BMP or TIFF by its first bytes)".to_string()
+        }),
+        _ => text::encode_file(source, bytes)
+            .map_err(|e| format!("not UTF-8 text (first bad byte on line {})", e.line)),
+    };
+    match encoded {
+        Ok(msg) => pump.send(msg),
+        Err(why) => {
+            pump.skip(shown, &why);
+            Ok(pump.keep_going())
+        }
+    }
+}
+
+/// `--split line`: check the whole file first, so a bad file sends nothing; then one message
+/// per line, terminator included.
+fn send_lines(path: &Path, source: &str, shown: &str, pump: &mut Pump<'_>) -> Result<bool> {
+    if let Err(why) = check_lines(path) {
+        pump.skip(shown, &why);
+        return Ok(pump.keep_going());
+    }
+    let file = File::open(path).wrap_err_with(|| format!("cannot read {shown}"))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut line_no = 0u64;
+    loop {
+        let mut line = Vec::new();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .wrap_err_with(|| format!("cannot read {shown}"))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        line_no += 1;
+        match text::encode_line(source, line_no, line) {
+            Ok(msg) => {
+                if !pump.send(msg)? {
+                    return Ok(false);
+                }
+            }
+            Err(e) => {
+                pump.skip(&format!("{shown} line {}", e.line), "not UTF-8 text");
+                return Ok(pump.keep_going());
+            }
+        }
+    }
+}
+
+/// Err(reason) when the file is not UTF-8 text line by line.
+fn check_lines(path: &Path) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        line.clear();
+        match reader.by_ref().read_until(b'\n', &mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {
+                line_no += 1;
+                if let Err(e) = text::check_utf8(&line, line_no) {
+                    return Err(format!(
+                        "not UTF-8 text (first bad byte on line {})",
+                        e.line
+                    ));
+                }
+            }
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        }
+    }
+}

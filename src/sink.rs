@@ -1,0 +1,482 @@
+//! Safe, atomic file writing for the consumers.
+//!
+//! A file is written to a hidden temporary name in its final directory, fsynced, then
+//! linked into place without replacing anything (so a crash leaves no partial file under a
+//! final name, and an existing file with other content is never overwritten). Names come
+//! from the sender's `source` header only when every path component is safe.
+
+use color_eyre::eyre::{Result, WrapErr};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// Longest path component accepted from a `source` header (bytes).
+const MAX_COMPONENT: usize = 200;
+/// Most directory levels accepted from a `source` header.
+const MAX_DEPTH: usize = 16;
+/// Prefix of temporary files (hidden, never a final name).
+pub const TEMP_PREFIX: &str = ".mqdemo-tmp.";
+
+/// Turn a sender-supplied `source` into a relative path, or None when any part of it is
+/// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, backslashes,
+/// colons, Windows device names, trailing dots or spaces, hidden names, over-long names.
+pub fn safe_relative_path(source: &str) -> Option<PathBuf> {
+    if source.is_empty() || source.starts_with('/') {
+        return None;
+    }
+    let parts: Vec<&str> = source.split('/').collect();
+    if parts.len() > MAX_DEPTH || !parts.iter().all(|p| safe_component(p)) {
+        return None;
+    }
+    let path: PathBuf = parts.iter().collect();
+    // Defence in depth: the joined path must be purely normal components.
+    path.components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then_some(path)
+}
+
+fn safe_component(part: &str) -> bool {
+    if part.is_empty() || part.len() > MAX_COMPONENT || part.starts_with('.') {
+        return false;
+    }
+    if part.ends_with(' ') || part.ends_with('.') {
+        return false;
+    }
+    if part
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+    {
+        return false;
+    }
+    !is_windows_device(part)
+}
+
+fn is_windows_device(part: &str) -> bool {
+    let stem = part
+        .split('.')
+        .next()
+        .unwrap_or(part)
+        .trim_end()
+        .to_ascii_uppercase();
+    matches!(
+        stem.as_str(),
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$"
+    ) || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+        && stem.len() == 4
+        && stem.as_bytes()[3].is_ascii_digit())
+}
+
+/// What happened to a stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Written under the wanted name.
+    Written(PathBuf),
+    /// A file with the same content was already there: nothing written.
+    Duplicate(PathBuf),
+    /// The wanted name held other content; written under this other name instead.
+    Renamed { wanted: PathBuf, written: PathBuf },
+}
+
+/// A directory that received files are written into.
+pub struct DirSink {
+    root: PathBuf,
+    counter: u64,
+    /// Directories whose entries changed since the last `sync`.
+    dirty_dirs: HashSet<PathBuf>,
+    /// Line-mode files: source -> (path, open file, next expected line).
+    lines: HashMap<String, LineFile>,
+}
+
+struct LineFile {
+    file: File,
+    path: PathBuf,
+    dirty: bool,
+}
+
+impl DirSink {
+    /// Create `root` if needed.
+    pub fn new(root: &Path) -> Result<DirSink> {
+        fs::create_dir_all(root).wrap_err_with(|| {
+            format!(
+                "cannot create output directory {}; check the path and permissions",
+                root.display()
+            )
+        })?;
+        Ok(DirSink {
+            root: root.to_path_buf(),
+            counter: 0,
+            dirty_dirs: HashSet::new(),
+            lines: HashMap::new(),
+        })
+    }
+
+    /// The output directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Store `body` under `rel` (already sanitised) or, when that is unusable, `fallback`
+    /// (a plain file name). `alt_tag` makes the alternative name when `rel` holds other content.
+    pub fn store(
+        &mut self,
+        rel: Option<&Path>,
+        fallback: &str,
+        alt_tag: &str,
+        body: &[u8],
+    ) -> Result<Stored> {
+        let target = match rel.and_then(|r| self.prepare_parent(r).transpose()) {
+            Some(Ok(path)) => path,
+            Some(Err(e)) => return Err(e),
+            None => self.root.join(fallback),
+        };
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = self.write_temp(&dir, body)?;
+        let result = self.link_into_place(&tmp, &target, alt_tag, body);
+        let _ = fs::remove_file(&tmp);
+        self.dirty_dirs.insert(dir);
+        result
+    }
+
+    /// Create the parent directories of `rel` under the root, refusing to follow symlinks or
+    /// pass through non-directories. None when the path cannot be used safely.
+    fn prepare_parent(&self, rel: &Path) -> Result<Option<PathBuf>> {
+        let mut dir = self.root.clone();
+        let Some(parent) = rel.parent() else {
+            return Ok(Some(self.root.join(rel)));
+        };
+        for comp in parent.components() {
+            dir.push(comp);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(e).wrap_err_with(|| {
+                            format!("cannot create directory {}", dir.display())
+                        });
+                    }
+                },
+                Err(e) => {
+                    return Err(e).wrap_err_with(|| format!("cannot inspect {}", dir.display()));
+                }
+            }
+        }
+        let target = self.root.join(rel);
+        match fs::symlink_metadata(&target) {
+            Ok(m) if !m.file_type().is_file() => Ok(None),
+            _ => Ok(Some(target)),
+        }
+    }
+
+    fn write_temp(&mut self, dir: &Path, body: &[u8]) -> Result<PathBuf> {
+        self.counter += 1;
+        let tmp = dir.join(format!(
+            "{TEMP_PREFIX}{}.{}",
+            std::process::id(),
+            self.counter
+        ));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .wrap_err_with(|| {
+                format!(
+                    "cannot create {}; check free space and permissions",
+                    tmp.display()
+                )
+            })?;
+        f.write_all(body)
+            .and_then(|()| f.sync_all())
+            .wrap_err_with(|| format!("cannot write {}; check free space", tmp.display()))?;
+        Ok(tmp)
+    }
+
+    fn link_into_place(
+        &self,
+        tmp: &Path,
+        target: &Path,
+        alt_tag: &str,
+        body: &[u8],
+    ) -> Result<Stored> {
+        match place(tmp, target, body)? {
+            Placed::Linked => return Ok(Stored::Written(target.to_path_buf())),
+            Placed::Same => return Ok(Stored::Duplicate(target.to_path_buf())),
+            Placed::Different => {}
+        }
+        let alt = alternative_name(target, alt_tag);
+        match place(tmp, &alt, body)? {
+            Placed::Linked => Ok(Stored::Renamed {
+                wanted: target.to_path_buf(),
+                written: alt,
+            }),
+            Placed::Same => Ok(Stored::Duplicate(alt)),
+            Placed::Different => Err(color_eyre::eyre::eyre!(
+                "both {} and {} exist with other content; move them away",
+                target.display(),
+                alt.display()
+            )),
+        }
+    }
+
+    /// Append one line (terminator included) of `source` to its file. Line 1 starts a new file
+    /// (an existing file of that name is kept and the new one gets another name); later lines
+    /// append to the file in use, or to the existing file after a consumer restart.
+    pub fn append_line(
+        &mut self,
+        source_key: &str,
+        rel: Option<&Path>,
+        fallback: &str,
+        alt_tag: &str,
+        line: u64,
+        body: &[u8],
+    ) -> Result<PathBuf> {
+        if line == 1 || !self.lines.contains_key(source_key) {
+            let target = match rel.map(|r| self.prepare_parent(r)).transpose()?.flatten() {
+                Some(t) => t,
+                None => self.root.join(fallback),
+            };
+            let fresh = line == 1;
+            let (file, path) = open_line_file(&target, alt_tag, fresh)?;
+            if let Some(dir) = path.parent() {
+                self.dirty_dirs.insert(dir.to_path_buf());
+            }
+            self.lines.insert(
+                source_key.to_string(),
+                LineFile {
+                    file,
+                    path,
+                    dirty: false,
+                },
+            );
+        }
+        let Some(lf) = self.lines.get_mut(source_key) else {
+            return Err(color_eyre::eyre::eyre!(
+                "internal: no line file for {source_key}"
+            ));
+        };
+        lf.file.write_all(body).wrap_err_with(|| {
+            format!("cannot append to {}; check free space", lf.path.display())
+        })?;
+        lf.dirty = true;
+        Ok(lf.path.clone())
+    }
+
+    /// Make everything stored so far durable: fsync appended files and changed directories.
+    pub fn sync(&mut self) -> Result<()> {
+        for lf in self.lines.values_mut().filter(|l| l.dirty) {
+            lf.file
+                .sync_data()
+                .wrap_err_with(|| format!("cannot sync {}", lf.path.display()))?;
+            lf.dirty = false;
+        }
+        for dir in self.dirty_dirs.drain() {
+            if let Ok(d) = File::open(&dir) {
+                d.sync_all()
+                    .wrap_err_with(|| format!("cannot sync directory {}", dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_line_file(target: &Path, alt_tag: &str, fresh: bool) -> Result<(File, PathBuf)> {
+    let open = |p: &Path, create_new: bool| {
+        let mut o = OpenOptions::new();
+        o.append(true);
+        if create_new {
+            o.create_new(true)
+        } else {
+            o.create(true)
+        };
+        o.open(p)
+    };
+    if !fresh {
+        let f =
+            open(target, false).wrap_err_with(|| format!("cannot open {}", target.display()))?;
+        return Ok((f, target.to_path_buf()));
+    }
+    match open(target, true) {
+        Ok(f) => Ok((f, target.to_path_buf())),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let alt = alternative_name(target, alt_tag);
+            let f = open(&alt, true).wrap_err_with(|| {
+                format!(
+                    "both {} and {} exist; move them away",
+                    target.display(),
+                    alt.display()
+                )
+            })?;
+            Ok((f, alt))
+        }
+        Err(e) => Err(e).wrap_err_with(|| format!("cannot create {}", target.display())),
+    }
+}
+
+enum Placed {
+    Linked,
+    Same,
+    Different,
+}
+
+/// Link `tmp` to `target` unless `target` exists; then compare contents.
+fn place(tmp: &Path, target: &Path, body: &[u8]) -> Result<Placed> {
+    match fs::hard_link(tmp, target) {
+        Ok(()) => Ok(Placed::Linked),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            if same_content(target, body)? {
+                Ok(Placed::Same)
+            } else {
+                Ok(Placed::Different)
+            }
+        }
+        Err(e) => Err(e).wrap_err_with(|| format!("cannot create {}", target.display())),
+    }
+}
+
+fn same_content(path: &Path, body: &[u8]) -> Result<bool> {
+    let meta = fs::symlink_metadata(path)
+        .wrap_err_with(|| format!("cannot inspect {}", path.display()))?;
+    if !meta.file_type().is_file() || meta.len() != body.len() as u64 {
+        return Ok(false);
+    }
+    let mut existing = Vec::with_capacity(body.len());
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut existing))
+        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    Ok(existing == body)
+}
+
+/// `dir/name.ext` -> `dir/name.TAG.ext`.
+fn alternative_name(target: &Path, tag: &str) -> PathBuf {
+    let stem = target
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match target.extension() {
+        Some(ext) => format!("{stem}.{tag}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{tag}"),
+    };
+    target.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_sources_are_refused() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../../x",
+            "a/../../b",
+            "a/./../../b",
+            "./a",
+            "a//b",
+            "a/",
+            "a\0b",
+            "..",
+            ".",
+            ".hidden",
+            "a/.ssh/x",
+            "CON",
+            "nul.txt",
+            "com1.png",
+            "LPT9",
+            "a\\..\\b",
+            "c:/x",
+            "C:x",
+            "tab\there",
+            "trailing.",
+            "trailing ",
+            &"x".repeat(300),
+        ] {
+            assert_eq!(safe_relative_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_sources_are_kept() {
+        for good in [
+            "a.png",
+            "shapes/circle.png",
+            "Zoë/über 1.txt",
+            "com10.png",
+            "console.jpg",
+            "a b/c-d_e.f",
+        ] {
+            let p = safe_relative_path(good).unwrap_or_else(|| panic!("{good} refused"));
+            assert_eq!(p, PathBuf::from(good));
+        }
+    }
+
+    #[test]
+    fn store_never_overwrites_different_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let rel = PathBuf::from("sub/a.png");
+        let first = sink
+            .store(Some(&rel), "x.bin", "id1", b"one")
+            .expect("store");
+        assert_eq!(first, Stored::Written(dir.path().join("sub/a.png")));
+        let again = sink
+            .store(Some(&rel), "x.bin", "id1", b"one")
+            .expect("store");
+        assert_eq!(again, Stored::Duplicate(dir.path().join("sub/a.png")));
+        let other = sink
+            .store(Some(&rel), "x.bin", "id2", b"two")
+            .expect("store");
+        assert_eq!(
+            other,
+            Stored::Renamed {
+                wanted: dir.path().join("sub/a.png"),
+                written: dir.path().join("sub/a.id2.png")
+            }
+        );
+        assert_eq!(
+            fs::read(dir.path().join("sub/a.png")).expect("read"),
+            b"one"
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("sub"))
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn store_does_not_follow_symlinked_directories() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let stored = sink
+            .store(Some(Path::new("link/x.txt")), "fallback.txt", "t", b"hi")
+            .expect("store");
+        assert_eq!(stored, Stored::Written(dir.path().join("fallback.txt")));
+        assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn lines_append_and_line_one_never_clobbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.txt"), b"old\n").expect("seed");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let rel = PathBuf::from("a.txt");
+        let p1 = sink
+            .append_line("a.txt", Some(&rel), "f.txt", "tag", 1, b"new 1\n")
+            .expect("line");
+        let p2 = sink
+            .append_line("a.txt", Some(&rel), "f.txt", "tag", 2, b"new 2")
+            .expect("line");
+        sink.sync().expect("sync");
+        assert_eq!(p1, dir.path().join("a.tag.txt"));
+        assert_eq!(p1, p2);
+        assert_eq!(fs::read(&p1).expect("read"), b"new 1\nnew 2");
+        assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"old\n");
+    }
+}
