@@ -287,18 +287,17 @@ impl Session {
         };
         let result = state.run(consumer.receiver(), limits, handler);
         let outcome = state.outcome;
-        match result {
-            Ok(()) => {
-                // Unacked prefetched messages go back to the queue when the channel closes.
-                let _ = consumer.cancel();
-                drop(consumer);
-                channel
-                    .close()
-                    .map_err(|e| explain(e, &ep, "closing the channel"))?;
-                Ok(outcome)
-            }
-            Err(e) => Err(e),
-        }
+        // amiquip answers basic.cancel to us BEFORE it tells the consumer's receiver; if that
+        // receiver is gone by then, its I/O thread dies (EventLoopClientDropped). Keep a clone
+        // alive until the channel close round trip proves the I/O thread is past it.
+        let keep_alive = consumer.receiver().clone();
+        let _ = consumer.cancel();
+        drop(consumer);
+        let closed = channel.close();
+        drop(keep_alive);
+        result?;
+        closed.map_err(|e| explain(e, &ep, "closing the channel"))?;
+        Ok(outcome)
     }
 
     /// Close the connection, reporting a failure to close (amiquip's Drop would hide it).
@@ -781,8 +780,10 @@ fn explain(err: amiquip::Error, ep: &Endpoint, doing: &str) -> Report {
              and that the server certificate is trusted",
             ep.scrub(&source.to_string())
         ),
-        E::UnexpectedSocketClose | E::EventLoopDropped | E::EventLoopClientDropped => {
-            eyre!("lost the connection to {at} while {doing} (broker stopped or network cut)")
+        ref e @ (E::UnexpectedSocketClose | E::EventLoopDropped | E::EventLoopClientDropped) => {
+            eyre!(
+                "lost the connection to {at} while {doing} (broker stopped or network cut) [{e:?}]"
+            )
         }
         other => eyre!(
             "RabbitMQ error at {at} while {doing}: {}",

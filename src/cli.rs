@@ -16,15 +16,18 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
     after_help = "Examples:\n  mqdemo demo\n  mqdemo produce tabular --file examples/data/tabular_data.csv\n  mqdemo consume tabular --count 300 > rows.jsonl\n  mqdemo --url amqp://user:pass@mq.example:5672/%2f consume image --idle-timeout 5"
 )]
 pub struct Cli {
+    /// Flags for every command.
     #[command(flatten)]
     pub global: GlobalArgs,
 
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Flags accepted before or after any subcommand.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Broker and output (any command)")]
 pub struct GlobalArgs {
     /// Broker URL: amqp://USER:PASS@HOST:PORT/VHOST (amqps:// for TLS). The password is
     /// never printed. Example: --url amqp://guest:guest@localhost:5672/%2f
@@ -142,6 +145,7 @@ pub struct ProduceTabular {
     #[arg(long)]
     pub repeat: bool,
 
+    /// Options every producer shares.
     #[command(flatten)]
     pub common: ProduceCommon,
 }
@@ -153,6 +157,7 @@ pub struct ProduceImage {
     #[arg(long, default_value = "images_data", value_name = "DIR")]
     pub directory: PathBuf,
 
+    /// Options every producer shares.
     #[command(flatten)]
     pub common: ProduceCommon,
 }
@@ -177,6 +182,7 @@ pub struct ProduceText {
     #[arg(long, value_enum, default_value_t = Split::File)]
     pub split: Split,
 
+    /// Options every producer shares.
     #[command(flatten)]
     pub common: ProduceCommon,
 }
@@ -228,6 +234,7 @@ pub struct ConsumeTabular {
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
 
+    /// Options every consumer shares.
     #[command(flatten)]
     pub common: ConsumeCommon,
 }
@@ -240,6 +247,7 @@ pub struct ConsumeFiles {
     #[arg(long, alias = "output_directory", value_name = "DIR")]
     pub output_directory: Option<PathBuf>,
 
+    /// Options every consumer shares.
     #[command(flatten)]
     pub common: ConsumeCommon,
 }

@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn bad_values_are_usage_errors() {
         assert!(config(&["consume", "text", "--idle-timeout", "0"]).is_err());
-        assert!(config(&["produce", "text", "--interval", "-1"]).is_err());
+        assert!(config(&["produce", "text", "--interval=-1"]).is_err());
         assert!(config(&["produce", "text", "--queue", ""]).is_err());
         assert!(config(&["produce", "text", "--queue", "amq.x"]).is_err());
         assert!(config(&["--url", "http://x", "demo"]).is_err());

@@ -186,7 +186,7 @@ mod tests {
         };
         assert_eq!(
             s.line(),
-            "mqdemo: produced 300 messages (2.0 KiB) in 2.00 s, 150 msg/s, 1024 B/s; skipped 1, failed 2"
+            "mqdemo: produced 300 messages (2.0 KiB) in 2.00 s, 150 msg/s, 1.0 KiB/s; skipped 1, failed 2"
         );
         assert!(!s.clean());
     }

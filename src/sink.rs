@@ -75,7 +75,12 @@ pub enum Stored {
     /// A file with the same content was already there: nothing written.
     Duplicate(PathBuf),
     /// The wanted name held other content; written under this other name instead.
-    Renamed { wanted: PathBuf, written: PathBuf },
+    Renamed {
+        /// The name the sender asked for.
+        wanted: PathBuf,
+        /// Where the file was written.
+        written: PathBuf,
+    },
 }
 
 /// A directory that received files are written into.

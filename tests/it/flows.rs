@@ -1,0 +1,275 @@
+//! Produce -> consume round trips for every kind, through the real binary.
+
+use crate::support::{TestQueue, data, mqdemo, s, tree};
+
+fn csv_rows() -> Vec<Vec<String>> {
+    let mut rdr = csv::Reader::from_path(data("tabular_data.csv")).expect("sample csv");
+    rdr.records()
+        .map(|r| r.expect("row").iter().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn tabular_rows_come_back_as_typed_json_lines() {
+    let q = TestQueue::new("tab-jsonl");
+    let file = data("tabular_data.csv");
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name])
+        .run()
+        .expect_code(0)
+        .stderr_has("produced 300 messages");
+    let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "300"])
+        .run()
+        .expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 300);
+    let first: serde_json::Value = serde_json::from_str(lines[0]).expect("json line");
+    assert_eq!(
+        first["ID"],
+        serde_json::json!(1),
+        "integers are JSON numbers: {first}"
+    );
+    assert!(first["AGE"].is_i64());
+    for (line, row) in lines.iter().zip(csv_rows()) {
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).expect("object");
+        let values: Vec<String> = obj.values().map(|v| v.to_string()).collect();
+        assert_eq!(values, row, "row values in column order");
+    }
+    assert_eq!(q.depth(), 0);
+}
+
+#[test]
+fn tabular_csv_format_gives_back_the_same_csv() {
+    let q = TestQueue::new("tab-csv");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("rows.csv");
+    let file = data("tabular_data.csv");
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name])
+        .run()
+        .expect_code(0);
+    mqdemo(&[
+        "consume",
+        "tabular",
+        "--queue",
+        &q.name,
+        "--count",
+        "300",
+        "--format",
+        "csv",
+        "--output",
+        s(&out),
+    ])
+    .run()
+    .expect_code(0);
+    assert_eq!(
+        std::fs::read(&out).expect("output"),
+        std::fs::read(&file).expect("input")
+    );
+}
+
+#[test]
+fn batch_size_packs_rows_and_num_records_limits_them() {
+    let q = TestQueue::new("tab-batch");
+    let file = data("tabular_data.csv");
+    mqdemo(&[
+        "produce",
+        "tabular",
+        "--file",
+        s(&file),
+        "--queue",
+        &q.name,
+        "--batch-size",
+        "100",
+        "--num_records",
+        "250",
+    ])
+    .run()
+    .expect_code(0)
+    .stderr_has("produced 3 messages");
+    assert_eq!(q.depth(), 3);
+    let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "3"])
+        .run()
+        .expect_code(0);
+    let ids: Vec<i64> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["ID"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    assert_eq!(ids, (1..=250).collect::<Vec<i64>>());
+}
+
+#[test]
+fn images_arrive_byte_identical_under_their_relative_paths() {
+    let q = TestQueue::new("img");
+    let out = tempfile::tempdir().expect("tempdir");
+    let images = data("images");
+    mqdemo(&[
+        "produce",
+        "image",
+        "--directory",
+        s(&images),
+        "--queue",
+        &q.name,
+    ])
+    .run()
+    .expect_code(0);
+    mqdemo(&[
+        "consume",
+        "image",
+        "--queue",
+        &q.name,
+        "--output-directory",
+        s(out.path()),
+        "--idle-timeout",
+        "2",
+    ])
+    .run()
+    .expect_code(0)
+    .stderr_has("written 6");
+    assert_eq!(tree(out.path()), tree(&images));
+}
+
+#[test]
+fn texts_arrive_byte_identical_split_by_file_and_by_line() {
+    let texts = data("texts");
+    for split in ["file", "line"] {
+        let q = TestQueue::new("text");
+        let out = tempfile::tempdir().expect("tempdir");
+        mqdemo(&[
+            "produce",
+            "text",
+            "--directory",
+            s(&texts),
+            "--split",
+            split,
+            "--queue_name",
+            &q.name,
+        ])
+        .run()
+        .expect_code(0);
+        mqdemo(&[
+            "consume",
+            "text",
+            "--queue",
+            &q.name,
+            "--output_directory",
+            s(out.path()),
+            "--idle-timeout",
+            "2",
+        ])
+        .run()
+        .expect_code(0);
+        assert_eq!(tree(out.path()), tree(&texts), "--split {split}");
+    }
+}
+
+#[test]
+fn second_delivery_of_the_same_file_is_counted_as_duplicate() {
+    let q = TestQueue::new("img-dup");
+    let out = tempfile::tempdir().expect("tempdir");
+    let images = data("images");
+    for _ in 0..2 {
+        mqdemo(&[
+            "produce",
+            "image",
+            "--directory",
+            s(&images),
+            "--queue",
+            &q.name,
+        ])
+        .run()
+        .expect_code(0);
+    }
+    mqdemo(&[
+        "consume",
+        "image",
+        "--queue",
+        &q.name,
+        "--output-directory",
+        s(out.path()),
+        "--count",
+        "12",
+    ])
+    .run()
+    .expect_code(0)
+    .stderr_has("written 6, duplicates 6");
+    assert_eq!(tree(out.path()), tree(&images));
+}
+
+#[test]
+fn demo_verifies_every_kind() {
+    let out = mqdemo(&["demo"]).run().expect_code(0);
+    assert!(out.stdout.contains("300/300 rows"), "{}", out.stdout);
+    assert!(out.stdout.contains("6/6 files"), "{}", out.stdout);
+    assert_eq!(out.stdout.matches("4/4 files").count(), 2, "{}", out.stdout);
+}
+
+#[test]
+fn consumer_stops_cleanly_on_sigterm() {
+    let q = TestQueue::new("sigterm");
+    let file = data("tabular_data.csv");
+    mqdemo(&[
+        "produce",
+        "tabular",
+        "--file",
+        s(&file),
+        "--queue",
+        &q.name,
+        "--num-records",
+        "5",
+    ])
+    .run()
+    .expect_code(0);
+    let child = mqdemo(&["consume", "tabular", "--queue", &q.name]).spawn();
+    crate::support::wait_until(std::time::Duration::from_secs(20), "queue drained", || {
+        q.depth() == 0
+    });
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = crate::support::wait(child, std::time::Duration::from_secs(10)).expect_code(0);
+    assert_eq!(out.stdout.lines().count(), 5);
+    assert!(out.stderr.contains("consumed 5 messages"), "{}", out.stderr);
+}
+
+#[test]
+fn closed_stdout_pipe_exits_zero_quietly() {
+    let q = TestQueue::new("pipe");
+    let file = data("tabular_data.csv");
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name])
+        .run()
+        .expect_code(0);
+    let mut child = mqdemo(&[
+        "consume",
+        "tabular",
+        "--queue",
+        &q.name,
+        "--count",
+        "300",
+        "--prefetch",
+        "1",
+    ])
+    .spawn();
+    // Read one line, then close our end, like `| head -1`.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(&mut stdout, &mut byte).expect("read") == 1 && byte[0] != b'\n' {}
+    drop(stdout);
+    let mut stderr = String::new();
+    let mut err = child.stderr.take().expect("stderr");
+    std::io::Read::read_to_string(&mut err, &mut stderr).expect("stderr");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert!(
+        q.depth() > 0,
+        "rows not written to the pipe stay in the queue"
+    );
+}

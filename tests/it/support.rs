@@ -1,0 +1,305 @@
+//! Test support: the broker under test, unique queues cleaned up on drop, a runner for the
+//! real binary with a deadline, and a raw AMQP client playing "another producer".
+
+use amiquip::{AmqpProperties, Connection, Publish};
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Default broker for tests, like lapin's AMQP_ADDR convention.
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How long one run of the binary may take before the test fails.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The broker URL under test; fails at once, with how to start one, if nothing answers.
+pub fn url() -> String {
+    static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let url = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+        let parsed = url::Url::parse(&url).map_err(|e| format!("AMQP_URL {url:?}: {e}"))?;
+        let host = parsed.host_str().unwrap_or("localhost").to_string();
+        let port = parsed.port().unwrap_or(5672);
+        let reachable = (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+        if reachable {
+            Ok(url)
+        } else {
+            Err(format!(
+                "no RabbitMQ at {host}:{port}: start one with `rabbitmq-server -detached` \
+                 (or `docker compose up -d rabbitmq`), or set AMQP_URL"
+            ))
+        }
+    });
+    match checked {
+        Ok(u) => u.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A queue with a name no other test uses, deleted (with any policy set on it) on drop.
+pub struct TestQueue {
+    pub name: String,
+    policy: Option<String>,
+}
+
+impl TestQueue {
+    pub fn new(test: &str) -> TestQueue {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let _ = url();
+        TestQueue {
+            name: format!("it-{test}-{}-{n}", std::process::id()),
+            policy: None,
+        }
+    }
+
+    /// Ready messages in the queue (declares it durable if missing).
+    pub fn depth(&self) -> u32 {
+        let mut conn = connect();
+        let ch = conn.open_channel(None).expect("channel");
+        let q = ch
+            .queue_declare(
+                self.name.clone(),
+                amiquip::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+            )
+            .expect("declare");
+        let n = q.declared_message_count().unwrap_or(0);
+        let _ = conn.close();
+        n
+    }
+
+    /// Apply a RabbitMQ policy to this queue only (removed on drop).
+    pub fn set_policy(&mut self, definition: &str) {
+        let name = format!("{}-policy", self.name);
+        let status = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "set_policy",
+                &name,
+                &format!("^{}$", self.name),
+                definition,
+                "--apply-to",
+                "queues",
+            ])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl set_policy failed");
+        self.policy = Some(name);
+    }
+
+    /// Publish a raw message as another producer (pika, amqp-publish) would.
+    pub fn publish_raw(&self, body: &[u8], props: AmqpProperties) {
+        let mut conn = connect();
+        let ch = conn.open_channel(None).expect("channel");
+        ch.queue_declare(
+            self.name.clone(),
+            amiquip::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
+        .expect("declare");
+        ch.basic_publish("", Publish::with_properties(body, self.name.clone(), props))
+            .expect("publish");
+        let _ = ch.close();
+        let _ = conn.close();
+    }
+
+    /// Take one message off the queue (acked), if there is one.
+    pub fn get(&self) -> Option<amiquip::Delivery> {
+        let mut conn = connect();
+        let ch = conn.open_channel(None).expect("channel");
+        let got = ch.basic_get(self.name.clone(), true).expect("basic_get");
+        let delivery = got.map(|g| g.delivery);
+        let _ = ch.close();
+        let _ = conn.close();
+        delivery
+    }
+
+    /// Delete the queue now.
+    pub fn delete(&self) {
+        if let Ok(mut conn) = Connection::insecure_open(&url()) {
+            if let Ok(ch) = conn.open_channel(None) {
+                let _ = ch.queue_delete(self.name.clone(), Default::default());
+            }
+            let _ = conn.close();
+        }
+    }
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        self.delete();
+        if let Some(p) = &self.policy {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "clear_policy", p])
+                .status();
+        }
+    }
+}
+
+/// A raw connection to the broker under test.
+pub fn connect() -> Connection {
+    Connection::insecure_open(&url()).expect("test broker connection")
+}
+
+/// The real binary, with the broker under test and no backtraces.
+pub struct Mqdemo {
+    cmd: Command,
+}
+
+/// What a finished run printed.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Assert the exit code, showing everything on failure.
+    pub fn expect_code(self, code: i32) -> Output {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "exit code; stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Assert stderr contains `needle`.
+    pub fn stderr_has(self, needle: &str) -> Output {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// The first line of stderr.
+    pub fn first_error_line(&self) -> &str {
+        self.stderr.lines().next().unwrap_or("")
+    }
+}
+
+pub fn mqdemo(args: &[&str]) -> Mqdemo {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqdemo"));
+    cmd.args(args)
+        .env("AMQP_URL", url())
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    Mqdemo { cmd }
+}
+
+impl Mqdemo {
+    /// Start without waiting.
+    pub fn spawn(mut self) -> Child {
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.cmd.spawn().expect("mqdemo binary starts")
+    }
+
+    /// Run to completion within RUN_DEADLINE.
+    pub fn run(self) -> Output {
+        wait(self.spawn(), RUN_DEADLINE)
+    }
+}
+
+/// Wait for a child with a deadline, collecting its output; kill it and fail on timeout.
+pub fn wait(mut child: Child, deadline: Duration) -> Output {
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "mqdemo still running after {deadline:?}; stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Poll `cond` until it holds or `deadline` passes.
+pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The repository's examples/data directory.
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/data")
+        .join(rel)
+}
+
+/// Every file under `root` as (relative path, bytes), sorted.
+pub fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            (rel, std::fs::read(e.path()).expect("read"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A path argument as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
