@@ -118,7 +118,7 @@ struct RowHandler {
 enum RowOut {
     Jsonl(BufWriter<Box<dyn Write>>),
     Csv {
-        w: csv::Writer<Box<dyn Write>>,
+        w: Box<csv::Writer<Box<dyn Write>>>,
         header: Option<Vec<String>>,
         has_header: bool,
     },
@@ -151,9 +151,11 @@ impl RowHandler {
         let out = match format {
             RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
             RowFormat::Csv => RowOut::Csv {
-                w: csv::WriterBuilder::new()
-                    .buffer_capacity(64 * 1024)
-                    .from_writer(w),
+                w: Box::new(
+                    csv::WriterBuilder::new()
+                        .buffer_capacity(64 * 1024)
+                        .from_writer(w),
+                ),
                 header: None,
                 has_header: non_empty,
             },

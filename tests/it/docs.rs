@@ -5,28 +5,35 @@ use clap::Parser;
 use mqdemo::cli::Cli;
 use std::path::Path;
 
-fn command_lines(text: &str) -> Vec<String> {
+/// `mqdemo ...` lines inside ```sh code blocks (Markdown) or `command:` values (YAML),
+/// with `\` continuations joined.
+fn command_lines(text: &str, markdown: bool) -> Vec<String> {
     let mut lines = Vec::new();
+    let mut in_code = !markdown;
     let mut pending = String::new();
     for raw in text.lines() {
-        let line = raw.trim().trim_start_matches("- ").trim_start_matches("$ ");
-        let line = line
-            .trim_start_matches("command: ")
-            .trim_matches('"')
-            .trim_matches('\'');
-        let start = if pending.is_empty() {
-            line.find("mqdemo ")
+        let line = raw.trim();
+        if markdown && line.starts_with("```") {
+            // Only shell blocks hold runnable command lines; a bare fence is a synopsis.
+            in_code = !in_code && matches!(&line[3..], "sh" | "bash" | "shell" | "console");
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        let line = line.trim_start_matches("$ ");
+        let line = if markdown {
+            line
         } else {
-            Some(0)
+            line.trim_start_matches("command:").trim()
         };
-        let Some(start) = start else { continue };
-        let piece = &line[start..];
-        if !pending.is_empty() || piece.starts_with("mqdemo ") {
-            pending.push_str(piece.trim_end_matches('\\'));
-            pending.push(' ');
-            if !piece.ends_with('\\') {
-                lines.push(std::mem::take(&mut pending));
-            }
+        if pending.is_empty() && !line.starts_with("mqdemo ") {
+            continue;
+        }
+        pending.push_str(line.trim_end_matches('\\'));
+        pending.push(' ');
+        if !line.ends_with('\\') {
+            lines.push(std::mem::take(&mut pending));
         }
     }
     lines
@@ -44,7 +51,7 @@ fn check(file: &str) -> usize {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).expect(file);
     let mut checked = 0;
-    for line in command_lines(&text) {
+    for line in command_lines(&text, file.ends_with(".md")) {
         let argv = words(&line);
         if argv.first().map(String::as_str) != Some("mqdemo") || argv.len() < 2 {
             continue;

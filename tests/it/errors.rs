@@ -27,6 +27,22 @@ fn refused_connection_says_how_to_start_a_broker() {
 }
 
 #[test]
+fn demo_without_a_broker_says_how_to_start_one() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let out = with_url(&url, &["demo"]).expect_code(1);
+    let first = out.first_error_line();
+    assert!(
+        first.contains("docker compose") && first.contains("rabbitmq-server -detached"),
+        "{first}"
+    );
+}
+
+#[test]
 fn silent_port_times_out_within_the_connect_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();

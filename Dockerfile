@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t mqdemo .    Run: docker run --rm mqdemo mqdemo --help
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY src ./src
+COPY examples/data ./examples/data
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
+    && strip target/release/mqdemo
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /work mqdemo \
+    && mkdir -p /work /out \
+    && chown mqdemo /work /out
+COPY --from=build /src/target/release/mqdemo /usr/local/bin/mqdemo
+COPY examples/data /data
+USER mqdemo
+WORKDIR /work
+ENV AMQP_URL=amqp://guest:guest@rabbitmq:5672/%2f
+CMD ["mqdemo", "demo"]
