@@ -4,7 +4,7 @@
 use crate::amqp::{ConsumeLimits, Disposition, Handler, Session};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
-use crate::output::{Progress, Reporter, Summary};
+use crate::output::{Progress, Reporter, Summary, human_bytes};
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr};
 use serde_json::{Map, Value};
@@ -91,6 +91,16 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Progress-bar text.
+    fn status(&self) -> String {
+        format!(
+            "{} msgs ({}) stored, {}",
+            self.messages,
+            human_bytes(self.bytes),
+            self.extra()
+        )
+    }
+
     fn extra(&self) -> String {
         if self.tabular {
             format!("rows {}", self.rows)
@@ -237,6 +247,7 @@ impl Handler for RowHandler {
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
         self.counts.rows += rows.len() as u64;
+        self.reporter.status(|| self.counts.status());
         Ok(Disposition::Ack)
     }
 
@@ -339,6 +350,7 @@ impl Handler for FileHandler {
         }
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
+        self.reporter.status(|| self.counts.status());
         Ok(Disposition::Ack)
     }
 

@@ -2,14 +2,17 @@
 //! stdout is data only and is never written here.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::cell::Cell;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The run's voice on stderr: a progress bar (hidden when quiet or not a terminal) and
 /// warnings printed above it.
 #[derive(Clone)]
 pub struct Reporter {
     bar: ProgressBar,
+    /// When the status text was last set (updates are throttled).
+    last_status: Cell<Option<Instant>>,
 }
 
 /// What the progress bar counts.
@@ -29,34 +32,35 @@ impl Reporter {
         if !show || !std::io::stderr().is_terminal() {
             return Reporter::hidden();
         }
-        let (bar, template) = match progress {
+        let (len, template) = match progress {
             Progress::Bytes(n) => (
-                ProgressBar::new(n),
-                "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}",
+                Some(n),
+                "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} read, {msg} ETA {eta}",
             ),
             Progress::Items(n) => (
-                ProgressBar::new(n),
-                "{spinner} {prefix} [{bar:30}] {pos}/{len} files {msg} {per_sec} ETA {eta}",
+                Some(n),
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {msg} ETA {eta}",
             ),
-            Progress::Open => (
-                ProgressBar::no_length(),
-                "{spinner} {prefix} {msg} {elapsed}",
-            ),
+            Progress::Open => (None, "{spinner} {prefix} {msg} {elapsed}"),
         };
+        let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr_with_hz(10));
         let style = ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(what.to_string());
-        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
         bar.enable_steady_tick(Duration::from_millis(200));
-        Reporter { bar }
+        Reporter {
+            bar,
+            last_status: Cell::new(None),
+        }
     }
 
     /// A reporter that draws nothing (warnings still print).
     pub fn hidden() -> Reporter {
         Reporter {
             bar: ProgressBar::hidden(),
+            last_status: Cell::new(None),
         }
     }
 
@@ -70,11 +74,22 @@ impl Reporter {
         self.bar.inc(n);
     }
 
-    /// Show a status such as "1,234 msgs, 2.1 MiB confirmed".
-    pub fn status(&self, msg: String) {
-        if !self.bar.is_hidden() {
-            self.bar.set_message(msg);
+    /// Show a status such as "1234 msgs (2.1 MiB) confirmed"; `msg` is only called when
+    /// the bar is visible and the last update is over 100 ms old.
+    pub fn status(&self, msg: impl FnOnce() -> String) {
+        if self.bar.is_hidden() {
+            return;
         }
+        let now = Instant::now();
+        if self
+            .last_status
+            .get()
+            .is_some_and(|t| now - t < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last_status.set(Some(now));
+        self.bar.set_message(msg());
     }
 
     /// Print a warning line above the bar.

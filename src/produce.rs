@@ -39,8 +39,9 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &AtomicBool) -> Result<Ou
         max_size: cfg.max_message_size,
         skipped: 0,
         sent: 0,
+        started: Instant::now(),
     };
-    let started = Instant::now();
+    let started = pump.started;
     let streamed = input.stream(cfg, &mut pump);
     let Pump {
         publisher,
@@ -97,6 +98,7 @@ struct Pump<'a> {
     max_size: u64,
     skipped: u64,
     sent: u64,
+    started: Instant,
 }
 
 impl Pump<'_> {
@@ -114,11 +116,22 @@ impl Pump<'_> {
         }
         self.publisher.publish(msg)?;
         self.sent += 1;
-        if self.sent % 64 == 0 {
-            let r = self.publisher.report();
-            self.reporter.status(format!("{} confirmed", r.confirmed));
-        }
+        self.show_status();
         Ok(self.keep_going())
+    }
+
+    /// "12,000 msgs (4.1 MiB) confirmed, 8,100 msg/s" on the progress bar.
+    fn show_status(&self) {
+        self.reporter.status(|| {
+            let r = self.publisher.report();
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            format!(
+                "{} msgs ({}) confirmed, {:.0} msg/s",
+                r.confirmed,
+                human_bytes(r.confirmed_bytes),
+                r.confirmed as f64 / secs
+            )
+        });
     }
 
     fn skip(&mut self, what: &str, why: &str) {
