@@ -29,10 +29,18 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Broker and output (any command)")]
 pub struct GlobalArgs {
-    /// Broker URL: amqp://USER:PASS@HOST:PORT/VHOST (amqps:// for TLS). The password is
-    /// never printed. Example: --url amqp://guest:guest@localhost:5672/%2f
-    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_URL, hide_env_values = true)]
-    pub url: String,
+    /// Broker URL: amqp://USER:PASS@HOST:PORT/VHOST (amqps:// for TLS). Give it several
+    /// times (or comma-separated) for cluster nodes: each failure moves to the next. The
+    /// password is never printed. Example: --url amqp://guest:guest@localhost:5672/%2f
+    #[arg(
+        long,
+        global = true,
+        env = "AMQP_URL",
+        value_delimiter = ',',
+        default_value = DEFAULT_URL,
+        hide_env_values = true
+    )]
+    pub url: Vec<String>,
 
     /// Replace the host of --url, as the original Python demo did.
     /// Example: --rabbitmq-server rabbitmq
@@ -43,6 +51,17 @@ pub struct GlobalArgs {
     /// Example: --connect-timeout 10
     #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS")]
     pub connect_timeout: f64,
+
+    /// After a lost connection, keep reconnecting (backoff with jitter, next --url each time)
+    /// for up to SECS; 0 fails at once. The first connection of a run is never retried.
+    /// Example: --retry-for 60
+    #[arg(long, global = true, default_value_t = 300.0, value_name = "SECS")]
+    pub retry_for: f64,
+
+    /// PEM file with the CA certificate(s) that signed the broker's TLS certificate, for
+    /// amqps:// with a private CA. Example: --ca-cert /etc/rabbitmq/ca.pem
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
 
     /// No progress bar and no summary line on stderr (errors are still printed).
     #[arg(short, long, global = true)]
@@ -92,18 +111,50 @@ pub enum ConsumeCommand {
     Text(ConsumeFiles),
 }
 
+/// Queue arguments; with none given the queue is declared durable with no arguments.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Declare the queue with this type (x-queue-type). Example: --queue-type quorum
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub queue_type: Option<QueueTypeArg>,
+
+    /// Dead-letter undecodable or unwritable messages into this queue (declares it, the
+    /// mqdemo.dead-letter exchange and the main queue's x-dead-letter-exchange).
+    /// Example: --dead-letter-queue failed_records
+    #[arg(long, value_name = "NAME")]
+    pub dead_letter_queue: Option<String>,
+
+    /// Bound the queue to N messages (x-max-length with x-overflow reject-publish):
+    /// producers get nacks when it is full, back off and retry. Example: --max-length 10000
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<u64>,
+
+    /// With --queue-type quorum: dead-letter (or drop) a message after N failed deliveries
+    /// instead of redelivering it forever (x-delivery-limit). Example: --delivery-limit 5
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub delivery_limit: u64,
+}
+
+/// `--queue-type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueTypeArg {
+    /// Classic queue.
+    Classic,
+    /// Replicated quorum queue (needs a durable queue; best on a cluster).
+    Quorum,
+}
+
 /// Options every producer shares.
 #[derive(Debug, Args)]
 pub struct ProduceCommon {
     /// Queue to publish to (declared durable if missing). Defaults: alicpp_records (tabular),
     /// image_queue (image), text_queue (text). Example: --queue raw_records
-    #[arg(
-        long,
-        visible_alias = "queue-name",
-        alias = "queue_name",
-        value_name = "NAME"
-    )]
+    #[arg(long, visible_alias = "queue-name", alias = "queue_name", value_name = "NAME")]
     pub queue: Option<String>,
+
+    /// Queue arguments.
+    #[command(flatten)]
+    pub queue_args: QueueArgs,
 
     /// Pause between messages, in seconds (0 = as fast as confirms allow). Example: --interval 0.5
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
@@ -192,13 +243,12 @@ pub struct ProduceText {
 pub struct ConsumeCommon {
     /// Queue to read from (declared durable if missing). Defaults: alicpp_records (tabular),
     /// image_queue (image), text_queue (text). Example: --queue predictions
-    #[arg(
-        long,
-        visible_alias = "queue-name",
-        alias = "queue_name",
-        value_name = "NAME"
-    )]
+    #[arg(long, visible_alias = "queue-name", alias = "queue_name", value_name = "NAME")]
     pub queue: Option<String>,
+
+    /// Queue arguments.
+    #[command(flatten)]
+    pub queue_args: QueueArgs,
 
     /// Stop after N messages. Example: --count 300
     #[arg(long, value_name = "N")]
@@ -287,6 +337,20 @@ mod tests {
     }
 
     #[test]
+    fn url_may_repeat_or_be_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "mqdemo",
+            "--url",
+            "amqp://a",
+            "--url",
+            "amqp://b,amqp://c",
+            "demo",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.url, ["amqp://a", "amqp://b", "amqp://c"]);
+    }
+
+    #[test]
     fn global_flags_after_subcommand() {
         let cli = Cli::try_parse_from([
             "mqdemo",
@@ -299,7 +363,7 @@ mod tests {
             "-q",
         ])
         .expect("parses");
-        assert_eq!(cli.global.url, "amqp://h");
+        assert_eq!(cli.global.url, ["amqp://h"]);
         assert!(cli.global.quiet);
     }
 }

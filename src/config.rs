@@ -1,6 +1,6 @@
 //! Parsed arguments -> validated plain structs the flows take. No clap type goes past here.
 
-use crate::amqp::{Endpoint, PublisherOptions};
+use crate::amqp::{Endpoint, PublisherOptions, QueueSpec, QueueType, Retry};
 use crate::cli::{self, Cli, Command, ConsumeCommand, ProduceCommand};
 use crate::codec::Kind;
 use std::path::PathBuf;
@@ -23,8 +23,10 @@ pub struct Config {
 /// Shared settings.
 #[derive(Debug, Clone)]
 pub struct Global {
-    /// Where the broker is.
-    pub endpoint: Endpoint,
+    /// Where the broker is: one endpoint per `--url` (cluster nodes), tried in turn.
+    pub endpoints: Vec<Endpoint>,
+    /// How long to keep reconnecting after a lost connection.
+    pub retry: Retry,
     /// No progress bar, no summary.
     pub quiet: bool,
 }
@@ -46,7 +48,7 @@ pub struct ProduceConfig {
     /// Data kind.
     pub kind: Kind,
     /// Target queue.
-    pub queue: String,
+    pub queue: QueueSpec,
     /// Pause between messages.
     pub interval: Duration,
     /// Confirm window and deadline.
@@ -86,7 +88,7 @@ pub struct ConsumeConfig {
     /// Data kind.
     pub kind: Kind,
     /// Source queue.
-    pub queue: String,
+    pub queue: QueueSpec,
     /// Stop after this many messages.
     pub count: Option<u64>,
     /// Stop after this long without a message.
@@ -120,21 +122,29 @@ pub enum RowFormat {
     Csv,
 }
 
-/// In-flight bytes bound of the confirm window, so a window of large images stays in memory
-/// bounds.
-const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+/// In-flight bytes bound of the confirm window: keeps memory bounded for large images, and
+/// stays under amiquip's 16 MiB write buffer so a broker alarm never stalls `publish`.
+pub const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
 impl Config {
     /// Validate parsed arguments.
     pub fn from_cli(cli: Cli) -> Result<Config, UsageError> {
         let g = &cli.global;
         let timeout = seconds("--connect-timeout", g.connect_timeout, false)?;
-        let endpoint = Endpoint::parse(&g.url, g.rabbitmq_server.as_deref(), timeout)
-            .map_err(|e| UsageError(e.0))?;
-        let global = Global {
-            endpoint,
-            quiet: g.quiet,
-        };
+        let endpoints = g
+            .url
+            .iter()
+            .map(|u| {
+                Endpoint::parse(u, g.rabbitmq_server.as_deref(), timeout)
+                    .map(|e| e.with_ca_cert(g.ca_cert.clone()))
+                    .map_err(|e| UsageError(e.0))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(UsageError("--url: give at least one broker URL".into()));
+        }
+        let retry_for = seconds("--retry-for", g.retry_for, true)?;
+        let global = Global { endpoints, retry: Retry { retry_for }, quiet: g.quiet };
         let action = match cli.command {
             Command::Produce(p) => Action::Produce(produce(p)?),
             Command::Consume(c) => Action::Consume(consume(c)?),
@@ -156,26 +166,18 @@ fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
                 repeat: t.repeat,
             },
         ),
-        ProduceCommand::Image(i) => (
-            Kind::Image,
-            i.common,
-            Source::Files {
-                directory: i.directory,
-                split_lines: false,
-            },
-        ),
+        ProduceCommand::Image(i) => {
+            (Kind::Image, i.common, Source::Files { directory: i.directory, split_lines: false })
+        }
         ProduceCommand::Text(t) => (
             Kind::Text,
             t.common,
-            Source::Files {
-                directory: t.directory,
-                split_lines: t.split == cli::Split::Line,
-            },
+            Source::Files { directory: t.directory, split_lines: t.split == cli::Split::Line },
         ),
     };
     Ok(ProduceConfig {
         kind,
-        queue: queue_name(common.queue, kind)?,
+        queue: queue_spec(common.queue, &common.queue_args, kind)?,
         interval: seconds("--interval", common.interval, true)?,
         publisher: PublisherOptions {
             window: common.confirm_window as usize,
@@ -198,25 +200,19 @@ fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
             (Kind::Tabular, t.common, SinkConfig::Rows { output, format })
         }
         ConsumeCommand::Image(f) => {
-            let dir = f
-                .output_directory
-                .unwrap_or_else(|| "received_images".into());
+            let dir = f.output_directory.unwrap_or_else(|| "received_images".into());
             (Kind::Image, f.common, SinkConfig::Directory(dir))
         }
         ConsumeCommand::Text(f) => {
-            let dir = f
-                .output_directory
-                .unwrap_or_else(|| "received_texts".into());
+            let dir = f.output_directory.unwrap_or_else(|| "received_texts".into());
             (Kind::Text, f.common, SinkConfig::Directory(dir))
         }
     };
-    let idle_timeout = common
-        .idle_timeout
-        .map(|s| seconds("--idle-timeout", s, false))
-        .transpose()?;
+    let idle_timeout =
+        common.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
     Ok(ConsumeConfig {
         kind,
-        queue: queue_name(common.queue, kind)?,
+        queue: queue_spec(common.queue, &common.queue_args, kind)?,
         count: common.count,
         idle_timeout,
         prefetch: common.prefetch,
@@ -224,8 +220,32 @@ fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
     })
 }
 
-fn queue_name(given: Option<String>, kind: Kind) -> Result<String, UsageError> {
-    let name = given.unwrap_or_else(|| kind.default_queue().to_string());
+fn queue_spec(
+    given: Option<String>,
+    args: &cli::QueueArgs,
+    kind: Kind,
+) -> Result<QueueSpec, UsageError> {
+    let name = queue_name(given.unwrap_or_else(|| kind.default_queue().to_string()))?;
+    let dead_letter_queue = args.dead_letter_queue.clone().map(queue_name).transpose()?;
+    if dead_letter_queue.as_ref() == Some(&name) {
+        return Err(UsageError(format!("--dead-letter-queue {name}: must differ from --queue")));
+    }
+    if args.max_length == Some(0) {
+        return Err(UsageError("--max-length 0: a queue must hold at least 1 message".into()));
+    }
+    Ok(QueueSpec {
+        name,
+        queue_type: args.queue_type.map(|t| match t {
+            cli::QueueTypeArg::Classic => QueueType::Classic,
+            cli::QueueTypeArg::Quorum => QueueType::Quorum,
+        }),
+        dead_letter_queue,
+        max_length: args.max_length,
+        delivery_limit: Some(args.delivery_limit),
+    })
+}
+
+fn queue_name(name: String) -> Result<String, UsageError> {
     if name.is_empty() || name.len() > 255 {
         return Err(UsageError(format!(
             "--queue {name:?}: a queue name must be 1 to 255 bytes long"
@@ -243,9 +263,7 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, UsageError
     let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0)) && value < 1e9;
     if !ok {
         let want = if zero_ok { "0 or more" } else { "more than 0" };
-        return Err(UsageError(format!(
-            "{flag} {value}: must be a number of seconds, {want}"
-        )));
+        return Err(UsageError(format!("{flag} {value}: must be a number of seconds, {want}")));
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -263,25 +281,23 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_original_demo() {
-        let Ok(Config {
-            action: Action::Consume(c),
-            ..
-        }) = config(&["consume", "image"])
-        else {
+        let Ok(Config { action: Action::Consume(c), .. }) = config(&["consume", "image"]) else {
             panic!("consume image");
         };
-        assert_eq!(c.queue, "image_queue");
+        assert_eq!(
+            c.queue,
+            QueueSpec { delivery_limit: Some(20), ..QueueSpec::plain("image_queue") }
+        );
         assert!(
             matches!(c.sink, SinkConfig::Directory(ref d) if d == &PathBuf::from("received_images"))
         );
-        let Ok(Config {
-            action: Action::Produce(p),
-            ..
-        }) = config(&["produce", "tabular", "--file", "a.csv"])
+        let Ok(Config { action: Action::Produce(p), .. }) =
+            config(&["produce", "tabular", "--file", "a.csv"])
         else {
             panic!("produce tabular");
         };
-        assert_eq!(p.queue, "alicpp_records");
+        assert_eq!(p.queue.name, "alicpp_records");
+        assert!(p.queue.arguments().is_empty(), "no arguments unless asked for");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Consumers: deliveries -> codec -> sink (stdout, a file, a directory), acked only after
 //! the sink has the data durably.
 
-use crate::amqp::{ConsumeLimits, Disposition, Handler, Session};
+use crate::amqp::{self, ConsumeLimits, Disposition, Handler};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, human_bytes};
+use crate::produce::link_events;
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr};
 use serde_json::{Map, Value};
+use std::collections::{HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -29,34 +31,28 @@ pub fn run(
     stop: &AtomicBool,
     stdout: Box<dyn Write>,
 ) -> Result<Outcome> {
-    let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue));
+    let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue.name));
     let mut handler: Box<dyn CountingHandler> = match &cfg.sink {
-        SinkConfig::Rows { output, format } => Box::new(RowHandler::new(
-            output.as_ref(),
-            *format,
-            stdout,
-            reporter.clone(),
-        )?),
+        SinkConfig::Rows { output, format } => {
+            Box::new(RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?)
+        }
         SinkConfig::Directory(dir) => Box::new(FileHandler::new(dir, cfg.kind, reporter.clone())?),
     };
-    let mut session = Session::open(&global.endpoint)?;
-    session.declare_queue(&cfg.queue)?;
-    let limits = ConsumeLimits {
-        count: cfg.count,
-        idle: cfg.idle_timeout,
-        stop,
-    };
+    let limits = ConsumeLimits { count: cfg.count, idle: cfg.idle_timeout, stop };
     let started = Instant::now();
-    let result = session.consume(&cfg.queue, cfg.prefetch, &limits, handler.as_mut_handler());
+    let on_event = link_events(reporter.clone());
+    let (outcome, result) = amqp::consume(
+        &global.endpoints,
+        &cfg.queue,
+        cfg.prefetch,
+        &limits,
+        handler.as_mut_handler(),
+        global.retry,
+        &on_event,
+    )?;
     reporter.finish();
     let counts = handler.counts();
-    let (outcome, error) = match result {
-        Ok(o) => {
-            let _ = session.close();
-            (o, None)
-        }
-        Err(e) => (Default::default(), Some(e)),
-    };
+    let error = result.err();
     let summary = Summary {
         verb: "consumed",
         messages: counts.messages,
@@ -93,17 +89,12 @@ pub struct Counts {
 impl Counts {
     /// Progress-bar text.
     fn status(&self) -> String {
-        format!(
-            "{} msgs ({}) stored, {}",
-            self.messages,
-            human_bytes(self.bytes),
-            self.extra()
-        )
+        format!("{} msgs ({}) stored, {}", self.messages, human_bytes(self.bytes), self.extra())
     }
 
     fn extra(&self) -> String {
         if self.tabular {
-            format!("rows {}", self.rows)
+            format!("rows {}, duplicates {}", self.rows, self.duplicates)
         } else {
             format!(
                 "written {}, duplicates {}, renamed {}",
@@ -123,15 +114,12 @@ struct RowHandler {
     out: RowOut,
     reporter: Reporter,
     counts: Counts,
+    seen: SeenIds,
 }
 
 enum RowOut {
     Jsonl(BufWriter<Box<dyn Write>>),
-    Csv {
-        w: Box<csv::Writer<Box<dyn Write>>>,
-        header: Option<Vec<String>>,
-        has_header: bool,
-    },
+    Csv { w: Box<csv::Writer<Box<dyn Write>>>, header: Option<Vec<String>>, has_header: bool },
 }
 
 impl RowHandler {
@@ -144,16 +132,14 @@ impl RowHandler {
         let (w, non_empty): (Box<dyn Write>, bool) = match output {
             None => (stdout, false),
             Some(path) => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .wrap_err_with(|| {
+                let f = OpenOptions::new().create(true).append(true).open(path).wrap_err_with(
+                    || {
                         format!(
                             "cannot open output file {}; check the --output path",
                             path.display()
                         )
-                    })?;
+                    },
+                )?;
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 (Box::new(f), len > 0)
             }
@@ -161,11 +147,7 @@ impl RowHandler {
         let out = match format {
             RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
             RowFormat::Csv => RowOut::Csv {
-                w: Box::new(
-                    csv::WriterBuilder::new()
-                        .buffer_capacity(64 * 1024)
-                        .from_writer(w),
-                ),
+                w: Box::new(csv::WriterBuilder::new().buffer_capacity(64 * 1024).from_writer(w)),
                 header: None,
                 has_header: non_empty,
             },
@@ -173,17 +155,14 @@ impl RowHandler {
         Ok(RowHandler {
             out,
             reporter,
-            counts: Counts {
-                tabular: true,
-                ..Counts::default()
-            },
+            counts: Counts { tabular: true, ..Counts::default() },
+            seen: SeenIds::default(),
         })
     }
 
     fn reject(&mut self, d: &Delivery, why: &str) -> Disposition {
         self.counts.rejected += 1;
-        self.reporter
-            .warn(&format!("rejected message {}: {why}", d.id_or_hash()));
+        self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
         Disposition::Reject
     }
 
@@ -195,11 +174,7 @@ impl RowHandler {
                     w.write_all(b"\n").wrap_err("cannot write rows")?;
                 }
             }
-            RowOut::Csv {
-                w,
-                header,
-                has_header,
-            } => {
+            RowOut::Csv { w, header, has_header } => {
                 let cols = header.get_or_insert_with(|| rows[0].keys().cloned().collect());
                 if !*has_header {
                     w.write_record(cols.iter()).wrap_err("cannot write rows")?;
@@ -207,11 +182,9 @@ impl RowHandler {
                 }
                 for row in rows {
                     let fields = cols.iter().map(|c| {
-                        row.get(c)
-                            .map_or(std::borrow::Cow::Borrowed(""), tabular::csv_field)
+                        row.get(c).map_or(std::borrow::Cow::Borrowed(""), tabular::csv_field)
                     });
-                    w.write_record(fields.map(|f| f.into_owned()))
-                        .wrap_err("cannot write rows")?;
+                    w.write_record(fields.map(|f| f.into_owned())).wrap_err("cannot write rows")?;
                 }
             }
         }
@@ -220,10 +193,7 @@ impl RowHandler {
 
     /// CSV output: the columns a message's rows have beyond the header.
     fn unknown_columns(&self, rows: &[Map<String, Value>]) -> Option<String> {
-        let RowOut::Csv {
-            header: Some(cols), ..
-        } = &self.out
-        else {
+        let RowOut::Csv { header: Some(cols), .. } = &self.out else {
             return None;
         };
         rows.iter()
@@ -243,7 +213,12 @@ impl Handler for RowHandler {
         if let Some(why) = self.unknown_columns(&rows) {
             return Ok(self.reject(&d, &why));
         }
+        if self.seen.contains(&d) {
+            self.counts.duplicates += 1;
+            return Ok(Disposition::Ack);
+        }
         self.write_rows(&rows)?;
+        self.seen.insert(&d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
         self.counts.rows += rows.len() as u64;
@@ -275,6 +250,7 @@ struct FileHandler {
     kind: Kind,
     reporter: Reporter,
     counts: Counts,
+    seen: SeenIds,
 }
 
 impl FileHandler {
@@ -284,15 +260,14 @@ impl FileHandler {
             kind,
             reporter,
             counts: Counts::default(),
+            seen: SeenIds::default(),
         })
     }
 
     fn names(&self, d: &Delivery) -> (Option<PathBuf>, String, String) {
         let id = d.id_or_hash();
         let safe_id = if id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             id
         } else {
@@ -303,9 +278,8 @@ impl FileHandler {
         let rel = d.header_str("source").and_then(|s| {
             let p = safe_relative_path(s);
             if p.is_none() {
-                self.reporter.warn(&format!(
-                    "unsafe source header {s:?}; writing {fallback} instead"
-                ));
+                self.reporter
+                    .warn(&format!("unsafe source header {s:?}; writing {fallback} instead"));
             }
             p
         });
@@ -326,14 +300,25 @@ impl Handler for FileHandler {
             }
         }
         let (rel, fallback, tag) = self.names(&d);
-        let line = d
-            .header_int("line")
-            .filter(|n| *n > 0 && self.kind == Kind::Text);
+        let line = d.header_int("line").filter(|n| *n > 0 && self.kind == Kind::Text);
+        if self.seen.contains(&d) {
+            self.counts.duplicates += 1;
+            return Ok(Disposition::Ack);
+        }
         if let Some(line) = line {
             let key = d.header_str("source").unwrap_or(&fallback).to_string();
-            self.sink
-                .append_line(&key, rel.as_deref(), &fallback, &tag, line as u64, &d.body)?;
-            self.counts.written += u64::from(line == 1);
+            let stored = self.sink.append_line(
+                &key,
+                rel.as_deref(),
+                &fallback,
+                &tag,
+                line as u64,
+                &d.body,
+            )?;
+            match stored {
+                Stored::Duplicate(_) => self.counts.duplicates += 1,
+                _ => self.counts.written += u64::from(line == 1),
+            }
         } else {
             match self.sink.store(rel.as_deref(), &fallback, &tag, &d.body)? {
                 Stored::Written(_) => self.counts.written += 1,
@@ -348,6 +333,7 @@ impl Handler for FileHandler {
                 }
             }
         }
+        self.seen.insert(&d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
         self.reporter.status(|| self.counts.status());
@@ -365,5 +351,62 @@ impl CountingHandler for FileHandler {
     }
     fn as_mut_handler(&mut self) -> &mut dyn Handler {
         self
+    }
+}
+
+/// Message ids handled recently, to drop redeliveries and re-publishes (bounded memory: the
+/// oldest ids are forgotten first).
+struct SeenIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+/// Ids remembered: at ~100 bytes each, about 10 MB.
+const SEEN_CAPACITY: usize = 100_000;
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        SeenIds { set: HashSet::new(), order: VecDeque::new(), capacity: SEEN_CAPACITY }
+    }
+}
+
+impl SeenIds {
+    fn contains(&self, d: &Delivery) -> bool {
+        d.message_id.as_ref().is_some_and(|id| self.set.contains(id))
+    }
+
+    fn insert(&mut self, d: &Delivery) {
+        let Some(id) = d.message_id.as_ref().filter(|id| !id.is_empty()) else {
+            return;
+        };
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id.clone());
+            if self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: &str) -> Delivery {
+        Delivery { message_id: Some(id.into()), ..Delivery::default() }
+    }
+
+    #[test]
+    fn seen_ids_forget_the_oldest_beyond_capacity() {
+        let mut seen = SeenIds { capacity: 2, ..SeenIds::default() };
+        for id in ["a", "b", "c"] {
+            seen.insert(&with_id(id));
+        }
+        assert!(!seen.contains(&with_id("a")));
+        assert!(seen.contains(&with_id("b")) && seen.contains(&with_id("c")));
+        assert!(!seen.contains(&Delivery::default()), "no id, never a duplicate");
     }
 }

@@ -1,7 +1,7 @@
 //! `mqdemo demo`: produce -> consume -> verify for every kind, on sample data embedded in the
 //! binary, against the configured broker, on fresh queues deleted afterwards.
 
-use crate::amqp::{START_BROKER_HINT, Session};
+use crate::amqp::{QueueSpec, Session};
 use crate::codec::Kind;
 use crate::config::{ConsumeConfig, Global, ProduceConfig, RowFormat, SinkConfig, Source};
 use crate::output::{Summary, human_bytes};
@@ -9,15 +9,13 @@ use crate::{consume, produce};
 use color_eyre::eyre::{Result, WrapErr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 macro_rules! sample {
     ($path:literal) => {
-        (
-            $path,
-            include_bytes!(concat!("../examples/data/", $path)) as &[u8],
-        )
+        ($path, include_bytes!(concat!("../examples/data/", $path)) as &[u8])
     };
 }
 
@@ -44,26 +42,10 @@ struct Case {
 }
 
 const CASES: [Case; 4] = [
-    Case {
-        name: "tabular",
-        kind: Kind::Tabular,
-        split_lines: false,
-    },
-    Case {
-        name: "image",
-        kind: Kind::Image,
-        split_lines: false,
-    },
-    Case {
-        name: "text",
-        kind: Kind::Text,
-        split_lines: false,
-    },
-    Case {
-        name: "text --split line",
-        kind: Kind::Text,
-        split_lines: true,
-    },
+    Case { name: "tabular", kind: Kind::Tabular, split_lines: false },
+    Case { name: "image", kind: Kind::Image, split_lines: false },
+    Case { name: "text", kind: Kind::Text, split_lines: false },
+    Case { name: "text --split line", kind: Kind::Text, split_lines: true },
 ];
 
 struct Row {
@@ -75,27 +57,20 @@ struct Row {
 }
 
 /// Run the demo; exit 0 when every kind verified.
-pub fn run(global: &Global, stop: &AtomicBool) -> Result<ExitCode> {
-    let mut session = Session::open(&global.endpoint)
-        .wrap_err_with(|| format!("mqdemo demo needs a RabbitMQ broker; {START_BROKER_HINT}"))?;
+pub fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<ExitCode> {
+    // A refused connection already says how to start a broker.
+    let (mut session, _) = Session::open_first(&global.endpoints)?;
     let tmp = tempfile::Builder::new()
         .prefix("mqdemo-demo.")
         .tempdir()
         .wrap_err("cannot create a temp directory")?;
     let data = tmp.path().join("data");
     write_samples(&data)?;
-    let quiet = Global {
-        endpoint: global.endpoint.clone(),
-        quiet: true,
-    };
-    println!("mqdemo demo against {}", global.endpoint.masked());
+    let quiet = Global { quiet: true, ..global.clone() };
+    println!("mqdemo demo against {}", session.endpoint().masked());
     let mut rows = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
-        let queue = format!(
-            "mqdemo-demo-{}-{}-{i}",
-            std::process::id(),
-            case.kind.as_str()
-        );
+        let queue = format!("mqdemo-demo-{}-{}-{i}", std::process::id(), case.kind.as_str());
         let out = tmp.path().join(format!("out{i}"));
         let result = run_case(&quiet, case, &queue, &data, &out, stop);
         let deleted = session.delete_queue(&queue);
@@ -136,7 +111,7 @@ fn run_case(
     queue: &str,
     data: &Path,
     out: &Path,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) -> Result<Row> {
     let source = match case.kind {
         Kind::Tabular => Source::Csv {
@@ -145,22 +120,18 @@ fn run_case(
             batch_size: 1,
             repeat: false,
         },
-        Kind::Image => Source::Files {
-            directory: data.join("images"),
-            split_lines: false,
-        },
-        Kind::Text => Source::Files {
-            directory: data.join("texts"),
-            split_lines: case.split_lines,
-        },
+        Kind::Image => Source::Files { directory: data.join("images"), split_lines: false },
+        Kind::Text => {
+            Source::Files { directory: data.join("texts"), split_lines: case.split_lines }
+        }
     };
     let produce_cfg = ProduceConfig {
         kind: case.kind,
-        queue: queue.to_string(),
+        queue: QueueSpec::plain(queue),
         interval: Duration::ZERO,
         publisher: crate::amqp::PublisherOptions {
             window: 1024,
-            window_bytes: 64 << 20,
+            window_bytes: crate::config::WINDOW_BYTES,
             confirm_timeout: Duration::from_secs(30),
         },
         max_message_size: 128 << 20,
@@ -171,15 +142,14 @@ fn run_case(
         return Err(e.wrap_err(format!("demo: producing {} failed", case.name)));
     }
     let sink = match case.kind {
-        Kind::Tabular => SinkConfig::Rows {
-            output: Some(out.with_extension("csv")),
-            format: RowFormat::Csv,
-        },
+        Kind::Tabular => {
+            SinkConfig::Rows { output: Some(out.with_extension("csv")), format: RowFormat::Csv }
+        }
         _ => SinkConfig::Directory(out.to_path_buf()),
     };
     let consume_cfg = ConsumeConfig {
         kind: case.kind,
-        queue: queue.to_string(),
+        queue: QueueSpec::plain(queue),
         count: Some(produced.summary.messages),
         idle_timeout: Some(Duration::from_secs(10)),
         prefetch: 256,
@@ -208,26 +178,12 @@ fn run_case(
 fn verify_csv(input: &Path, output: &Path) -> Result<(String, bool)> {
     let want = std::fs::read(input).wrap_err_with(|| format!("cannot read {}", input.display()))?;
     let got = std::fs::read(output).unwrap_or_default();
-    let want_lines: Vec<&[u8]> = want
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let got_lines: Vec<&[u8]> = got
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let want_lines: Vec<&[u8]> = want.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let got_lines: Vec<&[u8]> = got.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
     let rows = want_lines.len().saturating_sub(1);
-    let same = want_lines
-        .iter()
-        .zip(&got_lines)
-        .skip(1)
-        .filter(|(a, b)| a == b)
-        .count();
+    let same = want_lines.iter().zip(&got_lines).skip(1).filter(|(a, b)| a == b).count();
     let ok = want == got;
-    Ok((
-        format!("{same}/{rows} rows{}", if ok { "" } else { " MISMATCH" }),
-        ok,
-    ))
+    Ok((format!("{same}/{rows} rows{}", if ok { "" } else { " MISMATCH" }), ok))
 }
 
 /// Every input file must be in the output under the same path with the same bytes, and
@@ -235,19 +191,10 @@ fn verify_csv(input: &Path, output: &Path) -> Result<(String, bool)> {
 fn verify_tree(input: &Path, output: &Path) -> Result<(String, bool)> {
     let want = list(input)?;
     let got = list(output)?;
-    let same = want
-        .iter()
-        .filter(|(rel, bytes)| got.iter().any(|(r, b)| r == rel && b == bytes))
-        .count();
+    let same =
+        want.iter().filter(|(rel, bytes)| got.iter().any(|(r, b)| r == rel && b == bytes)).count();
     let ok = same == want.len() && got.len() == want.len();
-    Ok((
-        format!(
-            "{same}/{} files{}",
-            want.len(),
-            if ok { "" } else { " MISMATCH" }
-        ),
-        ok,
-    ))
+    Ok((format!("{same}/{} files{}", want.len(), if ok { "" } else { " MISMATCH" }), ok))
 }
 
 fn list(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
@@ -324,13 +271,7 @@ mod tests {
         let b = dir.path().join("b.csv");
         std::fs::write(&a, "x,y\n1,2\n3,4\n").expect("write");
         std::fs::write(&b, "x,y\n1,2\n3,5\n").expect("write");
-        assert_eq!(
-            verify_csv(&a, &a).expect("verify"),
-            ("2/2 rows".to_string(), true)
-        );
-        assert_eq!(
-            verify_csv(&a, &b).expect("verify"),
-            ("1/2 rows MISMATCH".to_string(), false)
-        );
+        assert_eq!(verify_csv(&a, &a).expect("verify"), ("2/2 rows".to_string(), true));
+        assert_eq!(verify_csv(&a, &b).expect("verify"), ("1/2 rows MISMATCH".to_string(), false));
     }
 }

@@ -64,11 +64,7 @@ pub fn report(err: &Report) -> ExitCode {
     if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
         eprintln!("{err:?}");
     }
-    if err.downcast_ref::<UsageError>().is_some() {
-        ExitCode::from(2)
-    } else {
-        ExitCode::FAILURE
-    }
+    if err.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
 }
 
 fn is_broken_pipe(err: &Report) -> bool {
@@ -79,3 +75,5 @@ fn is_broken_pipe(err: &Report) -> bool {
             })
     })
 }
+#[cfg(test)]
+mod proptests;

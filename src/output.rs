@@ -37,10 +37,9 @@ impl Reporter {
                 Some(n),
                 "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} read, {msg} ETA {eta}",
             ),
-            Progress::Items(n) => (
-                Some(n),
-                "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {msg} ETA {eta}",
-            ),
+            Progress::Items(n) => {
+                (Some(n), "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {msg} ETA {eta}")
+            }
             Progress::Open => (None, "{spinner} {prefix} {msg} {elapsed}"),
         };
         let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr_with_hz(10));
@@ -50,18 +49,12 @@ impl Reporter {
         bar.set_style(style);
         bar.set_prefix(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Reporter {
-            bar,
-            last_status: Cell::new(None),
-        }
+        Reporter { bar, last_status: Cell::new(None) }
     }
 
     /// A reporter that draws nothing (warnings still print).
     pub fn hidden() -> Reporter {
-        Reporter {
-            bar: ProgressBar::hidden(),
-            last_status: Cell::new(None),
-        }
+        Reporter { bar: ProgressBar::hidden(), last_status: Cell::new(None) }
     }
 
     /// Set the bar's position (bytes read or items done).
@@ -81,11 +74,7 @@ impl Reporter {
             return;
         }
         let now = Instant::now();
-        if self
-            .last_status
-            .get()
-            .is_some_and(|t| now - t < Duration::from_millis(100))
-        {
+        if self.last_status.get().is_some_and(|t| now - t < Duration::from_millis(100)) {
             return;
         }
         self.last_status.set(Some(now));
@@ -130,11 +119,7 @@ impl Summary {
 
     /// The summary line.
     pub fn line(&self) -> String {
-        let extra = if self.extra.is_empty() {
-            String::new()
-        } else {
-            format!("{}; ", self.extra)
-        };
+        let extra = if self.extra.is_empty() { String::new() } else { format!("{}; ", self.extra) };
         format!(
             "mqdemo: {} {} messages ({}) in {:.2} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}",
             self.verb,
@@ -169,11 +154,7 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

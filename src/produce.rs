@@ -4,7 +4,7 @@
 //! skipped, named on stderr and counted; a bad whole input stops the run before anything is
 //! sent. Only messages the broker confirmed count as produced.
 
-use crate::amqp::{Publisher, Session};
+use crate::amqp::{LinkEvent, Producer};
 use crate::codec::{Kind, Message, image, tabular, text};
 use crate::config::{Global, ProduceConfig, Source};
 use crate::output::{Progress, Reporter, Summary, human_bytes};
@@ -12,6 +12,7 @@ use color_eyre::eyre::{Report, Result, WrapErr, bail};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use walkdir::WalkDir;
@@ -25,14 +26,19 @@ pub struct Outcome {
 }
 
 /// Run one producer.
-pub fn run(global: &Global, cfg: &ProduceConfig, stop: &AtomicBool) -> Result<Outcome> {
+pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
     let input = Input::open(cfg)?;
-    let mut session = Session::open(&global.endpoint)?;
-    session.declare_queue(&cfg.queue)?;
-    let publisher = session.publisher(&cfg.queue, cfg.publisher)?;
-    let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue));
+    let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue.name));
+    let producer = Producer::open(
+        &global.endpoints,
+        &cfg.queue,
+        cfg.publisher,
+        global.retry,
+        Arc::clone(stop),
+        Box::new(link_events(reporter.clone())),
+    )?;
     let mut pump = Pump {
-        publisher,
+        producer,
         reporter,
         stop,
         interval: cfg.interval,
@@ -43,40 +49,23 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &AtomicBool) -> Result<Ou
     };
     let started = pump.started;
     let streamed = input.stream(cfg, &mut pump);
-    let Pump {
-        publisher,
-        reporter,
-        skipped,
-        ..
-    } = pump;
-    let (report, finished) = publisher.finish();
+    let Pump { producer, reporter, skipped, .. } = pump;
+    let (report, finished) = producer.finish();
     reporter.finish();
     for (label, why) in &report.refused {
         reporter.warn(&format!("not delivered: {label}: {why}"));
     }
     if !report.unconfirmed.is_empty() {
-        let shown: Vec<&str> = report
-            .unconfirmed
-            .iter()
-            .take(5)
-            .map(String::as_str)
-            .collect();
+        let shown: Vec<&str> = report.unconfirmed.iter().take(5).map(String::as_str).collect();
         reporter.warn(&format!(
-            "{} message(s) published but not confirmed by the broker (may or may not be in the \
-             queue): {}{}",
+            "{} message(s) read but not confirmed by the broker (a published one may or may not \
+             be in the queue): {}{}",
             report.unconfirmed.len(),
             shown.join(", "),
-            if report.unconfirmed.len() > 5 {
-                ", ..."
-            } else {
-                ""
-            }
+            if report.unconfirmed.len() > 5 { ", ..." } else { "" }
         ));
     }
     let error = streamed.err().or(finished.err());
-    if error.is_none() {
-        let _ = session.close();
-    }
     let summary = Summary {
         verb: "produced",
         messages: report.confirmed,
@@ -84,14 +73,48 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &AtomicBool) -> Result<Ou
         elapsed: started.elapsed(),
         skipped,
         failed: (report.refused.len() + report.unconfirmed.len()) as u64,
-        extra: String::new(),
+        extra: if report.republished > 0 {
+            format!("re-published {} (same message ids)", report.republished)
+        } else {
+            String::new()
+        },
     };
     Ok(Outcome { summary, error })
 }
 
+/// Show reconnects, broker blocks and queue-full back-off on stderr and the progress bar.
+pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
+    move |event| match event {
+        LinkEvent::Reconnecting { attempt, reason, delay } => {
+            reporter.warn(&format!(
+                "{reason}; reconnecting in {:.1} s (attempt {attempt})",
+                delay.as_secs_f64()
+            ));
+        }
+        LinkEvent::Reconnected { url } => {
+            reporter.warn(&format!(
+                "reconnected to {url}; resuming (unconfirmed messages are sent again)"
+            ));
+        }
+        LinkEvent::Blocked(reason) => {
+            reporter.warn(&format!(
+                "blocked by broker ({reason}): publishing paused until the alarm clears"
+            ));
+        }
+        LinkEvent::Unblocked => reporter.warn("unblocked by broker: publishing resumed"),
+        LinkEvent::Backoff { messages, delay } => {
+            if delay <= Duration::from_millis(100) {
+                reporter.warn(&format!(
+                    "queue full: the broker nacked {messages} message(s); backing off and retrying"
+                ));
+            }
+        }
+    }
+}
+
 /// Hands messages to the publisher, one at a time, honouring --interval and signals.
 struct Pump<'a> {
-    publisher: Publisher,
+    producer: Producer,
     reporter: Reporter,
     stop: &'a AtomicBool,
     interval: Duration,
@@ -114,7 +137,7 @@ impl Pump<'_> {
         if !self.keep_going() {
             return Ok(false);
         }
-        self.publisher.publish(msg)?;
+        self.producer.publish(msg)?;
         self.sent += 1;
         self.show_status();
         Ok(self.keep_going())
@@ -123,13 +146,12 @@ impl Pump<'_> {
     /// "12,000 msgs (4.1 MiB) confirmed, 8,100 msg/s" on the progress bar.
     fn show_status(&self) {
         self.reporter.status(|| {
-            let r = self.publisher.report();
+            let (confirmed, bytes) = self.producer.confirmed();
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
             format!(
-                "{} msgs ({}) confirmed, {:.0} msg/s",
-                r.confirmed,
-                human_bytes(r.confirmed_bytes),
-                r.confirmed as f64 / secs
+                "{confirmed} msgs ({}) confirmed, {:.0} msg/s",
+                human_bytes(bytes),
+                confirmed as f64 / secs
             )
         });
     }
@@ -167,14 +189,8 @@ fn too_large(size: u64, max: u64) -> String {
 
 /// The checked input of a run.
 enum Input {
-    Csv {
-        file: PathBuf,
-        size: u64,
-    },
-    Files {
-        root: PathBuf,
-        files: Vec<(PathBuf, String)>,
-    },
+    Csv { file: PathBuf, size: u64 },
+    Files { root: PathBuf, files: Vec<(PathBuf, String)> },
 }
 
 impl Input {
@@ -183,18 +199,12 @@ impl Input {
         match &cfg.source {
             Source::Csv { file, .. } => {
                 let meta = std::fs::metadata(file).wrap_err_with(|| {
-                    format!(
-                        "cannot read CSV file {}; check the --file path",
-                        file.display()
-                    )
+                    format!("cannot read CSV file {}; check the --file path", file.display())
                 })?;
                 if !meta.is_file() {
                     bail!("{} is not a file; --file needs a CSV file", file.display());
                 }
-                Ok(Input::Csv {
-                    file: file.clone(),
-                    size: meta.len(),
-                })
+                Ok(Input::Csv { file: file.clone(), size: meta.len() })
             }
             Source::Files { directory, .. } => {
                 let meta = std::fs::metadata(directory).wrap_err_with(|| {
@@ -204,15 +214,9 @@ impl Input {
                     )
                 })?;
                 if !meta.is_dir() {
-                    bail!(
-                        "{} is not a directory; check the --directory path",
-                        directory.display()
-                    );
+                    bail!("{} is not a directory; check the --directory path", directory.display());
                 }
-                Ok(Input::Files {
-                    root: directory.clone(),
-                    files: list_files(directory)?,
-                })
+                Ok(Input::Files { root: directory.clone(), files: list_files(directory)? })
             }
         }
     }
@@ -226,15 +230,7 @@ impl Input {
 
     fn stream(&self, cfg: &ProduceConfig, pump: &mut Pump<'_>) -> Result<()> {
         match (self, &cfg.source) {
-            (
-                Input::Csv { file, .. },
-                Source::Csv {
-                    num_records,
-                    batch_size,
-                    repeat,
-                    ..
-                },
-            ) => {
+            (Input::Csv { file, .. }, Source::Csv { num_records, batch_size, repeat, .. }) => {
                 let rows = RowLimits {
                     num_records: *num_records,
                     batch_size: *batch_size,
@@ -260,9 +256,8 @@ fn list_files(root: &Path) -> Result<Vec<(PathBuf, String)>> {
         }
         let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
         let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-        let source = parts
-            .map(|p| p.join("/"))
-            .unwrap_or_else(|| rel.to_string_lossy().into_owned());
+        let source =
+            parts.map(|p| p.join("/")).unwrap_or_else(|| rel.to_string_lossy().into_owned());
         files.push((entry.path().to_path_buf(), source));
     }
     Ok(files)
@@ -276,26 +271,17 @@ struct RowLimits {
 }
 
 fn stream_csv(path: &Path, limits: RowLimits, pump: &mut Pump<'_>) -> Result<()> {
-    let source = path
-        .file_name()
-        .map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
+    let source =
+        path.file_name().map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
     let mut read = 0u64;
     for pass in 0.. {
         let file = File::open(path).wrap_err_with(|| {
-            format!(
-                "cannot read CSV file {}; check the --file path",
-                path.display()
-            )
+            format!("cannot read CSV file {}; check the --file path", path.display())
         })?;
-        let mut rdr = csv::ReaderBuilder::new()
-            .flexible(true)
-            .buffer_capacity(256 * 1024)
-            .from_reader(file);
+        let mut rdr =
+            csv::ReaderBuilder::new().flexible(true).buffer_capacity(256 * 1024).from_reader(file);
         let columns = rdr.headers().wrap_err_with(|| {
-            format!(
-                "cannot read the header row of {}; is it a CSV file?",
-                path.display()
-            )
+            format!("cannot read the header row of {}; is it a CSV file?", path.display())
         })?;
         let mut encoder = tabular::Encoder::new(&source, columns.iter());
         encoder.set_pass(pass);
@@ -484,9 +470,8 @@ fn send_lines(path: &Path, source: &str, shown: &str, pump: &mut Pump<'_>) -> Re
     let mut line_no = 0u64;
     loop {
         let mut line = Vec::new();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .wrap_err_with(|| format!("cannot read {shown}"))?;
+        let n =
+            reader.read_until(b'\n', &mut line).wrap_err_with(|| format!("cannot read {shown}"))?;
         if n == 0 {
             return Ok(true);
         }
@@ -518,10 +503,7 @@ fn check_lines(path: &Path) -> Result<(), String> {
             Ok(_) => {
                 line_no += 1;
                 if let Err(e) = text::check_utf8(&line, line_no) {
-                    return Err(format!(
-                        "not UTF-8 text (first bad byte on line {})",
-                        e.line
-                    ));
+                    return Err(format!("not UTF-8 text (first bad byte on line {})", e.line));
                 }
             }
             Err(e) => return Err(format!("cannot read it: {e}")),

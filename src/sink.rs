@@ -31,9 +31,7 @@ pub fn safe_relative_path(source: &str) -> Option<PathBuf> {
     }
     let path: PathBuf = parts.iter().collect();
     // Defence in depth: the joined path must be purely normal components.
-    path.components()
-        .all(|c| matches!(c, Component::Normal(_)))
-        .then_some(path)
+    path.components().all(|c| matches!(c, Component::Normal(_))).then_some(path)
 }
 
 fn safe_component(part: &str) -> bool {
@@ -53,18 +51,11 @@ fn safe_component(part: &str) -> bool {
 }
 
 fn is_windows_device(part: &str) -> bool {
-    let stem = part
-        .split('.')
-        .next()
-        .unwrap_or(part)
-        .trim_end()
-        .to_ascii_uppercase();
-    matches!(
-        stem.as_str(),
-        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$"
-    ) || ((stem.starts_with("COM") || stem.starts_with("LPT"))
-        && stem.len() == 4
-        && stem.as_bytes()[3].is_ascii_digit())
+    let stem = part.split('.').next().unwrap_or(part).trim_end().to_ascii_uppercase();
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit())
 }
 
 /// What happened to a stored file.
@@ -97,6 +88,8 @@ struct LineFile {
     file: File,
     path: PathBuf,
     dirty: bool,
+    /// The line number expected next; anything lower is a redelivery.
+    next_line: u64,
 }
 
 impl DirSink {
@@ -178,20 +171,10 @@ impl DirSink {
 
     fn write_temp(&mut self, dir: &Path, body: &[u8]) -> Result<PathBuf> {
         self.counter += 1;
-        let tmp = dir.join(format!(
-            "{TEMP_PREFIX}{}.{}",
-            std::process::id(),
-            self.counter
-        ));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .wrap_err_with(|| {
-                format!(
-                    "cannot create {}; check free space and permissions",
-                    tmp.display()
-                )
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}.{}", std::process::id(), self.counter));
+        let mut f =
+            OpenOptions::new().write(true).create_new(true).open(&tmp).wrap_err_with(|| {
+                format!("cannot create {}; check free space and permissions", tmp.display())
             })?;
         f.write_all(body)
             .and_then(|()| f.sync_all())
@@ -213,10 +196,7 @@ impl DirSink {
         }
         let alt = alternative_name(target, alt_tag);
         match place(tmp, &alt, body)? {
-            Placed::Linked => Ok(Stored::Renamed {
-                wanted: target.to_path_buf(),
-                written: alt,
-            }),
+            Placed::Linked => Ok(Stored::Renamed { wanted: target.to_path_buf(), written: alt }),
             Placed::Same => Ok(Stored::Duplicate(alt)),
             Placed::Different => Err(color_eyre::eyre::eyre!(
                 "both {} and {} exist with other content; move them away",
@@ -226,9 +206,12 @@ impl DirSink {
         }
     }
 
-    /// Append one line (terminator included) of `source` to its file. Line 1 starts a new file
-    /// (an existing file of that name is kept and the new one gets another name); later lines
-    /// append to the file in use, or to the existing file after a consumer restart.
+    /// Append line `line` (terminator included) of `source` to its file, in order.
+    ///
+    /// Line 1 starts a new file, unless a file of that name already starts with this very line
+    /// (a restarted consumer resuming it); an existing file with other content is kept and
+    /// the new one gets another name. A line at or below the count already in the file is a
+    /// redelivery: nothing is written.
     pub fn append_line(
         &mut self,
         source_key: &str,
@@ -237,44 +220,36 @@ impl DirSink {
         alt_tag: &str,
         line: u64,
         body: &[u8],
-    ) -> Result<PathBuf> {
-        if line == 1 || !self.lines.contains_key(source_key) {
+    ) -> Result<Stored> {
+        if !self.lines.contains_key(source_key) {
             let target = match rel.map(|r| self.prepare_parent(r)).transpose()?.flatten() {
                 Some(t) => t,
                 None => self.root.join(fallback),
             };
-            let fresh = line == 1;
-            let (file, path) = open_line_file(&target, alt_tag, fresh)?;
-            if let Some(dir) = path.parent() {
+            let lf = open_line_file(&target, alt_tag, line, body)?;
+            if let Some(dir) = lf.path.parent() {
                 self.dirty_dirs.insert(dir.to_path_buf());
             }
-            self.lines.insert(
-                source_key.to_string(),
-                LineFile {
-                    file,
-                    path,
-                    dirty: false,
-                },
-            );
+            self.lines.insert(source_key.to_string(), lf);
         }
         let Some(lf) = self.lines.get_mut(source_key) else {
-            return Err(color_eyre::eyre::eyre!(
-                "internal: no line file for {source_key}"
-            ));
+            return Err(color_eyre::eyre::eyre!("internal: no line file for {source_key}"));
         };
+        if line < lf.next_line {
+            return Ok(Stored::Duplicate(lf.path.clone()));
+        }
         lf.file.write_all(body).wrap_err_with(|| {
             format!("cannot append to {}; check free space", lf.path.display())
         })?;
         lf.dirty = true;
-        Ok(lf.path.clone())
+        lf.next_line = line + 1;
+        Ok(Stored::Written(lf.path.clone()))
     }
 
     /// Make everything stored so far durable: fsync appended files and changed directories.
     pub fn sync(&mut self) -> Result<()> {
         for lf in self.lines.values_mut().filter(|l| l.dirty) {
-            lf.file
-                .sync_data()
-                .wrap_err_with(|| format!("cannot sync {}", lf.path.display()))?;
+            lf.file.sync_data().wrap_err_with(|| format!("cannot sync {}", lf.path.display()))?;
             lf.dirty = false;
         }
         for dir in self.dirty_dirs.drain() {
@@ -287,8 +262,8 @@ impl DirSink {
     }
 }
 
-fn open_line_file(target: &Path, alt_tag: &str, fresh: bool) -> Result<(File, PathBuf)> {
-    let open = |p: &Path, create_new: bool| {
+fn open_line_file(target: &Path, alt_tag: &str, line: u64, body: &[u8]) -> Result<LineFile> {
+    let append = |p: &Path, create_new: bool| {
         let mut o = OpenOptions::new();
         o.append(true);
         if create_new {
@@ -296,28 +271,34 @@ fn open_line_file(target: &Path, alt_tag: &str, fresh: bool) -> Result<(File, Pa
         } else {
             o.create(true)
         };
-        o.open(p)
+        o.open(p).wrap_err_with(|| format!("cannot open {}", p.display()))
     };
-    if !fresh {
-        let f =
-            open(target, false).wrap_err_with(|| format!("cannot open {}", target.display()))?;
-        return Ok((f, target.to_path_buf()));
+    let existing = match fs::read(target) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(e).wrap_err_with(|| format!("cannot read {}", target.display())),
+    };
+    let resumable = match &existing {
+        None => true,
+        // Line 1 may only resume a file that starts with it; later lines resume any file.
+        Some(bytes) => line > 1 || bytes.starts_with(body),
+    };
+    if resumable {
+        let next_line = existing.as_deref().map_or(1, |b| count_lines(b) + 1);
+        let file = append(target, false)?;
+        return Ok(LineFile { file, path: target.to_path_buf(), dirty: false, next_line });
     }
-    match open(target, true) {
-        Ok(f) => Ok((f, target.to_path_buf())),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            let alt = alternative_name(target, alt_tag);
-            let f = open(&alt, true).wrap_err_with(|| {
-                format!(
-                    "both {} and {} exist; move them away",
-                    target.display(),
-                    alt.display()
-                )
-            })?;
-            Ok((f, alt))
-        }
-        Err(e) => Err(e).wrap_err_with(|| format!("cannot create {}", target.display())),
-    }
+    let alt = alternative_name(target, alt_tag);
+    let file = append(&alt, true).wrap_err_with(|| {
+        format!("both {} and {} exist; move them away", target.display(), alt.display())
+    })?;
+    Ok(LineFile { file, path: alt, dirty: false, next_line: 1 })
+}
+
+/// Lines in `bytes`, counting a last line without a terminator.
+fn count_lines(bytes: &[u8]) -> u64 {
+    let newlines = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+    newlines + u64::from(bytes.last().is_some_and(|b| *b != b'\n'))
 }
 
 enum Placed {
@@ -356,10 +337,7 @@ fn same_content(path: &Path, body: &[u8]) -> Result<bool> {
 
 /// `dir/name.ext` -> `dir/name.TAG.ext`.
 fn alternative_name(target: &Path, tag: &str) -> PathBuf {
-    let stem = target
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = target.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name = match target.extension() {
         Some(ext) => format!("{stem}.{tag}.{}", ext.to_string_lossy()),
         None => format!("{stem}.{tag}"),
@@ -423,17 +401,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sink = DirSink::new(dir.path()).expect("sink");
         let rel = PathBuf::from("sub/a.png");
-        let first = sink
-            .store(Some(&rel), "x.bin", "id1", b"one")
-            .expect("store");
+        let first = sink.store(Some(&rel), "x.bin", "id1", b"one").expect("store");
         assert_eq!(first, Stored::Written(dir.path().join("sub/a.png")));
-        let again = sink
-            .store(Some(&rel), "x.bin", "id1", b"one")
-            .expect("store");
+        let again = sink.store(Some(&rel), "x.bin", "id1", b"one").expect("store");
         assert_eq!(again, Stored::Duplicate(dir.path().join("sub/a.png")));
-        let other = sink
-            .store(Some(&rel), "x.bin", "id2", b"two")
-            .expect("store");
+        let other = sink.store(Some(&rel), "x.bin", "id2", b"two").expect("store");
         assert_eq!(
             other,
             Stored::Renamed {
@@ -441,10 +413,7 @@ mod tests {
                 written: dir.path().join("sub/a.id2.png")
             }
         );
-        assert_eq!(
-            fs::read(dir.path().join("sub/a.png")).expect("read"),
-            b"one"
-        );
+        assert_eq!(fs::read(dir.path().join("sub/a.png")).expect("read"), b"one");
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("sub"))
             .expect("ls")
             .filter_map(|e| e.ok())
@@ -459,9 +428,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
         let mut sink = DirSink::new(dir.path()).expect("sink");
-        let stored = sink
-            .store(Some(Path::new("link/x.txt")), "fallback.txt", "t", b"hi")
-            .expect("store");
+        let stored =
+            sink.store(Some(Path::new("link/x.txt")), "fallback.txt", "t", b"hi").expect("store");
         assert_eq!(stored, Stored::Written(dir.path().join("fallback.txt")));
         assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
     }
@@ -472,16 +440,35 @@ mod tests {
         fs::write(dir.path().join("a.txt"), b"old\n").expect("seed");
         let mut sink = DirSink::new(dir.path()).expect("sink");
         let rel = PathBuf::from("a.txt");
-        let p1 = sink
-            .append_line("a.txt", Some(&rel), "f.txt", "tag", 1, b"new 1\n")
-            .expect("line");
-        let p2 = sink
-            .append_line("a.txt", Some(&rel), "f.txt", "tag", 2, b"new 2")
-            .expect("line");
+        let mut line = |n: u64, body: &[u8]| {
+            sink.append_line("a.txt", Some(&rel), "f.txt", "tag", n, body).expect("line")
+        };
+        let p1 = line(1, b"new 1\n");
+        let p2 = line(2, b"new 2");
+        let again = line(1, b"new 1\n");
         sink.sync().expect("sync");
-        assert_eq!(p1, dir.path().join("a.tag.txt"));
-        assert_eq!(p1, p2);
-        assert_eq!(fs::read(&p1).expect("read"), b"new 1\nnew 2");
+        let alt = dir.path().join("a.tag.txt");
+        assert_eq!(p1, Stored::Written(alt.clone()));
+        assert_eq!(p2, Stored::Written(alt.clone()));
+        assert_eq!(again, Stored::Duplicate(alt.clone()));
+        assert_eq!(fs::read(&alt).expect("read"), b"new 1\nnew 2");
         assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"old\n");
+    }
+
+    #[test]
+    fn restarted_line_consumer_resumes_without_duplicating() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.txt"), b"one\ntwo\n").expect("seed");
+        let rel = PathBuf::from("a.txt");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let redelivered =
+            sink.append_line("a.txt", Some(&rel), "f", "t", 2, b"two\n").expect("line");
+        assert!(matches!(redelivered, Stored::Duplicate(_)));
+        sink.append_line("a.txt", Some(&rel), "f", "t", 3, b"three").expect("line");
+        sink.sync().expect("sync");
+        assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"one\ntwo\nthree");
+        let mut fresh = DirSink::new(dir.path()).expect("sink");
+        let first = fresh.append_line("a.txt", Some(&rel), "f", "t", 1, b"one\n").expect("line");
+        assert!(matches!(first, Stored::Duplicate(_)), "line 1 resumes a file that starts with it");
     }
 }

@@ -9,21 +9,7 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
         [0xFF, 0xD8, 0xFF, ..] => Some("image/jpeg"),
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some("image/png"),
         [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some("image/gif"),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            ..,
-        ] => Some("image/webp"),
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some("image/webp"),
         [b'B', b'M', ..] if bytes.len() >= 26 => Some("image/bmp"),
         [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => Some("image/tiff"),
         _ => None,
@@ -91,14 +77,8 @@ mod tests {
         let msg = encode("shapes/a.png", bytes.clone()).expect("png");
         assert_eq!(msg.headers.get("width"), Some(&HeaderValue::Int(3)));
         assert_eq!(msg.headers.get("height"), Some(&HeaderValue::Int(2)));
-        assert_eq!(
-            msg.headers.get("size"),
-            Some(&HeaderValue::Int(bytes.len() as i64))
-        );
-        assert_eq!(
-            msg.headers.get("sha256"),
-            Some(&HeaderValue::Str(sha256_hex(&bytes)))
-        );
+        assert_eq!(msg.headers.get("size"), Some(&HeaderValue::Int(bytes.len() as i64)));
+        assert_eq!(msg.headers.get("sha256"), Some(&HeaderValue::Str(sha256_hex(&bytes))));
         assert_round_trip(&msg, "image/png", |d| d.body.clone(), bytes);
     }
 

@@ -132,12 +132,9 @@ fn hex(bytes: &[u8]) -> String {
 /// SHA-256(`mqdemo/1` NUL kind NUL source NUL position NUL body).
 pub fn message_id(kind: Kind, source: &str, position: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
-    for part in [
-        b"mqdemo/1" as &[u8],
-        kind.as_str().as_bytes(),
-        source.as_bytes(),
-        position.as_bytes(),
-    ] {
+    for part in
+        [b"mqdemo/1" as &[u8], kind.as_str().as_bytes(), source.as_bytes(), position.as_bytes()]
+    {
         h.update(part);
         h.update([0u8]);
     }
@@ -147,13 +144,8 @@ pub fn message_id(kind: Kind, source: &str, position: &str, body: &[u8]) -> Stri
 
 /// File extension (without dot) for a content type; `bin` when unknown.
 pub fn extension_for(content_type: Option<&str>) -> &'static str {
-    let essence = content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence =
+        content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
         "image/jpeg" | "image/jpg" => "jpg",
         "image/png" => "png",
@@ -182,10 +174,7 @@ pub(crate) mod tests {
     ) {
         assert_eq!(msg.content_type, expected_content_type);
         assert_eq!(msg.message_id.len(), 32);
-        assert!(matches!(
-            msg.headers.get("source"),
-            Some(HeaderValue::Str(_))
-        ));
+        assert!(matches!(msg.headers.get("source"), Some(HeaderValue::Str(_))));
         let delivery = Delivery {
             body: msg.body.clone(),
             content_type: Some(msg.content_type.clone()),
@@ -204,10 +193,7 @@ pub(crate) mod tests {
         assert_ne!(a, message_id(Kind::Tabular, "a.csv", "2", b"{}"));
         assert_ne!(a, message_id(Kind::Text, "a.csv", "1", b"{}"));
         assert_ne!(a, message_id(Kind::Tabular, "b.csv", "1", b"{}"));
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 
     #[test]
@@ -221,15 +207,9 @@ pub(crate) mod tests {
 
     #[test]
     fn id_or_hash_falls_back_to_body_hash() {
-        let d = Delivery {
-            body: b"abc".to_vec(),
-            ..Delivery::default()
-        };
+        let d = Delivery { body: b"abc".to_vec(), ..Delivery::default() };
         assert_eq!(d.id_or_hash(), sha256_hex(b"abc")[..32]);
-        let d = Delivery {
-            message_id: Some("m1".into()),
-            ..Delivery::default()
-        };
+        let d = Delivery { message_id: Some("m1".into()), ..Delivery::default() };
         assert_eq!(d.id_or_hash(), "m1");
     }
 }

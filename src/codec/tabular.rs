@@ -44,11 +44,16 @@ fn is_canonical_number(s: &str) -> bool {
     if bytes.iter().all(|b| b.is_ascii_digit() || *b == b'-') {
         return is_canonical_integer(s);
     }
-    // Decimal: must be exactly what serde_json (ryu) prints for the parsed f64.
+    // Decimal: must be exactly what serde_json prints for the parsed f64 (`1.5`, `100.0`,
+    // `1e+16`), so a consumer decoding with serde_json writes the same characters back.
     match s.parse::<f64>() {
         Ok(f) if f.is_finite() => {
-            let mut buf = ryu::Buffer::new();
-            buf.format_finite(f) == s
+            let mut buf = [0u8; 40];
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            serde_json::to_writer(&mut cursor, &f).is_ok() && {
+                let len = usize::try_from(cursor.position()).unwrap_or(0);
+                &buf[..len] == s.as_bytes()
+            }
         }
         _ => false,
     }
@@ -82,15 +87,9 @@ pub struct Encoder {
 impl Encoder {
     /// `source` is the CSV's base name; `columns` its header row.
     pub fn new<'a>(source: &str, columns: impl IntoIterator<Item = &'a str>) -> Self {
-        let keys = columns
-            .into_iter()
-            .map(|c| format!("{}:", Value::String(c.to_string())))
-            .collect();
-        Encoder {
-            source: source.to_string(),
-            keys,
-            pass: 0,
-        }
+        let keys =
+            columns.into_iter().map(|c| format!("{}:", Value::String(c.to_string()))).collect();
+        Encoder { source: source.to_string(), keys, pass: 0 }
     }
 
     /// Number of columns.
@@ -237,23 +236,16 @@ mod tests {
     #[test]
     fn values_are_typed_losslessly() {
         assert_eq!(type_value(""), Typed::Null);
-        for n in [
-            "0",
-            "42",
-            "-7",
-            "1.5",
-            "-0.25",
-            "100.0",
-            "9223372036854775807",
-            "1e16",
-            "0.0001",
-        ] {
+        for n in
+            ["0", "42", "-7", "1.5", "-0.25", "100.0", "9223372036854775807", "1e+16", "0.0001"]
+        {
             assert_eq!(type_value(n), Typed::Number(n), "{n}");
         }
         for s in [
             "007",
             "1.50",
             "1e5",
+            "1e16",
             "-0",
             "+5",
             "NaN",
@@ -287,18 +279,13 @@ mod tests {
     fn row_round_trips_through_json() {
         let enc = Encoder::new("data.csv", ["ID", "name", "score", "note", "zip"]);
         let fields = ["1", "Zoë \"Z\"", "0.5", "", "007"];
-        let msg = enc
-            .encode_row(&StringRecord::from(fields.to_vec()), 3)
-            .expect("encodes");
+        let msg = enc.encode_row(&StringRecord::from(fields.to_vec()), 3).expect("encodes");
         assert_eq!(
             std::str::from_utf8(&msg.body).expect("utf8"),
             r#"{"ID":1,"name":"Zoë \"Z\"","score":0.5,"note":null,"zip":"007"}"#
         );
         assert_eq!(msg.headers.get("row"), Some(&HeaderValue::Int(3)));
-        assert_eq!(
-            msg.headers.get("source"),
-            Some(&HeaderValue::Str("data.csv".into()))
-        );
+        assert_eq!(msg.headers.get("source"), Some(&HeaderValue::Str("data.csv".into())));
         let expected = vec![fields.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
         assert_round_trip(&msg, CONTENT_TYPE, decode_rows, expected);
     }
@@ -307,54 +294,36 @@ mod tests {
     fn batch_decodes_to_one_row_per_object() {
         let enc = Encoder::new("d.csv", ["a", "b"]);
         let mut body = b"[".to_vec();
-        enc.write_object(&StringRecord::from(vec!["1", "x"]), &mut body)
-            .expect("row");
+        enc.write_object(&StringRecord::from(vec!["1", "x"]), &mut body).expect("row");
         body.push(b',');
-        enc.write_object(&StringRecord::from(vec!["2", ""]), &mut body)
-            .expect("row");
+        enc.write_object(&StringRecord::from(vec!["2", ""]), &mut body).expect("row");
         body.push(b']');
         let msg = enc.encode_batch(body, 1, 2);
         assert_eq!(msg.headers.get("rows"), Some(&HeaderValue::Int(2)));
-        let expected = vec![
-            vec!["1".to_string(), "x".into()],
-            vec!["2".into(), "".into()],
-        ];
+        let expected = vec![vec!["1".to_string(), "x".into()], vec!["2".into(), "".into()]];
         assert_round_trip(&msg, CONTENT_TYPE, decode_rows, expected);
     }
 
     #[test]
     fn wrong_width_row_is_an_error() {
         let enc = Encoder::new("d.csv", ["a", "b"]);
-        let err = enc
-            .encode_row(&StringRecord::from(vec!["1"]), 1)
-            .expect_err("short row");
+        let err = enc.encode_row(&StringRecord::from(vec!["1"]), 1).expect_err("short row");
         assert!(err.0.contains("1 fields but the header has 2"), "{}", err.0);
     }
 
     #[test]
     fn repeat_pass_changes_the_id_but_not_the_body() {
         let mut enc = Encoder::new("d.csv", ["a"]);
-        let first = enc
-            .encode_row(&StringRecord::from(vec!["1"]), 1)
-            .expect("row");
+        let first = enc.encode_row(&StringRecord::from(vec!["1"]), 1).expect("row");
         enc.set_pass(1);
-        let second = enc
-            .encode_row(&StringRecord::from(vec!["1"]), 1)
-            .expect("row");
+        let second = enc.encode_row(&StringRecord::from(vec!["1"]), 1).expect("row");
         assert_eq!(first.body, second.body);
         assert_ne!(first.message_id, second.message_id);
     }
 
     #[test]
     fn non_tabular_bodies_are_decode_errors() {
-        for body in [
-            &b"not json"[..],
-            b"42",
-            b"\"s\"",
-            b"[1,2]",
-            b"",
-            b"{\"a\":1",
-        ] {
+        for body in [&b"not json"[..], b"42", b"\"s\"", b"[1,2]", b"", b"{\"a\":1"] {
             assert!(decode(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
     }

@@ -21,13 +21,8 @@ pub fn check_utf8(bytes: &[u8], first_line: u64) -> Result<(), NotUtf8> {
     match std::str::from_utf8(bytes) {
         Ok(_) => Ok(()),
         Err(e) => {
-            let newlines = bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count();
-            Err(NotUtf8 {
-                line: first_line + newlines as u64,
-            })
+            let newlines = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
+            Err(NotUtf8 { line: first_line + newlines as u64 })
         }
     }
 }
@@ -51,10 +46,7 @@ fn build(source: &str, line: Option<u64>, body: Vec<u8>) -> Message {
     headers.insert("sha256".into(), HeaderValue::Str(sha256_hex(&body)));
     let (position, label) = match line {
         Some(n) => {
-            headers.insert(
-                "line".into(),
-                HeaderValue::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-            );
+            headers.insert("line".into(), HeaderValue::Int(i64::try_from(n).unwrap_or(i64::MAX)));
             (n.to_string(), format!("{source}:{n}"))
         }
         None => (String::new(), source.to_string()),
@@ -89,18 +81,13 @@ mod tests {
         assert_eq!(msg.label, "a.txt:7");
         assert_ne!(
             msg.message_id,
-            encode_line("a.txt", 8, b"seven\n".to_vec())
-                .expect("utf8")
-                .message_id
+            encode_line("a.txt", 8, b"seven\n".to_vec()).expect("utf8").message_id
         );
     }
 
     #[test]
     fn non_utf8_names_the_line() {
-        assert_eq!(
-            check_utf8(b"ok\nok\nbad \xff\n", 1),
-            Err(NotUtf8 { line: 3 })
-        );
+        assert_eq!(check_utf8(b"ok\nok\nbad \xff\n", 1), Err(NotUtf8 { line: 3 }));
         assert_eq!(
             encode_line("a.txt", 5, b"\xc3".to_vec()).map(|m| m.label),
             Err(NotUtf8 { line: 5 })

@@ -22,11 +22,7 @@ fn command_lines(text: &str, markdown: bool) -> Vec<String> {
             continue;
         }
         let line = line.trim_start_matches("$ ");
-        let line = if markdown {
-            line
-        } else {
-            line.trim_start_matches("command:").trim()
-        };
+        let line = if markdown { line } else { line.trim_start_matches("command:").trim() };
         if pending.is_empty() && !line.starts_with("mqdemo ") {
             continue;
         }
@@ -76,8 +72,5 @@ fn readme_command_lines_parse() {
 
 #[test]
 fn docker_compose_command_lines_parse() {
-    assert!(
-        check("docker-compose.yaml") >= 6,
-        "compose runs three producers and three consumers"
-    );
+    assert!(check("docker-compose.yaml") >= 6, "compose runs three producers and three consumers");
 }

@@ -12,27 +12,16 @@ fn with_url(url: &str, args: &[&str]) -> crate::support::Output {
 
 #[test]
 fn refused_connection_says_how_to_start_a_broker() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
     let out = with_url(&url, &["consume", "text", "--count", "1"]).expect_code(1);
     let first = out.first_error_line();
-    assert!(
-        first.contains("connection refused") && first.contains("rabbitmq-server"),
-        "{first}"
-    );
+    assert!(first.contains("connection refused") && first.contains("rabbitmq-server"), "{first}");
 }
 
 #[test]
 fn demo_without_a_broker_says_how_to_start_one() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
     let out = with_url(&url, &["demo"]).expect_code(1);
     let first = out.first_error_line();
@@ -50,24 +39,12 @@ fn silent_port_times_out_within_the_connect_timeout() {
     let started = Instant::now();
     let out = with_url(
         &url,
-        &[
-            "--connect-timeout",
-            "1.5",
-            "produce",
-            "text",
-            "--directory",
-            s(&data("texts")),
-        ],
+        &["--connect-timeout", "1.5", "produce", "text", "--directory", s(&data("texts"))],
     )
     .expect_code(1);
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        out.first_error_line()
-            .contains("did not complete the AMQP handshake"),
+        out.first_error_line().contains("did not complete the AMQP handshake"),
         "{}",
         out.stderr
     );
@@ -80,12 +57,7 @@ fn wrong_password_is_explained_and_never_printed() {
     let mut bad = base.clone();
     bad.set_password(Some("s3cretpw-xyz")).expect("password");
     let out = with_url(bad.as_str(), &["consume", "text", "--count", "1"]).expect_code(1);
-    assert!(
-        out.first_error_line()
-            .contains("check the user and password"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.first_error_line().contains("check the user and password"), "{}", out.stderr);
     assert!(!out.stderr.contains("s3cretpw-xyz"), "{}", out.stderr);
     assert!(out.stderr.contains("****"), "{}", out.stderr);
 }
@@ -100,36 +72,23 @@ fn missing_vhost_is_explained() {
 
 #[test]
 fn missing_inputs_stop_before_connecting() {
-    let out = mqdemo(&["produce", "tabular", "--file", "/nonexistent/x.csv"])
-        .run()
-        .expect_code(1);
+    let out = mqdemo(&["produce", "tabular", "--file", "/nonexistent/x.csv"]).run().expect_code(1);
     assert!(
         out.first_error_line().contains("/nonexistent/x.csv")
             && out.first_error_line().contains("--file"),
         "{}",
         out.stderr
     );
-    let out = mqdemo(&["produce", "image", "--directory", "/nonexistent/dir"])
-        .run()
-        .expect_code(1);
-    assert!(
-        out.first_error_line().contains("--directory"),
-        "{}",
-        out.stderr
-    );
+    let out = mqdemo(&["produce", "image", "--directory", "/nonexistent/dir"]).run().expect_code(1);
+    assert!(out.first_error_line().contains("--directory"), "{}", out.stderr);
     assert!(!out.stderr.contains("BACKTRACE"), "{}", out.stderr);
 }
 
 #[test]
 fn bad_usage_exits_two() {
     mqdemo(&["produce", "tabular"]).run().expect_code(2);
-    mqdemo(&["consume", "text", "--idle-timeout", "-1"])
-        .run()
-        .expect_code(2);
-    mqdemo(&["--url", "http://localhost", "demo"])
-        .run()
-        .expect_code(2)
-        .stderr_has("amqp://");
+    mqdemo(&["consume", "text", "--idle-timeout", "-1"]).run().expect_code(2);
+    mqdemo(&["--url", "http://localhost", "demo"]).run().expect_code(2).stderr_has("amqp://");
 }
 
 #[test]
@@ -138,9 +97,8 @@ fn malformed_csv_row_is_skipped_and_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = dir.path().join("bad.csv");
     std::fs::write(&csv, b"a,b\n1,2\n3\n4,5\n6,\xff\n7,8\n").expect("write");
-    let out = mqdemo(&["produce", "tabular", "--file", s(&csv), "--queue", &q.name])
-        .run()
-        .expect_code(1);
+    let out =
+        mqdemo(&["produce", "tabular", "--file", s(&csv), "--queue", &q.name]).run().expect_code(1);
     assert!(out.stderr.contains("bad.csv line 3"), "{}", out.stderr);
     assert!(
         out.stderr.contains("bad.csv line 5") && out.stderr.contains("UTF-8"),
@@ -161,21 +119,10 @@ fn non_image_and_non_utf8_files_are_skipped_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(data("images/gradient.png"), dir.path().join("ok.png")).expect("copy");
     std::fs::write(dir.path().join("notes.txt"), "not an image").expect("write");
-    let out = mqdemo(&[
-        "produce",
-        "image",
-        "--directory",
-        s(dir.path()),
-        "--queue",
-        &q.name,
-    ])
-    .run()
-    .expect_code(1);
-    assert!(
-        out.stderr.contains("notes.txt: not an image"),
-        "{}",
-        out.stderr
-    );
+    let out = mqdemo(&["produce", "image", "--directory", s(dir.path()), "--queue", &q.name])
+        .run()
+        .expect_code(1);
+    assert!(out.stderr.contains("notes.txt: not an image"), "{}", out.stderr);
     assert!(
         out.stderr.contains("produced 1 messages") && out.stderr.contains("skipped 1"),
         "{}",
@@ -217,30 +164,15 @@ fn queue_declared_elsewhere_with_other_arguments_stops_the_run() {
     args.insert("x-max-length".into(), amiquip::AmqpValue::LongInt(10));
     ch.queue_declare(
         q.name.clone(),
-        amiquip::QueueDeclareOptions {
-            durable: true,
-            arguments: args,
-            ..Default::default()
-        },
+        amiquip::QueueDeclareOptions { durable: true, arguments: args, ..Default::default() },
     )
     .expect("declare with args");
     let _ = conn.close();
-    let out = mqdemo(&[
-        "produce",
-        "text",
-        "--directory",
-        s(&data("texts")),
-        "--queue",
-        &q.name,
-    ])
-    .run()
-    .expect_code(1);
+    let out = mqdemo(&["produce", "text", "--directory", s(&data("texts")), "--queue", &q.name])
+        .run()
+        .expect_code(1);
     let first = out.first_error_line();
-    assert!(
-        first.contains(&q.name) && first.contains("other settings"),
-        "{}",
-        out.stderr
-    );
+    assert!(first.contains(&q.name) && first.contains("other settings"), "{}", out.stderr);
 }
 
 #[test]
@@ -259,14 +191,12 @@ fn nacked_messages_are_reported_and_fail_the_run() {
         "12",
         "--confirm-window",
         "1",
+        "--retry-for",
+        "0",
     ])
     .run()
     .expect_code(1);
-    assert!(
-        out.stderr.contains("nacked by the broker"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("nacked by the broker"), "{}", out.stderr);
     assert!(
         out.stderr.contains("produced 5 messages") && out.stderr.contains("failed 7"),
         "{}",
@@ -291,14 +221,8 @@ fn messages_returned_as_unroutable_are_reported() {
         "0.05",
     ])
     .spawn();
-    wait_until(Duration::from_secs(20), "first rows in the queue", || {
-        q.depth() >= 3
-    });
+    wait_until(Duration::from_secs(20), "first rows in the queue", || q.depth() >= 3);
     q.delete();
     let out = crate::support::wait(child, Duration::from_secs(30)).expect_code(1);
-    assert!(
-        out.stderr.contains("returned by the broker: 312 NO_ROUTE"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("returned by the broker: 312 NO_ROUTE"), "{}", out.stderr);
 }

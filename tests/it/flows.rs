@@ -4,9 +4,7 @@ use crate::support::{TestQueue, data, mqdemo, s, tree};
 
 fn csv_rows() -> Vec<Vec<String>> {
     let mut rdr = csv::Reader::from_path(data("tabular_data.csv")).expect("sample csv");
-    rdr.records()
-        .map(|r| r.expect("row").iter().map(str::to_string).collect())
-        .collect()
+    rdr.records().map(|r| r.expect("row").iter().map(str::to_string).collect()).collect()
 }
 
 #[test]
@@ -17,17 +15,12 @@ fn tabular_rows_come_back_as_typed_json_lines() {
         .run()
         .expect_code(0)
         .stderr_has("produced 300 messages");
-    let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "300"])
-        .run()
-        .expect_code(0);
+    let out =
+        mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "300"]).run().expect_code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 300);
     let first: serde_json::Value = serde_json::from_str(lines[0]).expect("json line");
-    assert_eq!(
-        first["ID"],
-        serde_json::json!(1),
-        "integers are JSON numbers: {first}"
-    );
+    assert_eq!(first["ID"], serde_json::json!(1), "integers are JSON numbers: {first}");
     assert!(first["AGE"].is_i64());
     for (line, row) in lines.iter().zip(csv_rows()) {
         let obj: serde_json::Map<String, serde_json::Value> =
@@ -44,9 +37,7 @@ fn tabular_csv_format_gives_back_the_same_csv() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("rows.csv");
     let file = data("tabular_data.csv");
-    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name])
-        .run()
-        .expect_code(0);
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name]).run().expect_code(0);
     mqdemo(&[
         "consume",
         "tabular",
@@ -61,10 +52,7 @@ fn tabular_csv_format_gives_back_the_same_csv() {
     ])
     .run()
     .expect_code(0);
-    assert_eq!(
-        std::fs::read(&out).expect("output"),
-        std::fs::read(&file).expect("input")
-    );
+    assert_eq!(std::fs::read(&out).expect("output"), std::fs::read(&file).expect("input"));
 }
 
 #[test]
@@ -87,16 +75,13 @@ fn batch_size_packs_rows_and_num_records_limits_them() {
     .expect_code(0)
     .stderr_has("produced 3 messages");
     assert_eq!(q.depth(), 3);
-    let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "3"])
-        .run()
-        .expect_code(0);
+    let out =
+        mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "3"]).run().expect_code(0);
     let ids: Vec<i64> = out
         .stdout
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("json")["ID"]
-                .as_i64()
-                .expect("id")
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["ID"].as_i64().expect("id")
         })
         .collect();
     assert_eq!(ids, (1..=250).collect::<Vec<i64>>());
@@ -107,16 +92,9 @@ fn images_arrive_byte_identical_under_their_relative_paths() {
     let q = TestQueue::new("img");
     let out = tempfile::tempdir().expect("tempdir");
     let images = data("images");
-    mqdemo(&[
-        "produce",
-        "image",
-        "--directory",
-        s(&images),
-        "--queue",
-        &q.name,
-    ])
-    .run()
-    .expect_code(0);
+    mqdemo(&["produce", "image", "--directory", s(&images), "--queue", &q.name])
+        .run()
+        .expect_code(0);
     mqdemo(&[
         "consume",
         "image",
@@ -173,16 +151,9 @@ fn second_delivery_of_the_same_file_is_counted_as_duplicate() {
     let out = tempfile::tempdir().expect("tempdir");
     let images = data("images");
     for _ in 0..2 {
-        mqdemo(&[
-            "produce",
-            "image",
-            "--directory",
-            s(&images),
-            "--queue",
-            &q.name,
-        ])
-        .run()
-        .expect_code(0);
+        mqdemo(&["produce", "image", "--directory", s(&images), "--queue", &q.name])
+            .run()
+            .expect_code(0);
     }
     mqdemo(&[
         "consume",
@@ -212,27 +183,15 @@ fn demo_verifies_every_kind() {
 fn consumer_stops_cleanly_on_sigterm() {
     let q = TestQueue::new("sigterm");
     let file = data("tabular_data.csv");
-    mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--num-records",
-        "5",
-    ])
-    .run()
-    .expect_code(0);
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name, "--num-records", "5"])
+        .run()
+        .expect_code(0);
     let child = mqdemo(&["consume", "tabular", "--queue", &q.name]).spawn();
     crate::support::wait_until(std::time::Duration::from_secs(20), "queue drained", || {
         q.depth() == 0
     });
     let pid = child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
     let out = crate::support::wait(child, std::time::Duration::from_secs(10)).expect_code(0);
     assert_eq!(out.stdout.lines().count(), 5);
@@ -243,20 +202,10 @@ fn consumer_stops_cleanly_on_sigterm() {
 fn closed_stdout_pipe_exits_zero_quietly() {
     let q = TestQueue::new("pipe");
     let file = data("tabular_data.csv");
-    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name])
-        .run()
-        .expect_code(0);
-    let mut child = mqdemo(&[
-        "consume",
-        "tabular",
-        "--queue",
-        &q.name,
-        "--count",
-        "300",
-        "--prefetch",
-        "1",
-    ])
-    .spawn();
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name]).run().expect_code(0);
+    let mut child =
+        mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "300", "--prefetch", "1"])
+            .spawn();
     // Read one line, then close our end, like `| head -1`.
     let mut stdout = child.stdout.take().expect("stdout");
     let mut byte = [0u8; 1];
@@ -268,8 +217,5 @@ fn closed_stdout_pipe_exits_zero_quietly() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
-    assert!(
-        q.depth() > 0,
-        "rows not written to the pipe stay in the queue"
-    );
+    assert!(q.depth() > 0, "rows not written to the pipe stay in the queue");
 }

@@ -6,9 +6,7 @@ use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 fn with_source(source: &str) -> AmqpProperties {
     let mut h = FieldTable::new();
     h.insert("source".into(), AmqpValue::LongString(source.into()));
-    AmqpProperties::default()
-        .with_headers(h)
-        .with_content_type("image/png".into())
+    AmqpProperties::default().with_headers(h).with_content_type("image/png".into())
 }
 
 #[test]
@@ -30,14 +28,8 @@ fn undecodable_tabular_body_is_rejected_and_the_consumer_goes_on() {
 fn foreign_messages_are_named_from_message_id_or_body_hash() {
     let q = TestQueue::new("foreign");
     let out = tempfile::tempdir().expect("tempdir");
-    q.publish_raw(
-        b"\x89PNG fake",
-        AmqpProperties::default().with_content_type("image/png".into()),
-    );
-    q.publish_raw(
-        b"plain",
-        AmqpProperties::default().with_message_id("order-42".into()),
-    );
+    q.publish_raw(b"\x89PNG fake", AmqpProperties::default().with_content_type("image/png".into()));
+    q.publish_raw(b"plain", AmqpProperties::default().with_message_id("order-42".into()));
     q.publish_raw(
         b"hello",
         AmqpProperties::default()
@@ -59,16 +51,10 @@ fn foreign_messages_are_named_from_message_id_or_body_hash() {
     let files = tree(out.path());
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     let hash = mqdemo::codec::sha256_hex(b"\x89PNG fake");
-    assert!(
-        names.contains(&format!("{}.png", &hash[..32]).as_str()),
-        "{names:?}"
-    );
+    assert!(names.contains(&format!("{}.png", &hash[..32]).as_str()), "{names:?}");
     assert!(names.contains(&"order-42.bin"), "{names:?}");
     assert_eq!(names.len(), 3);
-    assert!(
-        names.iter().all(|n| !n.contains("..") && !n.contains('/')),
-        "{names:?}"
-    );
+    assert!(names.iter().all(|n| !n.contains("..") && !n.contains('/')), "{names:?}");
 }
 
 #[test]
@@ -113,9 +99,7 @@ fn consumer_never_writes_outside_output_dir() {
         output.stderr
     );
     assert!(
-        files
-            .iter()
-            .all(|(name, _)| name.starts_with("out/") && name.matches('/').count() == 1)
+        files.iter().all(|(name, _)| name.starts_with("out/") && name.matches('/').count() == 1)
     );
 }
 
@@ -138,10 +122,7 @@ fn existing_file_with_other_content_is_never_overwritten() {
     .run()
     .expect_code(0)
     .stderr_has("exists with other content");
-    assert_eq!(
-        std::fs::read(out.path().join("cat.png")).expect("read"),
-        b"precious"
-    );
+    assert_eq!(std::fs::read(out.path().join("cat.png")).expect("read"), b"precious");
     let files = tree(out.path());
     assert_eq!(files.len(), 2);
     assert!(files.iter().any(|(_, b)| b == b"new content"));

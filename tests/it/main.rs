@@ -1,9 +1,11 @@
 //! The one integration test binary: the real `mqdemo` binary against a real broker
 //! (AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/%2f).
 
+mod broker;
 mod docs;
 mod errors;
 mod flows;
 mod interop;
+mod proxy;
 mod support;
 mod wire;

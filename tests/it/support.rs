@@ -24,11 +24,10 @@ pub fn url() -> String {
         let parsed = url::Url::parse(&url).map_err(|e| format!("AMQP_URL {url:?}: {e}"))?;
         let host = parsed.host_str().unwrap_or("localhost").to_string();
         let port = parsed.port().unwrap_or(5672);
-        let reachable = (host.as_str(), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+        let reachable =
+            (host.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next()).is_some_and(
+                |addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+            );
         if reachable {
             Ok(url)
         } else {
@@ -55,10 +54,7 @@ impl TestQueue {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let _ = url();
-        TestQueue {
-            name: format!("it-{test}-{}-{n}", std::process::id()),
-            policy: None,
-        }
+        TestQueue { name: format!("it-{test}-{}-{n}", std::process::id()), policy: None }
     }
 
     /// Ready messages in the queue (declares it durable if missing).
@@ -68,10 +64,7 @@ impl TestQueue {
         let q = ch
             .queue_declare(
                 self.name.clone(),
-                amiquip::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
+                amiquip::QueueDeclareOptions { durable: true, ..Default::default() },
             )
             .expect("declare");
         let n = q.declared_message_count().unwrap_or(0);
@@ -104,10 +97,7 @@ impl TestQueue {
         let ch = conn.open_channel(None).expect("channel");
         ch.queue_declare(
             self.name.clone(),
-            amiquip::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+            amiquip::QueueDeclareOptions { durable: true, ..Default::default() },
         )
         .expect("declare");
         ch.basic_publish("", Publish::with_properties(body, self.name.clone(), props))
@@ -142,9 +132,7 @@ impl Drop for TestQueue {
     fn drop(&mut self) {
         self.delete();
         if let Some(p) = &self.policy {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "clear_policy", p])
-                .status();
+            let _ = Command::new("rabbitmqctl").args(["-q", "clear_policy", p]).status();
         }
     }
 }
@@ -185,11 +173,7 @@ impl Output {
 
     /// Assert stderr contains `needle`.
     pub fn stderr_has(self, needle: &str) -> Output {
-        assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}:\n{}",
-            self.stderr
-        );
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
         self
     }
 
@@ -211,10 +195,7 @@ pub fn mqdemo(args: &[&str]) -> Mqdemo {
 impl Mqdemo {
     /// Start without waiting.
     pub fn spawn(mut self) -> Child {
-        self.cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         self.cmd.spawn().expect("mqdemo binary starts")
     }
 
@@ -256,11 +237,7 @@ pub fn wait(mut child: Child, deadline: Duration) -> Output {
     };
     let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
+    Output { status, stdout, stderr }
 }
 
 /// Poll `cond` until it holds or `deadline` passes.
@@ -274,9 +251,7 @@ pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool
 
 /// The repository's examples/data directory.
 pub fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/data")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(rel)
 }
 
 /// Every file under `root` as (relative path, bytes), sorted.
@@ -286,12 +261,8 @@ pub fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
         .map(|e| {
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .into_owned();
+            let rel =
+                e.path().strip_prefix(root).expect("under root").to_string_lossy().into_owned();
             (rel, std::fs::read(e.path()).expect("read"))
         })
         .collect();

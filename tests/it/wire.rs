@@ -25,24 +25,12 @@ fn assert_common(d: &amiquip::Delivery, kind: &str, content_type: &str) {
 fn tabular_message_has_properties_and_typed_headers() {
     let q = TestQueue::new("wire-tab");
     let file = data("tabular_data.csv");
-    mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--num-records",
-        "2",
-    ])
-    .run()
-    .expect_code(0);
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name, "--num-records", "2"])
+        .run()
+        .expect_code(0);
     let d = q.get().expect("message 1");
     assert_common(&d, "tabular", "application/json");
-    assert_eq!(
-        header(&d, "source"),
-        &AmqpValue::LongString("tabular_data.csv".into())
-    );
+    assert_eq!(header(&d, "source"), &AmqpValue::LongString("tabular_data.csv".into()));
     assert_eq!(header(&d, "row"), &AmqpValue::LongLongInt(1));
     let body: serde_json::Value = serde_json::from_slice(&d.body).expect("json body");
     assert_eq!(body["ID"], serde_json::json!(1));
@@ -69,14 +57,7 @@ fn message_ids_are_deterministic_across_runs() {
         .expect_code(0);
     }
     let ids: Vec<String> = (0..6)
-        .map(|_| {
-            q.get()
-                .expect("msg")
-                .properties
-                .message_id()
-                .clone()
-                .expect("id")
-        })
+        .map(|_| q.get().expect("msg").properties.message_id().clone().expect("id"))
         .collect();
     assert_eq!(ids[..3], ids[3..]);
     assert_ne!(ids[0], ids[1]);
@@ -89,37 +70,19 @@ fn image_message_carries_size_hash_and_dimensions() {
     std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
     let png = std::fs::read(data("images/gradient.png")).expect("png");
     std::fs::write(dir.path().join("sub/g.png"), &png).expect("write");
-    mqdemo(&[
-        "produce",
-        "image",
-        "--directory",
-        s(dir.path()),
-        "--queue",
-        &q.name,
-    ])
-    .run()
-    .expect_code(0);
+    mqdemo(&["produce", "image", "--directory", s(dir.path()), "--queue", &q.name])
+        .run()
+        .expect_code(0);
     let d = q.get().expect("message");
     assert_common(&d, "image", "image/png");
     assert_eq!(d.body, png);
-    assert_eq!(
-        header(&d, "source"),
-        &AmqpValue::LongString("sub/g.png".into())
-    );
-    assert_eq!(
-        header(&d, "size"),
-        &AmqpValue::LongLongInt(png.len() as i64)
-    );
+    assert_eq!(header(&d, "source"), &AmqpValue::LongString("sub/g.png".into()));
+    assert_eq!(header(&d, "size"), &AmqpValue::LongLongInt(png.len() as i64));
     assert_eq!(header(&d, "width"), &AmqpValue::LongLongInt(64));
     assert_eq!(header(&d, "height"), &AmqpValue::LongLongInt(48));
-    let AmqpValue::LongString(sha) = header(&d, "sha256") else {
-        panic!("sha256 is a string")
-    };
+    let AmqpValue::LongString(sha) = header(&d, "sha256") else { panic!("sha256 is a string") };
     assert_eq!(sha.len(), 64);
-    assert!(
-        sha.chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-    );
+    assert!(sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
 }
 
 #[test]

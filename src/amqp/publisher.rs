@@ -1,0 +1,545 @@
+//! Confirmed publishing: a bounded window of unconfirmed messages per channel
+//! ([`Publisher`]), and a [`Producer`] that survives lost connections by reconnecting and
+//! re-publishing everything the broker had not confirmed (same message ids: at-least-once).
+
+use super::props::properties;
+use super::retry::{LinkEvent, Retry, reconnect, sleep_unless_stopped};
+use super::session::Session;
+use super::topology::QueueSpec;
+use super::{Endpoint, TICK, explain, fatal, lost};
+use crate::codec::Message;
+use amiquip::{Channel, Confirm, ConfirmSmoother, ConnectionBlockedNotification, Publish, Return};
+use color_eyre::eyre::{Report, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Publisher settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PublisherOptions {
+    /// Most messages published and not yet confirmed.
+    pub window: usize,
+    /// Most body bytes published and not yet confirmed. Kept under amiquip's 16 MiB write
+    /// buffer so `publish` never stalls inside amiquip during a broker alarm.
+    pub window_bytes: usize,
+    /// How long to wait for a confirm before the connection counts as lost.
+    pub confirm_timeout: Duration,
+}
+
+/// What became of the messages.
+#[derive(Debug, Default, Clone)]
+pub struct PublishReport {
+    /// Messages the broker confirmed (acked and not returned).
+    pub confirmed: u64,
+    /// Body bytes of those messages.
+    pub confirmed_bytes: u64,
+    /// Messages the broker refused for good (nacked with no retry left, or returned as
+    /// unroutable): (label, reason).
+    pub refused: Vec<(String, String)>,
+    /// Messages read but never confirmed (the run stopped first): labels.
+    pub unconfirmed: Vec<String>,
+    /// Messages published again after a reconnect or a nack.
+    pub republished: u64,
+}
+
+impl PublishReport {
+    fn absorb(&mut self, other: PublishReport) {
+        self.confirmed += other.confirmed;
+        self.confirmed_bytes += other.confirmed_bytes;
+        self.refused.extend(other.refused);
+        self.unconfirmed.extend(other.unconfirmed);
+        self.republished += other.republished;
+    }
+}
+
+/// What waits need: the stop flag, how long to keep trying, and where events go.
+struct Ctx<'a> {
+    stop: &'a AtomicBool,
+    retry: Retry,
+    on_event: &'a dyn Fn(LinkEvent),
+}
+
+/// Publishes persistent, mandatory messages to one queue on one channel.
+struct Publisher {
+    channel: Channel,
+    endpoint: Endpoint,
+    queue: String,
+    confirms: Receiver<Confirm>,
+    returns: Receiver<Return>,
+    blocked_rx: Receiver<ConnectionBlockedNotification>,
+    blocked: Option<(String, Instant)>,
+    smoother: ConfirmSmoother,
+    next_tag: u64,
+    /// Published, not yet confirmed, in delivery-tag order: what a reconnect re-publishes.
+    pending: VecDeque<(u64, Message)>,
+    pending_bytes: usize,
+    options: PublisherOptions,
+    retry_nacks: bool,
+    /// message_id -> reason, for messages the broker returned (the ack follows the return).
+    returned: HashMap<String, String>,
+    /// Nacked messages to publish again after a pause.
+    nacked: Vec<Message>,
+    report: PublishReport,
+}
+
+impl Publisher {
+    fn new(
+        session: &mut Session,
+        queue: &str,
+        options: PublisherOptions,
+        retry_nacks: bool,
+    ) -> Result<Publisher> {
+        let channel = session.channel()?;
+        let ep = session.endpoint().clone();
+        // Listen before enabling, or early confirms can be missed.
+        let confirms =
+            channel.listen_for_publisher_confirms().map_err(|e| explain(e, &ep, "publishing"))?;
+        let returns = channel.listen_for_returns().map_err(|e| explain(e, &ep, "publishing"))?;
+        channel.enable_publisher_confirms().map_err(|e| explain(e, &ep, "publishing"))?;
+        Ok(Publisher {
+            channel,
+            endpoint: ep,
+            queue: queue.to_string(),
+            confirms,
+            returns,
+            blocked_rx: session.blocked_notices(),
+            blocked: None,
+            smoother: ConfirmSmoother::new(),
+            next_tag: 1,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            options,
+            retry_nacks,
+            returned: HashMap::new(),
+            nacked: Vec::new(),
+            report: PublishReport::default(),
+        })
+    }
+
+    /// Publish one message once the window has room. On error the message is either handed
+    /// back (never sent) or kept in `pending` (sent, unconfirmed).
+    fn send(&mut self, msg: Message, ctx: &Ctx<'_>) -> Result<(), (Report, Option<Message>)> {
+        if let Err(e) = self.make_room(msg.body.len(), ctx) {
+            return Err((e, Some(msg)));
+        }
+        let publish = Publish {
+            body: &msg.body,
+            routing_key: self.queue.clone(),
+            mandatory: true,
+            immediate: false,
+            properties: properties(&msg),
+        };
+        let sent = self.channel.basic_publish("", publish);
+        self.pending_bytes += msg.body.len();
+        self.pending.push_back((self.next_tag, msg));
+        self.next_tag += 1;
+        if let Err(e) = sent {
+            return Err((self.channel_failure(e), None));
+        }
+        self.poll_confirms().map_err(|e| (e, None))
+    }
+
+    fn make_room(&mut self, len: usize, ctx: &Ctx<'_>) -> Result<()> {
+        self.wait_while_blocked(ctx)?;
+        while !self.pending.is_empty()
+            && (self.pending.len() >= self.options.window
+                || self.pending_bytes + len > self.options.window_bytes)
+        {
+            self.wait_for_confirm(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Wait until everything published is confirmed.
+    fn wait_all(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        while !self.pending.is_empty() {
+            self.wait_for_confirm(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn poll_blocked(&mut self, ctx: &Ctx<'_>) {
+        while let Ok(note) = self.blocked_rx.try_recv() {
+            match note {
+                ConnectionBlockedNotification::Blocked(reason) => {
+                    (ctx.on_event)(LinkEvent::Blocked(reason.clone()));
+                    self.blocked = Some((reason, Instant::now()));
+                }
+                ConnectionBlockedNotification::Unblocked => {
+                    (ctx.on_event)(LinkEvent::Unblocked);
+                    self.blocked = None;
+                }
+            }
+        }
+    }
+
+    /// While the broker blocks this connection, publish nothing (so amiquip's own buffer never
+    /// fills and stalls us); give up on a signal or after --retry-for.
+    fn wait_while_blocked(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        self.poll_blocked(ctx);
+        while self.blocked.is_some() {
+            self.check_blocked_limits(ctx)?;
+            std::thread::sleep(TICK);
+            self.poll_confirms()?;
+            self.poll_blocked(ctx);
+        }
+        Ok(())
+    }
+
+    fn check_blocked_limits(&self, ctx: &Ctx<'_>) -> Result<()> {
+        let Some((reason, since)) = &self.blocked else {
+            return Ok(());
+        };
+        if ctx.stop.load(Ordering::SeqCst) {
+            return Err(fatal(format!(
+                "stopped by a signal while the broker blocked publishing ({reason})"
+            )));
+        }
+        if since.elapsed() > ctx.retry.retry_for {
+            return Err(fatal(format!(
+                "the broker at {} blocked publishing for over {:.0} s ({reason}: a memory or disk \
+                 alarm); free memory or disk on the broker, or raise --retry-for",
+                self.endpoint.masked(),
+                ctx.retry.retry_for.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+
+    fn wait_for_confirm(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        let mut quiet = Duration::ZERO;
+        loop {
+            match self.confirms.recv_timeout(TICK) {
+                Ok(c) => {
+                    self.settle(c);
+                    return self.poll_confirms();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(self.lost_stream()),
+            }
+            self.poll_blocked(ctx);
+            if self.blocked.is_some() {
+                self.check_blocked_limits(ctx)?;
+                continue;
+            }
+            quiet += TICK;
+            if quiet >= self.options.confirm_timeout {
+                return Err(lost(format!(
+                    "no publisher confirm from {} for {:.0} s with {} message(s) outstanding; the \
+                     connection is treated as lost (raise --confirm-timeout if the broker is just slow)",
+                    self.endpoint.masked(),
+                    self.options.confirm_timeout.as_secs_f64(),
+                    self.pending.len()
+                )));
+            }
+        }
+    }
+
+    fn poll_confirms(&mut self) -> Result<()> {
+        loop {
+            match self.confirms.try_recv() {
+                Ok(c) => self.settle(c),
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(self.lost_stream()),
+            }
+        }
+    }
+
+    fn settle(&mut self, confirm: Confirm) {
+        // A Return arrives before the ack of the same message: collect them first.
+        while let Ok(ret) = self.returns.try_recv() {
+            if let Some(id) = ret.properties.message_id() {
+                let why = format!("returned by the broker: {} {}", ret.reply_code, ret.reply_text);
+                self.returned.insert(id.clone(), why);
+            }
+        }
+        let smoothed: Vec<Confirm> = self.smoother.process(confirm).collect();
+        for c in smoothed {
+            let (tag, acked) = match c {
+                Confirm::Ack(p) => (p.delivery_tag, true),
+                Confirm::Nack(p) => (p.delivery_tag, false),
+            };
+            let Some(pos) = self.pending.iter().position(|(t, _)| *t == tag) else {
+                continue;
+            };
+            let Some((_, msg)) = self.pending.remove(pos) else {
+                continue;
+            };
+            self.pending_bytes -= msg.body.len();
+            if let Some(why) = self.returned.remove(&msg.message_id) {
+                self.report.refused.push((msg.label, why));
+            } else if acked {
+                self.report.confirmed += 1;
+                self.report.confirmed_bytes += msg.body.len() as u64;
+            } else if self.retry_nacks {
+                self.nacked.push(msg);
+            } else {
+                self.report.refused.push((
+                    msg.label,
+                    "nacked by the broker (e.g. queue full with x-overflow reject-publish)".into(),
+                ));
+            }
+        }
+    }
+
+    /// The confirm stream ended: drain what arrived, then ask the channel why it closed.
+    fn lost_stream(&mut self) -> Report {
+        while let Ok(c) = self.confirms.try_recv() {
+            self.settle(c);
+        }
+        match self.channel.queue_declare_passive(self.queue.clone()) {
+            Err(e) => explain(e, &self.endpoint, "publishing"),
+            Ok(_) => {
+                lost(format!("lost the publisher-confirm stream from {}", self.endpoint.masked()))
+            }
+        }
+    }
+
+    fn channel_failure(&mut self, e: amiquip::Error) -> Report {
+        while let Ok(c) = self.confirms.try_recv() {
+            self.settle(c);
+        }
+        explain(e, &self.endpoint, "publishing")
+    }
+
+    /// Give the channel up (without closing it: on a blocked or dead connection that could
+    /// hang) and hand back everything not confirmed, in publish order.
+    fn into_unconfirmed(mut self) -> (PublishReport, Vec<Message>) {
+        while let Ok(c) = self.confirms.try_recv() {
+            self.settle(c);
+        }
+        let mut msgs: Vec<Message> =
+            std::mem::take(&mut self.pending).into_iter().map(|(_, m)| m).collect();
+        msgs.append(&mut self.nacked);
+        let report = std::mem::take(&mut self.report);
+        std::mem::forget(self.channel);
+        (report, msgs)
+    }
+}
+
+/// A publisher that survives lost connections: it reconnects (rotating through the
+/// endpoints, with backoff, for up to `retry.retry_for`), re-publishes what was not
+/// confirmed, retries nacked messages after a pause, and pauses while the broker blocks.
+pub struct Producer {
+    endpoints: Vec<Endpoint>,
+    current: usize,
+    spec: QueueSpec,
+    options: PublisherOptions,
+    retry: Retry,
+    stop: std::sync::Arc<AtomicBool>,
+    on_event: Box<dyn Fn(LinkEvent)>,
+    live: Option<(Session, Publisher)>,
+    /// Read but not yet handed to a live channel (includes what a reconnect re-publishes).
+    backlog: VecDeque<Message>,
+    /// Totals of channels that are gone.
+    done: PublishReport,
+    nack_delay: Duration,
+    nack_since: Option<Instant>,
+    confirmed_at_nack: u64,
+    gave_up: bool,
+}
+
+/// First pause after the broker nacks (queue full); doubles up to 5 s.
+const FIRST_NACK_DELAY: Duration = Duration::from_millis(100);
+
+impl Producer {
+    /// Connect (the first endpoint that answers), declare the queue and enable confirms.
+    pub fn open(
+        endpoints: &[Endpoint],
+        spec: &QueueSpec,
+        options: PublisherOptions,
+        retry: Retry,
+        stop: std::sync::Arc<AtomicBool>,
+        on_event: Box<dyn Fn(LinkEvent)>,
+    ) -> Result<Producer> {
+        let (mut session, current) = Session::open_first(endpoints)?;
+        session.declare_queue(spec)?;
+        let publisher =
+            Publisher::new(&mut session, &spec.name, options, !retry.retry_for.is_zero())?;
+        Ok(Producer {
+            endpoints: endpoints.to_vec(),
+            current,
+            spec: spec.clone(),
+            options,
+            retry,
+            stop,
+            on_event,
+            live: Some((session, publisher)),
+            backlog: VecDeque::new(),
+            done: PublishReport::default(),
+            nack_delay: FIRST_NACK_DELAY,
+            nack_since: None,
+            confirmed_at_nack: 0,
+            gave_up: false,
+        })
+    }
+
+    /// Publish one message (blocks while the confirm window is full or the broker blocks).
+    pub fn publish(&mut self, msg: Message) -> Result<()> {
+        self.backlog.push_back(msg);
+        let r = self.drain();
+        self.gave_up = r.is_err();
+        r
+    }
+
+    /// Confirmed messages and bytes so far.
+    pub fn confirmed(&self) -> (u64, u64) {
+        let live = self
+            .live
+            .as_ref()
+            .map_or((0, 0), |(_, p)| (p.report.confirmed, p.report.confirmed_bytes));
+        (self.done.confirmed + live.0, self.done.confirmed_bytes + live.1)
+    }
+
+    /// Wait for every outstanding confirm (reconnecting if needed), close, and report. After a
+    /// failed `publish` or a signal during a broker block, it gives up at once instead.
+    pub fn finish(mut self) -> (PublishReport, Result<()>) {
+        if self.gave_up {
+            return self.abandon(None);
+        }
+        loop {
+            if let Err(e) = self.drain() {
+                return self.abandon(Some(e));
+            }
+            let waited = match self.live.as_mut() {
+                Some((_, p)) => {
+                    let ctx =
+                        Ctx { stop: &self.stop, retry: self.retry, on_event: &*self.on_event };
+                    p.wait_all(&ctx)
+                }
+                None => return self.abandon(None),
+            };
+            match waited {
+                Ok(()) => match self.retry_nacked() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => return self.abandon(Some(e)),
+                },
+                Err(e) => {
+                    if let Err(e) = self.recover(e) {
+                        return self.abandon(Some(e));
+                    }
+                }
+            }
+        }
+        let Some((session, publisher)) = self.live.take() else {
+            return self.abandon(None);
+        };
+        let mut report = std::mem::take(&mut self.done);
+        let Publisher { channel, report: last, endpoint, .. } = publisher;
+        report.absorb(last);
+        let closed = channel.close().map_err(|e| explain(e, &endpoint, "closing the channel"));
+        let _ = session.close();
+        (report, closed)
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while let Some(msg) = self.backlog.pop_front() {
+            let Some((_, publisher)) = self.live.as_mut() else {
+                self.backlog.push_front(msg);
+                return Err(fatal("not connected to the broker".into()));
+            };
+            let ctx = Ctx { stop: &self.stop, retry: self.retry, on_event: &*self.on_event };
+            if let Err((e, unsent)) = publisher.send(msg, &ctx) {
+                if let Some(m) = unsent {
+                    self.backlog.push_front(m);
+                }
+                self.recover(e)?;
+            }
+            self.retry_nacked()?;
+        }
+        Ok(())
+    }
+
+    /// Put nacked messages back at the front of the backlog after a growing pause; true if
+    /// there were any. Past --retry-for of nothing but nacks, they are refused for good.
+    fn retry_nacked(&mut self) -> Result<bool> {
+        let Some((_, publisher)) = self.live.as_mut() else {
+            return Ok(false);
+        };
+        let confirmed = publisher.report.confirmed;
+        let nacked = std::mem::take(&mut publisher.nacked);
+        if nacked.is_empty() {
+            if confirmed > self.confirmed_at_nack {
+                self.nack_since = None;
+                self.nack_delay = FIRST_NACK_DELAY;
+            }
+            return Ok(false);
+        }
+        if confirmed > self.confirmed_at_nack {
+            self.nack_since = None;
+        }
+        self.confirmed_at_nack = confirmed;
+        let since = *self.nack_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > self.retry.retry_for || self.stop.load(Ordering::SeqCst) {
+            for m in nacked {
+                publisher.report.refused.push((
+                    m.label,
+                    "nacked by the broker (queue full with x-overflow reject-publish) for longer \
+                     than --retry-for"
+                        .into(),
+                ));
+            }
+            return Ok(false);
+        }
+        (self.on_event)(LinkEvent::Backoff { messages: nacked.len(), delay: self.nack_delay });
+        sleep_unless_stopped(self.nack_delay, &self.stop);
+        self.nack_delay = (self.nack_delay * 2).min(Duration::from_secs(5));
+        self.done.republished += nacked.len() as u64;
+        for m in nacked.into_iter().rev() {
+            self.backlog.push_front(m);
+        }
+        Ok(true)
+    }
+
+    /// After a lost connection: keep what was not confirmed, reconnect, and queue it for
+    /// re-publishing ahead of new messages.
+    fn recover(&mut self, error: Report) -> Result<()> {
+        if let Some((session, publisher)) = self.live.take() {
+            let (report, msgs) = publisher.into_unconfirmed();
+            self.done.absorb(report);
+            self.done.republished += msgs.len() as u64;
+            for m in msgs.into_iter().rev() {
+                self.backlog.push_front(m);
+            }
+            // Closing a dead, frozen or blocked connection can hang: let it go.
+            std::mem::forget(session);
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(error.wrap_err("not reconnecting: stopped by a signal"));
+        }
+        let (spec, options, retry_nacks) =
+            (self.spec.clone(), self.options, !self.retry.retry_for.is_zero());
+        let live = reconnect(
+            &self.endpoints,
+            &mut self.current,
+            self.retry,
+            &self.stop,
+            error,
+            &*self.on_event,
+            |ep| {
+                let mut session = Session::open(ep)?;
+                session.declare_queue(&spec)?;
+                let publisher = Publisher::new(&mut session, &spec.name, options, retry_nacks)?;
+                Ok((session, publisher))
+            },
+        )?;
+        self.live = Some(live);
+        Ok(())
+    }
+
+    /// Stop now: everything not confirmed is reported as such; connections are let go
+    /// without a close handshake (it could block during a broker alarm).
+    fn abandon(mut self, error: Option<Report>) -> (PublishReport, Result<()>) {
+        let mut report = std::mem::take(&mut self.done);
+        if let Some((session, publisher)) = self.live.take() {
+            let (last, msgs) = publisher.into_unconfirmed();
+            report.absorb(last);
+            report.unconfirmed.extend(msgs.into_iter().map(|m| m.label));
+            std::mem::forget(session);
+        }
+        report.unconfirmed.extend(self.backlog.drain(..).map(|m| m.label));
+        (report, error.map_or(Ok(()), Err))
+    }
+}

@@ -1,0 +1,175 @@
+//! One connection to the broker: opening it with deadlines (and TLS with a private CA),
+//! declaring and deleting queues, and opening channels.
+
+use super::topology::{QueueSpec, declare};
+use super::{Endpoint, explain, fatal, lost};
+use amiquip::{
+    Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
+    QueueDeleteOptions,
+};
+use color_eyre::eyre::{Report, Result};
+use crossbeam_channel::Receiver;
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+use url::Url;
+
+/// An open connection to the broker.
+pub struct Session {
+    conn: Connection,
+    endpoint: Endpoint,
+    blocked: Receiver<ConnectionBlockedNotification>,
+}
+
+/// What the broker said about a queue when it was declared.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueInfo {
+    /// Ready messages.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+impl Session {
+    /// Connect, within the endpoint's timeout.
+    pub fn open(endpoint: &Endpoint) -> Result<Session> {
+        let mut conn = match &endpoint.ca_cert {
+            Some(ca) if endpoint.url.starts_with("amqps:") => open_with_ca(endpoint, ca)?,
+            _ => Connection::insecure_open(&endpoint.url)
+                .map_err(|e| explain(e, endpoint, "connecting"))?,
+        };
+        let blocked =
+            conn.listen_for_connection_blocked().map_err(|e| explain(e, endpoint, "connecting"))?;
+        Ok(Session { conn, endpoint: endpoint.clone(), blocked })
+    }
+
+    /// Connect to the first endpoint that answers, trying each once (the start of a run:
+    /// nothing answering is a bad input, reported at once).
+    pub fn open_first(endpoints: &[Endpoint]) -> Result<(Session, usize)> {
+        let mut last = None;
+        for (i, ep) in endpoints.iter().enumerate() {
+            match Session::open(ep) {
+                Ok(s) => return Ok((s, i)),
+                Err(e) if endpoints.len() > 1 && super::is_retryable(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| fatal("no --url given".into())))
+    }
+
+    /// The endpoint this session is connected to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The broker's connection.blocked / unblocked notices.
+    pub(super) fn blocked_notices(&self) -> Receiver<ConnectionBlockedNotification> {
+        self.blocked.clone()
+    }
+
+    /// Declare the queue as `spec` says.
+    pub fn declare_queue(&mut self, spec: &QueueSpec) -> Result<QueueInfo> {
+        let channel = self.channel()?;
+        let (messages, consumers) = declare(&channel, spec, &self.endpoint)?;
+        let _ = channel.close();
+        Ok(QueueInfo { messages, consumers })
+    }
+
+    /// Delete `queue` (used by `demo` for its own queues).
+    pub fn delete_queue(&mut self, queue: &str) -> Result<()> {
+        let channel = self.channel()?;
+        channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .map_err(|e| explain(e, &self.endpoint, "deleting the queue"))?;
+        let _ = channel.close();
+        Ok(())
+    }
+
+    /// Close the connection, reporting a failure to close (amiquip's Drop would hide it).
+    pub fn close(self) -> Result<()> {
+        let ep = self.endpoint;
+        self.conn.close().map_err(|e| explain(e, &ep, "closing the connection"))
+    }
+
+    pub(super) fn channel(&mut self) -> Result<Channel> {
+        self.conn.open_channel(None).map_err(|e| explain(e, &self.endpoint, "opening a channel"))
+    }
+}
+
+/// amqps:// trusting the CA certificate(s) in `ca` as well as the system's.
+fn open_with_ca(ep: &Endpoint, ca: &std::path::Path) -> Result<Connection> {
+    let pem = std::fs::read(ca).map_err(|e| {
+        fatal(format!("cannot read --ca-cert {}: {e}; check the path", ca.display()))
+    })?;
+    let cert = native_tls::Certificate::from_pem(&pem)
+        .map_err(|e| fatal(format!("--ca-cert {} is not a PEM certificate: {e}", ca.display())))?;
+    let connector = native_tls::TlsConnector::builder()
+        .add_root_certificate(cert)
+        .build()
+        .map_err(|e| fatal(format!("cannot set up TLS with --ca-cert {}: {e}", ca.display())))?;
+    let url = Url::parse(&ep.url).map_err(|e| fatal(format!("--url {}: {e}", ep.masked())))?;
+    let host = url.host_str().unwrap_or("localhost").to_string();
+    let port = url.port().unwrap_or(5671);
+    let options = options_from_url(&url, ep.timeout);
+    let addrs = (host.as_str(), port).to_socket_addrs().map_err(|e| {
+        fatal(format!("cannot resolve the host of {}: {e}; check --url", ep.masked()))
+    })?;
+    let mut last: Option<Report> = None;
+    for addr in addrs {
+        let attempt = mio::net::TcpStream::connect(&addr)
+            .map_err(|e| lost(format!("cannot connect to {}: {e}", ep.masked())))
+            .and_then(|stream| {
+                Connection::open_tls_stream(
+                    connector.clone(),
+                    &host,
+                    stream,
+                    options.clone(),
+                    ConnectionTuning::default(),
+                )
+                .map_err(|e| explain(e, ep, "connecting"))
+            });
+        match attempt {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| fatal(format!("the host of {} resolves to no address", ep.masked()))))
+}
+
+/// The subset of the URL amiquip itself understands, as connection options.
+fn options_from_url(url: &Url, timeout: Duration) -> ConnectionOptions<Auth> {
+    let decode = |s: &str| percent_decode(s);
+    let mut options = ConnectionOptions::default().connection_timeout(Some(timeout));
+    let vhost = url.path().trim_start_matches('/');
+    if !vhost.is_empty() {
+        options = options.virtual_host(decode(vhost));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        let username = match url.username() {
+            "" => "guest".to_string(),
+            u => decode(u),
+        };
+        let password = url.password().map_or_else(|| "guest".to_string(), decode);
+        options = options.auth(Auth::Plain { username, password });
+    }
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "heartbeat" => {
+                options = options.heartbeat(v.parse().unwrap_or(super::DEFAULT_HEARTBEAT_SECS))
+            }
+            "channel_max" => {
+                if let Ok(n) = v.parse() {
+                    options = options.channel_max(n);
+                }
+            }
+            _ => {}
+        }
+    }
+    options
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
+}

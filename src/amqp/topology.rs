@@ -1,0 +1,146 @@
+//! Queue declaration: durable, with no arguments unless options ask for them.
+
+use super::{Endpoint, explain, fatal};
+use amiquip::{
+    AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
+};
+use color_eyre::eyre::{Report, Result};
+
+/// Exchange that dead-lettered messages go through (direct, durable).
+pub const DEAD_LETTER_EXCHANGE: &str = "mqdemo.dead-letter";
+
+/// Queue type (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Classic queue.
+    Classic,
+    /// Replicated quorum queue.
+    Quorum,
+}
+
+/// What a queue should look like. With every option unset the queue is declared durable with
+/// no arguments, so a queue made by pika's `queue_declare(durable=True)` is accepted as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: String,
+    /// `x-queue-type`, when asked for.
+    pub queue_type: Option<QueueType>,
+    /// Dead-letter queue: rejected messages go there.
+    pub dead_letter_queue: Option<String>,
+    /// `x-max-length`, with `x-overflow: reject-publish` (publishers get nacks when full).
+    pub max_length: Option<u64>,
+    /// `x-delivery-limit` for quorum queues: a message redelivered this often is
+    /// dead-lettered (or dropped) instead of looping forever.
+    pub delivery_limit: Option<u64>,
+}
+
+impl QueueSpec {
+    /// A durable queue with no arguments.
+    pub fn plain(name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.to_string(),
+            queue_type: None,
+            dead_letter_queue: None,
+            max_length: None,
+            delivery_limit: None,
+        }
+    }
+
+    /// The `x-` arguments these options ask for.
+    pub fn arguments(&self) -> FieldTable {
+        let mut args = FieldTable::new();
+        let mut put = |k: &str, v: AmqpValue| {
+            args.insert(k.to_string(), v);
+        };
+        match self.queue_type {
+            Some(QueueType::Quorum) => put("x-queue-type", AmqpValue::LongString("quorum".into())),
+            Some(QueueType::Classic) => {
+                put("x-queue-type", AmqpValue::LongString("classic".into()))
+            }
+            None => {}
+        }
+        if let Some(dlq) = &self.dead_letter_queue {
+            put("x-dead-letter-exchange", AmqpValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+            put("x-dead-letter-routing-key", AmqpValue::LongString(dlq.clone()));
+        }
+        if let Some(n) = self.max_length {
+            put("x-max-length", AmqpValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)));
+            put("x-overflow", AmqpValue::LongString("reject-publish".into()));
+        }
+        if let (Some(QueueType::Quorum), Some(n)) = (self.queue_type, self.delivery_limit) {
+            put("x-delivery-limit", AmqpValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)));
+        }
+        args
+    }
+}
+
+/// Declare the queue (and its dead-letter exchange and queue), returning its ready count and
+/// consumer count.
+pub(super) fn declare(channel: &Channel, spec: &QueueSpec, ep: &Endpoint) -> Result<(u32, u32)> {
+    if let Some(dlq) = &spec.dead_letter_queue {
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        channel
+            .exchange_declare(ExchangeType::Direct, DEAD_LETTER_EXCHANGE, durable)
+            .map_err(|e| explain(e, ep, "declaring the dead-letter exchange"))?;
+        let plain = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        channel.queue_declare(dlq.clone(), plain).map_err(|e| declare_error(e, dlq, ep))?;
+        channel
+            .queue_bind(dlq.clone(), DEAD_LETTER_EXCHANGE, dlq.clone(), FieldTable::new())
+            .map_err(|e| explain(e, ep, "binding the dead-letter queue"))?;
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        arguments: spec.arguments(),
+        ..QueueDeclareOptions::default()
+    };
+    let q = channel
+        .queue_declare(spec.name.clone(), options)
+        .map_err(|e| declare_error(e, &spec.name, ep))?;
+    Ok((q.declared_message_count().unwrap_or(0), q.declared_consumer_count().unwrap_or(0)))
+}
+
+fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint) -> Report {
+    match e {
+        amiquip::Error::ServerClosedChannel { code: 406, message, .. } => fatal(format!(
+            "queue '{queue}' already exists with other settings ({message}); match them with \
+             --queue-type / --dead-letter-queue / --max-length, use another --queue, or delete \
+             it with `rabbitmqctl delete_queue {queue}` if it is yours"
+        )),
+        amiquip::Error::ServerClosedChannel { code: 403, message, .. } => fatal(format!(
+            "not allowed to declare queue '{queue}' ({message}); check the user's permissions \
+             on the vhost in --url"
+        )),
+        other => explain(other, ep, "declaring the queue"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_queue_has_no_arguments() {
+        assert!(QueueSpec::plain("q").arguments().is_empty());
+    }
+
+    #[test]
+    fn options_become_x_arguments() {
+        let spec = QueueSpec {
+            queue_type: Some(QueueType::Quorum),
+            dead_letter_queue: Some("dlq".into()),
+            max_length: Some(10),
+            delivery_limit: Some(5),
+            ..QueueSpec::plain("q")
+        };
+        let args = spec.arguments();
+        assert_eq!(args.get("x-queue-type"), Some(&AmqpValue::LongString("quorum".into())));
+        assert_eq!(
+            args.get("x-dead-letter-routing-key"),
+            Some(&AmqpValue::LongString("dlq".into()))
+        );
+        assert_eq!(args.get("x-overflow"), Some(&AmqpValue::LongString("reject-publish".into())));
+        assert_eq!(args.get("x-max-length"), Some(&AmqpValue::LongLongInt(10)));
+        assert_eq!(args.get("x-delivery-limit"), Some(&AmqpValue::LongLongInt(5)));
+    }
+}
