@@ -119,9 +119,9 @@ impl Publisher {
 
     /// Publish one message once the window has room. On error the message is either handed
     /// back (never sent) or kept in `pending` (sent, unconfirmed).
-    fn send(&mut self, msg: Message, ctx: &Ctx<'_>) -> Result<(), (Report, Option<Message>)> {
+    fn send(&mut self, msg: Message, ctx: &Ctx<'_>) -> Result<(), (Report, Option<Box<Message>>)> {
         if let Err(e) = self.make_room(msg.body.len(), ctx) {
-            return Err((e, Some(msg)));
+            return Err((e, Some(Box::new(msg))));
         }
         let publish = Publish {
             body: &msg.body,
@@ -443,7 +443,7 @@ impl Producer {
             let ctx = Ctx { stop: &self.stop, retry: self.retry, on_event: &*self.on_event };
             if let Err((e, unsent)) = publisher.send(msg, &ctx) {
                 if let Some(m) = unsent {
-                    self.backlog.push_front(m);
+                    self.backlog.push_front(*m);
                 }
                 self.recover(e)?;
             }

@@ -44,19 +44,9 @@ fn is_canonical_number(s: &str) -> bool {
     if bytes.iter().all(|b| b.is_ascii_digit() || *b == b'-') {
         return is_canonical_integer(s);
     }
-    // Decimal: must be exactly what serde_json prints for the parsed f64 (`1.5`, `100.0`,
-    // `1e+16`), so a consumer decoding with serde_json writes the same characters back.
-    match s.parse::<f64>() {
-        Ok(f) if f.is_finite() => {
-            let mut buf = [0u8; 40];
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            serde_json::to_writer(&mut cursor, &f).is_ok() && {
-                let len = usize::try_from(cursor.position()).unwrap_or(0);
-                &buf[..len] == s.as_bytes()
-            }
-        }
-        _ => false,
-    }
+    // Decimal: parsed and printed by serde_json itself (what a consumer does) it must come
+    // back as the same characters: `1.5`, `100.0`, `1e+16` yes; `1.50`, `1e16` no.
+    serde_json::from_str::<serde_json::Number>(s).is_ok_and(|n| n.is_f64() && n.to_string() == s)
 }
 
 fn is_canonical_integer(s: &str) -> bool {

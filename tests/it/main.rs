@@ -4,8 +4,10 @@
 mod broker;
 mod docs;
 mod errors;
+mod faults;
 mod flows;
 mod interop;
 mod proxy;
+mod reliability;
 mod support;
 mod wire;

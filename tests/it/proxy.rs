@@ -200,6 +200,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, closed: &Atomic
                 return;
             }
             Ok(n) => {
+                // Bytes that arrive after freeze() are held back until thaw().
+                while shared.frozen.load(Ordering::SeqCst) && !ended() {
+                    std::thread::sleep(TICK);
+                }
+                if ended() {
+                    break;
+                }
                 // A blocked write is released by the shutdown in cut()/drop.
                 if to.write_all(&buf[..n]).is_err() {
                     break;

@@ -57,19 +57,16 @@ impl TestQueue {
         TestQueue { name: format!("it-{test}-{}-{n}", std::process::id()), policy: None }
     }
 
-    /// Ready messages in the queue (declares it durable if missing).
+    /// Ready messages in the queue (0 while it does not exist; never declares it).
     pub fn depth(&self) -> u32 {
         let mut conn = connect();
         let ch = conn.open_channel(None).expect("channel");
-        let q = ch
-            .queue_declare(
-                self.name.clone(),
-                amiquip::QueueDeclareOptions { durable: true, ..Default::default() },
-            )
-            .expect("declare");
-        let n = q.declared_message_count().unwrap_or(0);
+        let n = ch
+            .queue_declare_passive(self.name.clone())
+            .ok()
+            .and_then(|q| q.declared_message_count());
         let _ = conn.close();
-        n
+        n.unwrap_or(0)
     }
 
     /// Apply a RabbitMQ policy to this queue only (removed on drop).
@@ -273,4 +270,108 @@ pub fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 /// A path argument as &str.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A running mqdemo whose stderr can be watched while it runs.
+pub struct Watched {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    err_reader: Option<std::thread::JoinHandle<()>>,
+    out_reader: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Mqdemo {
+    /// Start, collecting stderr as it comes so tests can wait for a line.
+    pub fn watch(self) -> Watched {
+        let mut child = self.spawn();
+        let mut err = child.stderr.take().expect("stderr piped");
+        let mut out = child.stdout.take().expect("stdout piped");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&stderr);
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        let out_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = out.read_to_end(&mut s);
+            s
+        });
+        Watched { child, stderr, err_reader: Some(err_reader), out_reader: Some(out_reader) }
+    }
+}
+
+impl Watched {
+    /// Stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Wait until stderr contains `needle`.
+    pub fn wait_for(&self, needle: &str, deadline: Duration) {
+        let started = Instant::now();
+        while !self.stderr().contains(needle) {
+            assert!(
+                started.elapsed() < deadline,
+                "no {needle:?} on stderr within {deadline:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (e.g. "TERM", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig}");
+    }
+
+    /// Wait for the exit within `deadline`; kill and fail after it.
+    pub fn finish(mut self, deadline: Duration) -> Output {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if started.elapsed() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("mqdemo still running after {deadline:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(h) = self.err_reader.take() {
+            let _ = h.join();
+        }
+        let stdout = self.out_reader.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        Output {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
