@@ -5,7 +5,7 @@ use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::Session;
 use super::topology::QueueSpec;
-use super::{Endpoint, TICK, explain, fatal, lost};
+use super::{Endpoint, TICK, discard, explain, fatal, lost};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
@@ -191,8 +191,7 @@ pub fn consume(
             let _ = session.close();
             return Ok((total, Ok(())));
         };
-        // Closing a dead or frozen connection can hang: let it go.
-        std::mem::forget(session);
+        let error = discard(session, error);
         if limits.stop.load(Ordering::SeqCst) {
             return Ok((total, Err(error)));
         }

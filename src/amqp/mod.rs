@@ -173,15 +173,37 @@ fn mask_text(text: &str, password: Option<&str>) -> String {
 pub struct LinkError {
     /// A reconnect may help.
     pub retryable: bool,
+    /// amiquip's I/O thread has ended: closing the connection is safe and tells why.
+    pub io_loop_ended: bool,
     message: String,
 }
 
 fn lost(message: String) -> Report {
-    Report::new(LinkError { retryable: true, message })
+    Report::new(LinkError { retryable: true, io_loop_ended: false, message })
 }
 
 fn fatal(message: String) -> Report {
-    Report::new(LinkError { retryable: false, message })
+    Report::new(LinkError { retryable: false, io_loop_ended: false, message })
+}
+
+/// True when amiquip's I/O thread for the connection has ended (so `close` returns at once,
+/// with the real cause).
+fn io_loop_ended(err: &Report) -> bool {
+    err.chain().any(|e| e.downcast_ref::<LinkError>().is_some_and(|l| l.io_loop_ended))
+}
+
+/// Let a failed connection go. When its I/O thread has ended, closing it is safe and yields
+/// the real cause (e.g. missed heartbeats), which replaces a vague "connection lost";
+/// otherwise (frozen or blocked) closing could hang, so it is leaked instead.
+fn discard(session: Session, err: Report) -> Report {
+    if !io_loop_ended(&err) {
+        std::mem::forget(session);
+        return err;
+    }
+    match session.close() {
+        Err(cause) => cause,
+        Ok(()) => err,
+    }
 }
 
 /// True when `err` says the connection was lost or refused, so reconnecting may help.
@@ -252,16 +274,22 @@ fn explain(err: amiquip::Error, ep: &Endpoint, doing: &str) -> Report {
             ep.scrub(&message)
         )),
         E::MissedServerHeartbeats => lost(format!(
-            "lost the connection to {at} while {doing}: missed heartbeats (network or broker stalled)"
+            "lost the connection to {at}: missed heartbeats (network or broker stalled)"
         )),
         E::TlsHandshake { source } => fatal(format!(
             "TLS handshake with {at} failed: {}; check that the port speaks TLS (usually 5671) \
              and that the server certificate is trusted (pass its CA with --ca-cert)",
             ep.scrub(&source.to_string())
         )),
-        E::UnexpectedSocketClose | E::EventLoopDropped | E::EventLoopClientDropped => lost(
-            format!("lost the connection to {at} while {doing} (broker stopped or network cut)"),
-        ),
+        E::UnexpectedSocketClose | E::EventLoopDropped | E::EventLoopClientDropped => {
+            Report::new(LinkError {
+                retryable: true,
+                io_loop_ended: true,
+                message: format!(
+                    "lost the connection to {at} while {doing} (broker stopped or network cut)"
+                ),
+            })
+        }
         other => {
             fatal(format!("RabbitMQ error at {at} while {doing}: {}", ep.scrub(&other.to_string())))
         }

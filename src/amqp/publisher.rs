@@ -6,7 +6,7 @@ use super::props::properties;
 use super::retry::{LinkEvent, Retry, reconnect, sleep_unless_stopped};
 use super::session::Session;
 use super::topology::QueueSpec;
-use super::{Endpoint, TICK, explain, fatal, lost};
+use super::{Endpoint, TICK, discard, explain, fatal, lost};
 use crate::codec::Message;
 use amiquip::{Channel, Confirm, ConfirmSmoother, ConnectionBlockedNotification, Publish, Return};
 use color_eyre::eyre::{Report, Result};
@@ -495,7 +495,7 @@ impl Producer {
 
     /// After a lost connection: keep what was not confirmed, reconnect, and queue it for
     /// re-publishing ahead of new messages.
-    fn recover(&mut self, error: Report) -> Result<()> {
+    fn recover(&mut self, mut error: Report) -> Result<()> {
         if let Some((session, publisher)) = self.live.take() {
             let (report, msgs) = publisher.into_unconfirmed();
             self.done.absorb(report);
@@ -503,8 +503,7 @@ impl Producer {
             for m in msgs.into_iter().rev() {
                 self.backlog.push_front(m);
             }
-            // Closing a dead, frozen or blocked connection can hang: let it go.
-            std::mem::forget(session);
+            error = discard(session, error);
         }
         if self.stop.load(Ordering::SeqCst) {
             return Err(error.wrap_err("not reconnecting: stopped by a signal"));

@@ -16,7 +16,7 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(5);
 /// One proxied connection: both sockets (clones, for shutdown) and a flag ending its pumps.
 struct Link {
     client: TcpStream,
-    upstream: Option<TcpStream>,
+    upstream: TcpStream,
     closed: Arc<AtomicBool>,
 }
 
@@ -24,9 +24,7 @@ impl Link {
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let _ = self.client.shutdown(Shutdown::Both);
-        if let Some(u) = &self.upstream {
-            let _ = u.shutdown(Shutdown::Both);
-        }
+        let _ = self.upstream.shutdown(Shutdown::Both);
     }
 }
 
@@ -162,11 +160,7 @@ fn accept_loop(listener: &TcpListener, upstream_port: u16, shared: &Arc<Shared>)
         let mut links = lock(&shared.links);
         // Forget links whose pumps have both ended.
         links.retain(|l| !l.closed.load(Ordering::SeqCst));
-        links.push(Link {
-            client: client_clone,
-            upstream: Some(upstream_keep),
-            closed: closed.clone(),
-        });
+        links.push(Link { client: client_clone, upstream: upstream_keep, closed: closed.clone() });
         drop(links);
         let mut pumps = lock(&shared.pumps);
         pumps.retain(|p| !p.is_finished());
