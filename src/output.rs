@@ -81,6 +81,12 @@ impl Reporter {
         self.bar.set_message(msg());
     }
 
+    /// Show a state change ("blocked by broker") on the bar at once.
+    pub fn status_now(&self, msg: String) {
+        self.last_status.set(Some(Instant::now()));
+        self.bar.set_message(msg);
+    }
+
     /// Print a warning line above the bar.
     pub fn warn(&self, msg: &str) {
         self.bar.suspend(|| eprintln!("mqdemo: {msg}"));

@@ -90,6 +90,7 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
                 "{reason}; reconnecting in {:.1} s (attempt {attempt})",
                 delay.as_secs_f64()
             ));
+            reporter.status_now(format!("reconnecting (attempt {attempt})"));
         }
         LinkEvent::Reconnected { url } => {
             reporter.warn(&format!(
@@ -100,6 +101,7 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
             reporter.warn(&format!(
                 "blocked by broker ({reason}): publishing paused until the alarm clears"
             ));
+            reporter.status_now(format!("blocked by broker ({reason})"));
         }
         LinkEvent::Unblocked => reporter.warn("unblocked by broker: publishing resumed"),
         LinkEvent::Backoff { messages, delay } => {
@@ -108,6 +110,10 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
                     "queue full: the broker nacked {messages} message(s); backing off and retrying"
                 ));
             }
+            reporter.status_now(format!(
+                "queue full: retrying {messages} in {:.1} s",
+                delay.as_secs_f64()
+            ));
         }
     }
 }

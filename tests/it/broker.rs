@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a node may take to stop.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long Drop lets `rabbitmqctl stop` try before killing the node.
+const DROP_STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one `rabbitmqctl` / `rabbitmq-diagnostics` / `openssl` run may take.
 const TOOL_DEADLINE: Duration = Duration::from_secs(30);
 /// How often every wait re-checks its condition.
@@ -380,8 +382,11 @@ impl PrivateBroker {
         if pid_file.exists() {
             cmd.arg(&pid_file);
         }
-        let _ = run_bounded(&mut cmd, STOP_DEADLINE);
-        if wait_until(STOP_DEADLINE, down) {
+        // In Drop, a node that does not answer is killed soon rather than waited for.
+        let run = run_bounded(&mut cmd, if force { DROP_STOP_DEADLINE } else { STOP_DEADLINE });
+        let answered = !run.timed_out && run.output.status.success();
+        let patience = if answered || !force { STOP_DEADLINE } else { Duration::from_secs(2) };
+        if wait_until(patience, down) {
             return true;
         }
         if !force {

@@ -191,3 +191,58 @@ fn redelivered_and_republished_messages_are_dropped_by_id() {
         .stderr_has("duplicates 30");
     assert_eq!(out.stdout.lines().count(), 30);
 }
+
+#[test]
+fn items_over_the_message_size_limit_are_skipped_before_sending() {
+    let q = TestQueue::new("toobig");
+    let images = data("images");
+    let out = mqdemo(&[
+        "produce",
+        "image",
+        "--directory",
+        s(&images),
+        "--queue",
+        &q.name,
+        "--max-message-size",
+        "2500",
+    ])
+    .run()
+    .expect_code(1);
+    assert!(
+        out.stderr.contains("over the 2.4 KiB message size limit")
+            && out.stderr.contains("max_message_size"),
+        "{}",
+        out.stderr
+    );
+    let skipped = out.stderr.matches("skipped ").count() - 1; // minus the summary's "skipped N"
+    assert!(skipped >= 1, "{}", out.stderr);
+    assert_eq!(q.depth() as usize, 6 - skipped);
+}
+
+#[test]
+fn the_next_url_is_tried_when_the_first_does_not_answer() {
+    let q = TestQueue::new("twourls");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dead_url = format!("amqp://guest:guest@127.0.0.1:{dead}/%2f");
+    let good = crate::support::url();
+    let texts = data("texts");
+    mqdemo(&[
+        "--url",
+        &dead_url,
+        "--url",
+        &good,
+        "produce",
+        "text",
+        "--directory",
+        s(&texts),
+        "--queue",
+        &q.name,
+    ])
+    .run()
+    .expect_code(0);
+    assert_eq!(q.depth(), 4);
+}

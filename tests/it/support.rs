@@ -375,3 +375,12 @@ impl Drop for Watched {
         }
     }
 }
+
+/// Visible (non-hidden) files under `root`; safe to call while another process writes there.
+pub fn count_files(root: &Path) -> usize {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
