@@ -262,6 +262,12 @@ pub struct ConsumeCommon {
     /// Unacknowledged messages the broker may send ahead (QoS prefetch). Example: --prefetch 500
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
     pub prefetch: u16,
+
+    /// Competing consumers on threads, each with its own connection, channel and prefetch,
+    /// sharing the output: helps when the sink (fsync, disk) is the bottleneck.
+    /// Example: --workers 4
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64), value_name = "N")]
+    pub workers: u8,
 }
 
 /// Row format of `consume tabular`.

@@ -93,8 +93,10 @@ pub struct ConsumeConfig {
     pub count: Option<u64>,
     /// Stop after this long without a message.
     pub idle_timeout: Option<Duration>,
-    /// QoS prefetch.
+    /// QoS prefetch (per worker).
     pub prefetch: u16,
+    /// Competing consumers on threads.
+    pub workers: usize,
     /// Where the data goes.
     pub sink: SinkConfig,
 }
@@ -216,6 +218,7 @@ fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
         count: common.count,
         idle_timeout,
         prefetch: common.prefetch,
+        workers: usize::from(common.workers),
         sink,
     })
 }

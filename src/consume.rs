@@ -1,19 +1,20 @@
 //! Consumers: deliveries -> codec -> sink (stdout, a file, a directory), acked only after
 //! the sink has the data durably.
 
-use crate::amqp::{self, ConsumeLimits, Disposition, Handler};
+use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, human_bytes};
 use crate::produce::link_events;
 use crate::sink::{DirSink, Stored, safe_relative_path};
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// How a consumer run ended.
@@ -24,35 +25,84 @@ pub struct Outcome {
     pub error: Option<color_eyre::eyre::Report>,
 }
 
-/// Run one consumer. `stdout` is where rows go when no --output file is given.
+/// Run one consumer (with `--workers N`: N competing consumers on threads, each with its own
+/// connection, channel and prefetch, sharing one sink). `stdout` is where rows go when no
+/// --output file is given.
 pub fn run(
     global: &Global,
     cfg: &ConsumeConfig,
     stop: &AtomicBool,
-    stdout: Box<dyn Write>,
+    stdout: Box<dyn Write + Send>,
 ) -> Result<Outcome> {
     let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue.name));
-    let mut handler: Box<dyn CountingHandler> = match &cfg.sink {
+    let workers = cfg.workers.max(1);
+    let (mut handlers, shared_rows) = match &cfg.sink {
         SinkConfig::Rows { output, format } => {
-            Box::new(RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?)
+            let rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
+            let shared = Arc::new(Mutex::new(rows));
+            let hs: Vec<Box<dyn CountingHandler + Send>> =
+                (0..workers).map(|_| Box::new(SharedRows(Arc::clone(&shared))) as _).collect();
+            (hs, Some(shared))
         }
-        SinkConfig::Directory(dir) => Box::new(FileHandler::new(dir, cfg.kind, reporter.clone())?),
+        SinkConfig::Directory(dir) => {
+            let hs = (0..workers)
+                .map(|_| Ok(Box::new(FileHandler::new(dir, cfg.kind, reporter.clone())?) as _))
+                .collect::<Result<Vec<Box<dyn CountingHandler + Send>>>>()?;
+            (hs, None)
+        }
     };
-    let limits = ConsumeLimits { count: cfg.count, idle: cfg.idle_timeout, stop };
+    let (claimed, halt) = (AtomicU64::new(0), AtomicBool::new(false));
+    let limits = ConsumeLimits {
+        count: cfg.count,
+        idle: cfg.idle_timeout,
+        stop,
+        claimed: &claimed,
+        halt: &halt,
+    };
     let started = Instant::now();
-    let on_event = link_events(reporter.clone());
-    let (outcome, result) = amqp::consume(
-        &global.endpoints,
-        &cfg.queue,
-        cfg.prefetch,
-        &limits,
-        handler.as_mut_handler(),
-        global.retry,
-        &on_event,
-    )?;
+    let results: Vec<Result<(ConsumeOutcome, Result<()>)>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = handlers
+            .iter_mut()
+            .map(|h| {
+                let (limits, reporter, halt) = (&limits, reporter.clone(), &halt);
+                scope.spawn(move || {
+                    let on_event = link_events(reporter);
+                    let r = amqp::consume(
+                        &global.endpoints,
+                        &cfg.queue,
+                        cfg.prefetch,
+                        limits,
+                        h.as_mut_handler(),
+                        global.retry,
+                        &on_event,
+                    );
+                    if !matches!(r, Ok((_, Ok(())))) {
+                        // One worker failed: the others stop too, instead of waiting forever.
+                        halt.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(eyre!("a consumer worker panicked"))))
+            .collect()
+    });
     reporter.finish();
-    let counts = handler.counts();
-    let error = result.err();
+    let mut outcome = ConsumeOutcome::default();
+    let mut error = None;
+    for r in results {
+        let (o, res) = r?;
+        outcome.rejected += o.rejected;
+        if let Err(e) = res {
+            error.get_or_insert(e);
+        }
+    }
+    let counts = match shared_rows {
+        Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts),
+        None => handlers.iter().map(|h| h.counts()).fold(Counts::default(), Counts::sum),
+    };
     let summary = Summary {
         verb: "consumed",
         messages: counts.messages,
@@ -63,6 +113,34 @@ pub fn run(
         extra: counts.extra(),
     };
     Ok(Outcome { summary, error })
+}
+
+/// One row sink shared by every worker.
+struct SharedRows(Arc<Mutex<RowHandler>>);
+
+impl SharedRows {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RowHandler>> {
+        self.0.lock().map_err(|_| eyre!("a consumer worker panicked while writing rows"))
+    }
+}
+
+impl Handler for SharedRows {
+    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+        self.lock()?.handle(d)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.lock()?.flush()
+    }
+}
+
+impl CountingHandler for SharedRows {
+    fn counts(&self) -> Counts {
+        self.lock().map_or_else(|_| Counts::default(), |r| r.counts)
+    }
+    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+        self
+    }
 }
 
 /// What a handler saw.
@@ -87,6 +165,19 @@ pub struct Counts {
 }
 
 impl Counts {
+    fn sum(self, o: Counts) -> Counts {
+        Counts {
+            messages: self.messages + o.messages,
+            bytes: self.bytes + o.bytes,
+            rows: self.rows + o.rows,
+            written: self.written + o.written,
+            duplicates: self.duplicates + o.duplicates,
+            renamed: self.renamed + o.renamed,
+            rejected: self.rejected + o.rejected,
+            tabular: self.tabular || o.tabular,
+        }
+    }
+
     /// Progress-bar text.
     fn status(&self) -> String {
         format!("{} msgs ({}) stored, {}", self.messages, human_bytes(self.bytes), self.extra())
@@ -118,18 +209,22 @@ struct RowHandler {
 }
 
 enum RowOut {
-    Jsonl(BufWriter<Box<dyn Write>>),
-    Csv { w: Box<csv::Writer<Box<dyn Write>>>, header: Option<Vec<String>>, has_header: bool },
+    Jsonl(BufWriter<Box<dyn Write + Send>>),
+    Csv {
+        w: Box<csv::Writer<Box<dyn Write + Send>>>,
+        header: Option<Vec<String>>,
+        has_header: bool,
+    },
 }
 
 impl RowHandler {
     fn new(
         output: Option<&PathBuf>,
         format: RowFormat,
-        stdout: Box<dyn Write>,
+        stdout: Box<dyn Write + Send>,
         reporter: Reporter,
     ) -> Result<RowHandler> {
-        let (w, non_empty): (Box<dyn Write>, bool) = match output {
+        let (w, non_empty): (Box<dyn Write + Send>, bool) = match output {
             None => (stdout, false),
             Some(path) => {
                 let f = OpenOptions::new().create(true).append(true).open(path).wrap_err_with(
@@ -191,6 +286,27 @@ impl RowHandler {
         Ok(())
     }
 
+    /// JSON lines, fast path: the objects' own text, one per line.
+    fn write_raw(&mut self, d: &Delivery, objects: &[&str]) -> Result<Disposition> {
+        if self.seen.contains(d) {
+            self.counts.duplicates += 1;
+            return Ok(Disposition::Ack);
+        }
+        if let RowOut::Jsonl(w) = &mut self.out {
+            for o in objects {
+                w.write_all(o.as_bytes())
+                    .and_then(|()| w.write_all(b"\n"))
+                    .wrap_err("cannot write rows")?;
+            }
+        }
+        self.seen.insert(d);
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        self.counts.rows += objects.len() as u64;
+        self.reporter.status(|| self.counts.status());
+        Ok(Disposition::Ack)
+    }
+
     /// CSV output: the columns a message's rows have beyond the header.
     fn unknown_columns(&self, rows: &[Map<String, Value>]) -> Option<String> {
         let RowOut::Csv { header: Some(cols), .. } = &self.out else {
@@ -205,6 +321,13 @@ impl RowHandler {
 
 impl Handler for RowHandler {
     fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+        if matches!(self.out, RowOut::Jsonl(_)) {
+            match tabular::raw_objects(&d.body) {
+                Err(e) => return Ok(self.reject(&d, &e.0)),
+                Ok(Some(objects)) => return self.write_raw(&d, &objects),
+                Ok(None) => {} // pretty-printed: re-serialise below
+            }
+        }
         let rows = match tabular::decode(&d.body) {
             Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
             Ok(rows) => rows,

@@ -153,6 +153,7 @@ fn run_case(
         count: Some(produced.summary.messages),
         idle_timeout: Some(Duration::from_secs(10)),
         prefetch: 256,
+        workers: 1,
         sink,
     };
     let consumed = consume::run(global, &consume_cfg, stop, Box::new(std::io::sink()))?;

@@ -31,7 +31,7 @@ pub fn run(cli: cli::Cli) -> Result<ExitCode> {
             finish(&config, out.summary, out.error)
         }
         Action::Consume(c) => {
-            let stdout: Box<dyn Write> = Box::new(std::io::stdout().lock());
+            let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
             let out = consume::run(&config.global, c, &stop, stdout)?;
             finish(&config, out.summary, out.error)
         }

@@ -127,7 +127,7 @@ impl Summary {
     pub fn line(&self) -> String {
         let extra = if self.extra.is_empty() { String::new() } else { format!("{}; ", self.extra) };
         format!(
-            "mqdemo: {} {} messages ({}) in {:.2} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}",
+            "mqdemo: {} {} messages ({}) in {:.3} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}",
             self.verb,
             self.messages,
             human_bytes(self.bytes),
@@ -188,7 +188,7 @@ mod tests {
         };
         assert_eq!(
             s.line(),
-            "mqdemo: produced 300 messages (2.0 KiB) in 2.00 s, 150 msg/s, 1.0 KiB/s; skipped 1, failed 2"
+            "mqdemo: produced 300 messages (2.0 KiB) in 2.000 s, 150 msg/s, 1.0 KiB/s; skipped 1, failed 2"
         );
         assert!(!s.clean());
     }

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Longest path component accepted from a `source` header (bytes).
 const MAX_COMPONENT: usize = 200;
@@ -77,7 +78,6 @@ pub enum Stored {
 /// A directory that received files are written into.
 pub struct DirSink {
     root: PathBuf,
-    counter: u64,
     /// Directories whose entries changed since the last `sync`.
     dirty_dirs: HashSet<PathBuf>,
     /// Line-mode files: source -> (path, open file, next expected line).
@@ -101,12 +101,7 @@ impl DirSink {
                 root.display()
             )
         })?;
-        Ok(DirSink {
-            root: root.to_path_buf(),
-            counter: 0,
-            dirty_dirs: HashSet::new(),
-            lines: HashMap::new(),
-        })
+        Ok(DirSink { root: root.to_path_buf(), dirty_dirs: HashSet::new(), lines: HashMap::new() })
     }
 
     /// The output directory.
@@ -170,8 +165,10 @@ impl DirSink {
     }
 
     fn write_temp(&mut self, dir: &Path, body: &[u8]) -> Result<PathBuf> {
-        self.counter += 1;
-        let tmp = dir.join(format!("{TEMP_PREFIX}{}.{}", std::process::id(), self.counter));
+        // Unique across every DirSink of the process (workers share directories).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
         let mut f =
             OpenOptions::new().write(true).create_new(true).open(&tmp).wrap_err_with(|| {
                 format!("cannot create {}; check free space and permissions", tmp.display())

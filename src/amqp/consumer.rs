@@ -10,7 +10,7 @@ use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to do with a delivery once the handler has seen it.
@@ -38,6 +38,10 @@ pub struct ConsumeLimits<'a> {
     pub idle: Option<Duration>,
     /// When this is set (SIGINT/SIGTERM).
     pub stop: &'a AtomicBool,
+    /// Deliveries taken so far, shared by every worker so `count` is a total.
+    pub claimed: &'a AtomicU64,
+    /// Set when another worker failed: stop like on a signal.
+    pub halt: &'a AtomicBool,
 }
 
 /// Why the consumer stopped, and what it saw.
@@ -72,11 +76,11 @@ impl ConsumeState<'_> {
     ) -> Result<()> {
         let mut last_seen = Instant::now();
         loop {
-            if limits.stop.load(Ordering::SeqCst) {
+            if limits.stop.load(Ordering::SeqCst) || limits.halt.load(Ordering::SeqCst) {
                 self.outcome.interrupted = true;
                 break;
             }
-            if limits.count.is_some_and(|n| self.outcome.received >= n) {
+            if limits.count.is_some_and(|n| limits.claimed.load(Ordering::SeqCst) >= n) {
                 break;
             }
             let wait = match limits.idle {
@@ -88,6 +92,12 @@ impl ConsumeState<'_> {
             };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
+                    let taken = limits.claimed.fetch_add(1, Ordering::SeqCst) + 1;
+                    if limits.count.is_some_and(|n| taken > n) {
+                        // Another worker took the last one: leave this delivery unacked; it
+                        // goes back to the queue when the channel closes.
+                        break;
+                    }
                     last_seen = Instant::now();
                     self.delivered(d, handler, rx.is_empty())?;
                 }
@@ -181,9 +191,11 @@ pub fn consume(
     let mut total = ConsumeOutcome::default();
     loop {
         let left = ConsumeLimits {
-            count: limits.count.map(|n| n.saturating_sub(total.received)),
+            count: limits.count,
             idle: limits.idle,
             stop: limits.stop,
+            claimed: limits.claimed,
+            halt: limits.halt,
         };
         let (outcome, result) = consume_once(&mut session, &spec.name, prefetch, &left, handler);
         total.add(outcome);
@@ -191,7 +203,7 @@ pub fn consume(
             let _ = session.close();
             return Ok((total, Ok(())));
         };
-        let error = discard(session, error);
+        let error = discard(session, error, true);
         if limits.stop.load(Ordering::SeqCst) {
             return Ok((total, Err(error)));
         }

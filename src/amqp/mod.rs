@@ -14,6 +14,7 @@ mod session;
 mod topology;
 
 pub use consumer::{ConsumeLimits, ConsumeOutcome, Disposition, Handler, consume};
+pub use props::properties as wire_properties;
 pub use publisher::{Producer, PublishReport, PublisherOptions};
 pub use retry::{LinkEvent, Retry};
 pub use session::{QueueInfo, Session};
@@ -193,17 +194,23 @@ fn io_loop_ended(err: &Report) -> bool {
 }
 
 /// Let a failed connection go. When its I/O thread has ended, closing it is safe and yields
-/// the real cause (e.g. missed heartbeats), which replaces a vague "connection lost";
-/// otherwise (frozen or blocked) closing could hang, so it is leaked instead.
-fn discard(session: Session, err: Report) -> Report {
-    if !io_loop_ended(&err) {
-        std::mem::forget(session);
+/// the real cause (e.g. missed heartbeats), which replaces a vague "connection lost". When the
+/// failure was not the link's (`healthy_if_fatal` and a non-retryable error, e.g. a sink
+/// error), it is closed normally so the broker requeues what it holds. Otherwise (frozen or
+/// blocked) closing could hang, so it is leaked instead.
+fn discard(session: Session, err: Report, healthy_if_fatal: bool) -> Report {
+    if io_loop_ended(&err) {
+        return match session.close() {
+            Err(cause) => cause,
+            Ok(()) => err,
+        };
+    }
+    if healthy_if_fatal && !is_retryable(&err) {
+        let _ = session.close();
         return err;
     }
-    match session.close() {
-        Err(cause) => cause,
-        Ok(()) => err,
-    }
+    std::mem::forget(session);
+    err
 }
 
 /// True when `err` says the connection was lost or refused, so reconnecting may help.

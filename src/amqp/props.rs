@@ -4,7 +4,8 @@ use crate::codec::{Delivery, HeaderValue, Headers, Message};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub(super) fn properties(msg: &Message) -> AmqpProperties {
+/// The AMQP properties mqdemo publishes a message with (wire format 1).
+pub fn properties(msg: &Message) -> AmqpProperties {
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     AmqpProperties::default()
         .with_delivery_mode(2)

@@ -503,7 +503,7 @@ impl Producer {
             for m in msgs.into_iter().rev() {
                 self.backlog.push_front(m);
             }
-            error = discard(session, error);
+            error = discard(session, error, false);
         }
         if self.stop.load(Ordering::SeqCst) {
             return Err(error.wrap_err("not reconnecting: stopped by a signal"));

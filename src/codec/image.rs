@@ -1,7 +1,7 @@
 //! Image codec: file bytes untouched, content type sniffed from magic bytes, dimensions read
 //! from the header when possible.
 
-use super::{HeaderValue, Headers, Kind, Message, message_id, sha256_hex};
+use super::{HeaderValue, Headers, Kind, Message, file_message_id, sha256_hex};
 
 /// The content type for an image's magic bytes, or None when it is not an image we know.
 pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
@@ -27,7 +27,9 @@ pub fn encode(source: &str, bytes: Vec<u8>) -> Result<Message, NotAnImage> {
     let mut headers = Headers::new();
     headers.insert("source".into(), HeaderValue::Str(source.to_string()));
     headers.insert("size".into(), HeaderValue::Int(bytes.len() as i64));
-    headers.insert("sha256".into(), HeaderValue::Str(sha256_hex(&bytes)));
+    let digest = sha256_hex(&bytes);
+    let message_id = file_message_id(Kind::Image, source, &digest);
+    headers.insert("sha256".into(), HeaderValue::Str(digest));
     if let Ok(dim) = imagesize::blob_size(&bytes) {
         headers.insert("width".into(), HeaderValue::Int(dim.width as i64));
         headers.insert("height".into(), HeaderValue::Int(dim.height as i64));
@@ -35,7 +37,7 @@ pub fn encode(source: &str, bytes: Vec<u8>) -> Result<Message, NotAnImage> {
     Ok(Message {
         kind: Kind::Image,
         content_type: content_type.to_string(),
-        message_id: message_id(Kind::Image, source, "", &bytes),
+        message_id,
         headers,
         body: bytes,
         label: source.to_string(),

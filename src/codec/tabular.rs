@@ -7,6 +7,7 @@
 
 use super::{HeaderValue, Headers, Kind, Message, message_id};
 use csv::StringRecord;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -57,7 +58,8 @@ fn is_canonical_integer(s: &str) -> bool {
         [b'0', ..] => false,
         _ => digits.bytes().all(|b| b.is_ascii_digit()),
     };
-    canonical_digits && s.parse::<i64>().is_ok()
+    // Up to 18 digits always fit an i64; only longer ones need the range check.
+    canonical_digits && (digits.len() <= 18 || s.parse::<i64>().is_ok())
 }
 
 /// A row the encoder could not turn into a message.
@@ -195,6 +197,33 @@ pub fn decode(body: &[u8]) -> Result<Vec<Map<String, Value>>, DecodeError> {
     }
 }
 
+/// The objects of a tabular body as their exact original JSON text, validated but without
+/// building values (the fast path for JSON-lines output). `Ok(None)` when an object spans
+/// several lines (pretty-printed) and must be re-serialised to fit on one.
+pub fn raw_objects(body: &[u8]) -> Result<Option<Vec<&str>>, DecodeError> {
+    let objects: Vec<&str> = match body.trim_ascii_start().first() {
+        Some(b'{') => {
+            let raw: &RawValue = serde_json::from_slice(body)
+                .map_err(|e| DecodeError(format!("body is not JSON: {e}")))?;
+            vec![raw.get()]
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body)
+                .map_err(|e| DecodeError(format!("body is not JSON: {e}")))?;
+            let texts: Vec<&str> = items.iter().map(|r| r.get()).collect();
+            if let Some(i) = texts.iter().position(|t| !t.starts_with('{')) {
+                return Err(DecodeError(format!("batch item {i} is not a JSON object")));
+            }
+            texts
+        }
+        _ => return decode(body).map(|_| None),
+    };
+    if objects.is_empty() {
+        return Err(DecodeError("empty batch".into()));
+    }
+    Ok((!objects.iter().any(|o| o.contains('\n'))).then_some(objects))
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -309,6 +338,22 @@ mod tests {
         let second = enc.encode_row(&StringRecord::from(vec!["1"]), 1).expect("row");
         assert_eq!(first.body, second.body);
         assert_ne!(first.message_id, second.message_id);
+    }
+
+    #[test]
+    fn raw_objects_keep_the_original_text() {
+        let one = br#" {"a": 1.50, "b":"x"}"#;
+        assert_eq!(raw_objects(one), Ok(Some(vec![r#"{"a": 1.50, "b":"x"}"#])));
+        let batch = br#"[{"a":1},{"a":2}]"#;
+        assert_eq!(raw_objects(batch), Ok(Some(vec![r#"{"a":1}"#, r#"{"a":2}"#])));
+        assert_eq!(
+            raw_objects(b"{\n\"a\": 1\n}"),
+            Ok(None),
+            "multi-line objects are re-serialised"
+        );
+        for bad in [&b"[1]"[..], b"[]", b"{", b"42", b"nope", b""] {
+            assert!(raw_objects(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! may have none), like Python's `for line in file`, so the lines of a file concatenated in
 //! order give back the file byte for byte.
 
-use super::{HeaderValue, Headers, Kind, Message, message_id, sha256_hex};
+use super::{HeaderValue, Headers, Kind, Message, file_message_id, message_id, sha256_hex};
 
 /// Content type of text messages.
 pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -43,18 +43,23 @@ fn build(source: &str, line: Option<u64>, body: Vec<u8>) -> Message {
     let mut headers = Headers::new();
     headers.insert("source".into(), HeaderValue::Str(source.to_string()));
     headers.insert("size".into(), HeaderValue::Int(body.len() as i64));
-    headers.insert("sha256".into(), HeaderValue::Str(sha256_hex(&body)));
-    let (position, label) = match line {
+    let digest = sha256_hex(&body);
+    let message_id = match line {
+        Some(n) => message_id(Kind::Text, source, &n.to_string(), &body),
+        None => file_message_id(Kind::Text, source, &digest),
+    };
+    headers.insert("sha256".into(), HeaderValue::Str(digest));
+    let label = match line {
         Some(n) => {
             headers.insert("line".into(), HeaderValue::Int(i64::try_from(n).unwrap_or(i64::MAX)));
-            (n.to_string(), format!("{source}:{n}"))
+            format!("{source}:{n}")
         }
-        None => (String::new(), source.to_string()),
+        None => source.to_string(),
     };
     Message {
         kind: Kind::Text,
         content_type: CONTENT_TYPE.to_string(),
-        message_id: message_id(Kind::Text, source, &position, &body),
+        message_id,
         headers,
         body,
         label,

@@ -219,3 +219,58 @@ fn closed_stdout_pipe_exits_zero_quietly() {
     assert!(!stderr.contains("error"), "{stderr}");
     assert!(q.depth() > 0, "rows not written to the pipe stay in the queue");
 }
+
+#[test]
+fn workers_share_the_count_and_one_output() {
+    let q = TestQueue::new("workers-rows");
+    let file = data("tabular_data.csv");
+    mqdemo(&["produce", "tabular", "--file", s(&file), "--queue", &q.name]).run().expect_code(0);
+    let out =
+        mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "250", "--workers", "3"])
+            .run()
+            .expect_code(0);
+    let mut ids: Vec<i64> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines")["ID"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 250, "exactly --count rows in total");
+    assert_eq!(q.depth(), 50, "the rest stay queued");
+}
+
+#[test]
+fn workers_write_files_into_one_directory() {
+    let q = TestQueue::new("workers-files");
+    let src = tempfile::tempdir().expect("tempdir");
+    for i in 0..200 {
+        let sub = src.path().join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(sub.join(format!("f{i}.txt")), format!("file {i}\n")).expect("write");
+    }
+    mqdemo(&["produce", "text", "--directory", s(src.path()), "--queue", &q.name])
+        .run()
+        .expect_code(0);
+    let out = tempfile::tempdir().expect("tempdir");
+    mqdemo(&[
+        "consume",
+        "text",
+        "--queue",
+        &q.name,
+        "--workers",
+        "4",
+        "--output-directory",
+        s(out.path()),
+        "--idle-timeout",
+        "2",
+    ])
+    .run()
+    .expect_code(0)
+    .stderr_has("written 200");
+    assert_eq!(tree(out.path()), tree(src.path()));
+}

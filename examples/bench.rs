@@ -1,0 +1,715 @@
+//! The benchmark suite: in ONE run, on the same broker and the same generated data, a raw
+//! amiquip loop (the ceiling), mqdemo's own commands, and pika scripts written like the
+//! original demo; prints a table of medians, ratios and mqdemo's peak RSS, and verifies that
+//! every message arrived.
+//!
+//! Run: `benches/run.sh [--quick]` (builds in release mode, then runs this example).
+
+use amiquip::{
+    Confirm, ConfirmSmoother, Connection, ConsumerMessage, ConsumerOptions, Publish,
+    QueueDeclareOptions,
+};
+use mqdemo::codec::{Message, image, text};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// One measured case: rows/s (or MB/s) for each contender.
+#[derive(Default)]
+struct Row {
+    case: String,
+    unit: &'static str,
+    ceiling: Option<f64>,
+    mqdemo: Option<f64>,
+    pika: Option<f64>,
+    pika_confirm: Option<f64>,
+    rss_kb: Option<u64>,
+    note: String,
+}
+
+struct Env {
+    url: String,
+    runs: usize,
+    rows: usize,
+    dir: PathBuf,
+    mqdemo: PathBuf,
+    python: Option<String>,
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let dir = tempfile::Builder::new().prefix("mqdemo-bench.").tempdir()?;
+    let exe = std::env::current_exe()?;
+    let release = exe.parent().and_then(Path::parent).ok_or("cannot locate target dir")?;
+    let env = Env {
+        url,
+        runs: if quick { 1 } else { 3 },
+        rows: if quick { 20_000 } else { 100_000 },
+        dir: dir.path().to_path_buf(),
+        mqdemo: release.join("mqdemo"),
+        python: pika_python(),
+    };
+    if !env.mqdemo.exists() {
+        return Err(
+            format!("{} missing: run benches/run.sh (it builds it)", env.mqdemo.display()).into()
+        );
+    }
+    let csv = write_csv(&env.dir, env.rows)?;
+    let images = write_images(&env.dir, quick)?;
+    let texts = write_texts(&env.dir, quick)?;
+    eprintln!(
+        "bench: {} rows, {} image bytes, {} runs each; broker {}",
+        env.rows,
+        dir_bytes(&images),
+        env.runs,
+        mask(&env.url)
+    );
+    let table = vec![
+        produce_tabular(&env, &csv, 1)?,
+        consume_tabular(&env, &csv, 1)?,
+        produce_tabular(&env, &csv, 100)?,
+        consume_tabular(&env, &csv, 100)?,
+        files(&env, "image", &images, true, 1)?,
+        files(&env, "image", &images, false, 1)?,
+        files(&env, "image", &images, false, 4)?,
+        files(&env, "text", &texts, true, 1)?,
+        files(&env, "text", &texts, false, 1)?,
+        files(&env, "text", &texts, false, 4)?,
+    ];
+    print_table(&table, &env);
+    Ok(())
+}
+
+fn mask(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if s < at => format!("{}****{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// A python3 that can import pika, if any (set PYTHON to choose).
+fn pika_python() -> Option<String> {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok =
+        Command::new(&py).args(["-c", "import pika"]).output().is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+// ---------- data ----------
+
+fn write_csv(dir: &Path, rows: usize) -> Res<PathBuf> {
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/data/tabular_data.csv"
+    ))?;
+    let mut lines = sample.lines();
+    let header = lines.next().ok_or("empty sample")?;
+    let body: Vec<&str> = lines.collect();
+    let mut out = String::with_capacity(rows * 100);
+    out.push_str(header);
+    out.push('\n');
+    for i in 0..rows {
+        let rest = body[i % body.len()].split_once(',').map_or("", |(_, r)| r);
+        out.push_str(&format!("{},{rest}\n", i + 1));
+    }
+    let path = dir.join("credit.csv");
+    std::fs::write(&path, out)?;
+    Ok(path)
+}
+
+/// Images of mixed sizes, 5 KB to 5 MB: a real PNG header (sniffable, with dimensions)
+/// followed by incompressible filler.
+fn write_images(dir: &Path, quick: bool) -> Res<PathBuf> {
+    let root = dir.join("images");
+    std::fs::create_dir_all(&root)?;
+    let png =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/images/gradient.png"))?;
+    let sizes: &[usize] = if quick {
+        &[5_000, 50_000, 500_000, 2_000_000]
+    } else {
+        &[5_000, 20_000, 100_000, 500_000, 1_000_000, 5_000_000]
+    };
+    let copies = if quick { 10 } else { 20 };
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for (i, size) in sizes.iter().cycle().take(sizes.len() * copies).enumerate() {
+        let mut bytes = png.clone();
+        while bytes.len() < *size {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(root.join(format!("img{i:04}.png")), bytes)?;
+    }
+    Ok(root)
+}
+
+fn write_texts(dir: &Path, quick: bool) -> Res<PathBuf> {
+    let root = dir.join("texts");
+    std::fs::create_dir_all(&root)?;
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/data/texts/review_positive.txt"
+    ))?;
+    for i in 0..if quick { 300 } else { 2_000 } {
+        std::fs::write(root.join(format!("doc{i:05}.txt")), sample.repeat(1 + i % 4))?;
+    }
+    Ok(root)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| {
+            let rel = e.path().strip_prefix(dir).ok()?.to_string_lossy().into_owned();
+            Some((rel, std::fs::read(e.path()).ok()?))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------- broker helpers ----------
+
+fn depth(url: &str, queue: &str) -> Res<u32> {
+    let mut conn = Connection::insecure_open(url)?;
+    let ch = conn.open_channel(None)?;
+    let n = ch.queue_declare_passive(queue)?.declared_message_count().unwrap_or(0);
+    conn.close()?;
+    Ok(n)
+}
+
+fn reset(url: &str, queue: &str) -> Res<()> {
+    let mut conn = Connection::insecure_open(url)?;
+    let ch = conn.open_channel(None)?;
+    let _ = ch.queue_delete(queue, Default::default());
+    conn.close()?;
+    Ok(())
+}
+
+fn expect_depth(url: &str, queue: &str, want: u32, who: &str) -> Res<()> {
+    let got = depth(url, queue)?;
+    if got != want {
+        return Err(format!("{who}: queue {queue} holds {got} messages, expected {want}").into());
+    }
+    Ok(())
+}
+
+// ---------- the ceiling: a bare amiquip loop ----------
+
+/// The same messages mqdemo sends (body and properties), persistent, to a durable queue,
+/// confirms pipelined over a window of 1024: what the client library can do at best.
+fn ceiling_publish(url: &str, queue: &str, msgs: &[Message]) -> Res<Duration> {
+    let mut conn = Connection::insecure_open(url)?;
+    let ch = conn.open_channel(None)?;
+    ch.queue_declare(queue, QueueDeclareOptions { durable: true, ..Default::default() })?;
+    let confirms = ch.listen_for_publisher_confirms()?;
+    ch.enable_publisher_confirms()?;
+    let mut smoother = ConfirmSmoother::new();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut settle = |c: Confirm, acked: &mut u64| -> Res<()> {
+        for c in smoother.process(c) {
+            match c {
+                Confirm::Ack(_) => *acked += 1,
+                Confirm::Nack(_) => return Err("nack".into()),
+            }
+        }
+        Ok(())
+    };
+    for msg in msgs {
+        while sent - acked >= 1024 {
+            settle(confirms.recv()?, &mut acked)?;
+        }
+        let props = mqdemo::amqp::wire_properties(msg);
+        ch.basic_publish(
+            "",
+            Publish {
+                body: &msg.body,
+                routing_key: queue.to_string(),
+                mandatory: true,
+                immediate: false,
+                properties: props,
+            },
+        )?;
+        sent += 1;
+        while let Ok(c) = confirms.try_recv() {
+            settle(c, &mut acked)?;
+        }
+    }
+    while acked < sent {
+        settle(confirms.recv()?, &mut acked)?;
+    }
+    let took = started.elapsed();
+    conn.close()?;
+    Ok(took)
+}
+
+/// Prefetch 1000, one multiple-ack per 100 messages (and at the end).
+fn ceiling_consume(url: &str, queue: &str, count: usize) -> Res<(Duration, u64)> {
+    let mut conn = Connection::insecure_open(url)?;
+    let ch = conn.open_channel(None)?;
+    ch.qos(0, 1000, false)?;
+    let consumer = ch.basic_consume(queue, ConsumerOptions::default())?;
+    let started = Instant::now();
+    let (mut n, mut bytes) = (0usize, 0u64);
+    for msg in consumer.receiver().iter() {
+        let ConsumerMessage::Delivery(d) = msg else { return Err("consumer ended".into()) };
+        n += 1;
+        bytes += d.body.len() as u64;
+        if n % 100 == 0 || n == count {
+            d.ack_multiple(&ch)?;
+        }
+        if n == count {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    let keep = consumer.receiver().clone();
+    consumer.cancel()?;
+    drop(consumer);
+    ch.close()?;
+    drop(keep);
+    conn.close()?;
+    Ok((took, bytes))
+}
+
+// ---------- running mqdemo and pika ----------
+
+struct Run {
+    seconds: f64,
+    messages: u64,
+    rss_kb: Option<u64>,
+}
+
+/// Run mqdemo under /usr/bin/time; seconds and messages from its summary line.
+fn mqdemo(env: &Env, args: &[&str]) -> Res<Run> {
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("RSS_KB=%M")
+        .arg(&env.mqdemo)
+        .arg("--url")
+        .arg(&env.url)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!("mqdemo {} failed:\n{stderr}", args.join(" ")).into());
+    }
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("mqdemo: produced") || l.starts_with("mqdemo: consumed"))
+        .ok_or("no summary")?;
+    let number_after = |word: &str| -> Option<f64> {
+        summary.split(word).nth(1)?.split_whitespace().next()?.trim_end_matches(',').parse().ok()
+    };
+    let messages =
+        number_after(" produced ").or_else(|| number_after(" consumed ")).ok_or("no count")? as u64;
+    let seconds = number_after(" in ").ok_or("no seconds")?;
+    let rss_kb =
+        stderr.lines().find_map(|l| l.strip_prefix("RSS_KB=")).and_then(|v| v.trim().parse().ok());
+    Ok(Run { seconds, messages, rss_kb })
+}
+
+/// Run a pika script; it prints {"messages", "bytes", "seconds"}.
+fn pika(env: &Env, script: &str, args: &[&str]) -> Res<Option<Run>> {
+    let Some(py) = &env.python else { return Ok(None) };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pika/").to_string() + script;
+    // The demo-style consumers wait forever for missing messages: bound them.
+    let out = Command::new("timeout").arg("900").arg(py).arg(path).args(args).output()?;
+    if !out.status.success() {
+        return Err(
+            format!("pika {script} failed: {}", String::from_utf8_lossy(&out.stderr)).into()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
+    Ok(Some(Run {
+        seconds: v["seconds"].as_f64().ok_or("seconds")?,
+        messages: v["messages"].as_u64().ok_or("messages")?,
+        rss_kb: None,
+    }))
+}
+
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+// ---------- cases ----------
+
+fn rows_messages(csv: &Path, batch: usize) -> Res<Vec<Message>> {
+    let mut rdr = csv::Reader::from_path(csv)?;
+    let headers = rdr.headers()?.clone();
+    let enc = mqdemo::codec::tabular::Encoder::new("credit.csv", headers.iter());
+    let mut msgs = Vec::new();
+    let (mut cur, mut n, mut first) = (Vec::new(), 0u64, 1u64);
+    for (i, rec) in rdr.records().enumerate() {
+        let (rec, row) = (rec?, i as u64 + 1);
+        if batch == 1 {
+            msgs.push(enc.encode_row(&rec, row).map_err(|e| e.0)?);
+            continue;
+        }
+        if n == 0 {
+            first = row;
+        }
+        cur.push(if n == 0 { b'[' } else { b',' });
+        enc.write_object(&rec, &mut cur).map_err(|e| e.0)?;
+        n += 1;
+        if n == batch as u64 {
+            cur.push(b']');
+            msgs.push(enc.encode_batch(std::mem::take(&mut cur), first, n));
+            n = 0;
+        }
+    }
+    if n > 0 {
+        cur.push(b']');
+        msgs.push(enc.encode_batch(cur, first, n));
+    }
+    Ok(msgs)
+}
+
+fn file_messages(kind: &str, files: &[(String, Vec<u8>)]) -> Res<Vec<Message>> {
+    files
+        .iter()
+        .map(|(rel, bytes)| match kind {
+            "image" => {
+                image::encode(rel, bytes.clone()).map_err(|_| format!("{rel}: not an image").into())
+            }
+            _ => text::encode_file(rel, bytes.clone())
+                .map_err(|_| format!("{rel}: not UTF-8").into()),
+        })
+        .collect()
+}
+
+fn produce_tabular(env: &Env, csv: &Path, batch: usize) -> Res<Row> {
+    let q = format!("bench-tab-{batch}-{}", std::process::id());
+    let bodies = rows_messages(csv, batch)?;
+    let msgs = bodies.len() as u32;
+    let rows = env.rows as f64;
+    let (mut ceil, mut mq, mut pk, mut pkc, mut rss) = (vec![], vec![], vec![], vec![], 0);
+    for _ in 0..env.runs {
+        reset(&env.url, &q)?;
+        let t = ceiling_publish(&env.url, &q, &bodies)?;
+        expect_depth(&env.url, &q, msgs, "ceiling")?;
+        ceil.push(rows / t.as_secs_f64());
+        reset(&env.url, &q)?;
+        let batch_s = batch.to_string();
+        let r = mqdemo(
+            env,
+            &[
+                "produce",
+                "tabular",
+                "--file",
+                csv.to_str().ok_or("path")?,
+                "--queue",
+                &q,
+                "--batch-size",
+                &batch_s,
+            ],
+        )?;
+        expect_depth(&env.url, &q, msgs, "mqdemo")?;
+        mq.push(rows / r.seconds);
+        rss = rss.max(r.rss_kb.unwrap_or(0));
+        if batch == 1 {
+            reset(&env.url, &q)?;
+            if let Some(p) = pika(
+                env,
+                "produce_tabular.py",
+                &[
+                    "--file",
+                    csv.to_str().ok_or("path")?,
+                    "--queue",
+                    &q,
+                    "--host",
+                    &host_of(&env.url),
+                ],
+            )? {
+                expect_depth(&env.url, &q, msgs, "pika")?;
+                pk.push(p.messages as f64 / p.seconds);
+            }
+        }
+    }
+    if batch == 1 && env.python.is_some() {
+        // One round trip per row is slow: measure it on a slice of the file, once.
+        reset(&env.url, &q)?;
+        let small = env.dir.join("credit-small.csv");
+        let text = std::fs::read_to_string(csv)?;
+        let head: Vec<&str> = text.lines().take(1 + env.rows.min(5_000)).collect();
+        std::fs::write(&small, head.join("\n") + "\n")?;
+        if let Some(p) = pika(
+            env,
+            "produce_tabular.py",
+            &[
+                "--file",
+                small.to_str().ok_or("path")?,
+                "--queue",
+                &q,
+                "--host",
+                &host_of(&env.url),
+                "--confirm",
+            ],
+        )? {
+            pkc.push(p.messages as f64 / p.seconds);
+        }
+    }
+    reset(&env.url, &q)?;
+    Ok(Row {
+        case: if batch == 1 {
+            "produce tabular, 1 row/message".into()
+        } else {
+            format!("produce tabular --batch-size {batch}")
+        },
+        unit: "rows/s",
+        ceiling: median(ceil),
+        mqdemo: median(mq),
+        pika: median(pk),
+        pika_confirm: median(pkc),
+        rss_kb: Some(rss),
+        note: format!("{msgs} messages verified in the queue"),
+    })
+}
+
+fn consume_tabular(env: &Env, csv: &Path, batch: usize) -> Res<Row> {
+    let q = format!("bench-tabc-{batch}-{}", std::process::id());
+    let bodies = rows_messages(csv, batch)?;
+    let msgs = bodies.len();
+    let rows = env.rows as f64;
+    let (mut ceil, mut mq, mut pk, mut rss) = (vec![], vec![], vec![], 0);
+    let out = env.dir.join("rows.jsonl");
+    for _ in 0..env.runs {
+        reset(&env.url, &q)?;
+        ceiling_publish(&env.url, &q, &bodies)?;
+        let (t, _) = ceiling_consume(&env.url, &q, msgs)?;
+        ceil.push(rows / t.as_secs_f64());
+        expect_depth(&env.url, &q, 0, "ceiling consume")?;
+        ceiling_publish(&env.url, &q, &bodies)?;
+        let _ = std::fs::remove_file(&out);
+        let count = msgs.to_string();
+        let r = mqdemo(
+            env,
+            &[
+                "consume",
+                "tabular",
+                "--queue",
+                &q,
+                "--count",
+                &count,
+                "--output",
+                out.to_str().ok_or("path")?,
+                "--prefetch",
+                "1000",
+            ],
+        )?;
+        if r.messages != msgs as u64 {
+            return Err(format!("mqdemo consumed {} of {msgs}", r.messages).into());
+        }
+        expect_depth(&env.url, &q, 0, "mqdemo consume")?;
+        mq.push(rows / r.seconds);
+        rss = rss.max(r.rss_kb.unwrap_or(0));
+        if batch == 1 && env.python.is_some() {
+            ceiling_publish(&env.url, &q, &bodies)?;
+            if let Some(p) = pika(
+                env,
+                "consume_tabular.py",
+                &["--queue", &q, "--count", &count, "--host", &host_of(&env.url)],
+            )? {
+                expect_depth(&env.url, &q, 0, "pika consume")?;
+                pk.push(p.messages as f64 / p.seconds);
+            }
+        }
+    }
+    reset(&env.url, &q)?;
+    Ok(Row {
+        case: if batch == 1 {
+            "consume tabular to a file".into()
+        } else {
+            format!("consume tabular, batches of {batch}")
+        },
+        unit: "rows/s",
+        ceiling: median(ceil),
+        mqdemo: median(mq),
+        pika: median(pk),
+        pika_confirm: None,
+        rss_kb: Some(rss),
+        note: format!("{msgs} messages, {} rows written", env.rows),
+    })
+}
+
+fn files(env: &Env, kind: &str, dir: &Path, produce: bool, workers: usize) -> Res<Row> {
+    let q = format!("bench-{kind}-{}", std::process::id());
+    let originals = dir_files(dir);
+    let bodies = file_messages(kind, &originals)?;
+    let n = bodies.len();
+    let mb = bodies.iter().map(|m| m.body.len() as f64).sum::<f64>() / 1e6;
+    let (mut ceil, mut mq, mut pk, mut rss) = (vec![], vec![], vec![], 0);
+    let dir_s = dir.to_str().ok_or("path")?;
+    for run in 0..env.runs {
+        reset(&env.url, &q)?;
+        if produce {
+            let t = ceiling_publish(&env.url, &q, &bodies)?;
+            expect_depth(&env.url, &q, n as u32, "ceiling")?;
+            ceil.push(mb / t.as_secs_f64());
+            reset(&env.url, &q)?;
+            let r = mqdemo(env, &["produce", kind, "--directory", dir_s, "--queue", &q])?;
+            expect_depth(&env.url, &q, n as u32, "mqdemo")?;
+            mq.push(mb / r.seconds);
+            rss = rss.max(r.rss_kb.unwrap_or(0));
+            reset(&env.url, &q)?;
+            if let Some(p) = pika(
+                env,
+                "produce_files.py",
+                &["--directory", dir_s, "--queue", &q, "--host", &host_of(&env.url)],
+            )? {
+                expect_depth(&env.url, &q, n as u32, "pika")?;
+                pk.push(mb / p.seconds);
+            }
+        } else {
+            ceiling_publish(&env.url, &q, &bodies)?;
+            let (t, _) = ceiling_consume(&env.url, &q, n)?;
+            ceil.push(mb / t.as_secs_f64());
+            mqdemo(env, &["produce", kind, "--directory", dir_s, "--queue", &q])?;
+            let out = env.dir.join(format!("out-{kind}-{run}"));
+            let count = n.to_string();
+            let w = workers.to_string();
+            let r = mqdemo(
+                env,
+                &[
+                    "consume",
+                    kind,
+                    "--queue",
+                    &q,
+                    "--count",
+                    &count,
+                    "--workers",
+                    &w,
+                    "--output-directory",
+                    out.to_str().ok_or("path")?,
+                ],
+            )?;
+            if dir_files(&out) != originals {
+                return Err(format!("mqdemo consume {kind}: output differs from input").into());
+            }
+            mq.push(mb / r.seconds);
+            rss = rss.max(r.rss_kb.unwrap_or(0));
+            if env.python.is_some() && workers == 1 {
+                mqdemo(env, &["produce", kind, "--directory", dir_s, "--queue", &q])?;
+                let pout = env.dir.join(format!("pika-{kind}-{run}"));
+                if let Some(p) = pika(
+                    env,
+                    "consume_files.py",
+                    &[
+                        "--queue",
+                        &q,
+                        "--count",
+                        &count,
+                        "--output-directory",
+                        pout.to_str().ok_or("path")?,
+                        "--host",
+                        &host_of(&env.url),
+                    ],
+                )? {
+                    pk.push(mb / p.seconds);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
+    reset(&env.url, &q)?;
+    Ok(Row {
+        case: match (produce, workers) {
+            (true, _) => format!("produce {kind} ({n} files, {mb:.0} MB)"),
+            (false, 1) => format!("consume {kind} ({n} files, {mb:.0} MB)"),
+            (false, w) => format!("consume {kind} --workers {w}"),
+        },
+        unit: "MB/s",
+        ceiling: median(ceil),
+        mqdemo: median(mq),
+        pika: median(pk),
+        pika_confirm: None,
+        rss_kb: Some(rss),
+        note: if produce {
+            "count verified in the queue".into()
+        } else {
+            "files verified byte for byte".into()
+        },
+    })
+}
+
+// ---------- output ----------
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn print_table(rows: &[Row], env: &Env) {
+    println!(
+        "| case | unit | ceiling (raw amiquip) | mqdemo | pika (no confirms) | pika (confirms) | mqdemo/ceiling | mqdemo/pika | mqdemo/pika+confirms | mqdemo peak RSS | checked |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.case,
+            r.unit,
+            fmt(r.ceiling),
+            fmt(r.mqdemo),
+            fmt(r.pika),
+            fmt(r.pika_confirm),
+            ratio(r.mqdemo, r.ceiling),
+            ratio(r.mqdemo, r.pika),
+            ratio(r.mqdemo, r.pika_confirm),
+            r.rss_kb.map_or("-".into(), |k| format!("{:.1} MB", k as f64 / 1024.0)),
+            r.note
+        );
+    }
+    println!();
+    println!(
+        "medians of {} run(s); {} CPU(s); persistent messages, durable classic queues, confirms on for mqdemo and the ceiling{}",
+        env.runs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if env.python.is_none() {
+            "; pika columns empty: pip install -r benches/pika/requirements.txt"
+        } else {
+            ""
+        }
+    );
+}
