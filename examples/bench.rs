@@ -30,6 +30,7 @@ struct Row {
 }
 
 struct Env {
+    quick: bool,
     url: String,
     runs: usize,
     rows: usize,
@@ -49,7 +50,8 @@ fn main() -> Res<()> {
     let env = Env {
         url,
         runs: if quick { 1 } else { 3 },
-        rows: if quick { 20_000 } else { 100_000 },
+        rows: if quick { 5_000 } else { 100_000 },
+        quick,
         dir: dir.path().to_path_buf(),
         mqdemo: release.join("mqdemo"),
         python: pika_python(),
@@ -142,7 +144,7 @@ fn write_images(dir: &Path, quick: bool) -> Res<PathBuf> {
     } else {
         &[5_000, 20_000, 100_000, 500_000, 1_000_000, 5_000_000]
     };
-    let copies = if quick { 10 } else { 20 };
+    let copies = if quick { 3 } else { 10 };
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     for (i, size) in sizes.iter().cycle().take(sizes.len() * copies).enumerate() {
         let mut bytes = png.clone();
@@ -164,7 +166,7 @@ fn write_texts(dir: &Path, quick: bool) -> Res<PathBuf> {
         env!("CARGO_MANIFEST_DIR"),
         "/examples/data/texts/review_positive.txt"
     ))?;
-    for i in 0..if quick { 300 } else { 2_000 } {
+    for i in 0..if quick { 100 } else { 500 } {
         std::fs::write(root.join(format!("doc{i:05}.txt")), sample.repeat(1 + i % 4))?;
     }
     Ok(root)
@@ -270,19 +272,50 @@ fn ceiling_publish(url: &str, queue: &str, msgs: &[Message]) -> Res<Duration> {
     Ok(took)
 }
 
-/// Prefetch 1000, one multiple-ack per 100 messages (and at the end).
-fn ceiling_consume(url: &str, queue: &str, count: usize) -> Res<(Duration, u64)> {
+/// What the ceiling consumer does with each body, as mqdemo's sinks must: append a line to
+/// a file (flushed before each ack), or write a file and fsync it (durable before its ack).
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    Lines(&'a Path),
+    Files(&'a Path),
+}
+
+/// Prefetch 1000, one multiple-ack per 100 messages (and at the end), after the sink.
+fn ceiling_consume(url: &str, queue: &str, count: usize, sink: Sink<'_>) -> Res<(Duration, u64)> {
+    use std::io::Write;
     let mut conn = Connection::insecure_open(url)?;
     let ch = conn.open_channel(None)?;
     ch.qos(0, 1000, false)?;
     let consumer = ch.basic_consume(queue, ConsumerOptions::default())?;
+    let mut lines = match sink {
+        Sink::Lines(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        Sink::Files(d) => {
+            std::fs::create_dir_all(d)?;
+            None
+        }
+    };
     let started = Instant::now();
     let (mut n, mut bytes) = (0usize, 0u64);
     for msg in consumer.receiver().iter() {
         let ConsumerMessage::Delivery(d) = msg else { return Err("consumer ended".into()) };
         n += 1;
         bytes += d.body.len() as u64;
+        match (&mut lines, sink) {
+            (Some(w), _) => {
+                w.write_all(&d.body)?;
+                w.write_all(b"\n")?;
+            }
+            (None, Sink::Files(dir)) => {
+                let mut f = std::fs::File::create(dir.join(format!("{n}.bin")))?;
+                f.write_all(&d.body)?;
+                f.sync_all()?;
+            }
+            _ => {}
+        }
         if n % 100 == 0 || n == count {
+            if let Some(w) = &mut lines {
+                w.flush()?;
+            }
             d.ack_multiple(&ch)?;
         }
         if n == count {
@@ -462,7 +495,8 @@ fn produce_tabular(env: &Env, csv: &Path, batch: usize) -> Res<Row> {
         reset(&env.url, &q)?;
         let small = env.dir.join("credit-small.csv");
         let text = std::fs::read_to_string(csv)?;
-        let head: Vec<&str> = text.lines().take(1 + env.rows.min(5_000)).collect();
+        let head: Vec<&str> =
+            text.lines().take(1 + env.rows.min(if env.quick { 1_000 } else { 5_000 })).collect();
         std::fs::write(&small, head.join("\n") + "\n")?;
         if let Some(p) = pika(
             env,
@@ -507,7 +541,8 @@ fn consume_tabular(env: &Env, csv: &Path, batch: usize) -> Res<Row> {
     for _ in 0..env.runs {
         reset(&env.url, &q)?;
         ceiling_publish(&env.url, &q, &bodies)?;
-        let (t, _) = ceiling_consume(&env.url, &q, msgs)?;
+        let (t, _) =
+            ceiling_consume(&env.url, &q, msgs, Sink::Lines(&env.dir.join("ceiling.jsonl")))?;
         ceil.push(rows / t.as_secs_f64());
         expect_depth(&env.url, &q, 0, "ceiling consume")?;
         ceiling_publish(&env.url, &q, &bodies)?;
@@ -593,7 +628,9 @@ fn files(env: &Env, kind: &str, dir: &Path, produce: bool, workers: usize) -> Re
             }
         } else {
             ceiling_publish(&env.url, &q, &bodies)?;
-            let (t, _) = ceiling_consume(&env.url, &q, n)?;
+            let sink_dir = env.dir.join(format!("ceiling-{kind}-{run}"));
+            let (t, _) = ceiling_consume(&env.url, &q, n, Sink::Files(&sink_dir))?;
+            let _ = std::fs::remove_dir_all(&sink_dir);
             ceil.push(mb / t.as_secs_f64());
             mqdemo(env, &["produce", kind, "--directory", dir_s, "--queue", &q])?;
             let out = env.dir.join(format!("out-{kind}-{run}"));
@@ -682,7 +719,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 fn print_table(rows: &[Row], env: &Env) {
     println!(
-        "| case | unit | ceiling (raw amiquip) | mqdemo | pika (no confirms) | pika (confirms) | mqdemo/ceiling | mqdemo/pika | mqdemo/pika+confirms | mqdemo peak RSS | checked |"
+        "| case | unit | ceiling (raw amiquip + same sink work) | mqdemo | pika (no confirms) | pika (confirms) | mqdemo/ceiling | mqdemo/pika | mqdemo/pika+confirms | mqdemo peak RSS | checked |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {

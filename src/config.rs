@@ -124,9 +124,10 @@ pub enum RowFormat {
     Csv,
 }
 
-/// In-flight bytes bound of the confirm window: keeps memory bounded for large images, and
-/// stays under amiquip's 16 MiB write buffer so a broker alarm never stalls `publish`.
-pub const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+/// In-flight bytes bound of the confirm window: enough to keep large images streaming, small
+/// enough to keep memory bounded (amiquip's write buffer is sized to twice this, so a broker
+/// alarm never stalls `publish` inside amiquip).
+pub const WINDOW_BYTES: usize = 32 * 1024 * 1024;
 
 impl Config {
     /// Validate parsed arguments.

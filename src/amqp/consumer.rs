@@ -90,6 +90,9 @@ impl ConsumeState<'_> {
                 },
                 None => TICK,
             };
+            // With stored-but-unacked deliveries, wait only briefly: a busy stream is acked
+            // (and its sink flushed) in batches, a quiet one within a few milliseconds.
+            let wait = if self.unacked > 0 { wait.min(ACK_DELAY) } else { wait };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
                     let taken = limits.claimed.fetch_add(1, Ordering::SeqCst) + 1;
@@ -99,7 +102,7 @@ impl ConsumeState<'_> {
                         break;
                     }
                     last_seen = Instant::now();
-                    self.delivered(d, handler, rx.is_empty())?;
+                    self.delivered(d, handler)?;
                 }
                 Ok(other) => return Err(self.ended(other)),
                 Err(RecvTimeoutError::Timeout) => self.ack_pending(handler)?,
@@ -115,19 +118,14 @@ impl ConsumeState<'_> {
         self.ack_pending(handler)
     }
 
-    fn delivered(
-        &mut self,
-        mut d: amiquip::Delivery,
-        handler: &mut dyn Handler,
-        caught_up: bool,
-    ) -> Result<()> {
+    fn delivered(&mut self, mut d: amiquip::Delivery, handler: &mut dyn Handler) -> Result<()> {
         self.outcome.received += 1;
         let ours = delivery(&mut d);
         match handler.handle(ours) {
             Ok(Disposition::Ack) => {
                 self.last = Some(d);
                 self.unacked += 1;
-                if caught_up || self.unacked >= self.ack_every {
+                if self.unacked >= self.ack_every {
                     self.ack_pending(handler)?;
                 }
                 Ok(())
@@ -172,6 +170,9 @@ impl ConsumeState<'_> {
         }
     }
 }
+
+/// Longest a stored delivery waits for its ack when no further delivery arrives.
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// Consume until a limit is reached, the stop flag is set, or the connection is lost for
 /// longer than `retry.retry_for`. After a reconnect, deliveries that were handled but not yet

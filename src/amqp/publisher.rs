@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 pub struct PublisherOptions {
     /// Most messages published and not yet confirmed.
     pub window: usize,
-    /// Most body bytes published and not yet confirmed. Kept under amiquip's 16 MiB write
-    /// buffer so `publish` never stalls inside amiquip during a broker alarm.
+    /// Most body bytes published and not yet confirmed. Kept under amiquip's write buffer
+    /// limit (see `session::tuning`) so `publish` never stalls inside amiquip during a broker
+    /// alarm.
     pub window_bytes: usize,
     /// How long to wait for a confirm before the connection counts as lost.
     pub confirm_timeout: Duration,

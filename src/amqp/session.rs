@@ -34,7 +34,7 @@ impl Session {
     pub fn open(endpoint: &Endpoint) -> Result<Session> {
         let mut conn = match &endpoint.ca_cert {
             Some(ca) if endpoint.url.starts_with("amqps:") => open_with_ca(endpoint, ca)?,
-            _ => Connection::insecure_open(&endpoint.url)
+            _ => Connection::insecure_open_tuned(&endpoint.url, tuning())
                 .map_err(|e| explain(e, endpoint, "connecting"))?,
         };
         let blocked =
@@ -95,6 +95,13 @@ impl Session {
     }
 }
 
+/// amiquip's write buffer may hold twice the publisher's in-flight byte window, so
+/// `publish` never stalls inside amiquip (where no signal or deadline could reach it), even
+/// while a broker alarm stops the socket from draining.
+fn tuning() -> ConnectionTuning {
+    ConnectionTuning::default().buffered_writes_high_water(2 * crate::config::WINDOW_BYTES)
+}
+
 /// amqps:// trusting the CA certificate(s) in `ca` as well as the system's.
 fn open_with_ca(ep: &Endpoint, ca: &std::path::Path) -> Result<Connection> {
     let pem = std::fs::read(ca).map_err(|e| {
@@ -123,7 +130,7 @@ fn open_with_ca(ep: &Endpoint, ca: &std::path::Path) -> Result<Connection> {
                     &host,
                     stream,
                     options.clone(),
-                    ConnectionTuning::default(),
+                    tuning(),
                 )
                 .map_err(|e| explain(e, ep, "connecting"))
             });
