@@ -54,6 +54,17 @@ for line in dockerfile:
             if not (root / src).exists():
                 errors.append(f"Dockerfile: COPY source {src} does not exist")
 
+# Every explicit target path in Cargo.toml must exist when the dependency-caching step runs
+# (cargo refuses to build otherwise): the Dockerfile's stub RUN must create it.
+cargo = (root / "Cargo.toml").read_text()
+stub_run = "\n".join(dockerfile)
+for path in re.findall(r'^path\s*=\s*"([^"]+)"', cargo, re.M):
+    if path not in stub_run and path not in ("src/main.rs",):
+        errors.append(f"Dockerfile: the dependency step does not create {path} (named in Cargo.toml)")
+for name in re.findall(r'^\[\[bench\]\]\s*\nname\s*=\s*"([^"]+)"', cargo, re.M):
+    if f"benches/{name}.rs" not in stub_run:
+        errors.append(f"Dockerfile: the dependency step does not create benches/{name}.rs")
+
 for e in errors:
     print(e, file=sys.stderr)
 print(f"docker checks: {len(errors)} problem(s)")
