@@ -1,6 +1,6 @@
 //! Bad input: one clear first line, a non-zero exit, never a hang or a leaked password.
 
-use crate::support::{TestQueue, data, mqdemo, s, wait_until};
+use crate::support::{TestQueue, data, mqdemo, produce_sample, s, wait_until};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -179,23 +179,10 @@ fn queue_declared_elsewhere_with_other_arguments_stops_the_run() {
 fn nacked_messages_are_reported_and_fail_the_run() {
     let mut q = TestQueue::new("nack");
     q.set_policy(r#"{"max-length":5,"overflow":"reject-publish"}"#);
-    let file = data("tabular_data.csv");
-    let out = mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--num-records",
-        "12",
-        "--confirm-window",
-        "1",
-        "--retry-for",
-        "0",
-    ])
-    .run()
-    .expect_code(1);
+    let out =
+        produce_sample(&q, &["--num-records", "12", "--confirm-window", "1", "--retry-for", "0"])
+            .run()
+            .expect_code(1);
     assert!(out.stderr.contains("nacked by the broker"), "{}", out.stderr);
     assert!(
         out.stderr.contains("produced 5 messages") && out.stderr.contains("failed 7"),
@@ -207,20 +194,7 @@ fn nacked_messages_are_reported_and_fail_the_run() {
 #[test]
 fn messages_returned_as_unroutable_are_reported() {
     let q = TestQueue::new("return");
-    let file = data("tabular_data.csv");
-    let child = mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--num-records",
-        "40",
-        "--interval",
-        "0.05",
-    ])
-    .spawn();
+    let child = produce_sample(&q, &["--num-records", "40", "--interval", "0.05"]).spawn();
     wait_until(Duration::from_secs(20), "first rows in the queue", || q.depth() >= 3);
     q.delete();
     let out = crate::support::wait(child, Duration::from_secs(30)).expect_code(1);

@@ -28,6 +28,13 @@ fn big_csv(dir: &Path, rows: usize) -> PathBuf {
     path
 }
 
+/// `mqdemo produce tabular` of `csv` into `queue` at `url`, watched while it runs.
+fn produce_csv(url: &str, csv: &Path, queue: &str, extra: &[&str]) -> crate::support::Watched {
+    let mut args = vec!["--url", url, "produce", "tabular", "--file", s(csv), "--queue", queue];
+    args.extend_from_slice(extra);
+    mqdemo(&args).watch()
+}
+
 /// IDs in a JSON-lines file: (distinct ids, total lines).
 fn ids(jsonl: &Path) -> (HashSet<i64>, usize) {
     let text = std::fs::read_to_string(jsonl).unwrap_or_default();
@@ -92,17 +99,7 @@ fn broker_restart_mid_produce_tabular_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 100_000;
     let csv = big_csv(dir.path(), n);
-    let producer = mqdemo(&[
-        "--url",
-        &broker.url(),
-        "produce",
-        "tabular",
-        "--file",
-        s(&csv),
-        "--queue",
-        "restart",
-    ])
-    .watch();
+    let producer = produce_csv(&broker.url(), &csv, "restart", &[]);
     wait_until(Duration::from_secs(60), "10,000 rows in the queue", || {
         broker.queue_depth("restart") >= 10_000
     });
@@ -252,19 +249,7 @@ fn frozen_connection_is_noticed_within_two_heartbeats() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 20_000;
     let csv = big_csv(dir.path(), n);
-    let producer = mqdemo(&[
-        "--url",
-        &proxy.url(),
-        "produce",
-        "tabular",
-        "--file",
-        s(&csv),
-        "--queue",
-        "freeze",
-        "--interval",
-        "0.0005",
-    ])
-    .watch();
+    let producer = produce_csv(&proxy.url(), &csv, "freeze", &["--interval", "0.0005"]);
     wait_until(Duration::from_secs(60), "progress", || broker.queue_depth("freeze") >= 1_000);
     let frozen_at = std::time::Instant::now();
     proxy.freeze();
@@ -368,19 +353,7 @@ fn memory_alarm_pauses_the_producer_until_lifted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 20_000;
     let csv = big_csv(dir.path(), n);
-    let producer = mqdemo(&[
-        "--url",
-        &broker.url(),
-        "produce",
-        "tabular",
-        "--file",
-        s(&csv),
-        "--queue",
-        "alarm",
-        "--interval",
-        "0.0005",
-    ])
-    .watch();
+    let producer = produce_csv(&broker.url(), &csv, "alarm", &["--interval", "0.0005"]);
     wait_until(Duration::from_secs(60), "progress", || broker.queue_depth("alarm") >= 1_000);
     broker.set_memory_alarm(true);
     producer.wait_for("blocked by broker", Duration::from_secs(30));
@@ -404,19 +377,7 @@ fn signal_during_a_memory_alarm_ends_the_producer_on_time_with_a_report() {
     let broker = PrivateBroker::start("alarm-stop");
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = big_csv(dir.path(), 20_000);
-    let producer = mqdemo(&[
-        "--url",
-        &broker.url(),
-        "produce",
-        "tabular",
-        "--file",
-        s(&csv),
-        "--queue",
-        "alarm",
-        "--interval",
-        "0.0005",
-    ])
-    .watch();
+    let producer = produce_csv(&broker.url(), &csv, "alarm", &["--interval", "0.0005"]);
     wait_until(Duration::from_secs(60), "progress", || broker.queue_depth("alarm") >= 500);
     broker.set_memory_alarm(true);
     producer.wait_for("blocked by broker", Duration::from_secs(30));

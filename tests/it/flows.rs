@@ -1,6 +1,6 @@
 //! Produce -> consume round trips for every kind, through the real binary.
 
-use crate::support::{TestQueue, data, mqdemo, s, tree};
+use crate::support::{TestQueue, data, mqdemo, produce_sample, s, tree};
 
 fn csv_rows() -> Vec<Vec<String>> {
     let mut rdr = csv::Reader::from_path(data("tabular_data.csv")).expect("sample csv");
@@ -58,22 +58,10 @@ fn tabular_csv_format_gives_back_the_same_csv() {
 #[test]
 fn batch_size_packs_rows_and_num_records_limits_them() {
     let q = TestQueue::new("tab-batch");
-    let file = data("tabular_data.csv");
-    mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--batch-size",
-        "100",
-        "--num_records",
-        "250",
-    ])
-    .run()
-    .expect_code(0)
-    .stderr_has("produced 3 messages");
+    produce_sample(&q, &["--batch-size", "100", "--num_records", "250"])
+        .run()
+        .expect_code(0)
+        .stderr_has("produced 3 messages");
     assert_eq!(q.depth(), 3);
     let out =
         mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "3"]).run().expect_code(0);

@@ -1,7 +1,7 @@
 //! Reliability on the shared broker: dead letters, queue types, full queues, signals,
 //! duplicate suppression.
 
-use crate::support::{TestQueue, data, mqdemo, s, wait, wait_until};
+use crate::support::{TestQueue, data, mqdemo, produce_sample, s, wait, wait_until};
 use amiquip::AmqpProperties;
 use std::process::Command;
 use std::time::Duration;
@@ -66,21 +66,7 @@ fn undecodable_messages_go_to_the_dead_letter_queue() {
 #[test]
 fn queue_type_quorum_declares_a_quorum_queue() {
     let q = TestQueue::new("quorum");
-    let file = data("tabular_data.csv");
-    mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--queue-type",
-        "quorum",
-        "--num-records",
-        "20",
-    ])
-    .run()
-    .expect_code(0);
+    produce_sample(&q, &["--queue-type", "quorum", "--num-records", "20"]).run().expect_code(0);
     assert_eq!(queue_type(&q.name), "quorum");
     let out = mqdemo(&[
         "consume",
@@ -100,20 +86,7 @@ fn queue_type_quorum_declares_a_quorum_queue() {
 #[test]
 fn full_queue_makes_the_producer_back_off_until_a_consumer_drains_it() {
     let q = TestQueue::new("full");
-    let file = data("tabular_data.csv");
-    let producer = mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--max-length",
-        "10",
-        "--num-records",
-        "60",
-    ])
-    .spawn();
+    let producer = produce_sample(&q, &["--max-length", "10", "--num-records", "60"]).spawn();
     wait_until(Duration::from_secs(20), "queue filled to its limit", || q.depth() >= 10);
     let consumed =
         mqdemo(&["consume", "tabular", "--queue", &q.name, "--max-length", "10", "--count", "60"])
@@ -139,18 +112,7 @@ fn full_queue_makes_the_producer_back_off_until_a_consumer_drains_it() {
 #[test]
 fn sigterm_stops_a_producer_with_an_exact_report() {
     let q = TestQueue::new("stop");
-    let file = data("tabular_data.csv");
-    let child = mqdemo(&[
-        "produce",
-        "tabular",
-        "--file",
-        s(&file),
-        "--queue",
-        &q.name,
-        "--interval",
-        "0.02",
-    ])
-    .spawn();
+    let child = produce_sample(&q, &["--interval", "0.02"]).spawn();
     wait_until(Duration::from_secs(20), "some rows confirmed", || q.depth() >= 20);
     let status =
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
@@ -170,20 +132,8 @@ fn sigterm_stops_a_producer_with_an_exact_report() {
 #[test]
 fn redelivered_and_republished_messages_are_dropped_by_id() {
     let q = TestQueue::new("dedupe");
-    let file = data("tabular_data.csv");
     for _ in 0..2 {
-        mqdemo(&[
-            "produce",
-            "tabular",
-            "--file",
-            s(&file),
-            "--queue",
-            &q.name,
-            "--num-records",
-            "30",
-        ])
-        .run()
-        .expect_code(0);
+        produce_sample(&q, &["--num-records", "30"]).run().expect_code(0);
     }
     let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "60"])
         .run()

@@ -384,3 +384,11 @@ pub fn count_files(root: &Path) -> usize {
         .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
         .count()
 }
+
+/// `mqdemo produce tabular` of the sample CSV into `q`, with `extra` arguments.
+pub fn produce_sample(q: &TestQueue, extra: &[&str]) -> Mqdemo {
+    let file = data("tabular_data.csv");
+    let mut args = vec!["produce", "tabular", "--file", s(&file), "--queue", &q.name];
+    args.extend_from_slice(extra);
+    mqdemo(&args)
+}

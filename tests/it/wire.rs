@@ -1,6 +1,6 @@
 //! Wire format version 1, read back with a plain AMQP client.
 
-use crate::support::{TestQueue, data, mqdemo, s};
+use crate::support::{TestQueue, data, mqdemo, produce_sample, s};
 use amiquip::AmqpValue;
 
 fn header<'a>(d: &'a amiquip::Delivery, name: &str) -> &'a AmqpValue {
@@ -41,20 +41,8 @@ fn tabular_message_has_properties_and_typed_headers() {
 #[test]
 fn message_ids_are_deterministic_across_runs() {
     let q = TestQueue::new("wire-ids");
-    let file = data("tabular_data.csv");
     for _ in 0..2 {
-        mqdemo(&[
-            "produce",
-            "tabular",
-            "--file",
-            s(&file),
-            "--queue",
-            &q.name,
-            "--num-records",
-            "3",
-        ])
-        .run()
-        .expect_code(0);
+        produce_sample(&q, &["--num-records", "3"]).run().expect_code(0);
     }
     let ids: Vec<String> = (0..6)
         .map(|_| q.get().expect("msg").properties.message_id().clone().expect("id"))
