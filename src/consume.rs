@@ -4,8 +4,7 @@
 use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
-use crate::output::{Progress, Reporter, Summary, human_bytes};
-use crate::produce::link_events;
+use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};

@@ -1,6 +1,7 @@
 //! What people see on stderr: progress bars, warnings and the one-line summary.
 //! stdout is data only and is never written here.
 
+use crate::amqp::LinkEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::cell::Cell;
 use std::io::IsTerminal;
@@ -95,6 +96,42 @@ impl Reporter {
     /// Remove the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// Show reconnects, broker blocks and queue-full back-off on stderr and the progress bar.
+pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
+    move |event| match event {
+        LinkEvent::Reconnecting { attempt, reason, delay } => {
+            reporter.warn(&format!(
+                "{reason}; reconnecting in {:.1} s (attempt {attempt})",
+                delay.as_secs_f64()
+            ));
+            reporter.status_now(format!("reconnecting (attempt {attempt})"));
+        }
+        LinkEvent::Reconnected { url } => {
+            reporter.warn(&format!(
+                "reconnected to {url}; resuming (unconfirmed messages are sent again)"
+            ));
+        }
+        LinkEvent::Blocked(reason) => {
+            reporter.warn(&format!(
+                "blocked by broker ({reason}): publishing paused until the alarm clears"
+            ));
+            reporter.status_now(format!("blocked by broker ({reason})"));
+        }
+        LinkEvent::Unblocked => reporter.warn("unblocked by broker: publishing resumed"),
+        LinkEvent::Backoff { messages, delay } => {
+            if delay <= Duration::from_millis(100) {
+                reporter.warn(&format!(
+                    "queue full: the broker nacked {messages} message(s); backing off and retrying"
+                ));
+            }
+            reporter.status_now(format!(
+                "queue full: retrying {messages} in {:.1} s",
+                delay.as_secs_f64()
+            ));
+        }
     }
 }
 

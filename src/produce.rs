@@ -4,10 +4,11 @@
 //! skipped, named on stderr and counted; a bad whole input stops the run before anything is
 //! sent. Only messages the broker confirmed count as produced.
 
-use crate::amqp::{LinkEvent, Producer};
+use crate::amqp::Producer;
 use crate::codec::{Kind, Message, image, tabular, text};
 use crate::config::{Global, ProduceConfig, Source};
-use crate::output::{Progress, Reporter, Summary, human_bytes};
+use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
+use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::{Report, Result, WrapErr, bail};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -82,42 +83,6 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Resu
     Ok(Outcome { summary, error })
 }
 
-/// Show reconnects, broker blocks and queue-full back-off on stderr and the progress bar.
-pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
-    move |event| match event {
-        LinkEvent::Reconnecting { attempt, reason, delay } => {
-            reporter.warn(&format!(
-                "{reason}; reconnecting in {:.1} s (attempt {attempt})",
-                delay.as_secs_f64()
-            ));
-            reporter.status_now(format!("reconnecting (attempt {attempt})"));
-        }
-        LinkEvent::Reconnected { url } => {
-            reporter.warn(&format!(
-                "reconnected to {url}; resuming (unconfirmed messages are sent again)"
-            ));
-        }
-        LinkEvent::Blocked(reason) => {
-            reporter.warn(&format!(
-                "blocked by broker ({reason}): publishing paused until the alarm clears"
-            ));
-            reporter.status_now(format!("blocked by broker ({reason})"));
-        }
-        LinkEvent::Unblocked => reporter.warn("unblocked by broker: publishing resumed"),
-        LinkEvent::Backoff { messages, delay } => {
-            if delay <= Duration::from_millis(100) {
-                reporter.warn(&format!(
-                    "queue full: the broker nacked {messages} message(s); backing off and retrying"
-                ));
-            }
-            reporter.status_now(format!(
-                "queue full: retrying {messages} in {:.1} s",
-                delay.as_secs_f64()
-            ));
-        }
-    }
-}
-
 /// Hands messages to the publisher, one at a time, honouring --interval and signals.
 struct Pump<'a> {
     producer: Producer,
@@ -173,14 +138,7 @@ impl Pump<'_> {
 
     /// Sleep for --interval, waking early on a signal.
     fn pause(&self) {
-        let until = Instant::now() + self.interval;
-        while self.keep_going() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
-        }
+        sleep_unless_stopped(self.interval, self.stop);
     }
 }
 

@@ -3,11 +3,12 @@
 //! re-publishing everything the broker had not confirmed (same message ids: at-least-once).
 
 use super::props::properties;
-use super::retry::{LinkEvent, Retry, reconnect, sleep_unless_stopped};
+use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::Session;
 use super::topology::QueueSpec;
 use super::{Endpoint, TICK, discard, explain, fatal, lost};
 use crate::codec::Message;
+use crate::signals::sleep_unless_stopped;
 use amiquip::{Channel, Confirm, ConfirmSmoother, ConnectionBlockedNotification, Publish, Return};
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};

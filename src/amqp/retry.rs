@@ -1,9 +1,10 @@
 //! Reconnecting after a lost connection: exponential backoff with jitter, rotating through
 //! every `--url`, for at most `--retry-for`.
 
-use super::{Endpoint, TICK, is_retryable};
+use super::{Endpoint, is_retryable};
+use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::{Report, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// First pause before reconnecting; doubles on every failure up to [`MAX_DELAY`].
@@ -46,21 +47,6 @@ pub enum LinkEvent {
         /// Pause before re-publishing.
         delay: Duration,
     },
-}
-
-/// Sleep for `d`, waking early when `stop` is set; false if it was.
-pub fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
-    let until = Instant::now() + d;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(TICK));
-    }
 }
 
 /// `d` scaled by a pseudo-random factor in [0.5, 1.5), so many clients do not reconnect in
@@ -125,13 +111,5 @@ mod tests {
             let j = jitter(Duration::from_millis(1000));
             assert!(j >= Duration::from_millis(500) && j < Duration::from_millis(1500), "{j:?}");
         }
-    }
-
-    #[test]
-    fn sleep_returns_early_when_stopped() {
-        let stop = AtomicBool::new(true);
-        let started = Instant::now();
-        assert!(!sleep_unless_stopped(Duration::from_secs(10), &stop));
-        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
