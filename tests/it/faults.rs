@@ -433,3 +433,35 @@ fn tls_with_private_ca_works_and_a_wrong_ca_is_refused_clearly() {
     assert!(!out.stderr.contains("guest:guest"), "{}", out.stderr);
     assert_eq!(broker.queue_depth("tls"), 4);
 }
+
+#[test]
+fn a_confirm_that_never_comes_is_reported_after_the_confirm_timeout() {
+    let q = crate::support::TestQueue::new("confirm-timeout");
+    let shared = url::Url::parse(&crate::support::url()).expect("url");
+    let proxy = Proxy::start(shared.port().unwrap_or(5672));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = big_csv(dir.path(), 20_000);
+    // No heartbeats, so only the confirm deadline can notice the silence.
+    let url = format!("{}?heartbeat=0", proxy.url());
+    let producer = produce_csv(
+        &url,
+        &csv,
+        &q.name,
+        &["--interval", "0.0005", "--confirm-timeout", "2", "--retry-for", "0"],
+    );
+    wait_until(Duration::from_secs(60), "progress", || q.depth() >= 500);
+    proxy.freeze();
+    let frozen_at = std::time::Instant::now();
+    let out = producer.finish(Duration::from_secs(30)).expect_code(1);
+    assert!(frozen_at.elapsed() < Duration::from_secs(15), "took {:?}", frozen_at.elapsed());
+    assert!(
+        out.stderr.contains("no publisher confirm") && out.stderr.contains("not confirmed"),
+        "{}",
+        out.stderr
+    );
+    proxy.thaw();
+    let confirmed = count_after(&out.stderr, "produced");
+    wait_until(Duration::from_secs(10), "held-back bytes delivered", || {
+        u64::from(q.depth()) >= confirmed
+    });
+}

@@ -1,6 +1,6 @@
 //! Produce -> consume round trips for every kind, through the real binary.
 
-use crate::support::{TestQueue, data, mqdemo, produce_sample, s, tree};
+use crate::support::{TestQueue, consume_files, data, mqdemo, produce_sample, s, tree};
 
 fn csv_rows() -> Vec<Vec<String>> {
     let mut rdr = csv::Reader::from_path(data("tabular_data.csv")).expect("sample csv");
@@ -83,19 +83,10 @@ fn images_arrive_byte_identical_under_their_relative_paths() {
     mqdemo(&["produce", "image", "--directory", s(&images), "--queue", &q.name])
         .run()
         .expect_code(0);
-    mqdemo(&[
-        "consume",
-        "image",
-        "--queue",
-        &q.name,
-        "--output-directory",
-        s(out.path()),
-        "--idle-timeout",
-        "2",
-    ])
-    .run()
-    .expect_code(0)
-    .stderr_has("written 6");
+    consume_files(&q, "image", out.path(), &["--idle-timeout", "2"])
+        .run()
+        .expect_code(0)
+        .stderr_has("written 6");
     assert_eq!(tree(out.path()), tree(&images));
 }
 
@@ -117,18 +108,7 @@ fn texts_arrive_byte_identical_split_by_file_and_by_line() {
         ])
         .run()
         .expect_code(0);
-        mqdemo(&[
-            "consume",
-            "text",
-            "--queue",
-            &q.name,
-            "--output_directory",
-            s(out.path()),
-            "--idle-timeout",
-            "2",
-        ])
-        .run()
-        .expect_code(0);
+        consume_files(&q, "text", out.path(), &["--idle-timeout", "2"]).run().expect_code(0);
         assert_eq!(tree(out.path()), tree(&texts), "--split {split}");
     }
 }
@@ -143,19 +123,10 @@ fn second_delivery_of_the_same_file_is_counted_as_duplicate() {
             .run()
             .expect_code(0);
     }
-    mqdemo(&[
-        "consume",
-        "image",
-        "--queue",
-        &q.name,
-        "--output-directory",
-        s(out.path()),
-        "--count",
-        "12",
-    ])
-    .run()
-    .expect_code(0)
-    .stderr_has("written 6, duplicates 6");
+    consume_files(&q, "image", out.path(), &["--count", "12"])
+        .run()
+        .expect_code(0)
+        .stderr_has("written 6, duplicates 6");
     assert_eq!(tree(out.path()), tree(&images));
 }
 
@@ -261,4 +232,35 @@ fn workers_write_files_into_one_directory() {
     .expect_code(0)
     .stderr_has("written 200");
     assert_eq!(tree(out.path()), tree(src.path()));
+}
+
+#[test]
+fn repeat_streams_the_file_again_with_new_message_ids() {
+    let q = TestQueue::new("repeat");
+    crate::support::produce_sample(&q, &["--repeat", "--num-records", "700"])
+        .run()
+        .expect_code(0)
+        .stderr_has("produced 700 messages");
+    let ids: std::collections::HashSet<String> = (0..700)
+        .map(|_| q.get().expect("message").properties.message_id().clone().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 700, "every pass has its own ids, so consumers do not drop them");
+}
+
+#[test]
+fn stderr_is_one_summary_line_without_a_terminal_and_nothing_with_quiet() {
+    let q = TestQueue::new("quiet");
+    let out = crate::support::produce_sample(&q, &["--num-records", "10"]).run().expect_code(0);
+    assert_eq!(
+        out.stderr.lines().count(),
+        1,
+        "no progress bar when stderr is not a terminal: {:?}",
+        out.stderr
+    );
+    assert!(out.stderr.starts_with("mqdemo: produced 10 messages"), "{}", out.stderr);
+    let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "10", "-q"])
+        .run()
+        .expect_code(0);
+    assert_eq!(out.stderr, "", "--quiet prints nothing on success");
+    assert_eq!(out.stdout.lines().count(), 10, "stdout still carries the data");
 }

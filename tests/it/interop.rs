@@ -1,6 +1,6 @@
 //! Messages from other producers, poison bodies and hostile headers.
 
-use crate::support::{TestQueue, mqdemo, s, tree};
+use crate::support::{TestQueue, consume_files, mqdemo, tree};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 
 fn with_source(source: &str) -> AmqpProperties {
@@ -36,18 +36,7 @@ fn foreign_messages_are_named_from_message_id_or_body_hash() {
             .with_content_type("text/plain".into())
             .with_message_id("../../evil".into()),
     );
-    mqdemo(&[
-        "consume",
-        "image",
-        "--queue",
-        &q.name,
-        "--output-directory",
-        s(out.path()),
-        "--count",
-        "3",
-    ])
-    .run()
-    .expect_code(0);
+    consume_files(&q, "image", out.path(), &["--count", "3"]).run().expect_code(0);
     let files = tree(out.path());
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     let hash = mqdemo::codec::sha256_hex(b"\x89PNG fake");
@@ -77,19 +66,10 @@ fn consumer_never_writes_outside_output_dir() {
     for (i, src) in hostile.iter().enumerate() {
         q.publish_raw(format!("body {i}").as_bytes(), with_source(src));
     }
-    let output = mqdemo(&[
-        "consume",
-        "image",
-        "--queue",
-        &q.name,
-        "--output-directory",
-        s(&out),
-        "--count",
-        &hostile.len().to_string(),
-    ])
-    .run()
-    .expect_code(0)
-    .stderr_has("unsafe source header");
+    let output = consume_files(&q, "image", &out, &["--count", &hostile.len().to_string()])
+        .run()
+        .expect_code(0)
+        .stderr_has("unsafe source header");
     let files = tree(root.path());
     assert_eq!(
         files.len(),
@@ -109,19 +89,10 @@ fn existing_file_with_other_content_is_never_overwritten() {
     let out = tempfile::tempdir().expect("tempdir");
     std::fs::write(out.path().join("cat.png"), b"precious").expect("seed");
     q.publish_raw(b"new content", with_source("cat.png"));
-    mqdemo(&[
-        "consume",
-        "image",
-        "--queue",
-        &q.name,
-        "--output-directory",
-        s(out.path()),
-        "--count",
-        "1",
-    ])
-    .run()
-    .expect_code(0)
-    .stderr_has("exists with other content");
+    consume_files(&q, "image", out.path(), &["--count", "1"])
+        .run()
+        .expect_code(0)
+        .stderr_has("exists with other content");
     assert_eq!(std::fs::read(out.path().join("cat.png")).expect("read"), b"precious");
     let files = tree(out.path());
     assert_eq!(files.len(), 2);
@@ -136,19 +107,10 @@ fn body_that_does_not_match_its_sha256_is_rejected() {
     h.insert("source".into(), AmqpValue::LongString("a.png".into()));
     h.insert("sha256".into(), AmqpValue::LongString("00".repeat(32)));
     q.publish_raw(b"corrupted", AmqpProperties::default().with_headers(h));
-    mqdemo(&[
-        "consume",
-        "image",
-        "--queue",
-        &q.name,
-        "--output-directory",
-        s(out.path()),
-        "--count",
-        "1",
-    ])
-    .run()
-    .expect_code(1)
-    .stderr_has("does not match its sha256");
+    consume_files(&q, "image", out.path(), &["--count", "1"])
+        .run()
+        .expect_code(1)
+        .stderr_has("does not match its sha256");
     assert!(tree(out.path()).is_empty());
     assert_eq!(q.depth(), 0);
 }

@@ -392,3 +392,10 @@ pub fn produce_sample(q: &TestQueue, extra: &[&str]) -> Mqdemo {
     args.extend_from_slice(extra);
     mqdemo(&args)
 }
+
+/// `mqdemo consume KIND --queue q --output-directory dir`, with `extra` arguments.
+pub fn consume_files(q: &TestQueue, kind: &str, dir: &Path, extra: &[&str]) -> Mqdemo {
+    let mut args = vec!["consume", kind, "--queue", &q.name, "--output-directory", s(dir)];
+    args.extend_from_slice(extra);
+    mqdemo(&args)
+}
