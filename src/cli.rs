@@ -3,6 +3,15 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// Default confirm window (messages in flight).
+pub const DEFAULT_CONFIRM_WINDOW: u32 = 1024;
+/// Default confirm deadline, seconds.
+pub const DEFAULT_CONFIRM_TIMEOUT_SECS: f64 = 30.0;
+/// Default largest body (RabbitMQ 3.x's limit).
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 128 << 20;
+/// Default QoS prefetch.
+pub const DEFAULT_PREFETCH: u16 = 256;
+
 /// Default broker URL: the local broker, vhost `/`.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
 
@@ -162,17 +171,17 @@ pub struct ProduceCommon {
 
     /// Messages published but not yet confirmed by the broker, at most. Larger is faster;
     /// 1 means one round trip per message. Example: --confirm-window 256
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65535), value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_CONFIRM_WINDOW, value_parser = clap::value_parser!(u32).range(1..=65535), value_name = "N")]
     pub confirm_window: u32,
 
     /// Seconds to wait for an outstanding publisher confirm before the connection is treated
     /// as lost and the unconfirmed messages are reported. Example: --confirm-timeout 60
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_CONFIRM_TIMEOUT_SECS, value_name = "SECS")]
     pub confirm_timeout: f64,
 
     /// Largest message body to send, in bytes; bigger items are skipped before sending
     /// (RabbitMQ 3.x allows 128 MiB, 4.x 16 MiB by default). Example: --max-message-size 16777216
-    #[arg(long, default_value_t = 134_217_728, value_name = "BYTES")]
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES")]
     pub max_message_size: u64,
 }
 
@@ -260,7 +269,7 @@ pub struct ConsumeCommon {
     pub idle_timeout: Option<f64>,
 
     /// Unacknowledged messages the broker may send ahead (QoS prefetch). Example: --prefetch 500
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
     pub prefetch: u16,
 
     /// Competing consumers on threads, each with its own connection, channel and prefetch,

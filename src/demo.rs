@@ -2,6 +2,10 @@
 //! binary, against the configured broker, on fresh queues deleted afterwards.
 
 use crate::amqp::{QueueSpec, Session};
+use crate::cli::{
+    DEFAULT_CONFIRM_TIMEOUT_SECS, DEFAULT_CONFIRM_WINDOW, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PREFETCH,
+};
 use crate::codec::Kind;
 use crate::config::{ConsumeConfig, Global, ProduceConfig, RowFormat, SinkConfig, Source};
 use crate::output::{Summary, human_bytes};
@@ -130,11 +134,11 @@ fn run_case(
         queue: QueueSpec::plain(queue),
         interval: Duration::ZERO,
         publisher: crate::amqp::PublisherOptions {
-            window: 1024,
+            window: DEFAULT_CONFIRM_WINDOW as usize,
             window_bytes: crate::config::WINDOW_BYTES,
-            confirm_timeout: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs_f64(DEFAULT_CONFIRM_TIMEOUT_SECS),
         },
-        max_message_size: 128 << 20,
+        max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         source,
     };
     let produced = produce::run(global, &produce_cfg, stop)?;
@@ -152,7 +156,7 @@ fn run_case(
         queue: QueueSpec::plain(queue),
         count: Some(produced.summary.messages),
         idle_timeout: Some(Duration::from_secs(10)),
-        prefetch: 256,
+        prefetch: DEFAULT_PREFETCH,
         workers: 1,
         sink,
     };
