@@ -409,23 +409,82 @@ impl FileHandler {
     }
 }
 
-impl Handler for FileHandler {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
-        if let Some(want) = d.header_str("sha256") {
-            if !want.eq_ignore_ascii_case(&sha256_hex(&d.body)) {
-                self.counts.rejected += 1;
-                self.reporter.warn(&format!(
-                    "rejected message {}: body does not match its sha256 header",
-                    d.id_or_hash()
-                ));
-                return Ok(Disposition::Reject);
+/// Bodies from this size on have their sha256 checked on a second thread while written.
+const PARALLEL_HASH_BYTES: usize = 1024 * 1024;
+
+impl FileHandler {
+    /// A whole file was queued in the sink: it is linked into place (and counted) when the
+    /// group is committed, at the latest before the ack, earlier when the group is full.
+    fn queued(&mut self, d: &Delivery) -> Result<Disposition> {
+        if self.sink.group_full() {
+            let group = self.sink.sync()?;
+            self.committed(group);
+        }
+        Ok(self.handled(d))
+    }
+
+    fn handled(&mut self, d: &Delivery) -> Disposition {
+        self.seen.insert(d);
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        self.reporter.status(|| self.counts.status());
+        Disposition::Ack
+    }
+
+    fn corrupt(&mut self, d: &Delivery) -> Disposition {
+        self.counts.rejected += 1;
+        self.reporter.warn(&format!(
+            "rejected message {}: body does not match its sha256 header",
+            d.id_or_hash()
+        ));
+        Disposition::Reject
+    }
+
+    /// Count and report what became of the files of one committed group.
+    fn committed(&mut self, group: Vec<Stored>) {
+        for stored in group {
+            match stored {
+                Stored::Written(_) => self.counts.written += 1,
+                Stored::Duplicate(_) => self.counts.duplicates += 1,
+                Stored::Renamed { wanted, written } => {
+                    self.counts.renamed += 1;
+                    self.reporter.warn(&format!(
+                        "{} exists with other content; wrote {}",
+                        wanted.display(),
+                        written.display()
+                    ));
+                }
             }
         }
-        let (rel, fallback, tag) = self.names(&d);
-        let line = d.header_int("line").filter(|n| *n > 0 && self.kind == Kind::Text);
+    }
+}
+
+impl Handler for FileHandler {
+    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
         if self.seen.contains(&d) {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
+        }
+        let (rel, fallback, tag) = self.names(&d);
+        let line = d.header_int("line").filter(|n| *n > 0 && self.kind == Kind::Text);
+        let want = d.header_str("sha256");
+        let matches = |want: &str| want.eq_ignore_ascii_case(&sha256_hex(&d.body));
+        if let (Some(want), None, true) = (want, line, d.body.len() >= PARALLEL_HASH_BYTES) {
+            // A large file: check its digest on a second core while it is written.
+            let (intact, stored) = std::thread::scope(|s| {
+                let check = s.spawn(|| matches(want));
+                let stored = self.sink.store(rel.as_deref(), &fallback, &tag, &d.body);
+                (check.join().unwrap_or(false), stored)
+            });
+            stored?;
+            if !intact {
+                self.sink.discard_last();
+                return Ok(self.corrupt(&d));
+            }
+            return self.queued(&d);
+        }
+        if want.is_some_and(|w| !matches(w)) {
+            return Ok(self.corrupt(&d));
         }
         if let Some(line) = line {
             let key = d.header_str("source").unwrap_or(&fallback).to_string();
@@ -442,28 +501,16 @@ impl Handler for FileHandler {
                 _ => self.counts.written += u64::from(line == 1),
             }
         } else {
-            match self.sink.store(rel.as_deref(), &fallback, &tag, &d.body)? {
-                Stored::Written(_) => self.counts.written += 1,
-                Stored::Duplicate(_) => self.counts.duplicates += 1,
-                Stored::Renamed { wanted, written } => {
-                    self.counts.renamed += 1;
-                    self.reporter.warn(&format!(
-                        "{} exists with other content; wrote {}",
-                        wanted.display(),
-                        written.display()
-                    ));
-                }
-            }
+            self.sink.store(rel.as_deref(), &fallback, &tag, &d.body)?;
+            return self.queued(&d);
         }
-        self.seen.insert(&d);
-        self.counts.messages += 1;
-        self.counts.bytes += d.body.len() as u64;
-        self.reporter.status(|| self.counts.status());
-        Ok(Disposition::Ack)
+        Ok(self.handled(&d))
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.sink.sync()
+        let group = self.sink.sync()?;
+        self.committed(group);
+        Ok(())
     }
 }
 

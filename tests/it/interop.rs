@@ -103,14 +103,22 @@ fn existing_file_with_other_content_is_never_overwritten() {
 fn body_that_does_not_match_its_sha256_is_rejected() {
     let q = TestQueue::new("sha");
     let out = tempfile::tempdir().expect("tempdir");
-    let mut h = FieldTable::new();
-    h.insert("source".into(), AmqpValue::LongString("a.png".into()));
-    h.insert("sha256".into(), AmqpValue::LongString("00".repeat(32)));
-    q.publish_raw(b"corrupted", AmqpProperties::default().with_headers(h));
-    consume_files(&q, "image", out.path(), &["--count", "1"])
-        .run()
-        .expect_code(1)
-        .stderr_has("does not match its sha256");
-    assert!(tree(out.path()).is_empty());
+    let publish = |source: &str, body: &[u8], sha: String| {
+        let mut h = FieldTable::new();
+        h.insert("source".into(), AmqpValue::LongString(source.into()));
+        h.insert("sha256".into(), AmqpValue::LongString(sha));
+        q.publish_raw(body, AmqpProperties::default().with_headers(h));
+    };
+    // Small and large (checked on a second thread while written) corrupt bodies, around a
+    // good large file that shares their commit group.
+    let big = vec![7u8; 2 * 1024 * 1024];
+    publish("a.png", b"corrupted", "00".repeat(32));
+    publish("good.png", &big, mqdemo::codec::sha256_hex(&big));
+    publish("b.png", &vec![8u8; 2 * 1024 * 1024], mqdemo::codec::sha256_hex(&big));
+    let run = consume_files(&q, "image", out.path(), &["--count", "3"]).run().expect_code(1);
+    assert_eq!(run.stderr.matches("does not match its sha256").count(), 2, "{}", run.stderr);
+    let files = tree(out.path());
+    assert_eq!(files.len(), 1, "only the intact file is written, no temporary file is left");
+    assert_eq!(files[0], ("good.png".to_string(), big));
     assert_eq!(q.depth(), 0);
 }
