@@ -13,8 +13,8 @@ use color_eyre::eyre::{Report, Result, WrapErr, bail};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use walkdir::WalkDir;
 
@@ -370,6 +370,9 @@ fn stream_files(
     split_lines: bool,
     pump: &mut Pump<'_>,
 ) -> Result<()> {
+    if !split_lines {
+        return stream_whole_files(root, files, kind, pump);
+    }
     for (path, source) in files {
         let shown = format!("{}", root.join(source).display());
         let keep = match std::fs::metadata(path) {
@@ -377,12 +380,7 @@ fn stream_files(
                 pump.skip(&shown, &format!("cannot read it: {e}"));
                 pump.keep_going()
             }
-            Ok(m) if !split_lines && m.len() > pump.max_size => {
-                pump.skip(&shown, &too_large(m.len(), pump.max_size));
-                pump.keep_going()
-            }
-            Ok(_) if split_lines => send_lines(path, source, &shown, pump)?,
-            Ok(_) => send_file(path, source, &shown, kind, pump)?,
+            Ok(_) => send_lines(path, source, &shown, pump)?,
         };
         pump.reporter.inc(1);
         if !keep {
@@ -392,19 +390,69 @@ fn stream_files(
     Ok(())
 }
 
-fn send_file(
-    path: &Path,
-    source: &str,
-    shown: &str,
+/// Bytes of whole files read and encoded ahead of the publisher.
+const READ_AHEAD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One file, read and encoded (or the reason it is skipped: shown name, why).
+type Loaded = Result<Message, (String, String)>;
+
+/// Whole files: a reader thread reads and encodes (hashes) the next files while this one
+/// publishes, so reading and hashing overlap the network; at most [`READ_AHEAD_BYTES`] (or
+/// one file, if larger) wait between them.
+fn stream_whole_files(
+    root: &Path,
+    files: &[(PathBuf, String)],
     kind: Kind,
     pump: &mut Pump<'_>,
-) -> Result<bool> {
+) -> Result<()> {
+    let budget = ReadAhead::default();
+    let (tx, rx) = crossbeam_channel::unbounded::<Loaded>();
+    let (max_size, stop) = (pump.max_size, pump.stop);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for (path, source) in files {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let loaded = load_file(root, path, source, kind, max_size);
+                let size = loaded.as_ref().map_or(0, |m| m.body.len() as u64);
+                if !budget.take(size) || tx.send(loaded).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+        });
+        // Whatever ends this loop (done, signal, error) releases the reader.
+        let _close = budget.closer();
+        for loaded in rx {
+            budget.give(loaded.as_ref().map_or(0, |m| m.body.len() as u64));
+            let keep = match loaded {
+                Ok(msg) => pump.send(msg)?,
+                Err((shown, why)) => {
+                    pump.skip(&shown, &why);
+                    pump.keep_going()
+                }
+            };
+            pump.reporter.inc(1);
+            if !keep {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn load_file(root: &Path, path: &Path, source: &str, kind: Kind, max_size: u64) -> Loaded {
+    let shown = || format!("{}", root.join(source).display());
+    let skip = |why: String| Err((shown(), why));
+    match std::fs::metadata(path) {
+        Err(e) => return skip(format!("cannot read it: {e}")),
+        Ok(m) if m.len() > max_size => return skip(too_large(m.len(), max_size)),
+        Ok(_) => {}
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => {
-            pump.skip(shown, &format!("cannot read it: {e}"));
-            return Ok(pump.keep_going());
-        }
+        Err(e) => return skip(format!("cannot read it: {e}")),
     };
     let encoded = match kind {
         Kind::Image => image::encode(source, bytes).map_err(|_| {
@@ -413,12 +461,43 @@ fn send_file(
         _ => text::encode_file(source, bytes)
             .map_err(|e| format!("not UTF-8 text (first bad byte on line {})", e.line)),
     };
-    match encoded {
-        Ok(msg) => pump.send(msg),
-        Err(why) => {
-            pump.skip(shown, &why);
-            Ok(pump.keep_going())
+    encoded.or_else(skip)
+}
+
+/// Bytes read ahead but not yet taken by the publisher; the reader waits above the limit.
+#[derive(Default)]
+struct ReadAhead {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl ReadAhead {
+    /// Wait for room for `size` more bytes (always granted when nothing waits); false once
+    /// the publisher has gone.
+    fn take(&self, size: u64) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.1 && st.0 > 0 && st.0 + size > READ_AHEAD_BYTES {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        st.0 += size;
+        !st.1
+    }
+
+    fn give(&self, size: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = st.0.saturating_sub(size);
+        self.changed.notify_all();
+    }
+
+    fn closer(&self) -> impl Drop + '_ {
+        struct Close<'a>(&'a ReadAhead);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                self.0.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+                self.0.changed.notify_all();
+            }
+        }
+        Close(self)
     }
 }
 
