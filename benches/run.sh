@@ -2,6 +2,7 @@
 # The benchmark suite: raw amiquip ceiling vs mqdemo vs pika, one run, one table.
 #   benches/run.sh --quick   # under a minute
 #   benches/run.sh           # full: medians of 3, 100,000 rows, images up to 5 MB
+#   benches/run.sh --only image --runs 5   # just the cases whose name contains "image"
 # Needs a broker at AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -42,6 +42,8 @@ struct Env {
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only WORD`: run just the cases whose name contains WORD (e.g. "image").
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let dir = tempfile::Builder::new().prefix("mqdemo-bench.").tempdir()?;
@@ -49,7 +51,11 @@ fn main() -> Res<()> {
     let release = exe.parent().and_then(Path::parent).ok_or("cannot locate target dir")?;
     let env = Env {
         url,
-        runs: if quick { 1 } else { 3 },
+        runs: match args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)) {
+            Some(n) => n.parse().map_err(|_| "--runs takes a number")?,
+            None if quick => 1,
+            None => 3,
+        },
         rows: if quick { 5_000 } else { 100_000 },
         quick,
         dir: dir.path().to_path_buf(),
@@ -71,18 +77,25 @@ fn main() -> Res<()> {
         env.runs,
         mask(&env.url)
     );
-    let table = vec![
-        produce_tabular(&env, &csv, 1)?,
-        consume_tabular(&env, &csv, 1)?,
-        produce_tabular(&env, &csv, 100)?,
-        consume_tabular(&env, &csv, 100)?,
-        files(&env, "image", &images, true, 1)?,
-        files(&env, "image", &images, false, 1)?,
-        files(&env, "image", &images, false, 4)?,
-        files(&env, "text", &texts, true, 1)?,
-        files(&env, "text", &texts, false, 1)?,
-        files(&env, "text", &texts, false, 4)?,
+    type Case<'a> = (&'a str, Box<dyn Fn() -> Res<Row> + 'a>);
+    let cases: Vec<Case<'_>> = vec![
+        ("produce tabular", Box::new(|| produce_tabular(&env, &csv, 1))),
+        ("consume tabular", Box::new(|| consume_tabular(&env, &csv, 1))),
+        ("produce tabular batch", Box::new(|| produce_tabular(&env, &csv, 100))),
+        ("consume tabular batch", Box::new(|| consume_tabular(&env, &csv, 100))),
+        ("produce image", Box::new(|| files(&env, "image", &images, true, 1))),
+        ("consume image", Box::new(|| files(&env, "image", &images, false, 1))),
+        ("consume image workers", Box::new(|| files(&env, "image", &images, false, 4))),
+        ("produce text", Box::new(|| files(&env, "text", &texts, true, 1))),
+        ("consume text", Box::new(|| files(&env, "text", &texts, false, 1))),
+        ("consume text workers", Box::new(|| files(&env, "text", &texts, false, 4))),
     ];
+    let mut table = Vec::new();
+    for (name, case) in &cases {
+        if only.as_deref().is_none_or(|w| name.contains(w)) {
+            table.push(case()?);
+        }
+    }
     print_table(&table, &env);
     Ok(())
 }
@@ -166,7 +179,7 @@ fn write_texts(dir: &Path, quick: bool) -> Res<PathBuf> {
         env!("CARGO_MANIFEST_DIR"),
         "/examples/data/texts/review_positive.txt"
     ))?;
-    for i in 0..if quick { 100 } else { 500 } {
+    for i in 0..if quick { 200 } else { 2000 } {
         std::fs::write(root.join(format!("doc{i:05}.txt")), sample.repeat(1 + i % 4))?;
     }
     Ok(root)
@@ -267,9 +280,9 @@ fn ceiling_publish(url: &str, queue: &str, msgs: &[Message]) -> Res<Duration> {
     while acked < sent {
         settle(confirms.recv()?, &mut acked)?;
     }
-    let took = started.elapsed();
+    // Closing is part of the run, as in mqdemo's own timing.
     conn.close()?;
-    Ok(took)
+    Ok(started.elapsed())
 }
 
 /// What the ceiling consumer does with each body, as mqdemo's sinks must: append a line to
@@ -322,14 +335,13 @@ fn ceiling_consume(url: &str, queue: &str, count: usize, sink: Sink<'_>) -> Res<
             break;
         }
     }
-    let took = started.elapsed();
     let keep = consumer.receiver().clone();
     consumer.cancel()?;
     drop(consumer);
     ch.close()?;
     drop(keep);
     conn.close()?;
-    Ok((took, bytes))
+    Ok((started.elapsed(), bytes))
 }
 
 // ---------- running mqdemo and pika ----------
