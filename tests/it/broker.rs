@@ -349,7 +349,6 @@ impl PrivateBroker {
     }
 
     /// The Erlang node name (`NAME-PID-N@localhost`), for `rabbitmqctl -n`.
-    #[allow(dead_code)]
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -443,6 +442,46 @@ impl PrivateBroker {
         let mut cmd = Command::new("rabbitmqctl");
         cmd.arg("-n").arg(&self.node).args(args);
         run_bounded(&mut cmd, TOOL_DEADLINE).output
+    }
+
+    /// Run `rabbitmq-queues -n NODE ARGS` (killed after 30 s, then with a failed status).
+    pub fn queues(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("rabbitmq-queues");
+        cmd.arg("-n").arg(&self.node).args(args);
+        run_bounded(&mut cmd, TOOL_DEADLINE).output
+    }
+
+    /// Make this (fresh, running) node a member of `other`'s cluster: `stop_app`, `reset`,
+    /// `join_cluster`, `start_app`; returns once it serves AMQP again. Both nodes share the
+    /// `rabbitmq` user's Erlang cookie, so they may talk to each other.
+    pub fn join(&self, other: &PrivateBroker) {
+        let started = Instant::now();
+        for args in
+            [vec!["stop_app"], vec!["reset"], vec!["join_cluster", other.node()], vec!["start_app"]]
+        {
+            let out = self.ctl(&args);
+            assert!(
+                out.status.success(),
+                "rabbitmqctl -n {} {}: {}{}\nlog tail:\n{}",
+                self.node,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.log_file(), 40)
+            );
+        }
+        let ready = wait_until(START_DEADLINE, || {
+            accepts(self.amqp_port)
+                && self.diagnostics(&["check_running"]).is_some_and(|o| o.status.success())
+        });
+        assert!(
+            ready,
+            "{} not serving after joining {} ({:?}); log tail:\n{}",
+            self.node,
+            other.node(),
+            started.elapsed(),
+            tail(&self.log_file(), 40)
+        );
     }
 }
 
