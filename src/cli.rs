@@ -299,6 +299,16 @@ pub struct ConsumeTabular {
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
 
+    /// Store rows in this SQLite database (created if missing) instead of --output: a table
+    /// row per JSON row, a column per key, the message id as primary key (a redelivered
+    /// message is stored once). Example: --sqlite results.db
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "format"])]
+    pub sqlite: Option<PathBuf>,
+
+    /// Table for --sqlite (created on first use). Example: --table predictions
+    #[arg(long, default_value = "results", value_name = "NAME")]
+    pub table: String,
+
     /// Options every consumer shares.
     #[command(flatten)]
     pub common: ConsumeCommon,

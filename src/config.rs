@@ -113,6 +113,13 @@ pub enum SinkConfig {
     },
     /// Files into a directory.
     Directory(PathBuf),
+    /// Rows into an SQLite table.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+    },
 }
 
 /// Row output format.
@@ -194,6 +201,13 @@ fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
 
 fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
     let (kind, common, sink) = match cmd {
+        ConsumeCommand::Tabular(t) if t.sqlite.is_some() => {
+            if let Some(why) = crate::results_db::check_table_name(&t.table) {
+                return Err(UsageError(why));
+            }
+            let path = t.sqlite.unwrap_or_default();
+            (Kind::Tabular, t.common, SinkConfig::Sqlite { path, table: t.table })
+        }
         ConsumeCommand::Tabular(t) => {
             let output = (t.output != "-").then(|| PathBuf::from(&t.output));
             let format = match t.format {

@@ -5,6 +5,7 @@ use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
+use crate::results_db::ResultsDb;
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};
@@ -38,10 +39,10 @@ pub fn run(
     let (mut handlers, shared_rows) = match &cfg.sink {
         SinkConfig::Rows { output, format } => {
             let rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
-            let shared = Arc::new(Mutex::new(rows));
-            let hs: Vec<Box<dyn CountingHandler + Send>> =
-                (0..workers).map(|_| Box::new(SharedRows(Arc::clone(&shared))) as _).collect();
-            (hs, Some(shared))
+            shared(rows, workers)
+        }
+        SinkConfig::Sqlite { path, table } => {
+            shared(DbHandler::new(path, table, reporter.clone())?, workers)
         }
         SinkConfig::Directory(dir) => {
             let hs = (0..workers)
@@ -99,7 +100,7 @@ pub fn run(
         }
     }
     let counts = match shared_rows {
-        Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts),
+        Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts()),
         None => handlers.iter().map(|h| h.counts()).fold(Counts::default(), Counts::sum),
     };
     let summary = Summary {
@@ -114,11 +115,23 @@ pub fn run(
     Ok(Outcome { summary, error })
 }
 
+type Handlers = Vec<Box<dyn CountingHandler + Send>>;
+
+/// `workers` handles on one sink, and the sink (for its counts at the end).
+fn shared<H: CountingHandler + Send + 'static>(
+    sink: H,
+    workers: usize,
+) -> (Handlers, Option<Arc<Mutex<dyn CountingHandler + Send>>>) {
+    let sink: Arc<Mutex<dyn CountingHandler + Send>> = Arc::new(Mutex::new(sink));
+    let hs = (0..workers).map(|_| Box::new(SharedRows(Arc::clone(&sink))) as _).collect();
+    (hs, Some(sink))
+}
+
 /// One row sink shared by every worker.
-struct SharedRows(Arc<Mutex<RowHandler>>);
+struct SharedRows(Arc<Mutex<dyn CountingHandler + Send>>);
 
 impl SharedRows {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RowHandler>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, dyn CountingHandler + Send + 'static>> {
         self.0.lock().map_err(|_| eyre!("a consumer worker panicked while writing rows"))
     }
 }
@@ -135,7 +148,7 @@ impl Handler for SharedRows {
 
 impl CountingHandler for SharedRows {
     fn counts(&self) -> Counts {
-        self.lock().map_or_else(|_| Counts::default(), |r| r.counts)
+        self.lock().map_or_else(|_| Counts::default(), |r| r.counts())
     }
     fn as_mut_handler(&mut self) -> &mut dyn Handler {
         self
@@ -358,6 +371,72 @@ impl Handler for RowHandler {
 }
 
 impl CountingHandler for RowHandler {
+    fn counts(&self) -> Counts {
+        self.counts
+    }
+    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+        self
+    }
+}
+
+/// Rows into an SQLite table, committed before each ack; idempotent on the message id.
+struct DbHandler {
+    db: ResultsDb,
+    reporter: Reporter,
+    counts: Counts,
+}
+
+impl DbHandler {
+    fn new(path: &std::path::Path, table: &str, reporter: Reporter) -> Result<DbHandler> {
+        Ok(DbHandler {
+            db: ResultsDb::open(path, table)?,
+            reporter,
+            counts: Counts { tabular: true, ..Counts::default() },
+        })
+    }
+
+    fn reject(&mut self, d: &Delivery, why: &str) -> Disposition {
+        self.counts.rejected += 1;
+        self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
+        Disposition::Reject
+    }
+}
+
+impl Handler for DbHandler {
+    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+        let rows = match tabular::decode(&d.body) {
+            Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
+            Ok(rows) => rows,
+            Err(e) => return Ok(self.reject(&d, &e.0)),
+        };
+        if let Some(why) = rows.iter().find_map(ResultsDb::refuse) {
+            return Ok(self.reject(&d, &why));
+        }
+        let id = d.id_or_hash();
+        let batch = d.body.trim_ascii_start().starts_with(b"[");
+        let mut stored = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let key = if batch { format!("{id}#{}", i + 1) } else { id.clone() };
+            stored += u64::from(self.db.insert(&key, row)?);
+        }
+        if stored == 0 {
+            // Every row was already there: a redelivery.
+            self.counts.duplicates += 1;
+            return Ok(Disposition::Ack);
+        }
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        self.counts.rows += stored;
+        self.reporter.status(|| self.counts.status());
+        Ok(Disposition::Ack)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.db.commit()
+    }
+}
+
+impl CountingHandler for DbHandler {
     fn counts(&self) -> Counts {
         self.counts
     }

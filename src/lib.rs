@@ -13,6 +13,7 @@ pub mod consume;
 pub mod demo;
 pub mod output;
 pub mod produce;
+pub mod results_db;
 pub mod signals;
 pub mod sink;
 

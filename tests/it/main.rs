@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod flows;
 mod interop;
+mod ml;
 mod proxy;
 mod reliability;
 mod support;
