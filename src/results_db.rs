@@ -196,7 +196,8 @@ mod tests {
         let mut db = ResultsDb::open(&path, "predictions").expect("reopen");
         assert!(!db.insert("b", &obj(json!({"row": 2}))).expect("dup after reopen"));
         db.commit().expect("commit");
-        let rows: Vec<(String, i64, Option<f64>, Option<String>, Option<i64>)> = db
+        type Stored = (String, i64, Option<f64>, Option<String>, Option<i64>);
+        let rows: Vec<Stored> = db
             .conn
             .prepare("SELECT message_id, row, score, label, flag FROM predictions ORDER BY 1")
             .expect("prepare")
