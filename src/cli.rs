@@ -86,6 +86,18 @@ pub enum Command {
     /// Receive messages from a queue into stdout, a file or a directory.
     #[command(subcommand)]
     Consume(ConsumeCommand),
+    /// Pipeline stage: consume a queue, run each message through your model (a long-running
+    /// child process), publish its answers to the next queue; the input is acked only after
+    /// the answer is confirmed.
+    /// Example: mqdemo pipe --from raw_records --to features --exec 'python3 preprocess.py'
+    Pipe(PipeArgs),
+    /// Model service: answer each request with your model, to the request's reply_to with the
+    /// same correlation_id (and to --results-queue).
+    /// Example: mqdemo serve --queue predict_requests --exec 'python3 model.py' --results-queue predictions
+    Serve(ServeArgs),
+    /// Client of `serve`: send CSV rows as requests, print the replies (one per line) and the
+    /// latency percentiles. Example: mqdemo request --queue predict_requests --file rows.csv
+    Request(RequestArgs),
     /// Run produce -> consume -> verify for all three kinds on built-in sample data, against
     /// the configured broker, on fresh queues that are deleted afterwards.
     /// Example: mqdemo demo
@@ -325,6 +337,133 @@ pub struct ConsumeFiles {
     /// Options every consumer shares.
     #[command(flatten)]
     pub common: ConsumeCommon,
+}
+
+/// Default queue of `serve` and `request`.
+pub const DEFAULT_REQUEST_QUEUE: &str = "predict_requests";
+/// Default seconds a model child may take to answer one message.
+pub const DEFAULT_EXEC_TIMEOUT_SECS: f64 = 60.0;
+
+/// How message bodies and answers are delimited on the model child's stdin/stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FramingArg {
+    /// One line each way (JSON rows); an empty answer line publishes nothing.
+    Lines,
+    /// A 4-byte big-endian length then the bytes, each way (images, any binary body).
+    Frames,
+}
+
+/// The model child and how `pipe` / `serve` consume.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Your model: a command run once by `sh -c` (restarted if it dies) that reads one message
+    /// per line (or frame) on stdin and answers one line (or frame) on stdout, in order.
+    /// Example: --exec 'python3 model.py'
+    #[arg(long, value_name = "CMD")]
+    pub exec: String,
+
+    /// Body framing on the child's stdin/stdout. Example: --framing frames
+    #[arg(long, value_enum, default_value_t = FramingArg::Lines)]
+    pub framing: FramingArg,
+
+    /// Seconds the child may take for one message; past it the child is restarted and the
+    /// message goes to the failed queue. Example: --exec-timeout 10
+    #[arg(long, default_value_t = DEFAULT_EXEC_TIMEOUT_SECS, value_name = "SECS")]
+    pub exec_timeout: f64,
+
+    /// Where messages the child fails on go (with an x-mqdemo-error header saying why).
+    /// Default: the input queue's name + ".failed". Example: --failed-queue bad_records
+    #[arg(long, value_name = "NAME")]
+    pub failed_queue: Option<String>,
+
+    /// Children (and consumers) running in parallel, for CPU-heavy models. Example: --workers 4
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64), value_name = "N")]
+    pub workers: u8,
+
+    /// Unacknowledged input messages the broker may send ahead, per worker. Example: --prefetch 100
+    #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
+    pub prefetch: u16,
+
+    /// Stop after N input messages. Example: --count 1000
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Stop after SECS with no input message (default: run until SIGINT/SIGTERM).
+    /// Example: --idle-timeout 5
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+
+    /// Queue arguments, for every queue the command declares.
+    #[command(flatten)]
+    pub queue_args: QueueArgs,
+}
+
+/// `pipe`.
+#[derive(Debug, Args)]
+pub struct PipeArgs {
+    /// Queue to consume. Example: --from raw_records
+    #[arg(long, value_name = "NAME")]
+    pub from: String,
+
+    /// Queue the answers are published to. Example: --to features
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+
+    /// The model child and consuming options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Queue of requests. Example: --queue predict_requests
+    #[arg(long, visible_alias = "queue-name", alias = "queue_name", default_value = DEFAULT_REQUEST_QUEUE, value_name = "NAME")]
+    pub queue: String,
+
+    /// Also publish every answer to this queue (e.g. for `consume tabular --sqlite`).
+    /// Example: --results-queue predictions
+    #[arg(long, value_name = "NAME")]
+    pub results_queue: Option<String>,
+
+    /// The model child and consuming options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Queue `serve` consumes. Example: --queue predict_requests
+    #[arg(long, visible_alias = "queue-name", alias = "queue_name", default_value = DEFAULT_REQUEST_QUEUE, value_name = "NAME")]
+    pub queue: String,
+
+    /// CSV file whose rows are sent as requests (typed JSON, as `produce tabular` sends).
+    /// Example: --file examples/data/tabular_data.csv
+    #[arg(long, value_name = "PATH.csv")]
+    pub file: PathBuf,
+
+    /// Send only the first N rows. Example: --num-records 100
+    #[arg(long, alias = "num_records", value_name = "N")]
+    pub num_records: Option<u64>,
+
+    /// Requests in flight at once (1 = one round trip at a time). Example: --concurrency 10
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65535), value_name = "N")]
+    pub concurrency: u32,
+
+    /// Seconds to wait for each reply; requests still unanswered are reported and the run
+    /// fails. Example: --timeout 5
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub timeout: f64,
+
+    /// Where replies go, one per line in request order: a file (appended to) or - for stdout.
+    /// Example: --output replies.jsonl
+    #[arg(long, default_value = "-", value_name = "FILE|-")]
+    pub output: String,
+
+    /// Queue arguments (as `serve` declares the queue).
+    #[command(flatten)]
+    pub queue_args: QueueArgs,
 }
 
 #[cfg(test)]

@@ -38,8 +38,68 @@ pub enum Action {
     Produce(ProduceConfig),
     /// `consume <kind>`.
     Consume(ConsumeConfig),
+    /// `pipe` or `serve`.
+    Stage(StageConfig),
+    /// `request`.
+    Request(RequestConfig),
     /// `demo`.
     Demo,
+}
+
+/// A `pipe` or `serve` run.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// Queue consumed.
+    pub input: QueueSpec,
+    /// Where answers go.
+    pub output: StageOutput,
+    /// Where messages the child fails on go.
+    pub failed: QueueSpec,
+    /// The model command (`sh -c`).
+    pub exec: String,
+    /// Body framing on the child's pipes.
+    pub framing: crate::child::Framing,
+    /// Longest wait for one answer.
+    pub exec_timeout: Duration,
+    /// Children (and consumers) in parallel.
+    pub workers: usize,
+    /// QoS prefetch per worker.
+    pub prefetch: u16,
+    /// Stop after this many input messages.
+    pub count: Option<u64>,
+    /// Stop after this long without input.
+    pub idle_timeout: Option<Duration>,
+    /// Confirm window for the answers.
+    pub publisher: PublisherOptions,
+}
+
+/// Where a stage's answers go.
+#[derive(Debug, Clone)]
+pub enum StageOutput {
+    /// `pipe`: the next queue.
+    Queue(QueueSpec),
+    /// `serve`: each request's reply_to, and the results queue if any.
+    Replies {
+        /// Every answer is also published here.
+        results: Option<QueueSpec>,
+    },
+}
+
+/// A `request` run.
+#[derive(Debug, Clone)]
+pub struct RequestConfig {
+    /// Queue the server consumes.
+    pub queue: QueueSpec,
+    /// CSV rows to send.
+    pub file: PathBuf,
+    /// Only the first N rows.
+    pub num_records: Option<u64>,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Deadline per reply.
+    pub timeout: Duration,
+    /// Replies appended to this file; None = stdout.
+    pub output: Option<PathBuf>,
 }
 
 /// A producer run.
@@ -158,6 +218,9 @@ impl Config {
         let action = match cli.command {
             Command::Produce(p) => Action::Produce(produce(p)?),
             Command::Consume(c) => Action::Consume(consume(c)?),
+            Command::Pipe(p) => Action::Stage(pipe(p)?),
+            Command::Serve(sv) => Action::Stage(serve(sv)?),
+            Command::Request(r) => Action::Request(request(r)?),
             Command::Demo => Action::Demo,
         };
         Ok(Config { global, action })
@@ -235,6 +298,81 @@ fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
         prefetch: common.prefetch,
         workers: usize::from(common.workers),
         sink,
+    })
+}
+
+fn pipe(p: cli::PipeArgs) -> Result<StageConfig, UsageError> {
+    let output = queue_spec(Some(p.to), &p.model.queue_args, Kind::Tabular)?;
+    if output.name == p.from {
+        return Err(UsageError(format!("--to {}: must differ from --from", p.from)));
+    }
+    stage(p.from, StageOutput::Queue(output), p.model)
+}
+
+fn serve(sv: cli::ServeArgs) -> Result<StageConfig, UsageError> {
+    let results =
+        sv.results_queue.map(|q| queue_spec(Some(q), &sv.model.queue_args, Kind::Tabular));
+    let results = results.transpose()?;
+    if results.as_ref().is_some_and(|r| r.name == sv.queue) {
+        return Err(UsageError(format!("--results-queue {}: must differ from --queue", sv.queue)));
+    }
+    stage(sv.queue, StageOutput::Replies { results }, sv.model)
+}
+
+fn stage(input: String, output: StageOutput, m: cli::ModelArgs) -> Result<StageConfig, UsageError> {
+    let input = queue_spec(Some(input), &m.queue_args, Kind::Tabular)?;
+    let failed_name = m.failed_queue.unwrap_or_else(|| format!("{}.failed", input.name));
+    let failed = QueueSpec {
+        name: queue_name(failed_name)?,
+        queue_type: input.queue_type,
+        dead_letter_queue: None,
+        max_length: None,
+        delivery_limit: input.delivery_limit,
+    };
+    let clash = match &output {
+        StageOutput::Queue(q) => Some(q),
+        StageOutput::Replies { results } => results.as_ref(),
+    };
+    if failed.name == input.name || clash.is_some_and(|q| q.name == failed.name) {
+        return Err(UsageError(format!(
+            "--failed-queue {}: must differ from the queues the answers come from and go to",
+            failed.name
+        )));
+    }
+    if m.exec.trim().is_empty() {
+        return Err(UsageError("--exec: give the command that runs your model".into()));
+    }
+    let idle_timeout = m.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
+    Ok(StageConfig {
+        input,
+        output,
+        failed,
+        exec: m.exec,
+        framing: match m.framing {
+            cli::FramingArg::Lines => crate::child::Framing::Lines,
+            cli::FramingArg::Frames => crate::child::Framing::Frames,
+        },
+        exec_timeout: seconds("--exec-timeout", m.exec_timeout, false)?,
+        workers: usize::from(m.workers),
+        prefetch: m.prefetch,
+        count: m.count,
+        idle_timeout,
+        publisher: PublisherOptions {
+            window: cli::DEFAULT_CONFIRM_WINDOW as usize,
+            window_bytes: WINDOW_BYTES,
+            confirm_timeout: Duration::from_secs_f64(cli::DEFAULT_CONFIRM_TIMEOUT_SECS),
+        },
+    })
+}
+
+fn request(r: cli::RequestArgs) -> Result<RequestConfig, UsageError> {
+    Ok(RequestConfig {
+        queue: queue_spec(Some(r.queue), &r.queue_args, Kind::Tabular)?,
+        file: r.file,
+        num_records: r.num_records,
+        concurrency: r.concurrency as usize,
+        timeout: seconds("--timeout", r.timeout, false)?,
+        output: (r.output != "-").then(|| PathBuf::from(&r.output)),
     })
 }
 

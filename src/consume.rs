@@ -51,54 +51,16 @@ pub fn run(
             (hs, None)
         }
     };
-    let (claimed, halt) = (AtomicU64::new(0), AtomicBool::new(false));
-    let limits = ConsumeLimits {
+    let started = Instant::now();
+    let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
+        handlers.iter_mut().map(|h| h.as_mut_handler()).collect();
+    let workload = Workload {
+        queue: &cfg.queue,
+        prefetch: cfg.prefetch,
         count: cfg.count,
         idle: cfg.idle_timeout,
-        stop,
-        claimed: &claimed,
-        halt: &halt,
     };
-    let started = Instant::now();
-    let results: Vec<Result<(ConsumeOutcome, Result<()>)>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = handlers
-            .iter_mut()
-            .map(|h| {
-                let (limits, reporter, halt) = (&limits, reporter.clone(), &halt);
-                scope.spawn(move || {
-                    let on_event = link_events(reporter);
-                    let r = amqp::consume(
-                        &global.endpoints,
-                        &cfg.queue,
-                        cfg.prefetch,
-                        limits,
-                        h.as_mut_handler(),
-                        global.retry,
-                        &on_event,
-                    );
-                    if !matches!(r, Ok((_, Ok(())))) {
-                        // One worker failed: the others stop too, instead of waiting forever.
-                        halt.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    r
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err(eyre!("a consumer worker panicked"))))
-            .collect()
-    });
-    reporter.finish();
-    let mut outcome = ConsumeOutcome::default();
-    let mut error = None;
-    for r in results {
-        let (o, res) = r?;
-        outcome.rejected += o.rejected;
-        if let Err(e) = res {
-            error.get_or_insert(e);
-        }
-    }
+    let (outcome, error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
     let counts = match shared_rows {
         Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts()),
         None => handlers.iter().map(|h| h.counts()).fold(Counts::default(), Counts::sum),
@@ -127,6 +89,71 @@ fn shared<H: CountingHandler + Send + 'static>(
     (hs, Some(sink))
 }
 
+/// What the workers of [`drive`] consume, and when they stop.
+pub(crate) struct Workload<'a> {
+    pub queue: &'a amqp::QueueSpec,
+    pub prefetch: u16,
+    pub count: Option<u64>,
+    pub idle: Option<std::time::Duration>,
+}
+
+/// Run one consumer per handler, each on its own thread, connection and channel, until the
+/// shared --count, --idle-timeout, a signal, or one worker's failure (which stops the
+/// others). Returns the summed outcome and the first error.
+pub(crate) fn drive(
+    global: &Global,
+    work: &Workload<'_>,
+    stop: &AtomicBool,
+    handlers: &mut [&mut (dyn Handler + Send)],
+    reporter: &Reporter,
+) -> Result<(ConsumeOutcome, Option<color_eyre::eyre::Report>)> {
+    let (claimed, halt) = (AtomicU64::new(0), AtomicBool::new(false));
+    let limits =
+        ConsumeLimits { count: work.count, idle: work.idle, stop, claimed: &claimed, halt: &halt };
+    let results: Vec<Result<(ConsumeOutcome, Result<()>)>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = handlers
+            .iter_mut()
+            .map(|h| {
+                let (limits, reporter, halt) = (&limits, reporter.clone(), &halt);
+                scope.spawn(move || {
+                    let on_event = link_events(reporter);
+                    let r = amqp::consume(
+                        &global.endpoints,
+                        work.queue,
+                        work.prefetch,
+                        limits,
+                        &mut **h,
+                        global.retry,
+                        &on_event,
+                    );
+                    if !matches!(r, Ok((_, Ok(())))) {
+                        // One worker failed: the others stop too, instead of waiting forever.
+                        halt.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(eyre!("a consumer worker panicked"))))
+            .collect()
+    });
+    reporter.finish();
+    let mut outcome = ConsumeOutcome::default();
+    let mut error = None;
+    for r in results {
+        let (o, res) = r?;
+        outcome.rejected += o.rejected;
+        outcome.received += o.received;
+        outcome.acked += o.acked;
+        if let Err(e) = res {
+            error.get_or_insert(e);
+        }
+    }
+    Ok((outcome, error))
+}
+
 /// One row sink shared by every worker.
 struct SharedRows(Arc<Mutex<dyn CountingHandler + Send>>);
 
@@ -150,7 +177,7 @@ impl CountingHandler for SharedRows {
     fn counts(&self) -> Counts {
         self.lock().map_or_else(|_| Counts::default(), |r| r.counts())
     }
-    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
         self
     }
 }
@@ -209,7 +236,7 @@ impl Counts {
 
 trait CountingHandler: Handler {
     fn counts(&self) -> Counts;
-    fn as_mut_handler(&mut self) -> &mut dyn Handler;
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send);
 }
 
 /// Rows to stdout or a file, as JSON lines or CSV.
@@ -374,7 +401,7 @@ impl CountingHandler for RowHandler {
     fn counts(&self) -> Counts {
         self.counts
     }
-    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
         self
     }
 }
@@ -440,7 +467,7 @@ impl CountingHandler for DbHandler {
     fn counts(&self) -> Counts {
         self.counts
     }
-    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
         self
     }
 }
@@ -597,14 +624,14 @@ impl CountingHandler for FileHandler {
     fn counts(&self) -> Counts {
         self.counts
     }
-    fn as_mut_handler(&mut self) -> &mut dyn Handler {
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
         self
     }
 }
 
 /// Message ids handled recently, to drop redeliveries and re-publishes (bounded memory: the
 /// oldest ids are forgotten first).
-struct SeenIds {
+pub(crate) struct SeenIds {
     set: HashSet<String>,
     order: VecDeque<String>,
     capacity: usize,
@@ -620,11 +647,11 @@ impl Default for SeenIds {
 }
 
 impl SeenIds {
-    fn contains(&self, d: &Delivery) -> bool {
+    pub(crate) fn contains(&self, d: &Delivery) -> bool {
         d.message_id.as_ref().is_some_and(|id| self.set.contains(id))
     }
 
-    fn insert(&mut self, d: &Delivery) {
+    pub(crate) fn insert(&mut self, d: &Delivery) {
         let Some(id) = d.message_id.as_ref().filter(|id| !id.is_empty()) else {
             return;
         };

@@ -6,6 +6,7 @@
 //! [`sink`] (files) and [`output`] (what people see on stderr).
 
 pub mod amqp;
+pub mod child;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -13,9 +14,11 @@ pub mod consume;
 pub mod demo;
 pub mod output;
 pub mod produce;
+pub mod request;
 pub mod results_db;
 pub mod signals;
 pub mod sink;
+pub mod stage;
 
 use color_eyre::eyre::{Report, Result};
 use config::{Action, Config, UsageError};
@@ -34,6 +37,15 @@ pub fn run(cli: cli::Cli) -> Result<ExitCode> {
         Action::Consume(c) => {
             let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
             let out = consume::run(&config.global, c, &stop, stdout)?;
+            finish(&config, out.summary, out.error)
+        }
+        Action::Stage(s) => {
+            let out = stage::run(&config.global, s, &stop)?;
+            finish(&config, out.summary, out.error)
+        }
+        Action::Request(r) => {
+            let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
+            let out = request::run(&config.global, r, &stop, stdout)?;
             finish(&config, out.summary, out.error)
         }
         Action::Demo => demo::run(&config.global, &stop),

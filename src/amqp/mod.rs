@@ -10,6 +10,7 @@ mod consumer;
 mod props;
 mod publisher;
 mod retry;
+mod rpc;
 mod session;
 mod topology;
 
@@ -17,6 +18,7 @@ pub use consumer::{ConsumeLimits, ConsumeOutcome, Disposition, Handler, consume}
 pub use props::properties as wire_properties;
 pub use publisher::{Producer, PublishReport, PublisherOptions};
 pub use retry::{LinkEvent, Retry};
+pub use rpc::{Received, Reply, RpcClient, with_client};
 pub use session::{QueueInfo, Session};
 pub use topology::{QueueSpec, QueueType};
 

@@ -7,7 +7,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The AMQP properties mqdemo publishes a message with (wire format 1).
 pub fn properties(msg: &Message) -> AmqpProperties {
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    AmqpProperties::default()
+    let mut props = AmqpProperties::default();
+    if let Some(id) = &msg.route.correlation_id {
+        props = props.with_correlation_id(id.clone());
+    }
+    if let Some(to) = &msg.route.reply_to {
+        props = props.with_reply_to(to.clone());
+    }
+    props
         .with_delivery_mode(2)
         .with_content_type(msg.content_type.clone())
         .with_type_(msg.kind.as_str().to_string())
@@ -59,6 +66,8 @@ pub(super) fn delivery(d: &mut amiquip::Delivery) -> Delivery {
         kind: props.type_().clone(),
         headers: from_field_table(props.headers().as_ref()),
         redelivered: d.redelivered,
+        correlation_id: props.correlation_id().clone(),
+        reply_to: props.reply_to().clone(),
     }
 }
 

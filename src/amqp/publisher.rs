@@ -127,7 +127,7 @@ impl Publisher {
         }
         let publish = Publish {
             body: &msg.body,
-            routing_key: self.queue.clone(),
+            routing_key: msg.route.routing_key.clone().unwrap_or_else(|| self.queue.clone()),
             mandatory: true,
             immediate: false,
             properties: properties(&msg),
@@ -290,9 +290,14 @@ impl Publisher {
         while let Ok(c) = self.confirms.try_recv() {
             self.settle(c);
         }
-        match self.channel.queue_declare_passive(self.queue.clone()) {
+        let why = if self.queue.is_empty() {
+            Ok(())
+        } else {
+            self.channel.queue_declare_passive(self.queue.clone()).map(drop)
+        };
+        match why {
             Err(e) => explain(e, &self.endpoint, "publishing"),
-            Ok(_) => {
+            Ok(()) => {
                 lost(format!("lost the publisher-confirm stream from {}", self.endpoint.masked()))
             }
         }
@@ -326,11 +331,12 @@ impl Publisher {
 pub struct Producer {
     endpoints: Vec<Endpoint>,
     current: usize,
-    spec: QueueSpec,
+    /// Declared on every connection; the first is where messages without a routing key go.
+    specs: Vec<QueueSpec>,
     options: PublisherOptions,
     retry: Retry,
     stop: std::sync::Arc<AtomicBool>,
-    on_event: Box<dyn Fn(LinkEvent)>,
+    on_event: Box<dyn Fn(LinkEvent) + Send>,
     live: Option<(Session, Publisher)>,
     /// Read but not yet handed to a live channel (includes what a reconnect re-publishes).
     backlog: VecDeque<Message>,
@@ -340,6 +346,23 @@ pub struct Producer {
     nack_since: Option<Instant>,
     confirmed_at_nack: u64,
     gave_up: bool,
+    /// Refusals already handed out by [`Producer::flush`] (still part of the final report).
+    refused_total: Vec<(String, String)>,
+}
+
+/// Declare every queue of `specs` on `session` and open a confirming publisher whose default
+/// routing key is the first one's name.
+fn declare_and_publish(
+    session: &mut Session,
+    specs: &[QueueSpec],
+    options: PublisherOptions,
+    retry: &Retry,
+) -> Result<Publisher> {
+    for spec in specs {
+        session.declare_queue(spec)?;
+    }
+    let default = specs.first().map_or("", |s| s.name.as_str());
+    Publisher::new(session, default, options, !retry.retry_for.is_zero())
 }
 
 /// First pause after the broker nacks (queue full); doubles up to 5 s.
@@ -353,16 +376,27 @@ impl Producer {
         options: PublisherOptions,
         retry: Retry,
         stop: std::sync::Arc<AtomicBool>,
-        on_event: Box<dyn Fn(LinkEvent)>,
+        on_event: Box<dyn Fn(LinkEvent) + Send>,
+    ) -> Result<Producer> {
+        Producer::open_many(endpoints, std::slice::from_ref(spec), options, retry, stop, on_event)
+    }
+
+    /// Like [`Producer::open`], declaring every queue of `specs`; messages without a
+    /// routing key go to the first (with none, every message must carry one).
+    pub fn open_many(
+        endpoints: &[Endpoint],
+        specs: &[QueueSpec],
+        options: PublisherOptions,
+        retry: Retry,
+        stop: std::sync::Arc<AtomicBool>,
+        on_event: Box<dyn Fn(LinkEvent) + Send>,
     ) -> Result<Producer> {
         let (mut session, current) = Session::open_first(endpoints)?;
-        session.declare_queue(spec)?;
-        let publisher =
-            Publisher::new(&mut session, &spec.name, options, !retry.retry_for.is_zero())?;
+        let publisher = declare_and_publish(&mut session, specs, options, &retry)?;
         Ok(Producer {
             endpoints: endpoints.to_vec(),
             current,
-            spec: spec.clone(),
+            specs: specs.to_vec(),
             options,
             retry,
             stop,
@@ -374,6 +408,7 @@ impl Producer {
             nack_since: None,
             confirmed_at_nack: 0,
             gave_up: false,
+            refused_total: Vec::new(),
         })
     }
 
@@ -394,36 +429,51 @@ impl Producer {
         (self.done.confirmed + live.0, self.done.confirmed_bytes + live.1)
     }
 
-    /// Wait for every outstanding confirm (reconnecting if needed), close, and report. After a
-    /// failed `publish` or a signal during a broker block, it gives up at once instead.
-    pub fn finish(mut self) -> (PublishReport, Result<()>) {
-        if self.gave_up {
-            return self.abandon(None);
+    /// Wait until everything published so far is confirmed (reconnecting and re-publishing
+    /// if needed), keeping the connection open. Messages the broker refused for good since
+    /// the last call are returned: (label, reason).
+    pub fn flush(&mut self) -> Result<Vec<(String, String)>> {
+        let r = self.settle_all();
+        self.gave_up = r.is_err();
+        r?;
+        let mut refused = std::mem::take(&mut self.done.refused);
+        if let Some((_, p)) = self.live.as_mut() {
+            refused.append(&mut p.report.refused);
         }
+        self.refused_total.extend(refused.iter().cloned());
+        Ok(refused)
+    }
+
+    fn settle_all(&mut self) -> Result<()> {
         loop {
-            if let Err(e) = self.drain() {
-                return self.abandon(Some(e));
-            }
+            self.drain()?;
             let waited = match self.live.as_mut() {
                 Some((_, p)) => {
                     let ctx =
                         Ctx { stop: &self.stop, retry: self.retry, on_event: &*self.on_event };
                     p.wait_all(&ctx)
                 }
-                None => return self.abandon(None),
+                None => return Err(fatal("not connected to the broker".into())),
             };
             match waited {
-                Ok(()) => match self.retry_nacked() {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => return self.abandon(Some(e)),
-                },
-                Err(e) => {
-                    if let Err(e) = self.recover(e) {
-                        return self.abandon(Some(e));
+                Ok(()) => {
+                    if !self.retry_nacked()? {
+                        return Ok(());
                     }
                 }
+                Err(e) => self.recover(e)?,
             }
+        }
+    }
+
+    /// Wait for every outstanding confirm (reconnecting if needed), close, and report. After a
+    /// failed `publish` or a signal during a broker block, it gives up at once instead.
+    pub fn finish(mut self) -> (PublishReport, Result<()>) {
+        if self.gave_up {
+            return self.abandon(None);
+        }
+        if let Err(e) = self.settle_all() {
+            return self.abandon(Some(e));
         }
         let Some((session, publisher)) = self.live.take() else {
             return self.abandon(None);
@@ -431,6 +481,7 @@ impl Producer {
         let mut report = std::mem::take(&mut self.done);
         let Publisher { channel, report: last, endpoint, .. } = publisher;
         report.absorb(last);
+        report.refused.splice(0..0, std::mem::take(&mut self.refused_total));
         let closed = channel.close().map_err(|e| explain(e, &endpoint, "closing the channel"));
         let _ = session.close();
         (report, closed)
@@ -510,8 +561,7 @@ impl Producer {
         if self.stop.load(Ordering::SeqCst) {
             return Err(error.wrap_err("not reconnecting: stopped by a signal"));
         }
-        let (spec, options, retry_nacks) =
-            (self.spec.clone(), self.options, !self.retry.retry_for.is_zero());
+        let (specs, options, retry) = (self.specs.clone(), self.options, self.retry);
         let live = reconnect(
             &self.endpoints,
             &mut self.current,
@@ -521,8 +571,7 @@ impl Producer {
             &*self.on_event,
             |ep| {
                 let mut session = Session::open(ep)?;
-                session.declare_queue(&spec)?;
-                let publisher = Publisher::new(&mut session, &spec.name, options, retry_nacks)?;
+                let publisher = declare_and_publish(&mut session, &specs, options, &retry)?;
                 Ok((session, publisher))
             },
         )?;
@@ -534,6 +583,7 @@ impl Producer {
     /// without a close handshake (it could block during a broker alarm).
     fn abandon(mut self, error: Option<Report>) -> (PublishReport, Result<()>) {
         let mut report = std::mem::take(&mut self.done);
+        report.refused.splice(0..0, std::mem::take(&mut self.refused_total));
         if let Some((session, publisher)) = self.live.take() {
             let (last, msgs) = publisher.into_unconfirmed();
             report.absorb(last);

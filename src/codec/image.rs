@@ -41,6 +41,7 @@ pub fn encode(source: &str, bytes: Vec<u8>) -> Result<Message, NotAnImage> {
         headers,
         body: bytes,
         label: source.to_string(),
+        route: super::Route::default(),
     })
 }
 

@@ -69,6 +69,19 @@ pub struct Message {
     pub body: Vec<u8>,
     /// Where the item came from, for people (`file.csv:12`, `dir/a.png`).
     pub label: String,
+    /// Request/reply addressing; all None for plain messages.
+    pub route: Route,
+}
+
+/// Where a message goes and how replies find their way back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// Routing key on the default exchange; None = the publisher's own queue.
+    pub routing_key: Option<String>,
+    /// `correlation_id` property: matches a reply to its request.
+    pub correlation_id: Option<String>,
+    /// `reply_to` property: where the reply to a request goes.
+    pub reply_to: Option<String>,
 }
 
 /// A received message, from mqdemo or any other AMQP producer.
@@ -86,6 +99,10 @@ pub struct Delivery {
     pub headers: Headers,
     /// The broker says it delivered this message before.
     pub redelivered: bool,
+    /// `correlation_id` property, if set.
+    pub correlation_id: Option<String>,
+    /// `reply_to` property, if set.
+    pub reply_to: Option<String>,
 }
 
 impl Delivery {
@@ -189,6 +206,7 @@ pub(crate) mod tests {
             kind: Some(msg.kind.as_str().to_string()),
             headers: msg.headers.clone(),
             redelivered: false,
+            ..Delivery::default()
         };
         assert_eq!(decode(&delivery), expected);
     }

@@ -156,6 +156,7 @@ impl Encoder {
             headers,
             body,
             label,
+            route: super::Route::default(),
         }
     }
 }

@@ -63,6 +63,7 @@ fn build(source: &str, line: Option<u64>, body: Vec<u8>) -> Message {
         headers,
         body,
         label,
+        route: super::Route::default(),
     }
 }
 

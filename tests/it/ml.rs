@@ -1,8 +1,11 @@
 //! The ML plumbing: the SQLite results sink, `pipe` stages with a model child, `serve` and
 //! `request`.
 
-use crate::support::{TestQueue, mqdemo};
+use crate::support::{
+    TestQueue, consume_files, count_files, data, mqdemo, produce_sample, s, tree, wait,
+};
 use amiquip::AmqpProperties;
+use std::time::Duration;
 
 fn sqlite_rows(db: &std::path::Path, table: &str) -> Vec<(String, i64, String)> {
     let conn = rusqlite::Connection::open(db).expect("open results db");
@@ -46,4 +49,169 @@ fn sqlite_results_are_stored_once_even_when_redelivered() {
         ]
     );
     assert_eq!(q.depth(), 0);
+}
+
+/// A model in sh: echoes each line, but dies (exit 3, a reason on stderr) on row `bad`.
+fn crashing_model(bad: u32) -> String {
+    format!(
+        r#"while IFS= read -r l; do case "$l" in *'"ID":{bad},'*) echo "ValueError: cannot score row {bad}" >&2; exit 3;; esac; printf '%s\n' "$l"; done"#
+    )
+}
+
+fn ids_in(jsonl: &str) -> Vec<i64> {
+    jsonl
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            v["ID"].as_i64().expect("ID")
+        })
+        .collect()
+}
+
+#[test]
+fn pipe_survives_a_crashing_model_and_sends_the_failing_message_to_the_failed_queue() {
+    let (input, output) = (TestQueue::new("pipe-in"), TestQueue::new("pipe-out"));
+    let failed = TestQueue::named(format!("{}.failed", input.name));
+    produce_sample(&input, &["--num-records", "50"]).run().expect_code(0);
+    let model = crashing_model(7);
+    let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", &model];
+    let out = mqdemo(&[&args[..], &["--count", "50"]].concat())
+        .run()
+        .expect_code(1)
+        .stderr_has("ValueError: cannot score row 7");
+    assert!(out.stderr.contains("answered 49"), "{}", out.stderr);
+    assert!(out.stderr.contains("model restarts 1"), "{}", out.stderr);
+    // Nothing lost: 49 answers, 1 failed message with its reason, the input drained.
+    assert_eq!(input.depth(), 0);
+    assert_eq!(failed.depth(), 1);
+    let dead = failed.get().expect("the failed message");
+    let reason = dead
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.get("x-mqdemo-error").cloned())
+        .expect("x-mqdemo-error header");
+    assert!(format!("{reason:?}").contains("cannot score row 7"), "{reason:?}");
+    assert!(String::from_utf8_lossy(&dead.body).contains("\"ID\":7,"));
+    let rows = mqdemo(&["consume", "tabular", "--queue", &output.name, "--count", "49"])
+        .run()
+        .expect_code(0);
+    let mut ids = ids_in(&rows.stdout);
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=50).filter(|i| *i != 7).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_model_that_cannot_start_stops_the_pipe_and_leaves_the_input_queued() {
+    let (input, output) = (TestQueue::new("pipe-bad-in"), TestQueue::new("pipe-bad-out"));
+    let failed = TestQueue::named(format!("{}.failed", input.name));
+    produce_sample(&input, &["--num-records", "3"]).run().expect_code(0);
+    let out = mqdemo(&[
+        "pipe",
+        "--from",
+        &input.name,
+        "--to",
+        &output.name,
+        "--exec",
+        "no-such-model-xyz --serve",
+        "--idle-timeout",
+        "2",
+    ])
+    .run()
+    .expect_code(1);
+    let error = out.stderr.lines().find(|l| l.starts_with("mqdemo: error:")).unwrap_or_default();
+    assert!(error.contains("--exec") && error.contains("fix the command"), "{}", out.stderr);
+    assert!(error.contains("not found"), "the reason from the child's stderr: {error}");
+    assert_eq!(input.depth(), 3, "nothing taken off the input");
+    assert_eq!(failed.depth(), 0, "a broken model is not the messages' fault");
+}
+
+#[test]
+fn pipe_frames_carry_images_untouched() {
+    let (input, output) = (TestQueue::new("pipe-img-in"), TestQueue::new("pipe-img-out"));
+    let _failed = TestQueue::named(format!("{}.failed", input.name));
+    let images = data("images");
+    mqdemo(&["produce", "image", "--directory", s(&images), "--queue", &input.name])
+        .run()
+        .expect_code(0);
+    let n = count_files(&images).to_string();
+    let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", "cat"];
+    mqdemo(&[&args[..], &["--framing", "frames", "--count", &n]].concat()).run().expect_code(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    consume_files(&output, "image", dir.path(), &["--count", &n]).run().expect_code(0);
+    assert_eq!(tree(dir.path()), tree(&images));
+}
+
+#[test]
+fn two_request_clients_at_once_each_get_only_their_own_replies_and_results_are_stored() {
+    let (requests, results) = (TestQueue::new("serve-req"), TestQueue::new("serve-res"));
+    let _failed = TestQueue::named(format!("{}.failed", requests.name));
+    let server = mqdemo(&[
+        "serve",
+        "--queue",
+        &requests.name,
+        "--results-queue",
+        &results.name,
+        "--exec",
+        "cat",
+        "--count",
+        "200",
+    ])
+    .watch();
+    // Two clients with different rows: the echo model's replies show whose they are.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("other.csv");
+    let sample = std::fs::read_to_string(data("tabular_data.csv")).expect("sample csv");
+    let mut lines = sample.lines();
+    let header = lines.next().expect("header");
+    let shifted: Vec<String> = lines
+        .take(100)
+        .map(|l| {
+            let (id, rest) = l.split_once(',').expect("id column");
+            format!("{},{rest}", id.parse::<i64>().expect("numeric ID") + 1000)
+        })
+        .collect();
+    std::fs::write(&other, format!("{header}\n{}\n", shifted.join("\n"))).expect("write csv");
+    let sample_path = data("tabular_data.csv");
+    let client = |file: &std::path::Path, concurrency: &str| {
+        mqdemo(&[
+            "request",
+            "--queue",
+            &requests.name,
+            "--file",
+            s(file),
+            "--num-records",
+            "100",
+            "--concurrency",
+            concurrency,
+        ])
+        .spawn()
+    };
+    let (a, b) = (client(&sample_path, "10"), client(&other, "1"));
+    let (a, b) = (wait(a, Duration::from_secs(60)), wait(b, Duration::from_secs(60)));
+    let (a, b) = (a.expect_code(0), b.expect_code(0));
+    assert_eq!(ids_in(&a.stdout), (1..=100).collect::<Vec<_>>(), "client A, in request order");
+    assert_eq!(ids_in(&b.stdout), (1001..=1100).collect::<Vec<_>>(), "client B");
+    assert!(a.stderr.contains("latency p50"), "{}", a.stderr);
+    server.finish(Duration::from_secs(30)).expect_code(0);
+    // Every answer also went to the results queue: one row per request in SQLite.
+    let db = dir.path().join("results.db");
+    mqdemo(&[
+        "consume",
+        "tabular",
+        "--queue",
+        &results.name,
+        "--sqlite",
+        s(&db),
+        "--table",
+        "predictions",
+        "--count",
+        "200",
+    ])
+    .run()
+    .expect_code(0);
+    let conn = rusqlite::Connection::open(&db).expect("open results db");
+    let n: i64 =
+        conn.query_row("SELECT count(*) FROM predictions", [], |r| r.get(0)).expect("count");
+    assert_eq!(n, 200);
 }

@@ -57,6 +57,11 @@ impl TestQueue {
         TestQueue { name: format!("it-{test}-{}-{n}", std::process::id()), policy: None }
     }
 
+    /// A queue named by mqdemo (e.g. `NAME.failed`), deleted on drop like the others.
+    pub fn named(name: String) -> TestQueue {
+        TestQueue { name, policy: None }
+    }
+
     /// Ready messages in the queue (0 while it does not exist; never declares it).
     pub fn depth(&self) -> u32 {
         let mut conn = connect();

@@ -1,0 +1,246 @@
+//! `request`: the client of `serve`. Sends CSV rows as requests (up to --concurrency in
+//! flight), matches replies by correlation id, writes them in request order, and reports
+//! latency percentiles. Requests not answered within --timeout are named and fail the run.
+
+use crate::amqp::{Received, RpcClient, with_client};
+use crate::codec::tabular;
+use crate::config::{Global, RequestConfig};
+use crate::output::{Progress, Reporter, Summary};
+use color_eyre::eyre::{Report, Result, WrapErr, bail, eyre};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a request run ended.
+pub struct Outcome {
+    /// Counts and latency percentiles for the summary line.
+    pub summary: Summary,
+    /// What stopped the run early, if anything.
+    pub error: Option<Report>,
+}
+
+/// A request in flight.
+struct Pending {
+    seq: u64,
+    sent: Instant,
+    label: String,
+}
+
+/// Send every row, collect every reply (or its timeout).
+pub fn run(
+    global: &Global,
+    cfg: &RequestConfig,
+    stop: &AtomicBool,
+    stdout: Box<dyn Write + Send>,
+) -> Result<Outcome> {
+    let mut rdr =
+        csv::ReaderBuilder::new().flexible(true).from_path(&cfg.file).wrap_err_with(|| {
+            format!("cannot read CSV file {}; check the --file path", cfg.file.display())
+        })?;
+    let columns = rdr.headers().wrap_err_with(|| {
+        format!("cannot read the header row of {}; is it a CSV file?", cfg.file.display())
+    })?;
+    let source = cfg
+        .file
+        .file_name()
+        .map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
+    let encoder = tabular::Encoder::new(&source, columns.iter());
+    let out: Box<dyn Write + Send> = match &cfg.output {
+        None => stdout,
+        Some(path) => {
+            Box::new(OpenOptions::new().create(true).append(true).open(path).wrap_err_with(
+                || format!("cannot open output file {}; check the --output path", path.display()),
+            )?)
+        }
+    };
+    let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("⇄ {}", cfg.queue.name));
+    let mut run = Run {
+        out: BufWriter::new(out),
+        pending: HashMap::new(),
+        ready: BTreeMap::new(),
+        next_out: 0,
+        latencies: Vec::new(),
+        failed: Vec::new(),
+        bytes: 0,
+        // Unique per run, so concurrent clients never take each other's replies for theirs.
+        prefix: format!("{}-{}-", std::process::id(), epoch_nanos()),
+    };
+    let started = Instant::now();
+    let result = with_client(&global.endpoints, &cfg.queue, |client| {
+        run.exchange(client, &encoder, &mut rdr, cfg, stop, &reporter)
+    });
+    reporter.finish();
+    let flushed = run.out.flush().wrap_err("cannot write replies");
+    let error = result.err().or(flushed.err());
+    for (label, why) in run.failed.iter().take(5) {
+        reporter.warn(&format!("no reply to {label}: {why}"));
+    }
+    let summary = Summary {
+        verb: "requested",
+        messages: run.latencies.len() as u64,
+        bytes: run.bytes,
+        elapsed: started.elapsed(),
+        skipped: 0,
+        failed: run.failed.len() as u64,
+        extra: percentiles(&mut run.latencies),
+    };
+    Ok(Outcome { summary, error })
+}
+
+struct Run {
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// correlation id -> request.
+    pending: HashMap<String, Pending>,
+    /// Replies waiting for an earlier one, by request number (None: it failed).
+    ready: BTreeMap<u64, Option<Vec<u8>>>,
+    next_out: u64,
+    latencies: Vec<Duration>,
+    failed: Vec<(String, String)>,
+    bytes: u64,
+    prefix: String,
+}
+
+impl Run {
+    fn exchange(
+        &mut self,
+        client: &mut RpcClient<'_>,
+        encoder: &tabular::Encoder,
+        rdr: &mut csv::Reader<File>,
+        cfg: &RequestConfig,
+        stop: &AtomicBool,
+        reporter: &Reporter,
+    ) -> Result<()> {
+        let mut record = csv::StringRecord::new();
+        let mut seq = 0u64;
+        let mut more = true;
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                for (_, p) in self.pending.drain() {
+                    self.failed.push((p.label, "stopped by a signal".into()));
+                }
+                return Err(eyre!("stopped by a signal"));
+            }
+            // Keep --concurrency requests in flight while rows remain.
+            while more && self.pending.len() < cfg.concurrency {
+                if cfg.num_records.is_some_and(|n| seq >= n) {
+                    more = false;
+                    break;
+                }
+                match rdr.read_record(&mut record) {
+                    Ok(false) => more = false,
+                    Ok(true) => {
+                        seq += 1;
+                        let mut msg = encoder
+                            .encode_row(&record, seq)
+                            .map_err(|e| eyre!("{} row {seq}: {}", cfg.file.display(), e.0))?;
+                        // Each request is its own event: two clients sending the same row
+                        // must not look like one redelivered message to the server.
+                        let id = format!("{}{seq}", self.prefix);
+                        msg.message_id = id.clone();
+                        msg.route.correlation_id = Some(id.clone());
+                        let label = msg.label.clone();
+                        client.send(msg)?;
+                        self.pending.insert(id, Pending { seq, sent: Instant::now(), label });
+                    }
+                    Err(e) => bail!("cannot read {}: {e}", cfg.file.display()),
+                }
+            }
+            if self.pending.is_empty() && !more {
+                return Ok(());
+            }
+            self.expire(cfg.timeout)?;
+            match client.recv(Duration::from_millis(100))? {
+                Received::Reply(r) => {
+                    let Some(p) = r.correlation_id.and_then(|c| self.pending.remove(&c)) else {
+                        continue; // not ours, or already given up on
+                    };
+                    self.latencies.push(p.sent.elapsed());
+                    self.bytes += r.body.len() as u64;
+                    self.ready.insert(p.seq, Some(r.body));
+                    self.write_ready()?;
+                    let n = self.latencies.len();
+                    reporter.status(|| format!("{n} replies, {} in flight", self.pending.len()));
+                }
+                Received::Returned(corr) => {
+                    if let Some(p) = corr.and_then(|c| self.pending.remove(&c)) {
+                        self.failed.push((p.label, "returned unroutable by the broker".into()));
+                        self.ready.insert(p.seq, None);
+                        self.write_ready()?;
+                    }
+                }
+                Received::Nothing => {}
+            }
+        }
+    }
+
+    /// Give up on requests older than `timeout`.
+    fn expire(&mut self, timeout: Duration) -> Result<()> {
+        let late: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent.elapsed() > timeout)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in late {
+            if let Some(p) = self.pending.remove(&c) {
+                let why = format!(
+                    "no reply within {:.0} s (--timeout); is `mqdemo serve` running on this queue?",
+                    timeout.as_secs_f64()
+                );
+                self.failed.push((p.label, why));
+                self.ready.insert(p.seq, None);
+            }
+        }
+        self.write_ready()
+    }
+
+    /// Write replies in request order as far as they are contiguous.
+    fn write_ready(&mut self) -> Result<()> {
+        while let Some(entry) = self.ready.first_entry() {
+            if *entry.key() != self.next_out + 1 {
+                break;
+            }
+            if let Some(body) = entry.remove() {
+                self.out
+                    .write_all(&body)
+                    .and_then(|()| self.out.write_all(b"\n"))
+                    .wrap_err("cannot write replies")?;
+            }
+            self.next_out += 1;
+        }
+        Ok(())
+    }
+}
+
+fn epoch_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// "latency p50 1.2 ms, p95 3.4 ms, p99 5.0 ms" over the answered requests.
+fn percentiles(latencies: &mut [Duration]) -> String {
+    if latencies.is_empty() {
+        return "no replies".into();
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1e3
+    };
+    format!("latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms", at(0.50), at(0.95), at(0.99))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut l: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentiles(&mut l), "latency p50 50.00 ms, p95 95.00 ms, p99 99.00 ms");
+        let mut one = vec![Duration::from_millis(7)];
+        assert_eq!(percentiles(&mut one), "latency p50 7.00 ms, p95 7.00 ms, p99 7.00 ms");
+        assert_eq!(percentiles(&mut []), "no replies");
+    }
+}

@@ -1,0 +1,297 @@
+//! `pipe` and `serve`: consume a queue, hand each message to the user's model child, and
+//! publish its answer with confirms — to the next queue (`pipe`), or to the request's
+//! `reply_to` with its `correlation_id` and to a results queue (`serve`). An input is acked
+//! only after its answers are confirmed (the consume loop flushes the publisher before each
+//! ack), so a crash anywhere loses nothing: unacked inputs are redelivered, and answers
+//! carry deterministic message ids so a consumer downstream drops the duplicates.
+
+use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
+use crate::child::{Answer, Framing, ModelChild};
+use crate::codec::{Delivery, HeaderValue, Kind, Message, Route, image, sha256_hex};
+use crate::config::{Global, StageConfig, StageOutput};
+use crate::consume::{SeenIds, Workload, drive};
+use crate::output::{Progress, Reporter, Summary, link_events};
+use color_eyre::eyre::{Result, eyre};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// Failures in a row (no success between) after which the model is taken to be broken and
+/// the run stops, leaving the message in the queue.
+const MAX_FAILURES_IN_A_ROW: u32 = 3;
+/// Headers describing the input body, which an answer does not inherit.
+const BODY_HEADERS: [&str; 4] = ["sha256", "size", "width", "height"];
+/// The header naming why the child failed on a message.
+pub const ERROR_HEADER: &str = "x-mqdemo-error";
+/// Label prefix of replies: a reply nobody waits for any more (client gone) is not an error.
+const REPLY_LABEL: &str = "reply to ";
+
+/// How a stage run ended.
+pub struct Outcome {
+    /// Counts for the summary line.
+    pub summary: Summary,
+    /// What stopped the run early, if anything.
+    pub error: Option<color_eyre::eyre::Report>,
+}
+
+/// What one worker did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    messages: u64,
+    bytes: u64,
+    answered: u64,
+    silent: u64,
+    failed: u64,
+    duplicates: u64,
+    /// Summed over workers only.
+    restarts: u64,
+}
+
+/// Run `pipe` or `serve` until --count, --idle-timeout or a signal.
+pub fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
+    let arrow = match &cfg.output {
+        StageOutput::Queue(q) => format!("{} → {}", cfg.input.name, q.name),
+        StageOutput::Replies { .. } => format!("serving {}", cfg.input.name),
+    };
+    let reporter = Reporter::new(!global.quiet, Progress::Open, &arrow);
+    let mut stages = (0..cfg.workers.max(1))
+        .map(|_| Stage::open(global, cfg, stop, reporter.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let work = Workload {
+        queue: &cfg.input,
+        prefetch: cfg.prefetch,
+        count: cfg.count,
+        idle: cfg.idle_timeout,
+    };
+    let mut handlers: Vec<&mut (dyn Handler + Send)> =
+        stages.iter_mut().map(|s| s as &mut (dyn Handler + Send)).collect();
+    let (_, mut error) = drive(global, &work, stop, &mut handlers, &reporter)?;
+    let mut total = Counts::default();
+    let mut not_delivered = 0;
+    for stage in stages {
+        let c = stage.counts;
+        total.messages += c.messages;
+        total.bytes += c.bytes;
+        total.answered += c.answered;
+        total.silent += c.silent;
+        total.failed += c.failed;
+        total.duplicates += c.duplicates;
+        total.restarts += stage.child.starts.saturating_sub(1);
+        let (report, closed) = stage.close();
+        not_delivered += report.unconfirmed.len() as u64;
+        if let Err(e) = closed {
+            error.get_or_insert(e);
+        }
+    }
+    let summary = Summary {
+        verb: match cfg.output {
+            StageOutput::Queue(_) => "piped",
+            StageOutput::Replies { .. } => "served",
+        },
+        messages: total.messages,
+        bytes: total.bytes,
+        elapsed: started.elapsed(),
+        skipped: 0,
+        failed: total.failed + not_delivered,
+        extra: format!(
+            "answered {}, no answer {}, duplicates {}, model restarts {}",
+            total.answered, total.silent, total.duplicates, total.restarts
+        ),
+    };
+    Ok(Outcome { summary, error })
+}
+
+/// One worker: a model child and a confirming publisher.
+struct Stage<'a> {
+    cfg: &'a StageConfig,
+    child: ModelChild,
+    producer: Producer,
+    reporter: Reporter,
+    seen: SeenIds,
+    counts: Counts,
+    failures_in_a_row: u32,
+}
+
+impl<'a> Stage<'a> {
+    fn open(
+        global: &Global,
+        cfg: &'a StageConfig,
+        stop: &Arc<AtomicBool>,
+        reporter: Reporter,
+    ) -> Result<Stage<'a>> {
+        let mut specs: Vec<QueueSpec> = match &cfg.output {
+            StageOutput::Queue(q) => vec![q.clone()],
+            StageOutput::Replies { results } => results.iter().cloned().collect(),
+        };
+        specs.push(cfg.failed.clone());
+        let producer = Producer::open_many(
+            &global.endpoints,
+            &specs,
+            cfg.publisher,
+            global.retry,
+            Arc::clone(stop),
+            Box::new(link_events(reporter.clone())),
+        )?;
+        let mut child = ModelChild::new(&cfg.exec, cfg.framing, cfg.exec_timeout);
+        child.start()?;
+        Ok(Stage {
+            cfg,
+            child,
+            producer,
+            reporter,
+            seen: SeenIds::default(),
+            counts: Counts::default(),
+            failures_in_a_row: 0,
+        })
+    }
+
+    /// The messages one answer becomes.
+    fn answers(&self, d: &Delivery, body: Vec<u8>) -> Vec<Message> {
+        let json = serde_json::from_slice::<&serde_json::value::RawValue>(&body).is_ok();
+        let (kind, content_type) = match (json, self.cfg.framing) {
+            (true, _) => (Kind::Tabular, "application/json".to_string()),
+            (false, Framing::Lines) => (Kind::Text, "text/plain; charset=utf-8".to_string()),
+            (false, Framing::Frames) => match image::sniff(&body) {
+                Some(ct) => (Kind::Image, ct.to_string()),
+                None => (Kind::Text, "application/octet-stream".to_string()),
+            },
+        };
+        let mut headers = d.headers.clone();
+        headers.retain(|k, _| !BODY_HEADERS.contains(&k.as_str()));
+        let input_id = d.id_or_hash();
+        let answer = |to: &str, label: String| Message {
+            kind,
+            content_type: content_type.clone(),
+            message_id: sha256_hex(format!("{input_id}\0{to}").as_bytes())[..32].to_string(),
+            headers: headers.clone(),
+            body: body.clone(),
+            label,
+            route: Route {
+                routing_key: Some(to.to_string()),
+                correlation_id: d.correlation_id.clone(),
+                reply_to: None,
+            },
+        };
+        match &self.cfg.output {
+            StageOutput::Queue(q) => vec![answer(&q.name, format!("answer to {input_id}"))],
+            StageOutput::Replies { results } => {
+                let mut out = Vec::new();
+                if let Some(to) = d.reply_to.as_deref().filter(|t| !t.is_empty()) {
+                    let corr = d.correlation_id.as_deref().unwrap_or("-");
+                    out.push(answer(to, format!("{REPLY_LABEL}{corr} ({to})")));
+                }
+                if let Some(r) = results {
+                    out.push(answer(&r.name, format!("result of {input_id}")));
+                }
+                out
+            }
+        }
+    }
+
+    /// The input as it came, to the failed queue, with the reason in a header.
+    fn failed_message(&self, d: &Delivery, reason: &str) -> Message {
+        let mut headers = d.headers.clone();
+        headers.insert(ERROR_HEADER.into(), HeaderValue::Str(reason.to_string()));
+        let kind = match d.kind.as_deref() {
+            Some("image") => Kind::Image,
+            Some("text") => Kind::Text,
+            _ => Kind::Tabular,
+        };
+        let id = d.id_or_hash();
+        Message {
+            kind,
+            content_type: d
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".to_string()),
+            message_id: id.clone(),
+            headers,
+            body: d.body.clone(),
+            label: format!("failed message {id}"),
+            route: Route {
+                routing_key: Some(self.cfg.failed.name.clone()),
+                correlation_id: d.correlation_id.clone(),
+                reply_to: None,
+            },
+        }
+    }
+
+    fn close(mut self) -> (crate::amqp::PublishReport, Result<()>) {
+        self.child.stop();
+        self.producer.finish()
+    }
+}
+
+impl Handler for Stage<'_> {
+    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+        if self.seen.contains(&d) {
+            self.counts.duplicates += 1;
+            return Ok(Disposition::Ack);
+        }
+        match self.child.call(&d.body) {
+            Ok(Answer::Output(body)) => {
+                for msg in self.answers(&d, body) {
+                    self.producer.publish(msg)?;
+                }
+                self.counts.answered += 1;
+                self.failures_in_a_row = 0;
+            }
+            Ok(Answer::Nothing) => {
+                self.counts.silent += 1;
+                self.failures_in_a_row = 0;
+            }
+            Err(f) => {
+                self.failures_in_a_row += 1;
+                if f.fatal {
+                    return Err(eyre!(
+                        "--exec {:?} cannot run: {}; fix the command (the message stays in {})",
+                        self.cfg.exec,
+                        f.reason,
+                        self.cfg.input.name
+                    ));
+                }
+                if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
+                    return Err(eyre!(
+                        "--exec {:?} failed on {} messages in a row, the last time: {}; stopping \
+                         (the message stays in {}); fix the model and run again",
+                        self.cfg.exec,
+                        self.failures_in_a_row,
+                        f.reason,
+                        self.cfg.input.name
+                    ));
+                }
+                self.reporter.warn(&format!(
+                    "message {} sent to {}: {}",
+                    d.id_or_hash(),
+                    self.cfg.failed.name,
+                    f.reason
+                ));
+                self.producer.publish(self.failed_message(&d, &f.reason))?;
+                self.counts.failed += 1;
+            }
+        }
+        self.seen.insert(&d);
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        let c = self.counts;
+        self.reporter.status(|| {
+            format!("{} msgs, answered {}, failed {}", c.messages, c.answered, c.failed)
+        });
+        Ok(Disposition::Ack)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for (label, why) in self.producer.flush()? {
+            if label.starts_with(REPLY_LABEL) {
+                // The client went away (its reply queue is gone): nothing to deliver to.
+                self.reporter.warn(&format!("{label} not delivered: {why}"));
+            } else {
+                return Err(eyre!(
+                    "{label} was refused by the broker ({why}); stopping without acking the input"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
