@@ -215,3 +215,21 @@ fn two_request_clients_at_once_each_get_only_their_own_replies_and_results_are_s
         conn.query_row("SELECT count(*) FROM predictions", [], |r| r.get(0)).expect("count");
     assert_eq!(n, 200);
 }
+
+#[test]
+fn pipe_workers_run_one_model_child_each() {
+    let (input, output) = (TestQueue::new("pipe-w-in"), TestQueue::new("pipe-w-out"));
+    let _failed = TestQueue::named(format!("{}.failed", input.name));
+    produce_sample(&input, &["--num-records", "30"]).run().expect_code(0);
+    // Each child answers with its own process id, slowly enough (50 ms) that all three
+    // workers are consuming long before the 30 messages are done.
+    let model = r#"while IFS= read -r l; do sleep 0.05; echo "{\"pid\":$$}"; done"#;
+    let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", model];
+    let extra = ["--workers", "3", "--prefetch", "1", "--count", "30"];
+    mqdemo(&[&args[..], &extra[..]].concat()).run().expect_code(0);
+    let rows =
+        mqdemo(&["consume", "tabular", "--queue", &output.name, "--count", "30"]).run().expect_code(0);
+    let pids: std::collections::HashSet<&str> = rows.stdout.lines().collect();
+    assert_eq!(rows.stdout.lines().count(), 30);
+    assert_eq!(pids.len(), 3, "three children shared the work: {pids:?}");
+}
