@@ -35,12 +35,37 @@ fn command_lines(text: &str, markdown: bool) -> Vec<String> {
     lines
 }
 
+/// Shell words of `line` up to the first unquoted `|`, `>`, `&`, `;` or comment, with
+/// single and double quotes removed (enough for the README's and compose's lines).
 fn words(line: &str) -> Vec<String> {
-    let cut = line.split(['|', '>', '&', ';', '#']).next().unwrap_or(line);
-    cut.split_whitespace()
-        .map(|w| w.trim_matches('`').to_string())
-        .filter(|w| !w.is_empty())
-        .collect()
+    let (mut words, mut word, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                started = true;
+            }
+            (None, '|' | '>' | '&' | ';') => break,
+            (None, '#') if !started => break,
+            (None, c) if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            (None, '`') => {}
+            (None, c) => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
 }
 
 fn check(file: &str) -> usize {
@@ -63,6 +88,14 @@ fn check(file: &str) -> usize {
         checked += 1;
     }
     checked
+}
+
+#[test]
+fn shell_words_keep_quoted_commands_together() {
+    assert_eq!(
+        words("mqdemo pipe --exec 'python3 model.py' --to \"a b\" | head # x"),
+        ["mqdemo", "pipe", "--exec", "python3 model.py", "--to", "a b"]
+    );
 }
 
 #[test]
