@@ -4,8 +4,8 @@
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::Session;
-use super::topology::QueueSpec;
-use super::{Endpoint, TICK, discard, explain, fatal, lost};
+use super::topology::{QueueSpec, no_such_queue, unavailable};
+use super::{Endpoint, LinkError, TICK, discard, explain, fatal, lost};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
@@ -60,6 +60,7 @@ pub struct ConsumeOutcome {
 struct ConsumeState<'a> {
     channel: &'a Channel,
     endpoint: &'a Endpoint,
+    queue: &'a str,
     /// The newest handled delivery not yet acked: one `ack_multiple` covers all before it.
     last: Option<amiquip::Delivery>,
     unacked: u64,
@@ -158,9 +159,7 @@ impl ConsumeState<'_> {
 
     fn ended(&self, msg: ConsumerMessage) -> Report {
         match msg {
-            ConsumerMessage::ServerCancelled => fatal(
-                "the broker cancelled the consumer: the queue was deleted while consuming".into(),
-            ),
+            ConsumerMessage::ServerCancelled => self.cancelled(),
             ConsumerMessage::ServerClosedChannel(e)
             | ConsumerMessage::ServerClosedConnection(e) => explain(e, self.endpoint, "consuming"),
             ConsumerMessage::ClientCancelled
@@ -169,6 +168,36 @@ impl ConsumeState<'_> {
             ConsumerMessage::Delivery(_) => fatal("unexpected delivery".into()),
         }
     }
+
+    /// The broker cancelled the consumer: the queue was deleted (fatal), or its node went
+    /// down (a classic queue on a cluster: retry until it is back). A passive declare tells
+    /// which.
+    fn cancelled(&self) -> Report {
+        match self.channel.queue_declare_passive(self.queue) {
+            Ok(_) => retry_on_healthy_link(format!(
+                "the broker cancelled the consumer of '{}', which still exists",
+                self.queue
+            )),
+            Err(amiquip::Error::ServerClosedChannel { code: 404, message, .. })
+                if no_such_queue(&message) =>
+            {
+                fatal(format!(
+                    "the broker cancelled the consumer: the queue was deleted while consuming \
+                     ({message})"
+                ))
+            }
+            Err(amiquip::Error::ServerClosedChannel { code: 404, message, .. }) => {
+                retry_on_healthy_link(unavailable(self.queue, &message))
+            }
+            Err(e) => explain(e, self.endpoint, "checking the queue after the broker cancelled"),
+        }
+    }
+}
+
+/// A retryable error on a connection that is itself fine: marked like an ended I/O loop so
+/// that `discard` closes the connection (quick, as it is healthy) instead of leaking it.
+fn retry_on_healthy_link(message: String) -> Report {
+    Report::new(LinkError { retryable: true, io_loop_ended: true, message })
 }
 
 /// Longest a stored delivery waits for its ack when no further delivery arrives.
@@ -255,6 +284,7 @@ fn consume_once(
     let mut state = ConsumeState {
         channel: &channel,
         endpoint: &ep,
+        queue,
         last: None,
         unacked: 0,
         ack_every: u64::from(prefetch / 2).max(1),

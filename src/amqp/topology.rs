@@ -1,6 +1,6 @@
 //! Queue declaration: durable, with no arguments unless options ask for them.
 
-use super::{Endpoint, explain, fatal};
+use super::{Endpoint, explain, fatal, lost};
 use amiquip::{
     AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
 };
@@ -111,8 +111,28 @@ fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint) -> Report {
             "not allowed to declare queue '{queue}' ({message}); check the user's permissions \
              on the vhost in --url"
         )),
+        // A declare creates a missing queue, so a 404 means it exists on a node that is down
+        // or stopping (a classic queue on a cluster). Retryable: the node may come back.
+        amiquip::Error::ServerClosedChannel { code: 404, message, .. } => {
+            lost(unavailable(queue, &message))
+        }
         other => explain(other, ep, "declaring the queue"),
     }
+}
+
+/// Whether the 404 of a passive declare means there is no such queue (rather than that it
+/// exists on a node that is down: "home node ... is down or inaccessible", or stopping:
+/// "process is stopped by supervisor").
+pub(super) fn no_such_queue(message: &str) -> bool {
+    message.contains("no queue")
+}
+
+/// What to say when the queue's node is down.
+pub(super) fn unavailable(queue: &str, message: &str) -> String {
+    format!(
+        "queue '{queue}' is unavailable ({message}): a classic queue lives on one node and is \
+         unavailable while that node is down; on a cluster use --queue-type quorum (replicated)"
+    )
 }
 
 #[cfg(test)]
