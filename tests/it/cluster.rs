@@ -8,7 +8,7 @@
 //! its queue deleted, so the next starts from the same state.
 
 use crate::broker::PrivateBroker;
-use crate::support::{Output, Watched, count_files, data, mqdemo, s, tree, wait_until};
+use crate::support::{Output, count_files, data, mqdemo, s, tree, wait_until};
 use amiquip::{Connection, QueueDeleteOptions};
 use serde_json::Value;
 use std::cell::Cell;
@@ -319,12 +319,14 @@ fn csv_rows(dir: &Path, name: &str, ids: RangeInclusive<usize>) -> PathBuf {
     path
 }
 
-/// IDs in a JSON-lines file: (distinct ids, total lines).
+/// IDs in a JSON-lines file: (distinct ids, total lines). Only complete lines count, so a
+/// file another process is appending to can be read.
 fn row_ids(jsonl: &Path) -> (HashSet<i64>, usize) {
     let text = std::fs::read_to_string(jsonl).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     let mut seen = HashSet::new();
     let mut lines = 0;
-    for line in text.lines() {
+    for line in complete.lines() {
         lines += 1;
         let v: Value = serde_json::from_str(line).expect("json line");
         seen.insert(v["ID"].as_i64().expect("ID"));
@@ -444,9 +446,10 @@ fn producer_fails_over_then_the_leader_is_stopped(cl: &Cluster, dir: &Path) {
 }
 
 /// Three consumers, each connected to a different node (the --url list rotated), share one
-/// quorum queue and one output directory while a producer streams text files into it; the
-/// queue's leader node is stopped mid-stream. Every file must be stored once: files are
-/// deduplicated on disk, so redeliveries to another consumer count as duplicates.
+/// quorum queue and one output directory while a producer on a follower node streams text
+/// files into it; the queue's leader node is stopped mid-stream. Every file must be stored
+/// once: files are deduplicated on disk, so redeliveries to another consumer count as
+/// duplicates.
 fn competing_consumers_on_three_nodes_survive_a_node_failure(cl: &Cluster, dir: &Path) {
     let (q, n) = ("cluster-competing", 3_000);
     let src = dir.join("texts");
@@ -457,9 +460,34 @@ fn competing_consumers_on_three_nodes_survive_a_node_failure(cl: &Cluster, dir: 
             .expect("write");
     }
     let out = dir.join("received");
+    let consumer = |order: &[usize]| {
+        mqdemo(&[
+            "--url",
+            &cl.urls(order),
+            "consume",
+            "text",
+            "--queue",
+            q,
+            "--queue-type",
+            "quorum",
+            "--output-directory",
+            s(&out),
+            "--prefetch",
+            "50",
+        ])
+        .watch()
+    };
+    // The first consumer declares the queue, so node 0 leads it; the producer is on node 1.
+    let mut consumers = vec![consumer(&[0, 1, 2])];
+    wait_until(SETTLE, "the queue is declared", || cl.declared(q, 0).is_some());
+    consumers.push(consumer(&[1, 2, 0]));
+    consumers.push(consumer(&[2, 0, 1]));
+    wait_until(SETTLE, "three consumers attached", || {
+        cl.declared(q, 0).is_some_and(|(_, c)| c == 3)
+    });
     let producer = mqdemo(&[
         "--url",
-        &cl.urls(&[0, 1, 2]),
+        &cl.urls(&[1, 2, 0]),
         "produce",
         "text",
         "--directory",
@@ -472,34 +500,9 @@ fn competing_consumers_on_three_nodes_survive_a_node_failure(cl: &Cluster, dir: 
         "0.002",
     ])
     .watch();
-    wait_until(SETTLE, "the queue is declared", || cl.declared(q, cl.any_up()).is_some());
-    let orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
-    let consumers: Vec<Watched> = orders
-        .iter()
-        .map(|order| {
-            mqdemo(&[
-                "--url",
-                &cl.urls(order),
-                "consume",
-                "text",
-                "--queue",
-                q,
-                "--queue-type",
-                "quorum",
-                "--output-directory",
-                s(&out),
-                "--prefetch",
-                "50",
-            ])
-            .watch()
-        })
-        .collect();
-    wait_until(SETTLE, "three consumers attached", || {
-        cl.declared(q, cl.any_up()).is_some_and(|(_, c)| c == 3)
-    });
+    wait_until(SETTLE, "500 files stored", || count_files(&out) >= 500);
     let conns = cl.connections();
     assert!((0..3).all(|i| conns.contains(&i)), "a consumer on every node: {conns:?}");
-    wait_until(SETTLE, "500 files stored", || count_files(&out) >= 500);
     let victim = cl.leader(q);
     let stored_before = count_files(&out);
     cl.stop(victim);
@@ -507,6 +510,7 @@ fn competing_consumers_on_three_nodes_survive_a_node_failure(cl: &Cluster, dir: 
     consumers[victim].wait_for("reconnected to", SETTLE);
     let produced =
         producer.finish(FINISH).expect_code(0).stderr_has(&format!("produced {n} messages"));
+    let producer_moved = if produced.stderr.contains("reconnected to") { "yes" } else { "no" };
     settle("every file stored and the queue empty on the running nodes", SETTLE, || {
         let stored = count_files(&out);
         let depths: Vec<(usize, u64, Option<u32>)> = cl
@@ -542,7 +546,7 @@ fn competing_consumers_on_three_nodes_survive_a_node_failure(cl: &Cluster, dir: 
         "cluster: competing consumers on nodes 0/1/2, leader node {victim} stopped mid stream \
          (at {stored_before} of {n} files): sent {n}, re-published {}, received {} ({}), \
          written {written}, duplicates dropped {dropped}, lost {lost}; only the consumer on \
-         node {victim} reconnected",
+         node {victim} reconnected; the producer on node 1 reconnected: {producer_moved}",
         count_after(&produced.stderr, "re-published"),
         received.iter().sum::<u64>(),
         received.iter().map(u64::to_string).collect::<Vec<_>>().join(" + "),
@@ -601,6 +605,70 @@ fn a_node_that_missed_messages_rejoins_and_serves_them(cl: &Cluster, dir: &Path)
     cl.delete_queue(q);
 }
 
+/// For contrast, a classic queue: it lives on the node that declared it, so while that node
+/// is down the queue is unavailable from every node (nothing can be published to it or
+/// consumed from it). Producer and consumer, connected elsewhere, say so and keep retrying
+/// (--retry-for); when the node rejoins, both resume and every row arrives once.
+fn a_classic_queue_waits_for_its_node(cl: &Cluster, dir: &Path) {
+    let (q, n) = ("cluster-classic", 6_000);
+    let csv = csv_rows(dir, "classic.csv", 1..=n);
+    let home = 1;
+    let producer = mqdemo(&[
+        "--url",
+        &cl.urls(&[home, 0, 2]),
+        "produce",
+        "tabular",
+        "--file",
+        s(&csv),
+        "--queue",
+        q,
+        "--interval",
+        "0.001",
+    ])
+    .watch();
+    wait_until(SETTLE, "the queue is declared", || cl.declared(q, home).is_some());
+    let rows = dir.join("classic.jsonl");
+    let consumer = mqdemo(&[
+        "--url",
+        &cl.urls(&[2, 0, home]),
+        "consume",
+        "tabular",
+        "--queue",
+        q,
+        "--output",
+        s(&rows),
+    ])
+    .watch();
+    wait_until(SETTLE, "1,000 rows consumed", || row_ids(&rows).1 >= 1_000);
+    let at = row_ids(&rows).1;
+    cl.stop(home);
+    producer.wait_for("is unavailable", SETTLE);
+    consumer.wait_for("is unavailable", SETTLE);
+    let others: Vec<Option<(u32, u32)>> = [0, 2].iter().map(|i| cl.declared(q, *i)).collect();
+    assert_eq!(others, [None, None], "the queue is unavailable through the other nodes");
+    cl.rejoin(home);
+    let out = producer.finish(FINISH).expect_code(0).stderr_has(&format!("produced {n} messages"));
+    settle("every row consumed and the queue empty", SETTLE, || {
+        let (seen, lines) = row_ids(&rows);
+        let ready = cl.declared(q, home).map(|(m, _)| m);
+        if seen.len() == n && ready == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("{} of {n} rows ({lines} lines), ready {ready:?}", seen.len()))
+        }
+    });
+    consumer.signal("TERM");
+    let res = consumer.finish(Duration::from_secs(30)).expect_code(0);
+    eprintln!(
+        "cluster: classic queue's node {home} stopped at {at} of {n} rows: unavailable through \
+         nodes 0 and 2; producer and consumer retried until it rejoined (re-published {})",
+        count_after(&out.stderr, "re-published")
+    );
+    count_rows("classic queue, its node stopped and rejoined", &rows, 1..=n, &res);
+    cl.wait_drained(q);
+    cl.delete_queue(q);
+}
+
 #[test]
 fn quorum_queues_on_a_three_node_cluster_lose_nothing_when_nodes_fail() {
     let started = Instant::now();
@@ -614,6 +682,7 @@ fn quorum_queues_on_a_three_node_cluster_lose_nothing_when_nodes_fail() {
     step("producer failover, then leader stop", &producer_fails_over_then_the_leader_is_stopped);
     step("competing consumers", &competing_consumers_on_three_nodes_survive_a_node_failure);
     step("rejoin", &a_node_that_missed_messages_rejoins_and_serves_them);
+    step("classic queue", &a_classic_queue_waits_for_its_node);
     drop(cluster);
     eprintln!("cluster: whole suite, boot to teardown, {:.1} s", started.elapsed().as_secs_f64());
 }
