@@ -5,6 +5,7 @@ mod broker;
 mod cluster;
 mod docs;
 mod errors;
+mod examples;
 mod faults;
 mod flows;
 mod interop;
