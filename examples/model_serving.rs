@@ -70,7 +70,7 @@ fn orchestrate() -> Res<bool> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("results.db");
     println!(
-        "model_serving: {REQUESTS} requests from {DATA}, queues {requests_q} (requests), \
+        "model_serving: {REQUESTS} requests from examples/data/tabular_data.csv, queues {requests_q} (requests), \
          {predictions_q} (results)"
     );
 
