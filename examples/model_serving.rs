@@ -75,7 +75,7 @@ fn orchestrate() -> Res<bool> {
     );
 
     let model = env.model_command(&["--model", credit::MODEL_FILE]);
-    let serve = common::spawn(
+    let mut serve = common::spawn(
         env.mqdemo(&[
             "serve",
             "--queue",
@@ -87,13 +87,22 @@ fn orchestrate() -> Res<bool> {
         ]),
         "mqdemo serve",
     )?;
-    env.wait_for_consumer(&requests_q, Duration::from_secs(30))?;
+    env.wait_for_consumer(&requests_q, &mut serve, Duration::from_secs(30))?;
 
     let n = REQUESTS.to_string();
-    let requested = common::run(
-        env.mqdemo(&["request", "--queue", &requests_q, "--file", DATA, "--num-records", &n]),
-        "mqdemo request",
-    )?;
+    let request = env.mqdemo(&[
+        "request",
+        "--queue",
+        &requests_q,
+        "--file",
+        DATA,
+        "--num-records",
+        &n,
+        "--timeout",
+        "10",
+    ]);
+    let requested = common::spawn(request, "mqdemo request")?
+        .wait_watching(&mut serve, common::STEP_DEADLINE)?;
     for line in requested.stderr.lines().filter(|l| l.contains("p50")) {
         println!("  request: {line}");
     }

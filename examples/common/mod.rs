@@ -98,10 +98,24 @@ impl Env {
         Ok(n)
     }
 
-    /// Wait until `queue` exists and has a consumer (e.g. `mqdemo serve` is ready).
-    pub fn wait_for_consumer(&self, queue: &str, deadline: Duration) -> Res<()> {
+    /// Wait until `queue` exists and has a consumer: `server` (e.g. `mqdemo serve`) is
+    /// ready. An error, with its stderr, if it exits first.
+    pub fn wait_for_consumer(
+        &self,
+        queue: &str,
+        server: &mut Running,
+        deadline: Duration,
+    ) -> Res<()> {
         let started = Instant::now();
         loop {
+            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let stderr = join(server.stderr.take());
+                return Err(format!(
+                    "{} exited ({status}) before it consumed {queue}; its stderr:\n{stderr}",
+                    server.what
+                )
+                .into());
+            }
             let mut conn = self.connect()?;
             let ch = conn.open_channel(None)?;
             // A passive declare of a missing queue closes the channel: that is "not yet".
@@ -246,6 +260,36 @@ impl Running {
     /// The process id (e.g. to send it a signal).
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited (it can still be waited for).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Wait for this process like [`Running::wait`], but if `server` exits first, kill this
+    /// one and fail with the server's stderr (a client need not wait for its timeout when
+    /// the service it talks to is gone).
+    pub fn wait_watching(mut self, server: &mut Running, deadline: Duration) -> Res<Output> {
+        let started = Instant::now();
+        while !self.exited() && started.elapsed() < deadline {
+            if server.exited() {
+                let stderr = join(server.stderr.take());
+                self.kill();
+                return Err(format!("{} exited early; its stderr:\n{stderr}", server.what).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait(Duration::ZERO)
+    }
+
+    /// Kill the process now; what it wrote on stderr.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        join(self.stderr.take())
     }
 
     /// Wait for the exit, killing the process after `deadline`; an error unless it exits 0.
