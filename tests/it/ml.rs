@@ -227,8 +227,9 @@ fn pipe_workers_run_one_model_child_each() {
     let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", model];
     let extra = ["--workers", "3", "--prefetch", "1", "--count", "30"];
     mqdemo(&[&args[..], &extra[..]].concat()).run().expect_code(0);
-    let rows =
-        mqdemo(&["consume", "tabular", "--queue", &output.name, "--count", "30"]).run().expect_code(0);
+    let rows = mqdemo(&["consume", "tabular", "--queue", &output.name, "--count", "30"])
+        .run()
+        .expect_code(0);
     let pids: std::collections::HashSet<&str> = rows.stdout.lines().collect();
     assert_eq!(rows.stdout.lines().count(), 30);
     assert_eq!(pids.len(), 3, "three children shared the work: {pids:?}");
