@@ -157,7 +157,7 @@ fn write_images(dir: &Path, quick: bool) -> Res<PathBuf> {
     } else {
         &[5_000, 20_000, 100_000, 500_000, 1_000_000, 5_000_000]
     };
-    let copies = if quick { 3 } else { 10 };
+    let copies = if quick { 3 } else { 20 };
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     for (i, size) in sizes.iter().cycle().take(sizes.len() * copies).enumerate() {
         let mut bytes = png.clone();
@@ -296,6 +296,8 @@ enum Sink<'a> {
 /// Prefetch 1000, one multiple-ack per 100 messages (and at the end), after the sink.
 fn ceiling_consume(url: &str, queue: &str, count: usize, sink: Sink<'_>) -> Res<(Duration, u64)> {
     use std::io::Write;
+    // From before connecting, as mqdemo's consume timing is.
+    let started = Instant::now();
     let mut conn = Connection::insecure_open(url)?;
     let ch = conn.open_channel(None)?;
     ch.qos(0, 1000, false)?;
@@ -307,7 +309,6 @@ fn ceiling_consume(url: &str, queue: &str, count: usize, sink: Sink<'_>) -> Res<
             None
         }
     };
-    let started = Instant::now();
     let (mut n, mut bytes) = (0usize, 0u64);
     for msg in consumer.receiver().iter() {
         let ConsumerMessage::Delivery(d) = msg else { return Err("consumer ended".into()) };
