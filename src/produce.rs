@@ -409,7 +409,8 @@ fn stream_whole_files(
     let (tx, rx) = crossbeam_channel::unbounded::<Loaded>();
     let (max_size, stop) = (pump.max_size, pump.stop);
     std::thread::scope(|scope| {
-        scope.spawn(|| {
+        let reader = std::thread::Builder::new().name("mqdemo-read".into());
+        let spawned = reader.spawn_scoped(scope, || {
             for (path, source) in files {
                 if stop.load(Ordering::SeqCst) {
                     break;
@@ -422,6 +423,7 @@ fn stream_whole_files(
             }
             drop(tx);
         });
+        spawned.wrap_err("cannot start the file reader thread")?;
         // Whatever ends this loop (done, signal, error) releases the reader.
         let _close = budget.closer();
         for loaded in rx {
@@ -445,13 +447,19 @@ fn stream_whole_files(
 fn load_file(root: &Path, path: &Path, source: &str, kind: Kind, max_size: u64) -> Loaded {
     let shown = || format!("{}", root.join(source).display());
     let skip = |why: String| Err((shown(), why));
-    match std::fs::metadata(path) {
-        Err(e) => return skip(format!("cannot read it: {e}")),
-        Ok(m) if m.len() > max_size => return skip(too_large(m.len(), max_size)),
-        Ok(_) => {}
-    }
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    // One open, one fstat, reads into a buffer of the file's size.
+    let read = File::open(path).and_then(|mut f| {
+        let len = f.metadata()?.len();
+        if len > max_size {
+            return Ok(Err(len));
+        }
+        let mut bytes = Vec::with_capacity(len as usize + 1);
+        f.read_to_end(&mut bytes)?;
+        Ok(Ok(bytes))
+    });
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(len)) => return skip(too_large(len, max_size)),
         Err(e) => return skip(format!("cannot read it: {e}")),
     };
     let encoded = match kind {
@@ -467,7 +475,8 @@ fn load_file(root: &Path, path: &Path, source: &str, kind: Kind, max_size: u64) 
 /// Bytes read ahead but not yet taken by the publisher; the reader waits above the limit.
 #[derive(Default)]
 struct ReadAhead {
-    state: Mutex<(u64, bool)>,
+    /// (bytes queued, publisher gone, reader waiting)
+    state: Mutex<(u64, bool, bool)>,
     changed: Condvar,
 }
 
@@ -477,8 +486,10 @@ impl ReadAhead {
     fn take(&self, size: u64) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while !st.1 && st.0 > 0 && st.0 + size > READ_AHEAD_BYTES {
+            st.2 = true;
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        st.2 = false;
         st.0 += size;
         !st.1
     }
@@ -486,7 +497,9 @@ impl ReadAhead {
     fn give(&self, size: u64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.0 = st.0.saturating_sub(size);
-        self.changed.notify_all();
+        if st.2 {
+            self.changed.notify_all();
+        }
     }
 
     fn closer(&self) -> impl Drop + '_ {
