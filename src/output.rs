@@ -124,13 +124,12 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
         LinkEvent::Backoff { messages, delay } => {
             if delay <= Duration::from_millis(100) {
                 reporter.warn(&format!(
-                    "queue full: the broker nacked {messages} message(s); backing off and retrying"
+                    "the broker nacked {messages} message(s) (queue full, or its node unavailable); \
+                     backing off and retrying"
                 ));
             }
-            reporter.status_now(format!(
-                "queue full: retrying {messages} in {:.1} s",
-                delay.as_secs_f64()
-            ));
+            reporter
+                .status_now(format!("nacked: retrying {messages} in {:.1} s", delay.as_secs_f64()));
         }
     }
 }
