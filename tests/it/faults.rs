@@ -187,7 +187,9 @@ fn connections_cut_mid_publish_and_mid_consume_lose_nothing() {
     let broker = PrivateBroker::start("cut");
     let proxy = Proxy::start(broker.port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let n = 30_000;
+    // Enough rows that the producer is still running at the third cut on a fast broker
+    // (about 17,000 rows/s here; each depth poll through rabbitmqctl takes ~0.5 s).
+    let n = 100_000;
     let csv = big_csv(dir.path(), n);
     let producer =
         mqdemo(&["--url", &proxy.url(), "produce", "tabular", "--file", s(&csv), "--queue", "cut"])
