@@ -8,7 +8,7 @@
 //! its queue deleted, so the next starts from the same state.
 
 use crate::broker::PrivateBroker;
-use crate::support::{Output, count_files, data, mqdemo, s, tree, wait_until};
+use crate::support::{Output, count_after, count_files, data, mqdemo, s, tree, wait_until};
 use amiquip::{Connection, QueueDeleteOptions};
 use serde_json::Value;
 use std::cell::Cell;
@@ -332,16 +332,6 @@ fn row_ids(jsonl: &Path) -> (HashSet<i64>, usize) {
         seen.insert(v["ID"].as_i64().expect("ID"));
     }
     (seen, lines)
-}
-
-/// The number after the last `word ` in a summary line (0 if absent).
-fn count_after(stderr: &str, word: &str) -> u64 {
-    stderr
-        .rsplit(&format!("{word} "))
-        .next()
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// `mqdemo produce tabular` of `csv` into the quorum queue `queue`, with `extra` arguments.

@@ -4,7 +4,7 @@
 
 use crate::broker::{PrivateBroker, TestCa};
 use crate::proxy::Proxy;
-use crate::support::{data, mqdemo, s, tree, wait_until};
+use crate::support::{count_after, data, mqdemo, s, tree, wait_until};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,16 +51,6 @@ fn ids(jsonl: &Path) -> (HashSet<i64>, usize) {
 /// Complete lines in a file another process is appending to.
 fn lines_in(path: &Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
-}
-
-/// The number after `word ` in a summary line.
-fn count_after(stderr: &str, word: &str) -> u64 {
-    stderr
-        .rsplit(&format!("{word} "))
-        .next()
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Consume everything from `url`/`queue` into a JSON-lines file and check rows 1..=n.

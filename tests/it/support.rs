@@ -404,3 +404,13 @@ pub fn consume_files(q: &TestQueue, kind: &str, dir: &Path, extra: &[&str]) -> M
     args.extend_from_slice(extra);
     mqdemo(&args)
 }
+
+/// The number after the last `word ` in a summary line (0 if absent).
+pub fn count_after(stderr: &str, word: &str) -> u64 {
+    stderr
+        .rsplit(&format!("{word} "))
+        .next()
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
