@@ -109,6 +109,27 @@ fn broker_restart_mid_produce_tabular_loses_nothing() {
 }
 
 #[test]
+fn broker_restart_mid_pipe_loses_nothing() {
+    let broker = PrivateBroker::start("restart-pipe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 20_000;
+    let csv = big_csv(dir.path(), n);
+    produce_csv(&broker.url(), &csv, "raw", &[]).finish(Duration::from_secs(120)).expect_code(0);
+    // An echo model: every answer is its input row, so the output must hold rows 1..=n.
+    let url = broker.url();
+    let args = ["--url", &url, "pipe", "--from", "raw", "--to", "clean", "--exec", "cat"];
+    let pipe = mqdemo(&[&args[..], &["--idle-timeout", "5"]].concat()).watch();
+    wait_until(Duration::from_secs(60), "3,000 answers", || broker.queue_depth("clean") >= 3_000);
+    broker.stop();
+    broker.start_again();
+    let out = pipe.finish(Duration::from_secs(180)).expect_code(0);
+    assert!(out.stderr.contains("reconnected to"), "{}", out.stderr);
+    assert_eq!(broker.queue_depth("raw"), 0, "every input acked");
+    let republished = count_after(&out.stderr, "re-published");
+    drain_and_count("broker restart mid pipe", &broker.url(), "clean", n, dir.path(), republished);
+}
+
+#[test]
 fn broker_restart_mid_produce_image_loses_nothing() {
     let broker = PrivateBroker::start("restart-img");
     let src = tempfile::tempdir().expect("tempdir");
