@@ -14,6 +14,7 @@ use color_eyre::eyre::{Result, WrapErr, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +55,8 @@ struct Running {
     process: Child,
     stdin: BufWriter<ChildStdin>,
     answers: Receiver<std::io::Result<Vec<u8>>>,
+    /// Disconnected once the child's stderr reached its end (every line is in the tail).
+    stderr_done: Receiver<()>,
 }
 
 /// A model child, started on first use and after each failure.
@@ -95,6 +98,8 @@ impl ModelChild {
         let mut process = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
+            // Its own process group, so a kill reaches whatever `sh -c` started too.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -123,7 +128,9 @@ impl ModelChild {
             }
         });
         let tail = Arc::clone(&self.stderr_tail);
+        let (done, stderr_done) = bounded::<()>(0);
         std::thread::spawn(move || {
+            let _done = done; // dropped at the end of stderr
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("{line}");
@@ -136,7 +143,8 @@ impl ModelChild {
         });
         self.starts += 1;
         self.answered = 0;
-        Ok(Running { process, stdin: BufWriter::with_capacity(256 * 1024, stdin), answers })
+        let stdin = BufWriter::with_capacity(256 * 1024, stdin);
+        Ok(Running { process, stdin, answers, stderr_done })
     }
 
     /// Hand `body` to the child and wait for its answer.
@@ -158,7 +166,7 @@ impl ModelChild {
         if let Some(run) = self.running.as_mut() {
             if let Ok(Some(_)) = run.process.try_wait() {
                 if self.answered == 0 {
-                    let mut f = self.failed("it exited before its first message");
+                    let mut f = self.failed("it exited before its first message", false);
                     f.fatal = true;
                     return Err(f);
                 }
@@ -181,7 +189,7 @@ impl ModelChild {
         }
         .and_then(|()| run.stdin.flush());
         if let Err(e) = written {
-            return Err(self.failed(&format!("could not write to it ({e})")));
+            return Err(self.failed(&format!("could not write to it ({e})"), false));
         }
         let answer = run.answers.recv_timeout(self.timeout);
         if matches!(answer, Ok(Ok(_))) {
@@ -190,39 +198,31 @@ impl ModelChild {
         match answer {
             Ok(Ok(bytes)) if bytes.is_empty() => Ok(Answer::Nothing),
             Ok(Ok(bytes)) => Ok(Answer::Output(bytes)),
-            Ok(Err(e)) => Err(self.failed(&format!("unreadable answer ({e})"))),
-            Err(RecvTimeoutError::Timeout) => Err(self.failed(&format!(
-                "no answer within {:.0} s (--exec-timeout)",
-                self.timeout.as_secs_f64()
-            ))),
-            Err(RecvTimeoutError::Disconnected) => Err(self.failed("it closed its stdout")),
+            Ok(Err(e)) => Err(self.failed(&format!("unreadable answer ({e})"), true)),
+            Err(RecvTimeoutError::Timeout) => Err(self.failed(
+                &format!("no answer within {:.0} s (--exec-timeout)", self.timeout.as_secs_f64()),
+                true,
+            )),
+            Err(RecvTimeoutError::Disconnected) => Err(self.failed("it closed its stdout", false)),
         }
     }
 
-    /// The child failed on the message in hand: stop it and say why (with its exit status
-    /// and last stderr line). The next call starts a new one.
-    fn failed(&mut self, what: &str) -> Failure {
+    /// The child failed on the message in hand: stop it (at once if `kill`, else once it has
+    /// exited, killing it only past [`EXIT_GRACE`]) and say why, with its exit status and
+    /// last stderr line. The next call starts a new one.
+    fn failed(&mut self, what: &str, kill: bool) -> Failure {
         let Some(mut run) = self.running.take() else {
             return Failure { reason: format!("the --exec child failed: {what}"), fatal: false };
         };
         drop(run.stdin);
-        let status = match run.process.try_wait() {
-            Ok(Some(s)) => Some(s),
-            _ => {
-                // Give an exiting child a moment, then make sure it is gone.
-                std::thread::sleep(Duration::from_millis(50));
-                match run.process.try_wait() {
-                    Ok(Some(s)) => Some(s),
-                    _ => {
-                        let _ = run.process.kill();
-                        None
-                    }
-                }
-            }
-        };
+        let status = if kill { None } else { exit_within(&mut run.process, EXIT_GRACE) };
+        if status.is_none() {
+            kill_group(&mut run.process);
+        }
         let _ = run.process.wait();
-        // Let the stderr pump catch up with the child's last words.
-        std::thread::sleep(Duration::from_millis(20));
+        // Its last words: the stderr pump ends when the pipe closes (bounded, in case a
+        // grandchild still holds it open).
+        let _ = run.stderr_done.recv_timeout(STDERR_GRACE);
         let last = self.stderr_tail.lock().map(|t| t.back().cloned()).unwrap_or(None);
         let code = status.and_then(|s| s.code());
         let mut reason = match status {
@@ -236,18 +236,54 @@ impl ModelChild {
         Failure { reason, fatal: matches!(code, Some(126 | 127)) }
     }
 
-    /// Close the child's stdin and wait for it (killed if it lingers).
+    /// Close the child's stdin and wait for it to end (killed past [`EXIT_GRACE`]).
     pub fn stop(&mut self) {
         if let Some(mut run) = self.running.take() {
             drop(run.stdin);
-            for _ in 0..50 {
-                if let Ok(Some(_)) = run.process.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if exit_within(&mut run.process, EXIT_GRACE).is_none() {
+                kill_group(&mut run.process);
             }
-            let _ = run.process.kill();
             let _ = run.process.wait();
+        }
+    }
+
+    /// Whether the running child has exited by now (for tests).
+    #[cfg(test)]
+    fn has_exited(&mut self) -> bool {
+        self.running.as_mut().is_some_and(|r| matches!(r.process.try_wait(), Ok(Some(_))))
+    }
+}
+
+/// How long a child whose stdin closed (or that closed its stdout) may take to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long its stderr may stay open after it exited.
+const STDERR_GRACE: Duration = Duration::from_secs(1);
+
+/// SIGKILL the child's process group (the shell and everything it started).
+fn kill_group(process: &mut Child) {
+    let group = i32::try_from(process.id()).ok().and_then(rustix::process::Pid::from_raw);
+    match group {
+        Some(pid) => {
+            if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_err() {
+                let _ = process.kill();
+            }
+        }
+        None => {
+            let _ = process.kill();
+        }
+    }
+}
+
+/// The exit status once `process` has exited, polling until `deadline`; None if it has not.
+fn exit_within(process: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        match process.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return None,
         }
     }
 }
@@ -359,16 +395,25 @@ mod tests {
 
     #[test]
     fn a_silent_child_times_out_and_a_missing_command_is_fatal() {
-        let mut c = ModelChild::new("sleep 30", Framing::Lines, Duration::from_millis(200));
+        // `sleep` runs under the shell (not exec'd): the kill must reach it too, or it would
+        // hold stderr open (and linger) for 30 s.
+        let started = std::time::Instant::now();
+        let mut c =
+            ModelChild::new("sleep 30; echo never", Framing::Lines, Duration::from_millis(200));
         let f = c.call(b"x").expect_err("timeout");
         assert!(f.reason.contains("no answer within"), "{}", f.reason);
+        assert!(started.elapsed() < STDERR_GRACE, "took {:?}", started.elapsed());
         let mut c = ModelChild::new("no-such-model-command-xyz", Framing::Lines, T);
         let f = c.call(b"x").expect_err("not found");
         assert!(f.fatal, "{}", f.reason);
         // A model that dies at start-up (before any message) is broken, not the message.
         let mut c = ModelChild::new("echo 'ImportError: no numpy' >&2; exit 1", Framing::Lines, T);
         c.start().expect("sh starts");
-        std::thread::sleep(Duration::from_millis(300));
+        let until = std::time::Instant::now() + T;
+        while !c.has_exited() {
+            assert!(std::time::Instant::now() < until, "the model never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let f = c.call(b"x").expect_err("died at start");
         assert!(f.fatal && f.reason.contains("before its first message"), "{}", f.reason);
         assert!(f.reason.contains("ImportError"), "{}", f.reason);
