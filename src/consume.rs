@@ -17,13 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// How a consumer run ended.
-pub struct Outcome {
-    /// Counts for the summary line.
-    pub summary: Summary,
-    /// What stopped the run early, if anything.
-    pub error: Option<color_eyre::eyre::Report>,
-}
+pub use crate::output::Outcome;
 
 /// Run one consumer (with `--workers N`: N competing consumers on threads, each with its own
 /// connection, channel and prefetch, sharing one sink). `stdout` is where rows go when no

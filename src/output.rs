@@ -134,6 +134,15 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
     }
 }
 
+/// How a run (produce, consume, pipe, serve, request) ended: the summary always, and the
+/// error that stopped it early (connection lost, confirm timeout, ...), if any.
+pub struct Outcome {
+    /// Counts for the summary line.
+    pub summary: Summary,
+    /// What stopped the run early, if anything.
+    pub error: Option<color_eyre::eyre::Report>,
+}
+
 /// The one-line summary every run ends with.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {

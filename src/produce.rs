@@ -9,7 +9,7 @@ use crate::codec::{Kind, Message, image, tabular, text};
 use crate::config::{Global, ProduceConfig, Source};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use crate::signals::sleep_unless_stopped;
-use color_eyre::eyre::{Report, Result, WrapErr, bail};
+use color_eyre::eyre::{Result, WrapErr, bail};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -18,13 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use walkdir::WalkDir;
 
-/// How a run ended: the summary always, and the error that stopped it, if any.
-pub struct Outcome {
-    /// Counts for the summary line.
-    pub summary: Summary,
-    /// What stopped the run early (connection lost, confirm timeout, ...).
-    pub error: Option<Report>,
-}
+pub use crate::output::Outcome;
 
 /// Run one producer.
 pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {

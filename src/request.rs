@@ -6,20 +6,14 @@ use crate::amqp::{Received, RpcClient, with_client};
 use crate::codec::tabular;
 use crate::config::{Global, RequestConfig};
 use crate::output::{Progress, Reporter, Summary};
-use color_eyre::eyre::{Report, Result, WrapErr, bail, eyre};
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// How a request run ended.
-pub struct Outcome {
-    /// Counts and latency percentiles for the summary line.
-    pub summary: Summary,
-    /// What stopped the run early, if anything.
-    pub error: Option<Report>,
-}
+pub use crate::output::Outcome;
 
 /// A request in flight.
 struct Pending {

@@ -26,13 +26,7 @@ pub const ERROR_HEADER: &str = "x-mqdemo-error";
 /// Label prefix of replies: a reply nobody waits for any more (client gone) is not an error.
 const REPLY_LABEL: &str = "reply to ";
 
-/// How a stage run ended.
-pub struct Outcome {
-    /// Counts for the summary line.
-    pub summary: Summary,
-    /// What stopped the run early, if anything.
-    pub error: Option<color_eyre::eyre::Report>,
-}
+pub use crate::output::Outcome;
 
 /// What one worker did.
 #[derive(Debug, Default, Clone, Copy)]
