@@ -5,6 +5,9 @@
 //!
 //! Run: `benches/run.sh [--quick]` (builds in release mode, then runs this example).
 
+#[path = "common/sample_csv.rs"]
+mod sample_csv;
+
 use amiquip::{
     Confirm, ConfirmSmoother, Connection, ConsumerMessage, ConsumerOptions, Publish,
     QueueDeclareOptions,
@@ -126,23 +129,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 // ---------- data ----------
 
 fn write_csv(dir: &Path, rows: usize) -> Res<PathBuf> {
-    let sample = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/data/tabular_data.csv"
-    ))?;
-    let mut lines = sample.lines();
-    let header = lines.next().ok_or("empty sample")?;
-    let body: Vec<&str> = lines.collect();
-    let mut out = String::with_capacity(rows * 100);
-    out.push_str(header);
-    out.push('\n');
-    for i in 0..rows {
-        let rest = body[i % body.len()].split_once(',').map_or("", |(_, r)| r);
-        out.push_str(&format!("{},{rest}\n", i + 1));
-    }
-    let path = dir.join("credit.csv");
-    std::fs::write(&path, out)?;
-    Ok(path)
+    Ok(sample_csv::write(dir, "credit.csv", rows)?)
 }
 
 /// Images of mixed sizes, 5 KB to 5 MB: a real PNG header (sniffable, with dimensions)

@@ -18,6 +18,9 @@
 //! A consumer case is timed from spawning the consumers to the last write into their output
 //! files (file mtimes), so neither polling nor the consumers' `--idle-timeout` skews it.
 
+#[path = "common/sample_csv.rs"]
+mod sample_csv;
+
 use amiquip::{Connection, QueueDeleteOptions};
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -404,23 +407,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn write_csv(dir: &Path, rows: usize) -> Res<PathBuf> {
-    let sample = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/data/tabular_data.csv"
-    ))?;
-    let mut lines = sample.lines();
-    let header = lines.next().ok_or("empty sample")?;
-    let body: Vec<&str> = lines.collect();
-    let mut out = String::with_capacity(rows * 100);
-    out.push_str(header);
-    out.push('\n');
-    for i in 0..rows {
-        let rest = body[i % body.len()].split_once(',').map_or("", |(_, r)| r);
-        out.push_str(&format!("{},{rest}\n", i + 1));
-    }
-    let path = dir.join("rows.csv");
-    std::fs::write(&path, out)?;
-    Ok(path)
+    Ok(sample_csv::write(dir, "rows.csv", rows)?)
 }
 
 fn print_table(table: &[Line], env: &Env) {

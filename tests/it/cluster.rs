@@ -8,13 +8,13 @@
 //! its queue deleted, so the next starts from the same state.
 
 use crate::broker::PrivateBroker;
-use crate::support::{Output, count_after, count_files, data, mqdemo, s, tree, wait_until};
+use crate::support::{Output, count_after, count_files, csv_rows, mqdemo, s, tree, wait_until};
 use amiquip::{Connection, QueueDeleteOptions};
 use serde_json::Value;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Longest a cluster-wide condition (membership, leader election, replica catch-up, an empty
@@ -298,25 +298,6 @@ impl Drop for Cluster {
             }
         });
     }
-}
-
-/// A CSV shaped like the sample with the given IDs, one row each.
-fn csv_rows(dir: &Path, name: &str, ids: RangeInclusive<usize>) -> PathBuf {
-    let sample = std::fs::read_to_string(data("tabular_data.csv")).expect("sample");
-    let mut lines = sample.lines();
-    let header = lines.next().expect("header");
-    let body: Vec<&str> = lines.collect();
-    let mut out = String::with_capacity(ids.clone().count() * 100);
-    out.push_str(header);
-    out.push('\n');
-    for id in ids {
-        let row = body[id % body.len()];
-        let rest = row.split_once(',').map_or("", |(_, r)| r);
-        out.push_str(&format!("{id},{rest}\n"));
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, out).expect("write csv");
-    path
 }
 
 /// IDs in a JSON-lines file: (distinct ids, total lines). Only complete lines count, so a

@@ -4,28 +4,14 @@
 
 use crate::broker::{PrivateBroker, TestCa};
 use crate::proxy::Proxy;
-use crate::support::{count_after, data, mqdemo, s, tree, wait_until};
+use crate::support::{count_after, csv_rows, data, mqdemo, s, tree, wait_until};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A CSV of `rows` rows shaped like the sample, IDs 1..=rows.
 fn big_csv(dir: &Path, rows: usize) -> PathBuf {
-    let sample = std::fs::read_to_string(data("tabular_data.csv")).expect("sample");
-    let mut lines = sample.lines();
-    let header = lines.next().expect("header");
-    let body: Vec<&str> = lines.collect();
-    let mut out = String::with_capacity(rows * 100);
-    out.push_str(header);
-    out.push('\n');
-    for i in 0..rows {
-        let row = body[i % body.len()];
-        let rest = row.split_once(',').map_or("", |(_, r)| r);
-        out.push_str(&format!("{},{rest}\n", i + 1));
-    }
-    let path = dir.join("big.csv");
-    std::fs::write(&path, out).expect("write csv");
-    path
+    csv_rows(dir, "big.csv", 1..=rows)
 }
 
 /// `mqdemo produce tabular` of `csv` into `queue` at `url`, watched while it runs.

@@ -2,7 +2,7 @@
 //! `request`.
 
 use crate::support::{
-    TestQueue, consume_files, count_files, data, mqdemo, produce_sample, s, tree, wait,
+    TestQueue, consume_files, count_files, csv_rows, data, mqdemo, produce_sample, s, tree, wait,
 };
 use amiquip::AmqpProperties;
 use std::time::Duration;
@@ -160,18 +160,7 @@ fn two_request_clients_at_once_each_get_only_their_own_replies_and_results_are_s
     .watch();
     // Two clients with different rows: the echo model's replies show whose they are.
     let dir = tempfile::tempdir().expect("tempdir");
-    let other = dir.path().join("other.csv");
-    let sample = std::fs::read_to_string(data("tabular_data.csv")).expect("sample csv");
-    let mut lines = sample.lines();
-    let header = lines.next().expect("header");
-    let shifted: Vec<String> = lines
-        .take(100)
-        .map(|l| {
-            let (id, rest) = l.split_once(',').expect("id column");
-            format!("{},{rest}", id.parse::<i64>().expect("numeric ID") + 1000)
-        })
-        .collect();
-    std::fs::write(&other, format!("{header}\n{}\n", shifted.join("\n"))).expect("write csv");
+    let other = csv_rows(dir.path(), "other.csv", 1001..=1100);
     let sample_path = data("tabular_data.csv");
     let client = |file: &std::path::Path, concurrency: &str| {
         mqdemo(&[

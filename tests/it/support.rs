@@ -414,3 +414,22 @@ pub fn count_after(stderr: &str, word: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// A CSV shaped like the sample (`examples/data/tabular_data.csv`, its rows cycled) with the
+/// given IDs in its first column, one row each.
+pub fn csv_rows(dir: &Path, name: &str, ids: std::ops::RangeInclusive<usize>) -> PathBuf {
+    let sample = std::fs::read_to_string(data("tabular_data.csv")).expect("sample");
+    let mut lines = sample.lines();
+    let header = lines.next().expect("header");
+    let body: Vec<&str> = lines.collect();
+    let mut out = String::with_capacity(ids.clone().count() * 100);
+    out.push_str(header);
+    out.push('\n');
+    for id in ids {
+        let rest = body[id % body.len()].split_once(',').map_or("", |(_, r)| r);
+        out.push_str(&format!("{id},{rest}\n"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, out).expect("write csv");
+    path
+}
