@@ -85,6 +85,39 @@ fn missing_inputs_stop_before_connecting() {
 }
 
 #[test]
+fn ml_commands_check_their_inputs_before_connecting() {
+    // Nothing listens on port 1: the input's error must come first.
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let out =
+        mqdemo(&["--url", dead, "request", "--file", "/nonexistent/rows.csv"]).run().expect_code(1);
+    let first = out.first_error_line();
+    assert!(first.contains("/nonexistent/rows.csv") && first.contains("--file"), "{}", out.stderr);
+    let out = mqdemo(&["--url", dead, "consume", "tabular", "--sqlite", "/nonexistent/dir/r.db"])
+        .run()
+        .expect_code(1);
+    assert!(out.first_error_line().contains("--sqlite"), "{}", out.stderr);
+    let usage = [
+        &["consume", "tabular", "--sqlite", "r.db", "--table", "1x"][..],
+        &["consume", "tabular", "--sqlite", "r.db", "--output", "rows.jsonl"],
+        &["pipe", "--from", "a", "--to", "a", "--exec", "cat"],
+        &["pipe", "--from", "a", "--to", "b", "--exec", " "],
+        &["pipe", "--from", "a", "--to", "b", "--exec", "cat", "--failed-queue", "b"],
+        &["serve", "--queue", "q", "--results-queue", "q", "--exec", "cat"],
+        &["request", "--file", "x.csv", "--timeout", "0"],
+    ];
+    for args in usage {
+        let out = mqdemo(&[&["--url", dead][..], args].concat()).run();
+        assert_eq!(out.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(
+            out.first_error_line().starts_with("mqdemo: error:")
+                || out.first_error_line().starts_with("error:"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
 fn bad_usage_exits_two() {
     mqdemo(&["produce", "tabular"]).run().expect_code(2);
     mqdemo(&["consume", "text", "--idle-timeout", "-1"]).run().expect_code(2);
