@@ -9,7 +9,7 @@ use super::topology::QueueSpec;
 use super::{Endpoint, TICK, discard, explain, fatal, lost};
 use crate::codec::Message;
 use crate::signals::sleep_unless_stopped;
-use amiquip::{Channel, Confirm, ConfirmSmoother, ConnectionBlockedNotification, Publish, Return};
+use amiquip::{Channel, Confirm, ConnectionBlockedNotification, Publish, Return};
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::collections::{HashMap, VecDeque};
@@ -62,6 +62,21 @@ struct Ctx<'a> {
     on_event: &'a dyn Fn(LinkEvent),
 }
 
+/// Remove and return what one confirm settles from `pending` (strictly increasing tags): with
+/// `multiple`, every pending tag up to and including `tag`; without, `tag` alone. Tags
+/// settled before are no longer pending, so a late or repeated confirm settles nothing twice
+/// and never changes a nack into an ack.
+fn take_settled<T>(pending: &mut VecDeque<(u64, T)>, tag: u64, multiple: bool) -> Vec<T> {
+    if multiple {
+        let n = pending.partition_point(|(t, _)| *t <= tag);
+        return pending.drain(..n).map(|(_, m)| m).collect();
+    }
+    match pending.binary_search_by_key(&tag, |(t, _)| *t) {
+        Ok(i) => pending.remove(i).map(|(_, m)| m).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Publishes persistent, mandatory messages to one queue on one channel.
 struct Publisher {
     channel: Channel,
@@ -71,7 +86,6 @@ struct Publisher {
     returns: Receiver<Return>,
     blocked_rx: Receiver<ConnectionBlockedNotification>,
     blocked: Option<(String, Instant)>,
-    smoother: ConfirmSmoother,
     next_tag: u64,
     /// Published, not yet confirmed, in delivery-tag order: what a reconnect re-publishes.
     pending: VecDeque<(u64, Message)>,
@@ -107,7 +121,6 @@ impl Publisher {
             returns,
             blocked_rx: session.blocked_notices(),
             blocked: None,
-            smoother: ConfirmSmoother::new(),
             next_tag: 1,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -256,18 +269,14 @@ impl Publisher {
                 self.returned.insert(id.clone(), why);
             }
         }
-        let smoothed: Vec<Confirm> = self.smoother.process(confirm).collect();
-        for c in smoothed {
-            let (tag, acked) = match c {
-                Confirm::Ack(p) => (p.delivery_tag, true),
-                Confirm::Nack(p) => (p.delivery_tag, false),
-            };
-            let Some(pos) = self.pending.iter().position(|(t, _)| *t == tag) else {
-                continue;
-            };
-            let Some((_, msg)) = self.pending.remove(pos) else {
-                continue;
-            };
+        // Settled here, not by amiquip's ConfirmSmoother: it turns a nack into an ack when a
+        // later `multiple` ack covers the nacked tag (reject-publish nacks come at once, acks
+        // wait for the disk), which counted refused messages as confirmed.
+        let (payload, acked) = match confirm {
+            Confirm::Ack(p) => (p, true),
+            Confirm::Nack(p) => (p, false),
+        };
+        for msg in take_settled(&mut self.pending, payload.delivery_tag, payload.multiple) {
             self.pending_bytes -= msg.body.len();
             if let Some(why) = self.returned.remove(&msg.message_id) {
                 self.report.refused.push((msg.label, why));
@@ -592,5 +601,42 @@ impl Producer {
         }
         report.unconfirmed.extend(self.backlog.drain(..).map(|m| m.label));
         (report, error.map_or(Ok(()), Err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_settled;
+    use std::collections::VecDeque;
+
+    fn pending(tags: &[u64]) -> VecDeque<(u64, u64)> {
+        tags.iter().map(|&t| (t, t)).collect()
+    }
+
+    #[test]
+    fn a_nack_before_a_multiple_ack_stays_a_nack() {
+        let mut p = pending(&[1, 2, 3, 4, 5]);
+        // The broker nacks 2 and 4 at once (queue full), then acks up to 5 with `multiple`.
+        assert_eq!(take_settled(&mut p, 2, false), [2]);
+        assert_eq!(take_settled(&mut p, 4, false), [4]);
+        assert_eq!(take_settled(&mut p, 5, true), [1, 3, 5], "the ack settles only what is left");
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_confirm_settles_nothing_twice() {
+        let mut p = pending(&[1, 2, 3]);
+        assert_eq!(take_settled(&mut p, 2, true), [1, 2]);
+        assert!(take_settled(&mut p, 2, true).is_empty(), "a repeated multiple ack");
+        assert!(take_settled(&mut p, 1, false).is_empty(), "a late single confirm");
+        assert_eq!(take_settled(&mut p, 9, false), Vec::<u64>::new(), "an unknown tag");
+        assert_eq!(take_settled(&mut p, 3, false), [3]);
+    }
+
+    #[test]
+    fn a_multiple_confirm_stops_at_its_tag() {
+        let mut p = pending(&[3, 4, 7, 8]);
+        assert_eq!(take_settled(&mut p, 5, true), [3, 4]);
+        assert_eq!(p.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [7, 8]);
     }
 }

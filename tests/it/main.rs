@@ -3,6 +3,7 @@
 
 mod broker;
 mod cluster;
+mod confirms;
 mod docs;
 mod errors;
 mod examples;
