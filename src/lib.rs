@@ -19,11 +19,13 @@ pub mod results_db;
 pub mod signals;
 pub mod sink;
 pub mod stage;
+pub mod stdout;
 
 use color_eyre::eyre::{Report, Result};
 use config::{Action, Config, UsageError};
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Run a parsed command line; Ok(exit code) when it ran to the end.
 pub fn run(cli: cli::Cli) -> Result<ExitCode> {
@@ -35,7 +37,8 @@ pub fn run(cli: cli::Cli) -> Result<ExitCode> {
             finish(&config, out.summary, out.error)
         }
         Action::Consume(c) => {
-            let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
+            let stdout = stdout::Handoff::new(std::io::stdout(), Arc::clone(&stop));
+            let stdout: Box<dyn Write + Send> = Box::new(stdout);
             let out = consume::run(&config.global, c, &stop, stdout)?;
             finish(&config, out.summary, out.error)
         }

@@ -9,6 +9,7 @@ mod errors;
 mod examples;
 mod faults;
 mod flows;
+mod handoff;
 mod interop;
 mod ml;
 mod proxy;
