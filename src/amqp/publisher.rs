@@ -77,6 +77,9 @@ fn take_settled<T>(pending: &mut VecDeque<(u64, T)>, tag: u64, multiple: bool) -
     }
 }
 
+/// AMQP reply code of a mandatory message that no queue took.
+const NO_ROUTE: u16 = 312;
+
 /// Publishes persistent, mandatory messages to one queue on one channel.
 struct Publisher {
     channel: Channel,
@@ -92,10 +95,13 @@ struct Publisher {
     pending_bytes: usize,
     options: PublisherOptions,
     retry_nacks: bool,
-    /// message_id -> reason, for messages the broker returned (the ack follows the return).
-    returned: HashMap<String, String>,
-    /// Nacked messages to publish again after a pause.
+    /// message_id -> (reply code, reason), for messages the broker returned (the ack follows
+    /// the return).
+    returned: HashMap<String, (u16, String)>,
+    /// Nacked (or unroutable) messages to publish again after a pause.
     nacked: Vec<Message>,
+    /// Some message came back 312 NO_ROUTE since the last retry.
+    unroutable: bool,
     report: PublishReport,
 }
 
@@ -128,6 +134,7 @@ impl Publisher {
             retry_nacks,
             returned: HashMap::new(),
             nacked: Vec::new(),
+            unroutable: false,
             report: PublishReport::default(),
         })
     }
@@ -266,7 +273,7 @@ impl Publisher {
         while let Ok(ret) = self.returns.try_recv() {
             if let Some(id) = ret.properties.message_id() {
                 let why = format!("returned by the broker: {} {}", ret.reply_code, ret.reply_text);
-                self.returned.insert(id.clone(), why);
+                self.returned.insert(id.clone(), (ret.reply_code, why));
             }
         }
         // Settled here, not by amiquip's ConfirmSmoother: it turns a nack into an ack when a
@@ -278,8 +285,15 @@ impl Publisher {
         };
         for msg in take_settled(&mut self.pending, payload.delivery_tag, payload.multiple) {
             self.pending_bytes -= msg.body.len();
-            if let Some(why) = self.returned.remove(&msg.message_id) {
-                self.report.refused.push((msg.label, why));
+            if let Some((code, why)) = self.returned.remove(&msg.message_id) {
+                // 312 NO_ROUTE: no queue took it, e.g. a classic queue whose node is down.
+                // Like a nack, it is worth trying again while --retry-for lasts.
+                if code == NO_ROUTE && self.retry_nacks {
+                    self.unroutable = true;
+                    self.nacked.push(msg);
+                } else {
+                    self.report.refused.push((msg.label, why));
+                }
             } else if acked {
                 self.report.confirmed += 1;
                 self.report.confirmed_bytes += msg.body.len() as u64;
@@ -353,6 +367,9 @@ pub struct Producer {
     done: PublishReport,
     nack_delay: Duration,
     nack_since: Option<Instant>,
+    /// Since when the live channel has had nacks and no confirm (None after a confirm or a
+    /// reconnect).
+    channel_nacked_since: Option<Instant>,
     confirmed_at_nack: u64,
     gave_up: bool,
     /// Refusals already handed out by [`Producer::flush`] (still part of the final report).
@@ -373,6 +390,13 @@ fn declare_and_publish(
     let default = specs.first().map_or("", |s| s.name.as_str());
     Publisher::new(session, default, options, !retry.retry_for.is_zero())
 }
+
+/// A channel that has had nothing but nacks for this long is replaced by a fresh connection
+/// (the next --url): after a quorum queue's leader moved, a channel on a surviving node was
+/// seen nacking every re-publish for minutes while a fresh connection published fine. A
+/// queue that is merely full costs one reconnect per period; --retry-for still bounds the
+/// whole wait, and reconnects never reset it.
+const STUCK_CHANNEL: Duration = Duration::from_secs(10);
 
 /// First pause after the broker nacks (queue full); doubles up to 5 s.
 const FIRST_NACK_DELAY: Duration = Duration::from_millis(100);
@@ -415,6 +439,7 @@ impl Producer {
             done: PublishReport::default(),
             nack_delay: FIRST_NACK_DELAY,
             nack_since: None,
+            channel_nacked_since: None,
             confirmed_at_nack: 0,
             gave_up: false,
             refused_total: Vec::new(),
@@ -515,31 +540,34 @@ impl Producer {
     }
 
     /// Put nacked messages back at the front of the backlog after a growing pause; true if
-    /// there were any. Past --retry-for of nothing but nacks, they are refused for good.
+    /// there were any. Past --retry-for of nothing but nacks, they are refused for good. A
+    /// channel that keeps refusing is replaced (see [`STUCK_CHANNEL`]), and one whose messages
+    /// came back unroutable reconnects at once to declare the queue again.
     fn retry_nacked(&mut self) -> Result<bool> {
+        let confirmed = self.confirmed().0;
         let Some((_, publisher)) = self.live.as_mut() else {
             return Ok(false);
         };
-        let confirmed = publisher.report.confirmed;
         let nacked = std::mem::take(&mut publisher.nacked);
-        if nacked.is_empty() {
-            if confirmed > self.confirmed_at_nack {
-                self.nack_since = None;
+        if confirmed > self.confirmed_at_nack {
+            self.confirmed_at_nack = confirmed;
+            self.nack_since = None;
+            self.channel_nacked_since = None;
+            if nacked.is_empty() {
                 self.nack_delay = FIRST_NACK_DELAY;
             }
+        }
+        if nacked.is_empty() {
             return Ok(false);
         }
-        if confirmed > self.confirmed_at_nack {
-            self.nack_since = None;
-        }
-        self.confirmed_at_nack = confirmed;
+        let unroutable = std::mem::take(&mut publisher.unroutable);
         let since = *self.nack_since.get_or_insert_with(Instant::now);
         if since.elapsed() > self.retry.retry_for || self.stop.load(Ordering::SeqCst) {
             for m in nacked {
                 publisher.report.refused.push((
                     m.label,
-                    "nacked by the broker (queue full with x-overflow reject-publish) for longer \
-                     than --retry-for"
+                    "refused by the broker (nacked: queue full or unavailable; or returned \
+                     unroutable) for longer than --retry-for"
                         .into(),
                 ));
             }
@@ -552,12 +580,37 @@ impl Producer {
         for m in nacked.into_iter().rev() {
             self.backlog.push_front(m);
         }
+        let stuck = self.channel_nacked_since.get_or_insert_with(Instant::now).elapsed();
+        if unroutable {
+            self.recycle(format!(
+                "messages to queue {:?} came back unroutable (312 NO_ROUTE: the queue was \
+                 deleted, or its node is down)",
+                self.specs.first().map_or("", |s| s.name.as_str())
+            ))?;
+        } else if stuck >= STUCK_CHANNEL {
+            self.recycle(format!(
+                "the broker nacked every message on this connection for {:.0} s (a full queue, \
+                 or a channel left stuck by a failover); trying a fresh connection",
+                stuck.as_secs_f64()
+            ))?;
+        }
         Ok(true)
     }
 
     /// After a lost connection: keep what was not confirmed, reconnect, and queue it for
     /// re-publishing ahead of new messages.
-    fn recover(&mut self, mut error: Report) -> Result<()> {
+    fn recover(&mut self, error: Report) -> Result<()> {
+        self.replace_link(error, false)
+    }
+
+    /// Like [`Producer::recover`], for a connection that still works but should be replaced:
+    /// it is closed properly, on a thread of its own so a close that hangs cannot stall us.
+    fn recycle(&mut self, why: String) -> Result<()> {
+        self.replace_link(lost(why), true)
+    }
+
+    fn replace_link(&mut self, mut error: Report, healthy: bool) -> Result<()> {
+        self.channel_nacked_since = None;
         if let Some((session, publisher)) = self.live.take() {
             let (report, msgs) = publisher.into_unconfirmed();
             self.done.absorb(report);
@@ -565,7 +618,12 @@ impl Producer {
             for m in msgs.into_iter().rev() {
                 self.backlog.push_front(m);
             }
-            error = discard(session, error, false);
+            if healthy {
+                let closing = move || drop(session.close());
+                let _ = std::thread::Builder::new().name("mqdemo-close".into()).spawn(closing);
+            } else {
+                error = discard(session, error, false);
+            }
         }
         if self.stop.load(Ordering::SeqCst) {
             return Err(error.wrap_err("not reconnecting: stopped by a signal"));

@@ -170,3 +170,44 @@ fn pipe_acks_no_input_whose_answer_was_nacked() {
     let ids = row_ids(&received);
     assert_eq!(missing(&ids, rows), (0, vec![]), "acked inputs whose answer never arrived");
 }
+
+#[test]
+fn rows_returned_unroutable_are_retried_once_the_queue_is_back() {
+    // The queue is deleted mid-stream: what the broker returns (312 NO_ROUTE) is published
+    // again after the producer reconnects and declares the queue anew, never counted failed.
+    let q = TestQueue::new("no-route");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = csv_rows(dir.path(), "rows.csv", 1..=ROWS);
+    let args = ["produce", "tabular", "--file", s(&csv), "--queue", &q.name];
+    let producer = mqdemo(&[&args[..], &["--interval", "0.0002"]].concat()).watch();
+    crate::support::wait_until(Duration::from_secs(30), "3,000 rows queued", || q.depth() >= 3_000);
+    q.delete();
+    let out = producer.finish(Duration::from_secs(120));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(count_after(&out.stderr, "produced"), ROWS as u64, "{}", out.stderr);
+    let ids = row_ids(&Drainer::start(&q.name).finish());
+    let first = *ids.first().expect("rows after the deletion");
+    assert!(first > 1, "the deletion took the first rows with it");
+    let (gaps, some) = missing(&ids, ROWS);
+    assert_eq!(gaps as u64, first - 1, "rows after the deletion missing: {some:?}");
+}
+
+#[test]
+fn a_connection_that_only_gets_nacks_is_replaced_and_nothing_is_lost() {
+    // A full queue and no consumer: nothing but nacks. After a while the producer tries a
+    // fresh connection (after a failover a channel was seen nacking for minutes while a new
+    // one published fine); the retry budget is not reset by it, and every row arrives.
+    let q = bounded("nack-recycle");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = 300;
+    let csv = csv_rows(dir.path(), "rows.csv", 1..=rows);
+    let producer = mqdemo(&["produce", "tabular", "--file", s(&csv), "--queue", &q.name]).watch();
+    producer.wait_for("trying a fresh connection", Duration::from_secs(40));
+    producer.wait_for("reconnected to", Duration::from_secs(20));
+    let drain = Drainer::start(&q.name);
+    let out = producer.finish(Duration::from_secs(60));
+    let ids = row_ids(&drain.finish());
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(count_after(&out.stderr, "produced"), rows as u64, "{}", out.stderr);
+    assert_eq!(missing(&ids, rows), (0, vec![]), "rows that never arrived");
+}
