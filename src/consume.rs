@@ -5,7 +5,7 @@ use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular, unique_id};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
-use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored};
+use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored, row_key};
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};
@@ -459,17 +459,17 @@ impl Handler for DbHandler {
     }
 }
 
-/// The primary keys of a message's rows: its message id (`ID#N` for row N of a batch), or
-/// for a delivery without one a fresh key per row (`noid-…`), so identical readings from
-/// another producer are rows of their own, never "already stored".
+/// The primary keys of a message's rows: from its message id ([`row_key`]), or for a
+/// delivery without one a fresh key per row (`noid-…`), so identical readings from another
+/// producer are rows of their own, never "already stored".
 fn row_keys(d: &Delivery, n: usize) -> Vec<String> {
     let Some(id) = d.assigned_id() else {
         return (0..n).map(|_| format!("{NO_ID_PREFIX}{}", unique_id())).collect();
     };
     if d.body.trim_ascii_start().starts_with(b"[") {
-        (1..=n).map(|i| format!("{id}#{i}")).collect()
+        (1..=n).map(|i| row_key(id, Some(i))).collect()
     } else {
-        vec![id.to_string()]
+        vec![row_key(id, None)]
     }
 }
 

@@ -5,12 +5,13 @@
 //! Rows are inserted inside one transaction per ack batch; [`ResultsDb::commit`] makes them
 //! durable (WAL, `synchronous=FULL`) before the consumer acks.
 
-use color_eyre::eyre::{Result, WrapErr, bail};
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use rusqlite::{Connection, params_from_iter, types::Value as Sql};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The primary-key column: the AMQP message id (`ID#N` for row N of a batch message), or
+/// The primary-key column: the AMQP message id (`ID#N` for row N of a batch message; see
+/// [`row_key`]), or
 /// [`NO_ID_PREFIX`] and a fresh unique id for a row of a delivery without one.
 pub const ID_COLUMN: &str = "message_id";
 
@@ -26,6 +27,22 @@ pub const MAX_COLUMNS: usize = 2000;
 /// object of word counts, say) cannot use up the table, while a wide data set (784 pixels
 /// and a label) still creates all its columns with its first row.
 pub const MAX_NEW_COLUMNS: usize = 1000;
+
+/// Longest key stored as a column name, in bytes: SQLite re-parses the table's whole
+/// schema on every `ALTER TABLE`, so a few megabyte-long keys would slow every later
+/// message (and every open) to a crawl.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The primary key of a stored row: the message id, with `#N` appended for row N of a batch
+/// message. A `#` inside the id is doubled, so a batch's row keys never equal another
+/// message's id (`b#1` is row 1 of batch `b`; the message `b#1` is stored as `b##1`).
+pub fn row_key(message_id: &str, batch_row: Option<usize>) -> String {
+    let id = message_id.replace('#', "##");
+    match batch_row {
+        Some(n) => format!("{id}#{n}"),
+        None => id,
+    }
+}
 
 /// What became of one message's rows.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +84,14 @@ fn refuse_row(row: &Map<String, Value>) -> Option<String> {
     for key in row.keys() {
         if key.contains('\0') {
             return Some(format!("the key {key:?} contains NUL, which SQLite column names cannot"));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            let start: String = key.chars().take(40).collect();
+            return Some(format!(
+                "the key {start:?}... is {} bytes long; column names are at most \
+                 {MAX_KEY_BYTES} bytes",
+                key.len()
+            ));
         }
         let lower = key.to_ascii_lowercase();
         if lower == ID_COLUMN {
@@ -214,11 +239,13 @@ impl ResultsDb {
             self.conn.execute_batch("RELEASE message").wrap_err("cannot release a savepoint")?;
             return Ok(Stored::Rows(inserted));
         };
-        // Nothing of this message stays: its rows and the columns it added go.
+        // Nothing of this message stays: its rows and the columns it added go. (When SQLite
+        // already rolled back the whole transaction, the savepoint is gone; commit() then
+        // refuses the batch.)
+        self.columns.truncate(known);
         self.conn
             .execute_batch("ROLLBACK TO message; RELEASE message")
-            .wrap_err("cannot roll back a refused message")?;
-        self.columns.truncate(known);
+            .map_err(|e| eyre!(e).wrap_err(format!("after {error}, cannot roll back")))?;
         match refusal(&error) {
             Some(why) => Ok(Stored::Refused(why)),
             None => Err(error.into()),
@@ -356,14 +383,31 @@ mod tests {
         let mut db = ResultsDb::open(&dir.path().join("r.db"), "t").expect("open");
         assert!(one(&mut db, "1", json!({"we\"ird; DROP TABLE t; --": 1, "with space": "x"})));
         assert!(one(&mut db, "2", json!({"": 1, " ": 2, "'": 3, "\u{202e}": 4, "é": 5, "É": 6})));
+        assert!(one(&mut db, "3", json!({"k".repeat(MAX_KEY_BYTES): 1})));
         db.commit().expect("commit");
         for bad in [
             json!({"Message_ID": 1}),
             json!({"a": 1, "A": 2}),
             json!({"a\u{0}b": 1}),
             json!({"\u{0}": 1}),
+            json!({"k".repeat(MAX_KEY_BYTES + 1): 1}),
         ] {
             assert!(db.refuse(&[obj(bad.clone())]).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn row_keys_of_batches_never_equal_another_message_id() {
+        assert_eq!(row_key("b", None), "b");
+        assert_eq!(row_key("b", Some(1)), "b#1");
+        assert_eq!(row_key("b#1", None), "b##1");
+        let ids = ["b", "b#", "b#1", "b##1", "#", "##", "1", "b#1#1", ""];
+        let mut keys = std::collections::HashSet::new();
+        for id in ids {
+            assert!(keys.insert(row_key(id, None)), "{id:?}");
+            for n in [1, 2, 11] {
+                assert!(keys.insert(row_key(id, Some(n))), "{id:?} row {n}");
+            }
         }
     }
 

@@ -231,3 +231,38 @@ fn sqlite_a_locked_database_stops_the_run_and_requeues_the_message() {
     assert_eq!(q.depth(), 1, "the message stays in the queue");
     assert_eq!(ids_and_rows(&db), [("m1".into(), Some(1))]);
 }
+
+#[test]
+fn sqlite_ids_that_look_like_batch_row_keys_are_not_merged() {
+    let q = TestQueue::new("sql-prefix");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("r.db");
+    // Row 1 of batch "b" and the single message "b#1" are different messages.
+    q.publish_raw(br#"[{"row":1},{"row":2}]"#, with_id("b"));
+    q.publish_raw(br#"{"row":3}"#, with_id("b#1"));
+    q.publish_raw(br#"[{"row":4}]"#, with_id("b#2"));
+    q.publish_raw(br#"{"row":5}"#, with_id("b#2#1"));
+    let long = "p".repeat(250);
+    q.publish_raw(br#"{"row":6}"#, with_id(&format!("{long}1")));
+    q.publish_raw(br#"{"row":7}"#, with_id(&format!("{long}2")));
+    let out = consume_sqlite(&q, &db, &["--count", "6"]).run().expect_code(0);
+    assert!(out.stderr.contains("rows 7, duplicates 0"), "{}", out.stderr);
+    let rows: Vec<Option<i64>> = ids_and_rows(&db).iter().map(|r| r.1).collect();
+    assert_eq!(rows, [1, 2, 3, 4, 5, 6, 7].map(Some));
+}
+
+#[test]
+fn sqlite_rejects_a_key_too_long_for_a_column_name_alone() {
+    let q = TestQueue::new("sql-longkey");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("r.db");
+    let key = "k".repeat(100_000);
+    q.publish_raw(format!(r#"{{"row":1,"{key}":1}}"#).as_bytes(), with_id("m1"));
+    q.publish_raw(br#"{"row":2}"#, with_id("m2"));
+    consume_sqlite(&q, &db, &["--count", "2"])
+        .run()
+        .expect_code(1)
+        .stderr_has("rejected message m1: the key \"kkkk");
+    assert_eq!(columns(&db), ["message_id", "row"]);
+    assert_eq!(ids_and_rows(&db), [("m2".into(), Some(2))]);
+}
