@@ -315,7 +315,9 @@ pub struct ConsumeTabular {
 
     /// Store rows in this SQLite database (created if missing) instead of --output: a table
     /// row per JSON row, a column per key, the message id as primary key (a redelivered
-    /// message is stored once). Example: --sqlite results.db
+    /// message is stored once; rows of a message without an id get fresh keys). A message
+    /// SQLite cannot hold (a key with NUL, over 1,000 new or 2,000 columns) is rejected
+    /// alone. Example: --sqlite results.db
     #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "format"])]
     pub sqlite: Option<PathBuf>,
 

@@ -2,10 +2,10 @@
 //! the sink has the data durably.
 
 use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
-use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular};
+use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular, unique_id};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
-use crate::results_db::ResultsDb;
+use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored, row_key};
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};
@@ -430,16 +430,18 @@ impl Handler for DbHandler {
             Ok(rows) => rows,
             Err(e) => return Ok(self.reject(&d, &e.0)),
         };
-        if let Some(why) = rows.iter().find_map(ResultsDb::refuse) {
+        if let Some(why) = self.db.refuse(&rows) {
             return Ok(self.reject(&d, &why));
         }
-        let id = d.id_or_hash();
-        let batch = d.body.trim_ascii_start().starts_with(b"[");
-        let mut stored = 0;
-        for (i, row) in rows.iter().enumerate() {
-            let key = if batch { format!("{id}#{}", i + 1) } else { id.clone() };
-            stored += u64::from(self.db.insert(&key, row)?);
-        }
+        let keys = row_keys(&d, rows.len());
+        let keyed: Vec<(String, &Map<String, Value>)> = keys.into_iter().zip(&rows).collect();
+        let stored = self.db.store(&keyed).wrap_err_with(|| {
+            format!("cannot store message {}; it stays in the queue", d.id_or_hash())
+        })?;
+        let stored = match stored {
+            DbStored::Rows(n) => n,
+            DbStored::Refused(why) => return Ok(self.reject(&d, &why)),
+        };
         if stored == 0 {
             // Every row was already there: a redelivery.
             self.counts.duplicates += 1;
@@ -454,6 +456,20 @@ impl Handler for DbHandler {
 
     fn flush(&mut self) -> Result<()> {
         self.db.commit()
+    }
+}
+
+/// The primary keys of a message's rows: from its message id ([`row_key`]), or for a
+/// delivery without one a fresh key per row (`noid-…`), so identical readings from another
+/// producer are rows of their own, never "already stored".
+fn row_keys(d: &Delivery, n: usize) -> Vec<String> {
+    let Some(id) = d.assigned_id() else {
+        return (0..n).map(|_| format!("{NO_ID_PREFIX}{}", unique_id())).collect();
+    };
+    if d.body.trim_ascii_start().starts_with(b"[") {
+        (1..=n).map(|i| row_key(id, Some(i))).collect()
+    } else {
+        vec![row_key(id, None)]
     }
 }
 
@@ -641,16 +657,17 @@ impl Default for SeenIds {
 }
 
 impl SeenIds {
+    /// Whether `d` was handled already; never for a delivery without a message id.
     pub(crate) fn contains(&self, d: &Delivery) -> bool {
-        d.message_id.as_ref().is_some_and(|id| self.set.contains(id))
+        d.assigned_id().is_some_and(|id| self.set.contains(id))
     }
 
     pub(crate) fn insert(&mut self, d: &Delivery) {
-        let Some(id) = d.message_id.as_ref().filter(|id| !id.is_empty()) else {
+        let Some(id) = d.assigned_id() else {
             return;
         };
-        if self.set.insert(id.clone()) {
-            self.order.push_back(id.clone());
+        if self.set.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
             if self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
                     self.set.remove(&old);

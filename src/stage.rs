@@ -3,11 +3,13 @@
 //! `reply_to` with its `correlation_id` and to a results queue (`serve`). An input is acked
 //! only after its answers are confirmed (the consume loop flushes the publisher before each
 //! ack), so a crash anywhere loses nothing: unacked inputs are redelivered, and answers
-//! carry deterministic message ids so a consumer downstream drops the duplicates.
+//! carry message ids derived from the input's so a consumer downstream drops the
+//! duplicates. An input without a message id gets a fresh one instead: repeats from other
+//! producers are data, so its answers never merge with another input's.
 
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
 use crate::child::{Answer, Framing, ModelChild};
-use crate::codec::{Delivery, HeaderValue, Kind, Message, Route, image, sha256_hex};
+use crate::codec::{Delivery, HeaderValue, Kind, Message, Route, answer_id, image, unique_id};
 use crate::config::{Global, StageConfig, StageOutput};
 use crate::consume::{SeenIds, Workload, drive};
 use crate::output::{Progress, Reporter, Summary, link_events};
@@ -140,8 +142,8 @@ impl<'a> Stage<'a> {
         })
     }
 
-    /// The messages one answer becomes.
-    fn answers(&self, d: &Delivery, body: Vec<u8>) -> Vec<Message> {
+    /// The messages one answer becomes; their ids derive from `input_id`.
+    fn answers(&self, d: &Delivery, input_id: &str, body: Vec<u8>) -> Vec<Message> {
         let json = serde_json::from_slice::<&serde_json::value::RawValue>(&body).is_ok();
         let (kind, content_type) = match (json, self.cfg.framing) {
             (true, _) => (Kind::Tabular, "application/json".to_string()),
@@ -153,11 +155,10 @@ impl<'a> Stage<'a> {
         };
         let mut headers = d.headers.clone();
         headers.retain(|k, _| !BODY_HEADERS.contains(&k.as_str()));
-        let input_id = d.id_or_hash();
         let answer = |to: &str, label: String| Message {
             kind,
             content_type: content_type.clone(),
-            message_id: sha256_hex(format!("{input_id}\0{to}").as_bytes())[..32].to_string(),
+            message_id: answer_id(input_id, to),
             headers: headers.clone(),
             body: body.clone(),
             label,
@@ -183,8 +184,9 @@ impl<'a> Stage<'a> {
         }
     }
 
-    /// The input as it came, to the failed queue, with the reason in a header.
-    fn failed_message(&self, d: &Delivery, reason: &str) -> Message {
+    /// The input as it came, to the failed queue, with the reason in a header (and
+    /// `input_id` as its message id).
+    fn failed_message(&self, d: &Delivery, input_id: &str, reason: &str) -> Message {
         let mut headers = d.headers.clone();
         headers.insert(ERROR_HEADER.into(), HeaderValue::Str(reason.to_string()));
         let kind = match d.kind.as_deref() {
@@ -192,17 +194,16 @@ impl<'a> Stage<'a> {
             Some("text") => Kind::Text,
             _ => Kind::Tabular,
         };
-        let id = d.id_or_hash();
         Message {
             kind,
             content_type: d
                 .content_type
                 .clone()
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
-            message_id: id.clone(),
+            message_id: input_id.to_string(),
             headers,
             body: d.body.clone(),
-            label: format!("failed message {id}"),
+            label: format!("failed message {input_id}"),
             route: Route {
                 routing_key: Some(self.cfg.failed.name.clone()),
                 correlation_id: d.correlation_id.clone(),
@@ -223,9 +224,12 @@ impl Handler for Stage<'_> {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
+        // Without a message id the delivery is data of its own: a fresh id, so that neither
+        // its answers nor its failed copy merge with another's downstream.
+        let input_id = d.assigned_id().map_or_else(unique_id, str::to_string);
         match self.child.call(&d.body) {
             Ok(Answer::Output(body)) => {
-                for msg in self.answers(&d, body) {
+                for msg in self.answers(&d, &input_id, body) {
                     self.producer.publish(msg)?;
                 }
                 self.counts.answered += 1;
@@ -256,12 +260,10 @@ impl Handler for Stage<'_> {
                     ));
                 }
                 self.reporter.warn(&format!(
-                    "message {} sent to {}: {}",
-                    d.id_or_hash(),
-                    self.cfg.failed.name,
-                    f.reason
+                    "message {input_id} sent to {}: {}",
+                    self.cfg.failed.name, f.reason
                 ));
-                self.producer.publish(self.failed_message(&d, &f.reason))?;
+                self.producer.publish(self.failed_message(&d, &input_id, &f.reason))?;
                 self.counts.failed += 1;
             }
         }

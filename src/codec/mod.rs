@@ -122,13 +122,51 @@ impl Delivery {
         }
     }
 
-    /// The message id, or (for producers that set none) a hash of the body.
+    /// The id its producer gave it (an empty one counts as none). Only this id makes two
+    /// deliveries the same message: without one, a delivery is at-least-once data and
+    /// never merged with another (see [`unique_id`]).
+    pub fn assigned_id(&self) -> Option<&str> {
+        self.message_id.as_deref().filter(|id| !id.is_empty())
+    }
+
+    /// The message id, or (for producers that set none) a hash of the body: a name for
+    /// people and for files, never a key that decides whether two deliveries are one.
     pub fn id_or_hash(&self) -> String {
         match &self.message_id {
             Some(id) if !id.is_empty() => id.clone(),
             _ => sha256_hex(&self.body)[..32].to_string(),
         }
     }
+}
+
+/// A fresh id, unique to this call (32 lowercase hex digits, like the ids mqdemo derives):
+/// for what mqdemo produces from a delivery without a message id, so that it is never
+/// merged with what another delivery produced, however alike their bodies are.
+pub fn unique_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Unique within the process by the counter, across processes by pid, time and the
+    // random keys std seeds its hash maps with.
+    let random = RandomState::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(b"mqdemo/unique\0");
+    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(nanos.to_le_bytes());
+    h.update(random.hash_one(1u8).to_le_bytes());
+    h.update(random.hash_one(2u8).to_le_bytes());
+    hex(&h.finalize()[..16])
+}
+
+/// The message id of the answer to input `input_id` published to queue `to` (by `pipe`
+/// and `serve`): deterministic, so a re-published or recomputed answer keeps its id and
+/// consumers downstream drop the repeat.
+pub fn answer_id(input_id: &str, to: &str) -> String {
+    sha256_hex(format!("{input_id}\0{to}").as_bytes())[..32].to_string()
 }
 
 /// Lowercase hex SHA-256.
@@ -228,6 +266,27 @@ pub(crate) mod tests {
         assert_eq!(extension_for(Some("IMAGE/JPEG")), "jpg");
         assert_eq!(extension_for(None), "bin");
         assert_eq!(extension_for(Some("application/x-weird")), "bin");
+    }
+
+    #[test]
+    fn only_a_non_empty_message_id_is_assigned() {
+        let d = Delivery { body: b"abc".to_vec(), ..Delivery::default() };
+        assert_eq!(d.assigned_id(), None);
+        let d = Delivery { message_id: Some(String::new()), ..Delivery::default() };
+        assert_eq!(d.assigned_id(), None);
+        let d = Delivery { message_id: Some("m1".into()), ..Delivery::default() };
+        assert_eq!(d.assigned_id(), Some("m1"));
+    }
+
+    #[test]
+    fn unique_ids_differ_and_look_like_message_ids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| unique_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert_eq!(answer_id("a", "q"), answer_id("a", "q"));
+        assert_ne!(answer_id("a", "q"), answer_id("a", "r"));
+        let long = "x".repeat(200);
+        assert_ne!(answer_id(&format!("{long}1"), "q"), answer_id(&format!("{long}2"), "q"));
     }
 
     #[test]

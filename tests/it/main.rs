@@ -14,5 +14,6 @@ mod interop;
 mod ml;
 mod proxy;
 mod reliability;
+mod storage;
 mod support;
 mod wire;
