@@ -11,6 +11,8 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod consume;
+pub mod csv_input;
+pub mod csv_output;
 pub mod demo;
 pub mod output;
 pub mod produce;

@@ -3,6 +3,7 @@
 
 mod broker;
 mod cluster;
+mod csv_wild;
 mod docs;
 mod errors;
 mod examples;
