@@ -22,8 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// How [`CsvInput::read`] names a row that is not UTF-8.
 pub const NOT_UTF8: &str = "not valid UTF-8";
 
-/// Rows read ahead by the opening check.
+/// Rows read ahead by the opening check, at most.
 const OPENING_ROWS: usize = 10;
+/// Bytes of rows read ahead by the opening check, at most (rows can be large).
+const OPENING_BYTES: usize = 16 * 1024 * 1024;
 
 /// csv's read buffer (larger than its default: fewer reads on big files).
 const BUFFER: usize = 256 * 1024;
@@ -103,7 +105,8 @@ impl CsvInput {
     fn check_opening(&mut self) -> Result<()> {
         let width = self.columns.len();
         let mut failures: Vec<(u64, String)> = Vec::new();
-        while self.ahead.len() < OPENING_ROWS {
+        let mut bytes = 0;
+        while self.ahead.len() < OPENING_ROWS && bytes < OPENING_BYTES {
             let mut record = StringRecord::new();
             let next = self.read_file(&mut record)?;
             let failure = match &next {
@@ -119,6 +122,7 @@ impl CsvInput {
                 },
             };
             failures.push(failure);
+            bytes += record.as_byte_record().as_slice().len();
             self.ahead.push_back((record, next));
         }
         let Some((first_line, why)) = failures.first() else {
@@ -162,7 +166,8 @@ impl CsvInput {
             }
             Next::End if format.skip_rows > 0 && self.rdr.get_ref().skip_left > 0 => {
                 return Err(eyre!(
-                    "{}: has fewer than the {n} lines --skip-rows {n} skips; lower --skip-rows",
+                    "{}: nothing is left after the {n} lines --skip-rows {n} drops; lower \
+                     --skip-rows",
                     self.path.display(),
                     n = format.skip_rows
                 ));
@@ -307,8 +312,8 @@ fn describe_duplicates(dups: &[(String, Vec<usize>)]) -> String {
 
 /// The fix for a file that is not UTF-8.
 pub fn encoding_hint() -> &'static str {
-    "if the file is in another encoding, give it with --encoding (e.g. --encoding latin1, \
-     windows-1252, utf-16le)"
+    "if the file is in another encoding, give it with --encoding, e.g. --encoding latin1 \
+     (or windows-1252, iso-8859-15, utf-16le)"
 }
 
 /// The fix for rows wider than the header, when no row fitted it.
@@ -350,7 +355,7 @@ fn decode<R: Read + Send + 'static>(
             Err(e) => return Err(e),
         }
     }
-    let raw = io::Cursor::new(head[..n].to_vec()).chain(raw);
+    let raw = Prefixed { head, len: n, pos: 0, inner: raw };
     let utf16 = Encoding::for_bom(&head[..n])
         .map(|(e, _)| e)
         .filter(|e| *e == encoding_rs::UTF_16LE || *e == encoding_rs::UTF_16BE);
@@ -359,6 +364,30 @@ fn decode<R: Read + Send + 'static>(
         Some(enc) => Box::new(Transcode::new(raw, enc.new_decoder(), enc)),
         None => Box::new(raw),
     })
+}
+
+/// The bytes read to sniff a BOM, then the rest, in one read: csv-core takes a first read
+/// holding only a BOM for the end of the file (it strips the BOM and sees no input).
+struct Prefixed<R> {
+    head: [u8; 3],
+    len: usize,
+    pos: usize,
+    inner: R,
+}
+
+impl<R: Read> Read for Prefixed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.len {
+            return self.inner.read(buf);
+        }
+        let n = buf.len().min(self.len - self.pos);
+        buf[..n].copy_from_slice(&self.head[self.pos..self.pos + n]);
+        self.pos += n;
+        if n == buf.len() {
+            return Ok(n);
+        }
+        Ok(n + self.inner.read(&mut buf[n..])?)
+    }
 }
 
 /// Bytes in `encoding` -> UTF-8; a malformed sequence is an error naming its line.
@@ -767,6 +796,14 @@ mod tests {
             .read_to_string(&mut out)
             .expect("decodes");
         assert_eq!(out, "a\tb\n1\té\n");
+    }
+
+    #[test]
+    fn the_first_read_holds_more_than_a_bom() {
+        let mut r =
+            decode(io::Cursor::new(b"\xef\xbb\xbf\"id\",n\n".to_vec()), None).expect("reader");
+        let mut buf = [0u8; 64];
+        assert_eq!(r.read(&mut buf).expect("reads"), 10, "the BOM and the line");
     }
 
     #[test]

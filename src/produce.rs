@@ -342,7 +342,7 @@ impl CsvRows {
     fn skip(&mut self, input: &CsvInput, line: u64, why: String, pump: &mut Pump<'_>) -> bool {
         let why = if why == csv_input::NOT_UTF8 && !self.hinted_encoding {
             self.hinted_encoding = true;
-            format!("{why} ({})", csv_input::encoding_hint())
+            format!("{why}; {}", csv_input::encoding_hint())
         } else {
             why
         };

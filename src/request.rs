@@ -44,6 +44,7 @@ pub fn run(
         latencies: Vec::new(),
         failed: Vec::new(),
         bytes: 0,
+        padded: 0,
         // Unique per run, so concurrent clients never take each other's replies for theirs.
         prefix: format!("{}-{}-", std::process::id(), epoch_nanos()),
     };
@@ -64,7 +65,10 @@ pub fn run(
         elapsed: started.elapsed(),
         skipped: 0,
         failed: run.failed.len() as u64,
-        extra: percentiles(&mut run.latencies),
+        extra: match run.padded {
+            0 => percentiles(&mut run.latencies),
+            n => format!("padded {n} short rows with nulls, {}", percentiles(&mut run.latencies)),
+        },
     };
     Ok(Outcome { summary, error })
 }
@@ -80,6 +84,8 @@ struct Run {
     failed: Vec<(String, String)>,
     bytes: u64,
     prefix: String,
+    /// Rows shorter than the header, padded with nulls.
+    padded: u64,
 }
 
 impl Run {
@@ -116,6 +122,7 @@ impl Run {
                             .encode_row(&record, seq + 1)
                             .map_err(|e| eyre!("{}", bad_row(rdr, seq, line, &e.0)))?;
                         seq += 1;
+                        self.padded += u64::from(encoder.is_short(&record));
                         // Each request is its own event: two clients sending the same row
                         // must not look like one redelivered message to the server.
                         let id = format!("{}{seq}", self.prefix);

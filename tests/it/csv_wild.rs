@@ -437,7 +437,7 @@ fn request_reads_csv_with_the_same_options() {
     let requests = TestQueue::new("wild-req");
     let _failed = TestQueue::named(format!("{}.failed", requests.name));
     let server =
-        mqdemo(&["serve", "--queue", &requests.name, "--exec", "cat", "--count", "16"]).watch();
+        mqdemo(&["serve", "--queue", &requests.name, "--exec", "cat", "--count", "38"]).watch();
     let digits = wild("sklearn_digits_head.csv");
     let client = |file: &Path, extra: &[&str]| {
         let mut args = vec!["request", "--queue", &requests.name, "--file", s(file)];
@@ -452,5 +452,45 @@ fn request_reads_csv_with_the_same_options() {
     let latin = wild("csv_uspop_latin1_head.csv");
     let out = client(&latin, &["--encoding", "latin1", "--delimiter", ","]).expect_code(0);
     assert!(out.stdout.contains("\"Õakman\""), "{}", out.stdout);
+    let out = client(&wild("debian_distro_info.csv"), &[]).expect_code(0);
+    assert_eq!(out.stdout.lines().count(), 22);
+    assert!(out.stderr.contains("padded 15 short rows"), "{}", out.stderr);
     server.finish(Duration::from_secs(30)).expect_code(0);
+}
+
+#[test]
+fn byte_order_marks_are_not_data() {
+    let q = TestQueue::new("wild-bom");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Excel's "CSV UTF-8": a BOM, then a quoted first header field.
+    let utf8 = dir.path().join("excel.csv");
+    std::fs::write(&utf8, b"\xef\xbb\xbf\"id\",name\n1,\"x\"\n").expect("write");
+    produce(&q, &utf8, &[]).expect_code(0);
+    assert_eq!(keys(&objects(&q, 1)[0]), ["id", "name"]);
+    // Excel's "Unicode text": UTF-16LE with a BOM, tab-separated; no --encoding needed.
+    let utf16 = dir.path().join("excel.txt");
+    let mut bytes = vec![0xff, 0xfe];
+    for unit in "id\tville\r\n1\tCh\u{e2}teau\r\n".encode_utf16() {
+        bytes.extend_from_slice(&unit.to_le_bytes());
+    }
+    std::fs::write(&utf16, bytes).expect("write");
+    produce(&q, &utf16, &["--delimiter", "tab"]).expect_code(0);
+    let rows = objects(&q, 1);
+    assert_eq!(keys(&rows[0]), ["id", "ville"]);
+    assert_eq!(rows[0]["ville"], "Château");
+}
+
+#[test]
+fn rows_appended_to_a_file_without_a_final_line_break_start_on_a_new_line() {
+    let q = TestQueue::new("wild-append-jsonl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rows.csv");
+    std::fs::write(&file, "a\n1\n").expect("write");
+    produce(&q, &file, &[]).expect_code(0);
+    let out = dir.path().join("rows.jsonl");
+    std::fs::write(&out, "{\"a\":0}").expect("write");
+    mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "1", "--output", s(&out)])
+        .run()
+        .expect_code(0);
+    assert_eq!(std::fs::read_to_string(&out).expect("out"), "{\"a\":0}\n{\"a\":1}\n");
 }
