@@ -217,13 +217,13 @@ pub struct ProduceTabular {
     #[arg(long)]
     pub repeat: bool,
 
-    /// How to read the CSV file.
-    #[command(flatten)]
-    pub csv: CsvReadArgs,
-
     /// Options every producer shares.
     #[command(flatten)]
     pub common: ProduceCommon,
+
+    /// How to read the CSV file (last: its help heading covers what follows it).
+    #[command(flatten)]
+    pub csv: CsvReadArgs,
 }
 
 /// How to read a CSV file as people really have it (produce tabular, request).
@@ -495,10 +495,6 @@ pub struct RequestArgs {
     #[arg(long, alias = "num_records", value_name = "N")]
     pub num_records: Option<u64>,
 
-    /// How to read the CSV file.
-    #[command(flatten)]
-    pub csv: CsvReadArgs,
-
     /// Requests in flight at once (1 = one round trip at a time). Example: --concurrency 10
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65535), value_name = "N")]
     pub concurrency: u32,
@@ -516,6 +512,10 @@ pub struct RequestArgs {
     /// Queue arguments (as `serve` declares the queue).
     #[command(flatten)]
     pub queue_args: QueueArgs,
+
+    /// How to read the CSV file (last: its help heading covers what follows it).
+    #[command(flatten)]
+    pub csv: CsvReadArgs,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //!
 //! Modules: [`cli`] (arguments) -> [`config`] (validated) -> [`produce`] / [`consume`] /
 //! [`demo`] (flows) over [`amqp`] (the only broker code), [`codec`] (pure wire format),
+//! [`csv_input`] / [`csv_output`] (CSV files as they really are),
 //! [`sink`] (files) and [`output`] (what people see on stderr).
 
 pub mod amqp;
