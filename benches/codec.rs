@@ -149,6 +149,25 @@ fn csv_read_and_encode(c: &mut Criterion) {
             row
         })
     });
+    // What `produce tabular` runs: the file through csv_input (guard for quotes and row
+    // length, header check) and the encoder; compare with read_encode_row (bare csv).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.csv");
+    std::fs::write(&path, &big).expect("write big.csv");
+    g.bench_function(BenchmarkId::new("csv_input_read_encode_row", n_rows), |b| {
+        b.iter(|| {
+            let format = mqdemo::config::CsvFormat::default();
+            let mut input = mqdemo::csv_input::CsvInput::open(&path, &format).expect("opens");
+            let enc = input.encoder();
+            let mut rec = StringRecord::new();
+            let mut row = 0u64;
+            while let mqdemo::csv_input::Next::Row(_) = input.read(&mut rec).expect("record") {
+                row += 1;
+                black_box(enc.encode_row(&rec, row).expect("row encodes"));
+            }
+            row
+        })
+    });
     g.finish();
 }
 

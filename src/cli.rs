@@ -202,7 +202,7 @@ pub struct ProduceCommon {
 /// `produce tabular`.
 #[derive(Debug, Args)]
 pub struct ProduceTabular {
-    /// CSV file with a header row. Example: --file examples/data/tabular_data.csv
+    /// CSV file (with a header row unless --no-header). Example: --file examples/data/tabular_data.csv
     #[arg(long, value_name = "PATH.csv")]
     pub file: PathBuf,
 
@@ -222,6 +222,41 @@ pub struct ProduceTabular {
     /// Options every producer shares.
     #[command(flatten)]
     pub common: ProduceCommon,
+
+    /// How to read the CSV file (last: its help heading covers what follows it).
+    #[command(flatten)]
+    pub csv: CsvReadArgs,
+}
+
+/// How to read a CSV file as people really have it (produce tabular, request).
+///
+/// Rows shorter than the header are padded with nulls and counted; longer ones are skipped
+/// and named. A header that repeats a column name, an empty file, or a quote that is never
+/// closed is an error naming the file and line.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Reading the CSV")]
+pub struct CsvReadArgs {
+    /// The file has no header row: every row is data, and columns are named by position
+    /// "0", "1", "2", ... (as pandas' header=None). Example: --no-header
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// Skip the first N lines, e.g. a metadata line before the data (scikit-learn's
+    /// breast_cancer.csv: --skip-rows 1 --no-header). Line numbers in messages still count
+    /// them. Example: --skip-rows 1
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub skip_rows: u64,
+
+    /// Field separator: one ASCII character, or `tab` (also `\t`) for TSV.
+    /// Example: --delimiter ';'
+    #[arg(long, default_value = ",", value_name = "C")]
+    pub delimiter: String,
+
+    /// The file's encoding when it is not UTF-8: a WHATWG label such as latin1 (read as
+    /// windows-1252), iso-8859-15, windows-1250, shift_jis or utf-16le. Without it, rows
+    /// that are not UTF-8 are skipped and named. Example: --encoding latin1
+    #[arg(long, value_name = "LABEL")]
+    pub encoding: Option<String>,
 }
 
 /// `produce image`.
@@ -298,7 +333,8 @@ pub struct ConsumeCommon {
 pub enum Format {
     /// One JSON object per line.
     Jsonl,
-    /// CSV with a header row taken from the first row's columns.
+    /// CSV: a header row from the first message's columns (or, appending to a file that
+    /// has one, its header: rows are mapped to its columns).
     Csv,
 }
 
@@ -313,12 +349,23 @@ pub struct ConsumeTabular {
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
 
+    /// With --format csv: write no header row (appending to an existing file, its columns
+    /// are taken as "0", "1", ..., as `produce tabular --no-header` names them).
+    /// Example: --format csv --no-header
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// With --format csv: the field separator, one ASCII character or `tab`.
+    /// Example: --format csv --delimiter ';'
+    #[arg(long, value_name = "C")]
+    pub delimiter: Option<String>,
+
     /// Store rows in this SQLite database (created if missing) instead of --output: a table
     /// row per JSON row, a column per key, the message id as primary key (a redelivered
     /// message is stored once; rows of a message without an id get fresh keys). A message
     /// SQLite cannot hold (a key with NUL, over 1,000 new or 2,000 columns) is rejected
     /// alone. Example: --sqlite results.db
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "format"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "format", "no_header", "delimiter"])]
     pub sqlite: Option<PathBuf>,
 
     /// Table for --sqlite (created on first use). Example: --table predictions
@@ -442,7 +489,8 @@ pub struct RequestArgs {
     #[arg(long, visible_alias = "queue-name", alias = "queue_name", default_value = DEFAULT_REQUEST_QUEUE, value_name = "NAME")]
     pub queue: String,
 
-    /// CSV file whose rows are sent as requests (typed JSON, as `produce tabular` sends).
+    /// CSV file whose rows are sent as requests (typed JSON, as `produce tabular` sends;
+    /// read with the same --no-header, --skip-rows, --delimiter and --encoding).
     /// Example: --file examples/data/tabular_data.csv
     #[arg(long, value_name = "PATH.csv")]
     pub file: PathBuf,
@@ -468,6 +516,10 @@ pub struct RequestArgs {
     /// Queue arguments (as `serve` declares the queue).
     #[command(flatten)]
     pub queue_args: QueueArgs,
+
+    /// How to read the CSV file (last: its help heading covers what follows it).
+    #[command(flatten)]
+    pub csv: CsvReadArgs,
 }
 
 #[cfg(test)]

@@ -100,6 +100,24 @@ pub struct RequestConfig {
     pub timeout: Duration,
     /// Replies appended to this file; None = stdout.
     pub output: Option<PathBuf>,
+    /// How to read the CSV.
+    pub format: CsvFormat,
+}
+
+/// How to read a CSV file (`--no-header`, `--skip-rows`, `--delimiter`, `--encoding`).
+#[derive(Debug, Clone, Copy)]
+pub struct CsvFormat {
+    /// The first row (after the skipped lines) names the columns; else they are named by
+    /// position, "0", "1", ...
+    pub header: bool,
+    /// Lines dropped before the header.
+    pub skip_rows: u64,
+    /// Field separator.
+    pub delimiter: u8,
+    /// The file's encoding when not UTF-8.
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// Longest row, in bytes (longer: an error naming its line).
+    pub max_row_bytes: u64,
 }
 
 /// A producer run.
@@ -132,6 +150,8 @@ pub enum Source {
         batch_size: u64,
         /// Loop over the file forever.
         repeat: bool,
+        /// How to read it.
+        format: CsvFormat,
     },
     /// Files under a directory.
     Files {
@@ -182,13 +202,37 @@ pub enum SinkConfig {
     },
 }
 
+impl Default for CsvFormat {
+    /// A CSV file with a header, `,`, UTF-8, rows up to the default message size.
+    fn default() -> Self {
+        CsvFormat {
+            header: true,
+            skip_rows: 0,
+            delimiter: b',',
+            encoding: None,
+            max_row_bytes: cli::DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+impl RowFormat {
+    /// CSV with a header row, `,`-separated.
+    pub const CSV: RowFormat = RowFormat::Csv { delimiter: b',', header: true };
+}
+
 /// Row output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowFormat {
     /// JSON lines.
     Jsonl,
-    /// CSV with a header.
-    Csv,
+    /// CSV.
+    Csv {
+        /// Field separator.
+        delimiter: u8,
+        /// Write a header row (into a new or empty file); without one, an existing file's
+        /// columns are named by position.
+        header: bool,
+    },
 }
 
 /// In-flight bytes bound of the confirm window: enough to keep large images streaming, small
@@ -228,24 +272,25 @@ impl Config {
 }
 
 fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
-    let (kind, common, source) = match cmd {
+    let (kind, source, common) = match cmd {
         ProduceCommand::Tabular(t) => (
             Kind::Tabular,
-            t.common,
             Source::Csv {
                 file: t.file,
                 num_records: t.num_records,
                 batch_size: t.batch_size,
                 repeat: t.repeat,
+                format: csv_format(&t.csv, t.common.max_message_size)?,
             },
+            t.common,
         ),
         ProduceCommand::Image(i) => {
-            (Kind::Image, i.common, Source::Files { directory: i.directory, split_lines: false })
+            (Kind::Image, Source::Files { directory: i.directory, split_lines: false }, i.common)
         }
         ProduceCommand::Text(t) => (
             Kind::Text,
-            t.common,
             Source::Files { directory: t.directory, split_lines: t.split == cli::Split::Line },
+            t.common,
         ),
     };
     Ok(ProduceConfig {
@@ -274,8 +319,16 @@ fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
         ConsumeCommand::Tabular(t) => {
             let output = (t.output != "-").then(|| PathBuf::from(&t.output));
             let format = match t.format {
+                cli::Format::Jsonl if t.no_header || t.delimiter.is_some() => {
+                    return Err(UsageError(
+                        "--no-header and --delimiter shape CSV output: add --format csv".into(),
+                    ));
+                }
                 cli::Format::Jsonl => RowFormat::Jsonl,
-                cli::Format::Csv => RowFormat::Csv,
+                cli::Format::Csv => RowFormat::Csv {
+                    delimiter: t.delimiter.as_deref().map(delimiter).transpose()?.unwrap_or(b','),
+                    header: !t.no_header,
+                },
             };
             (Kind::Tabular, t.common, SinkConfig::Rows { output, format })
         }
@@ -373,7 +426,47 @@ fn request(r: cli::RequestArgs) -> Result<RequestConfig, UsageError> {
         concurrency: r.concurrency as usize,
         timeout: seconds("--timeout", r.timeout, false)?,
         output: (r.output != "-").then(|| PathBuf::from(&r.output)),
+        format: csv_format(&r.csv, cli::DEFAULT_MAX_MESSAGE_SIZE)?,
     })
+}
+
+fn csv_format(a: &cli::CsvReadArgs, max_row_bytes: u64) -> Result<CsvFormat, UsageError> {
+    Ok(CsvFormat {
+        header: !a.no_header,
+        skip_rows: a.skip_rows,
+        delimiter: delimiter(&a.delimiter)?,
+        encoding: a.encoding.as_deref().map(encoding).transpose()?.flatten(),
+        max_row_bytes,
+    })
+}
+
+/// `--delimiter`: one ASCII character, or `tab` / `\t`.
+fn delimiter(given: &str) -> Result<u8, UsageError> {
+    match given {
+        "tab" | "TAB" | "\\t" | "\t" => Ok(b'\t'),
+        _ if given.len() == 1
+            && given.is_ascii()
+            && !matches!(given.as_bytes()[0], b'"' | b'\n' | b'\r') =>
+        {
+            Ok(given.as_bytes()[0])
+        }
+        _ => Err(UsageError(format!(
+            "--delimiter {given:?}: give one ASCII character other than a quote or a line \
+             break, e.g. --delimiter ';', --delimiter '|' or --delimiter tab"
+        ))),
+    }
+}
+
+/// `--encoding`: a WHATWG label; None for UTF-8 (read as it is).
+fn encoding(label: &str) -> Result<Option<&'static encoding_rs::Encoding>, UsageError> {
+    match encoding_rs::Encoding::for_label(label.trim().as_bytes()) {
+        Some(e) if e == encoding_rs::UTF_8 => Ok(None),
+        Some(e) if e != encoding_rs::REPLACEMENT => Ok(Some(e)),
+        _ => Err(UsageError(format!(
+            "--encoding {label}: not an encoding this reads; give a WHATWG label such as \
+             latin1 (= windows-1252), iso-8859-15, windows-1250, shift_jis, gbk or utf-16le"
+        ))),
+    }
 }
 
 fn queue_spec(
@@ -463,5 +556,30 @@ mod tests {
         assert!(config(&["produce", "text", "--queue", ""]).is_err());
         assert!(config(&["produce", "text", "--queue", "amq.x"]).is_err());
         assert!(config(&["--url", "http://x", "demo"]).is_err());
+    }
+
+    #[test]
+    fn csv_delimiters_and_encodings() {
+        for (given, want) in
+            [(";", b';'), ("|", b'|'), ("tab", b'\t'), ("\\t", b'\t'), ("\t", b'\t')]
+        {
+            assert_eq!(delimiter(given).ok(), Some(want), "{given:?}");
+        }
+        for bad in ["", ";;", "\"", "\n", "é"] {
+            assert!(delimiter(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(encoding("latin1").ok().flatten(), Some(encoding_rs::WINDOWS_1252));
+        assert_eq!(encoding("UTF-8").ok(), Some(None));
+        assert!(encoding("klingon").is_err() && encoding("iso-2022-kr").is_err());
+        assert!(config(&["consume", "tabular", "--no-header"]).is_err(), "needs --format csv");
+        let Ok(Config { action: Action::Consume(c), .. }) =
+            config(&["consume", "tabular", "--format", "csv", "--delimiter", "tab"])
+        else {
+            panic!("consume csv");
+        };
+        assert!(matches!(
+            c.sink,
+            SinkConfig::Rows { format: RowFormat::Csv { delimiter: b'\t', header: true }, .. }
+        ));
     }
 }

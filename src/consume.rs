@@ -4,13 +4,13 @@
 use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular, unique_id};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
+use crate::csv_output::{self, CsvOut};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored, row_key};
 use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
-use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -243,11 +243,7 @@ struct RowHandler {
 
 enum RowOut {
     Jsonl(BufWriter<Box<dyn Write + Send>>),
-    Csv {
-        w: Box<csv::Writer<Box<dyn Write + Send>>>,
-        header: Option<Vec<String>>,
-        has_header: bool,
-    },
+    Csv(Box<CsvOut>),
 }
 
 impl RowHandler {
@@ -257,28 +253,18 @@ impl RowHandler {
         stdout: Box<dyn Write + Send>,
         reporter: Reporter,
     ) -> Result<RowHandler> {
-        let (w, non_empty): (Box<dyn Write + Send>, bool) = match output {
-            None => (stdout, false),
-            Some(path) => {
-                let f = OpenOptions::new().create(true).append(true).open(path).wrap_err_with(
-                    || {
-                        format!(
-                            "cannot open output file {}; check the --output path",
-                            path.display()
-                        )
-                    },
-                )?;
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                (Box::new(f), len > 0)
-            }
+        let w: Box<dyn Write + Send> = match output {
+            None => stdout,
+            Some(path) => Box::new(csv_output::append(path)?.file),
         };
         let out = match format {
             RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
-            RowFormat::Csv => RowOut::Csv {
-                w: Box::new(csv::WriterBuilder::new().buffer_capacity(64 * 1024).from_writer(w)),
-                header: None,
-                has_header: non_empty,
-            },
+            RowFormat::Csv { delimiter, header } => RowOut::Csv(Box::new(CsvOut::new(
+                w,
+                output.map(PathBuf::as_path),
+                delimiter,
+                header,
+            )?)),
         };
         Ok(RowHandler {
             out,
@@ -302,19 +288,7 @@ impl RowHandler {
                     w.write_all(b"\n").wrap_err("cannot write rows")?;
                 }
             }
-            RowOut::Csv { w, header, has_header } => {
-                let cols = header.get_or_insert_with(|| rows[0].keys().cloned().collect());
-                if !*has_header {
-                    w.write_record(cols.iter()).wrap_err("cannot write rows")?;
-                    *has_header = true;
-                }
-                for row in rows {
-                    let fields = cols.iter().map(|c| {
-                        row.get(c).map_or(std::borrow::Cow::Borrowed(""), tabular::csv_field)
-                    });
-                    w.write_record(fields.map(|f| f.into_owned())).wrap_err("cannot write rows")?;
-                }
-            }
+            RowOut::Csv(csv) => csv.write(rows)?,
         }
         Ok(())
     }
@@ -340,15 +314,12 @@ impl RowHandler {
         Ok(Disposition::Ack)
     }
 
-    /// CSV output: the columns a message's rows have beyond the header.
+    /// CSV output: why a message's rows cannot be written under the columns, if so.
     fn unknown_columns(&self, rows: &[Map<String, Value>]) -> Option<String> {
-        let RowOut::Csv { header: Some(cols), .. } = &self.out else {
-            return None;
-        };
-        rows.iter()
-            .flat_map(|r| r.keys())
-            .find(|k| !cols.contains(k))
-            .map(|k| format!("column {k:?} is not in the CSV header already written"))
+        match &self.out {
+            RowOut::Csv(csv) => csv.misfit(rows),
+            RowOut::Jsonl(_) => None,
+        }
     }
 }
 
@@ -385,7 +356,7 @@ impl Handler for RowHandler {
     fn flush(&mut self) -> Result<()> {
         match &mut self.out {
             RowOut::Jsonl(w) => w.flush(),
-            RowOut::Csv { w, .. } => w.flush(),
+            RowOut::Csv(csv) => csv.flush(),
         }
         .wrap_err("cannot write rows")
     }

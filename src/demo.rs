@@ -123,6 +123,7 @@ fn run_case(
             num_records: None,
             batch_size: 1,
             repeat: false,
+            format: crate::config::CsvFormat::default(),
         },
         Kind::Image => Source::Files { directory: data.join("images"), split_lines: false },
         Kind::Text => {
@@ -147,7 +148,7 @@ fn run_case(
     }
     let sink = match case.kind {
         Kind::Tabular => {
-            SinkConfig::Rows { output: Some(out.with_extension("csv")), format: RowFormat::Csv }
+            SinkConfig::Rows { output: Some(out.with_extension("csv")), format: RowFormat::CSV }
         }
         _ => SinkConfig::Directory(out.to_path_buf()),
     };

@@ -3,6 +3,7 @@
 //!
 //! Modules: [`cli`] (arguments) -> [`config`] (validated) -> [`produce`] / [`consume`] /
 //! [`demo`] (flows) over [`amqp`] (the only broker code), [`codec`] (pure wire format),
+//! [`csv_input`] / [`csv_output`] (CSV files as they really are),
 //! [`sink`] (files) and [`output`] (what people see on stderr).
 
 pub mod amqp;
@@ -11,6 +12,8 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod consume;
+pub mod csv_input;
+pub mod csv_output;
 pub mod demo;
 pub mod output;
 pub mod produce;

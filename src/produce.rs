@@ -6,7 +6,8 @@
 
 use crate::amqp::Producer;
 use crate::codec::{Kind, Message, image, tabular, text};
-use crate::config::{Global, ProduceConfig, Source};
+use crate::config::{CsvFormat, Global, ProduceConfig, Source};
+use crate::csv_input::{self, CsvInput, Next};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::{Result, WrapErr, bail};
@@ -41,10 +42,11 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Resu
         skipped: 0,
         sent: 0,
         started: Instant::now(),
+        padded_note: String::new(),
     };
     let started = pump.started;
     let streamed = input.stream(cfg, &mut pump);
-    let Pump { producer, reporter, skipped, .. } = pump;
+    let Pump { producer, reporter, skipped, padded_note, .. } = pump;
     let (report, finished) = producer.finish();
     reporter.finish();
     for (label, why) in &report.refused {
@@ -68,11 +70,18 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Resu
         elapsed: started.elapsed(),
         skipped,
         failed: (report.refused.len() + report.unconfirmed.len()) as u64,
-        extra: if report.republished > 0 {
-            format!("re-published {} (same message ids)", report.republished)
-        } else {
-            String::new()
-        },
+        extra: [
+            padded_note,
+            if report.republished > 0 {
+                format!("re-published {} (same message ids)", report.republished)
+            } else {
+                String::new()
+            },
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(", "),
     };
     Ok(Outcome { summary, error })
 }
@@ -87,6 +96,8 @@ struct Pump<'a> {
     skipped: u64,
     sent: u64,
     started: Instant,
+    /// "padded N short rows with nulls" (CSV), for the summary.
+    padded_note: String,
 }
 
 impl Pump<'_> {
@@ -147,22 +158,24 @@ fn too_large(size: u64, max: u64) -> String {
 
 /// The checked input of a run.
 enum Input {
-    Csv { file: PathBuf, size: u64 },
+    Csv { input: Box<CsvInput>, size: u64 },
     Files { root: PathBuf, files: Vec<(PathBuf, String)> },
 }
 
 impl Input {
-    /// Check the whole input before connecting, so a bad path fails at once.
+    /// Check the whole input before connecting, so a bad path (or a CSV whose header cannot
+    /// be used) fails at once.
     fn open(cfg: &ProduceConfig) -> Result<Input> {
         match &cfg.source {
-            Source::Csv { file, .. } => {
+            Source::Csv { file, format, .. } => {
                 let meta = std::fs::metadata(file).wrap_err_with(|| {
                     format!("cannot read CSV file {}; check the --file path", file.display())
                 })?;
                 if !meta.is_file() {
                     bail!("{} is not a file; --file needs a CSV file", file.display());
                 }
-                Ok(Input::Csv { file: file.clone(), size: meta.len() })
+                let input = Box::new(CsvInput::open(file, format)?);
+                Ok(Input::Csv { input, size: meta.len() })
             }
             Source::Files { directory, .. } => {
                 let meta = std::fs::metadata(directory).wrap_err_with(|| {
@@ -186,18 +199,21 @@ impl Input {
         }
     }
 
-    fn stream(&self, cfg: &ProduceConfig, pump: &mut Pump<'_>) -> Result<()> {
+    fn stream(self, cfg: &ProduceConfig, pump: &mut Pump<'_>) -> Result<()> {
         match (self, &cfg.source) {
-            (Input::Csv { file, .. }, Source::Csv { num_records, batch_size, repeat, .. }) => {
+            (
+                Input::Csv { input, .. },
+                Source::Csv { file, num_records, batch_size, repeat, format },
+            ) => {
                 let rows = RowLimits {
                     num_records: *num_records,
                     batch_size: *batch_size,
                     repeat: *repeat,
                 };
-                stream_csv(file, rows, pump)
+                stream_csv(*input, file, format, rows, pump)
             }
             (Input::Files { root, files }, Source::Files { split_lines, .. }) => {
-                stream_files(root, files, cfg.kind, *split_lines, pump)
+                stream_files(&root, &files, cfg.kind, *split_lines, pump)
             }
             _ => bail!("internal: input does not match source"),
         }
@@ -228,92 +244,111 @@ struct RowLimits {
     repeat: bool,
 }
 
-fn stream_csv(path: &Path, limits: RowLimits, pump: &mut Pump<'_>) -> Result<()> {
-    let source =
-        path.file_name().map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
+fn stream_csv(
+    first: CsvInput,
+    path: &Path,
+    format: &CsvFormat,
+    limits: RowLimits,
+    pump: &mut Pump<'_>,
+) -> Result<()> {
     let mut read = 0u64;
+    let mut input = first;
+    let mut rows = CsvRows::default();
     for pass in 0.. {
-        let file = File::open(path).wrap_err_with(|| {
-            format!("cannot read CSV file {}; check the --file path", path.display())
-        })?;
-        let mut rdr =
-            csv::ReaderBuilder::new().flexible(true).buffer_capacity(256 * 1024).from_reader(file);
-        let columns = rdr.headers().wrap_err_with(|| {
-            format!("cannot read the header row of {}; is it a CSV file?", path.display())
-        })?;
-        let mut encoder = tabular::Encoder::new(&source, columns.iter());
+        if pass > 0 {
+            input = CsvInput::open(path, format)?;
+        }
+        let mut encoder = input.encoder();
         encoder.set_pass(pass);
-        let more = csv_pass(&mut rdr, &encoder, &source, limits, &mut read, pump)?;
-        if !more || !limits.repeat || read == 0 {
+        let more = rows.pass(&mut input, &encoder, limits, &mut read, pump);
+        pump.padded_note = padded_note(rows.padded);
+        if !more? || !limits.repeat || read == 0 {
             break;
         }
     }
     Ok(())
 }
 
-/// One pass over the file; Ok(false) when the run must stop (limit reached or signal).
-fn csv_pass(
-    rdr: &mut csv::Reader<File>,
-    encoder: &tabular::Encoder,
-    source: &str,
-    limits: RowLimits,
-    read: &mut u64,
-    pump: &mut Pump<'_>,
-) -> Result<bool> {
-    let mut record = csv::StringRecord::new();
-    let mut batch = Batch::default();
-    let mut row = 0u64;
-    loop {
-        if limits.num_records.is_some_and(|n| *read >= n) {
-            batch.flush(encoder, pump)?;
-            return Ok(false);
-        }
-        match rdr.read_record(&mut record) {
-            Ok(false) => return batch.flush(encoder, pump),
-            Ok(true) => {
-                row += 1;
-                *read += 1;
-                let line = record.position().map_or(0, |p| p.line());
-                let keep = if limits.batch_size == 1 {
-                    match encoder.encode_row(&record, row) {
-                        Ok(msg) => pump.send(msg)?,
-                        Err(e) => bad_row(pump, source, line, &e.0),
-                    }
-                } else {
-                    match batch.add(encoder, &record, row) {
-                        Ok(()) if batch.rows >= limits.batch_size => batch.flush(encoder, pump)?,
-                        Ok(()) => true,
-                        Err(e) => bad_row(pump, source, line, &e.0),
-                    }
-                };
-                pump.reporter.set_position(rdr.position().byte());
-                if !keep {
-                    batch.flush(encoder, pump)?;
-                    return Ok(false);
-                }
-            }
-            Err(e) => {
-                row += 1;
-                *read += 1;
-                let line = e.position().map_or(0, |p| p.line());
-                let why = match e.kind() {
-                    csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
-                    _ => e.to_string(),
-                };
-                if !bad_row(pump, source, line, &why) {
-                    return Ok(false);
-                }
-                if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                    return Err(e).wrap_err_with(|| format!("cannot read {source}"));
-                }
-            }
-        }
+fn padded_note(padded: u64) -> String {
+    match padded {
+        0 => String::new(),
+        1 => "padded 1 short row with nulls".into(),
+        n => format!("padded {n} short rows with nulls"),
     }
 }
 
-fn bad_row(pump: &mut Pump<'_>, source: &str, line: u64, why: &str) -> bool {
-    pump.skip(&format!("{source} line {line}"), why);
-    pump.keep_going()
+/// State of the CSV reading across passes.
+#[derive(Default)]
+struct CsvRows {
+    /// Short rows padded with nulls.
+    padded: u64,
+    /// The --encoding hint was given once.
+    hinted_encoding: bool,
+}
+
+impl CsvRows {
+    /// One pass over the file; Ok(false) when the run must stop (limit reached or signal).
+    fn pass(
+        &mut self,
+        input: &mut CsvInput,
+        encoder: &tabular::Encoder,
+        limits: RowLimits,
+        read: &mut u64,
+        pump: &mut Pump<'_>,
+    ) -> Result<bool> {
+        let mut record = csv::StringRecord::new();
+        let mut batch = Batch::default();
+        let mut row = 0u64;
+        loop {
+            if limits.num_records.is_some_and(|n| *read >= n) {
+                batch.flush(encoder, pump)?;
+                return Ok(false);
+            }
+            let (line, encoded) = match input.read(&mut record) {
+                Err(e) => {
+                    batch.flush(encoder, pump)?;
+                    return Err(e);
+                }
+                Ok(Next::End) => return batch.flush(encoder, pump),
+                Ok(Next::Bad { line, why }) => (line, Err(why)),
+                Ok(Next::Row(line)) => {
+                    row += 1;
+                    let short = encoder.is_short(&record);
+                    let encoded = if limits.batch_size == 1 {
+                        encoder.encode_row(&record, row).map(Some)
+                    } else {
+                        batch.add(encoder, &record, row).map(|()| None)
+                    };
+                    self.padded += u64::from(encoded.is_ok() && short);
+                    (line, encoded.map_err(|e| e.0))
+                }
+            };
+            *read += 1;
+            let keep = match encoded {
+                Err(why) => self.skip(input, line, why, pump),
+                Ok(Some(msg)) => pump.send(msg)?,
+                Ok(None) if batch.rows >= limits.batch_size => batch.flush(encoder, pump)?,
+                Ok(None) => true,
+            };
+            pump.reporter.set_position(input.bytes_read());
+            if !keep {
+                batch.flush(encoder, pump)?;
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Skip a row that cannot be sent, named (the first non-UTF-8 one with the fix).
+    fn skip(&mut self, input: &CsvInput, line: u64, why: String, pump: &mut Pump<'_>) -> bool {
+        let why = if why == csv_input::NOT_UTF8 && !self.hinted_encoding {
+            self.hinted_encoding = true;
+            format!("{why}; {}", csv_input::encoding_hint())
+        } else {
+            why
+        };
+        pump.skip(&format!("{} line {line}", input.source), &why);
+        pump.keep_going()
+    }
 }
 
 /// Rows collected for one `--batch-size` message.

@@ -5,10 +5,10 @@
 use crate::amqp::{Received, RpcClient, with_client};
 use crate::codec::tabular;
 use crate::config::{Global, RequestConfig};
+use crate::csv_input::{self, CsvInput, Next};
 use crate::output::{Progress, Reporter, Summary};
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,25 +29,11 @@ pub fn run(
     stop: &AtomicBool,
     stdout: Box<dyn Write + Send>,
 ) -> Result<Outcome> {
-    let mut rdr =
-        csv::ReaderBuilder::new().flexible(true).from_path(&cfg.file).wrap_err_with(|| {
-            format!("cannot read CSV file {}; check the --file path", cfg.file.display())
-        })?;
-    let columns = rdr.headers().wrap_err_with(|| {
-        format!("cannot read the header row of {}; is it a CSV file?", cfg.file.display())
-    })?;
-    let source = cfg
-        .file
-        .file_name()
-        .map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
-    let encoder = tabular::Encoder::new(&source, columns.iter());
+    let mut rdr = CsvInput::open(&cfg.file, &cfg.format)?;
+    let encoder = rdr.encoder();
     let out: Box<dyn Write + Send> = match &cfg.output {
         None => stdout,
-        Some(path) => {
-            Box::new(OpenOptions::new().create(true).append(true).open(path).wrap_err_with(
-                || format!("cannot open output file {}; check the --output path", path.display()),
-            )?)
-        }
+        Some(path) => Box::new(crate::csv_output::append(path)?.file),
     };
     let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("⇄ {}", cfg.queue.name));
     let mut run = Run {
@@ -58,6 +44,7 @@ pub fn run(
         latencies: Vec::new(),
         failed: Vec::new(),
         bytes: 0,
+        padded: 0,
         // Unique per run, so concurrent clients never take each other's replies for theirs.
         prefix: format!("{}-{}-", std::process::id(), epoch_nanos()),
     };
@@ -78,7 +65,10 @@ pub fn run(
         elapsed: started.elapsed(),
         skipped: 0,
         failed: run.failed.len() as u64,
-        extra: percentiles(&mut run.latencies),
+        extra: match run.padded {
+            0 => percentiles(&mut run.latencies),
+            n => format!("padded {n} short rows with nulls, {}", percentiles(&mut run.latencies)),
+        },
     };
     Ok(Outcome { summary, error })
 }
@@ -94,6 +84,8 @@ struct Run {
     failed: Vec<(String, String)>,
     bytes: u64,
     prefix: String,
+    /// Rows shorter than the header, padded with nulls.
+    padded: u64,
 }
 
 impl Run {
@@ -101,7 +93,7 @@ impl Run {
         &mut self,
         client: &mut RpcClient<'_>,
         encoder: &tabular::Encoder,
-        rdr: &mut csv::Reader<File>,
+        rdr: &mut CsvInput,
         cfg: &RequestConfig,
         stop: &AtomicBool,
         reporter: &Reporter,
@@ -122,13 +114,15 @@ impl Run {
                     more = false;
                     break;
                 }
-                match rdr.read_record(&mut record) {
-                    Ok(false) => more = false,
-                    Ok(true) => {
-                        seq += 1;
+                match rdr.read(&mut record)? {
+                    Next::End => more = false,
+                    Next::Bad { line, why } => bail!("{}", bad_row(rdr, seq, line, &why)),
+                    Next::Row(line) => {
                         let mut msg = encoder
-                            .encode_row(&record, seq)
-                            .map_err(|e| eyre!("{} row {seq}: {}", cfg.file.display(), e.0))?;
+                            .encode_row(&record, seq + 1)
+                            .map_err(|e| eyre!("{}", bad_row(rdr, seq, line, &e.0)))?;
+                        seq += 1;
+                        self.padded += u64::from(encoder.is_short(&record));
                         // Each request is its own event: two clients sending the same row
                         // must not look like one redelivered message to the server.
                         let id = format!("{}{seq}", self.prefix);
@@ -138,7 +132,6 @@ impl Run {
                         client.send(msg)?;
                         self.pending.insert(id, Pending { seq, sent: Instant::now(), label });
                     }
-                    Err(e) => bail!("cannot read {}: {e}", cfg.file.display()),
                 }
             }
             if self.pending.is_empty() && !more {
@@ -206,6 +199,17 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// A row `request` cannot send stops it (replies are in request order): named, with the fix
+/// when it is the first row.
+fn bad_row(rdr: &CsvInput, sent: u64, line: u64, why: &str) -> String {
+    let hint = match (sent, why) {
+        (_, csv_input::NOT_UTF8) => format!("; {}", csv_input::encoding_hint()),
+        (0, _) => format!("; {}", csv_input::header_hint(rdr.header_line())),
+        _ => String::new(),
+    };
+    format!("{} line {line}: {why}{hint}", rdr.source)
 }
 
 fn epoch_nanos() -> u128 {

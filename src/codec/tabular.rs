@@ -3,7 +3,9 @@
 //! Typing is lossless: a field becomes a JSON number only when the number's canonical JSON
 //! text is exactly the field's text, so every value reads back as the same characters.
 //! `007`, `1.50`, `1e5`, `-0`, `NaN`, `1e999` and integers beyond i64 stay strings; an empty
-//! field becomes null.
+//! field becomes null. A row shorter than the header is padded with nulls (as pandas reads
+//! it); a longer one is an error. Column names are never merged: a header that repeats a
+//! name is refused by the caller ([`duplicate_columns`]) before any row is encoded.
 
 use super::{HeaderValue, Headers, Kind, Message, message_id};
 use csv::StringRecord;
@@ -62,9 +64,43 @@ fn is_canonical_integer(s: &str) -> bool {
     canonical_digits && (digits.len() <= 18 || s.parse::<i64>().is_ok())
 }
 
+/// Column names that occur more than once, each with its 1-based positions, in the order of
+/// their first occurrence. Two equal names would make two equal JSON keys, and a consumer
+/// keeps only one of them.
+pub fn duplicate_columns<'a>(
+    columns: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, Vec<usize>)> {
+    let mut seen: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (i, name) in columns.into_iter().enumerate() {
+        match index.get(name) {
+            Some(&at) => {
+                let entry: &mut (&str, Vec<usize>) = &mut seen[at];
+                entry.1.push(i + 1);
+            }
+            None => {
+                index.insert(name, seen.len());
+                seen.push((name, vec![i + 1]));
+            }
+        }
+    }
+    seen.into_iter().filter(|(_, at)| at.len() > 1).map(|(n, at)| (n.to_string(), at)).collect()
+}
+
+/// Column names for a file without a header: "0", "1", ... (pandas' `header=None`).
+pub fn positional_columns(width: usize) -> Vec<String> {
+    (0..width).map(|i| i.to_string()).collect()
+}
+
 /// A row the encoder could not turn into a message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RowError(pub String);
+
+/// The error for a row of `fields` fields under a header of `width` columns, if it is longer.
+pub fn too_wide(fields: usize, width: usize) -> Option<RowError> {
+    (fields > width)
+        .then(|| RowError(format!("row has {fields} fields but the header has {width}")))
+}
 
 /// Encodes the rows of one CSV source.
 pub struct Encoder {
@@ -89,19 +125,21 @@ impl Encoder {
         self.keys.len()
     }
 
+    /// Whether `fields` is shorter than the header (and so padded with nulls).
+    pub fn is_short(&self, fields: &StringRecord) -> bool {
+        fields.len() < self.keys.len()
+    }
+
     /// Set the `--repeat` pass number.
     pub fn set_pass(&mut self, pass: u64) {
         self.pass = pass;
     }
 
-    /// Append one row as a JSON object to `out`.
+    /// Append one row as a JSON object to `out`. A row shorter than the header gets null
+    /// for its missing trailing fields (see [`Encoder::is_short`]); a longer one is an error.
     pub fn write_object(&self, fields: &StringRecord, out: &mut Vec<u8>) -> Result<(), RowError> {
-        if fields.len() != self.keys.len() {
-            return Err(RowError(format!(
-                "row has {} fields but the header has {}",
-                fields.len(),
-                self.keys.len()
-            )));
+        if let Some(e) = too_wide(fields.len(), self.keys.len()) {
+            return Err(e);
         }
         out.push(b'{');
         for (i, (key, field)) in self.keys.iter().zip(fields.iter()).enumerate() {
@@ -114,6 +152,13 @@ impl Encoder {
                 Typed::Number(n) => out.extend_from_slice(n.as_bytes()),
                 Typed::Str(s) => write_json_string(s, out),
             }
+        }
+        for (i, key) in self.keys.iter().enumerate().skip(fields.len()) {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"null");
         }
         out.push(b'}');
         Ok(())
@@ -325,10 +370,31 @@ mod tests {
     }
 
     #[test]
-    fn wrong_width_row_is_an_error() {
-        let enc = Encoder::new("d.csv", ["a", "b"]);
-        let err = enc.encode_row(&StringRecord::from(vec!["1"]), 1).expect_err("short row");
-        assert!(err.0.contains("1 fields but the header has 2"), "{}", err.0);
+    fn longer_row_is_an_error_shorter_row_is_padded_with_nulls() {
+        let enc = Encoder::new("d.csv", ["a", "b", "c"]);
+        let err = enc.encode_row(&StringRecord::from(vec!["1", "2", "3", "4"]), 1);
+        assert!(err.expect_err("long row").0.contains("4 fields but the header has 3"));
+        let short = StringRecord::from(vec!["1"]);
+        assert!(enc.is_short(&short));
+        let msg = enc.encode_row(&short, 1).expect("short row");
+        assert_eq!(msg.body, br#"{"a":1,"b":null,"c":null}"#);
+        let empty = StringRecord::new();
+        assert_eq!(
+            enc.encode_row(&empty, 1).expect("empty").body,
+            br#"{"a":null,"b":null,"c":null}"#
+        );
+    }
+
+    #[test]
+    fn duplicate_columns_are_named_with_their_positions() {
+        assert_eq!(duplicate_columns(["id", "val", "val"]), vec![("val".to_string(), vec![2, 3])]);
+        let digits = ["0", "0", "5", "13", "0", "5"];
+        assert_eq!(
+            duplicate_columns(digits),
+            vec![("0".to_string(), vec![1, 2, 5]), ("5".to_string(), vec![3, 6])]
+        );
+        assert!(duplicate_columns(["a", "b", "A", ""]).is_empty(), "case matters, as in JSON");
+        assert_eq!(positional_columns(3), ["0", "1", "2"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod broker;
 mod cluster;
 mod confirms;
+mod csv_wild;
 mod docs;
 mod errors;
 mod examples;
