@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod consume;
 pub mod demo;
+mod files;
 pub mod output;
 pub mod produce;
 pub mod request;

@@ -9,6 +9,7 @@ mod examples;
 mod faults;
 mod flows;
 mod interop;
+mod lines;
 mod ml;
 mod proxy;
 mod reliability;
