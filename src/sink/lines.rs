@@ -86,6 +86,13 @@ pub struct Assembly {
     tick: u64,
 }
 
+/// What [`Assembly::open`] found.
+enum Opened {
+    Staged(Box<Staged>),
+    Done,
+    Refused(String),
+}
+
 struct Staged {
     source: String,
     target: PathBuf,
@@ -129,14 +136,15 @@ impl Assembly {
         }
         if !self.files.contains_key(&key) {
             match self.open(&key, l)? {
-                Some(staged) => {
-                    self.files.insert(key.clone(), staged);
+                Opened::Staged(staged) => {
+                    self.files.insert(key.clone(), *staged);
                     self.evict()?;
                 }
-                None => {
+                Opened::Done => {
                     self.done.insert(key);
                     return Ok(Added::Duplicate);
                 }
+                Opened::Refused(why) => return Ok(Added::Refused(why)),
             }
         }
         self.tick += 1;
@@ -204,8 +212,9 @@ impl Assembly {
     /// Drop a file's staging state; its files go after the next directory sync.
     fn forget(&mut self, key: &str) {
         if let Some(s) = self.files.remove(key) {
-            self.finished.push(s.data_path);
+            // Marks first: marks never outlive their staging file by a crash's choice.
             self.finished.push(s.marks_path);
+            self.finished.push(s.data_path);
         }
     }
 
@@ -248,9 +257,9 @@ impl Assembly {
         v
     }
 
-    /// The staging state of a file: reopened after a restart, new, or None when the file is
+    /// The staging state of a file: reopened after a restart, or new; Done when the file is
     /// already in place (its target, or an alternative name, holds exactly its content).
-    fn open(&mut self, key: &str, l: &Line<'_>) -> Result<Option<Staged>> {
+    fn open(&mut self, key: &str, l: &Line<'_>) -> Result<Opened> {
         let data_path = self.root.join(format!("{STAGING_PREFIX}{key}"));
         let marks_path = self.root.join(format!("{STAGING_PREFIX}{key}.marks"));
         let target = target_path(&self.root, l.rel, l.fallback)?;
@@ -268,28 +277,47 @@ impl Assembly {
             pending: Vec::new(),
             used: self.tick,
         };
+        let content = Content::Digest { size: l.file.size, sha256: &l.file.sha256 };
+        if let Choice::Holds(_) = free_name(&s.target, &s.tags, content, &HashSet::new())? {
+            // Produced before, or completed just before a crash: staging files left go.
+            self.finished.extend([s.marks_path, s.data_path]);
+            return Ok(Opened::Done);
+        }
+        let in_the_way = |p: &Path| {
+            Opened::Refused(format!(
+                "{} is in the way of the staging files of {}; move it away",
+                p.display(),
+                l.source
+            ))
+        };
         match fs::symlink_metadata(&s.data_path) {
             Ok(m) if m.file_type().is_file() => {
                 s.open_data()?;
-                s.durable = s.read_marks()?;
-                s.have = s.durable.clone();
-                return Ok(Some(s));
+                return Ok(match s.read_marks()? {
+                    Some(marks) => {
+                        s.have = marks.clone();
+                        s.durable = marks;
+                        Opened::Staged(Box::new(s))
+                    }
+                    None => in_the_way(&s.marks_path),
+                });
             }
-            Ok(_) => {
-                return Err(eyre!(
-                    "{} is not a staging file mqdemo made; move it away",
-                    s.data_path.display()
-                ));
-            }
+            Ok(_) => return Ok(in_the_way(&s.data_path)),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(e)
                     .wrap_err_with(|| format!("cannot inspect {}", s.data_path.display()));
             }
         }
-        let content = Content::Digest { size: l.file.size, sha256: &l.file.sha256 };
-        if let Choice::Holds(_) = free_name(&s.target, &s.tags, content, &HashSet::new())? {
-            return Ok(None);
+        // Marks without their staging file are left from a completion cut short: stale.
+        match fs::remove_file(&s.marks_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::IsADirectory => return Ok(in_the_way(&s.marks_path)),
+            Err(e) => {
+                return Err(e)
+                    .wrap_err_with(|| format!("cannot remove {}", s.marks_path.display()));
+            }
         }
         let file = OpenOptions::new()
             .read(true)
@@ -302,7 +330,7 @@ impl Assembly {
         lock(&file, &s)?;
         s.data = Some(file);
         self.dirty_dirs.insert(self.root.clone());
-        Ok(Some(s))
+        Ok(Opened::Staged(Box::new(s)))
     }
 
     /// Above [`MAX_OPEN`] open staging files, sync and close the least recently used.
@@ -376,30 +404,23 @@ impl Staged {
         Ok(created)
     }
 
-    /// The lines a marks file lists as durable (none when there is no marks file).
-    fn read_marks(&self) -> Result<RangeSet> {
+    /// The lines a marks file lists as durable (none when there is no marks file); None when
+    /// the marks file is not one mqdemo wrote for this file.
+    fn read_marks(&self) -> Result<Option<RangeSet>> {
         let mut text = String::new();
-        match File::options().read(true).custom_flags(nofollow()).open(&self.marks_path) {
-            Ok(mut f) => f
-                .read_to_string(&mut text)
-                .wrap_err_with(|| format!("cannot read {}", self.marks_path.display()))?,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(RangeSet::default()),
+        let opened = File::options().read(true).custom_flags(nofollow()).open(&self.marks_path);
+        let read = opened.and_then(|mut f| f.read_to_string(&mut text));
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Some(RangeSet::default())),
+            Err(e) if foreign(&e) => return Ok(None),
             Err(e) => {
                 return Err(e)
                     .wrap_err_with(|| format!("cannot read {}", self.marks_path.display()));
             }
-        };
-        let corrupt = || {
-            eyre!(
-                "{} is not the marks file of {} as mqdemo wrote it; move it and {} away",
-                self.marks_path.display(),
-                self.source,
-                self.data_path.display()
-            )
-        };
-        let header = marks_header(&self.source, &self.file);
-        let Some(records) = text.strip_prefix(&header) else {
-            return Err(corrupt());
+        }
+        let Some(records) = text.strip_prefix(&marks_header(&self.source, &self.file)) else {
+            return Ok(None);
         };
         let mut set = RangeSet::default();
         // A last record without its newline was cut by a crash before its sync: not durable.
@@ -409,11 +430,18 @@ impl Staged {
                 Ok(n) if (1..=self.file.lines).contains(&n) => {
                     set.insert(n);
                 }
-                _ => return Err(corrupt()),
+                _ => return Ok(None),
             }
         }
-        Ok(set)
+        Ok(Some(set))
     }
+}
+
+/// Errors that say the path holds something else than a file we wrote (a symlink, a
+/// directory, bytes that are not text).
+fn foreign(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::IsADirectory | ErrorKind::InvalidData)
+        || rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::LOOP)
 }
 
 /// Lock a staging file for this process, or say which other consumer has it.
@@ -703,6 +731,60 @@ mod tests {
         };
         let err = b.add(&line).map(|_| ()).expect_err("locked");
         assert!(format!("{err}").contains("another mqdemo consumer"), "{err}");
+    }
+
+    #[test]
+    fn more_files_than_open_slots_are_closed_and_reopened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Assembly::new(dir.path());
+        let texts: Vec<Vec<u8>> =
+            (0..MAX_OPEN + 40).map(|i| format!("{i} one\n{i} two\n").into_bytes()).collect();
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(
+                add(&mut a, &format!("f{i}.txt"), &identity(text), &split(text)[0]),
+                Added::Kept
+            );
+        }
+        let open = a.files.values().filter(|s| s.data.is_some()).count();
+        assert!(open <= MAX_OPEN, "{open} staging files open");
+        for (i, text) in texts.iter().enumerate() {
+            let done = add(&mut a, &format!("f{i}.txt"), &identity(text), &split(text)[1]);
+            assert!(matches!(done, Added::Complete(Stored::Written(_))), "{i}: {done:?}");
+        }
+        a.sync().expect("sync");
+        assert_eq!(visible(dir.path()).len(), texts.len());
+        assert_eq!(staging_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn things_in_the_way_of_staging_files_fail_that_file_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (t1, t2, t3) = (b"1\n2\n".to_vec(), b"3\n4\n".to_vec(), b"5\n6\n".to_vec());
+        let (f1, f2, f3) = (identity(&t1), identity(&t2), identity(&t3));
+        let staging = |source: &str, f: &FileIdentity| {
+            dir.path().join(format!("{STAGING_PREFIX}{}", staging_key(source, &f.sha256)))
+        };
+        // A directory where the staging file goes; a symlink where the marks go.
+        fs::create_dir(staging("a.txt", &f1)).expect("mkdir");
+        fs::write(staging("b.txt", &f2), b"").expect("seed");
+        let marks = format!("{}.marks", staging("b.txt", &f2).display());
+        std::os::unix::fs::symlink("/etc/passwd", &marks).expect("symlink");
+        // Stale marks of a completion cut short, claiming both lines.
+        let stale = format!("{}.marks", staging("c.txt", &f3).display());
+        fs::write(&stale, format!("{}1\n2\n", marks_header("c.txt", &f3))).expect("seed");
+        let mut a = Assembly::new(dir.path());
+        let first = add(&mut a, "a.txt", &f1, &split(&t1)[0]);
+        assert!(matches!(&first, Added::Refused(why) if why.contains("in the way")), "{first:?}");
+        let second = add(&mut a, "b.txt", &f2, &split(&t2)[0]);
+        assert!(matches!(&second, Added::Refused(why) if why.contains("in the way")), "{second:?}");
+        assert_eq!(add(&mut a, "c.txt", &f3, &split(&t3)[1]), Added::Kept, "stale marks ignored");
+        assert!(matches!(add(&mut a, "c.txt", &f3, &split(&t3)[0]), Added::Complete(_)));
+        a.sync().expect("sync");
+        assert_eq!(visible(dir.path()), [("c.txt".to_string(), t3)]);
+        assert_eq!(
+            fs::read_to_string("/etc/passwd").map(|s| s.contains("mqdemo")).ok(),
+            Some(false)
+        );
     }
 
     proptest! {

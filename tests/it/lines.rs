@@ -325,3 +325,25 @@ fn line_messages_name_their_file_identity_and_offset() {
         assert_eq!(h.get("offset"), Some(&AmqpValue::LongLongInt(offset)));
     }
 }
+
+#[test]
+fn symlinks_in_the_output_directory_are_never_written_through() {
+    let q = TestQueue::new("lines-symlinks");
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("victim.txt"), "keep me\n").expect("seed");
+    let out = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(outside.path().join("victim.txt"), out.path().join("notes.txt"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(outside.path(), out.path().join("sub")).expect("symlink");
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(src.path().join("sub")).expect("mkdir");
+    std::fs::write(src.path().join("notes.txt"), numbered("n", 3)).expect("write");
+    std::fs::write(src.path().join("sub/x.txt"), numbered("x", 3)).expect("write");
+    produce_lines(src.path(), &q);
+    let res = consume_files(&q, "text", out.path(), &["--idle-timeout", "2"]).run();
+    assert_eq!(tree(outside.path()), [("victim.txt".to_string(), b"keep me\n".to_vec())]);
+    let mut got: Vec<String> = visible(out.path()).into_iter().map(|(_, t)| t).collect();
+    got.sort();
+    assert_eq!(got, [numbered("n", 3), numbered("x", 3)], "{}", res.stderr);
+    assert_eq!(res.code(), Some(0), "{}", res.stderr);
+}
