@@ -162,9 +162,18 @@ impl Assembly {
             return Ok(Added::Duplicate);
         }
         let shown = s.data_path.display().to_string();
-        s.open_data()?
-            .write_all_at(l.body, l.offset)
-            .wrap_err_with(|| format!("cannot write {shown}; check free space"))?;
+        match s.open_data()?.write_all_at(l.body, l.offset) {
+            Ok(()) => {}
+            Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::FBIG) => {
+                return Ok(Added::Refused(format!(
+                    "{} bytes is more than a file on this file system can hold",
+                    l.file.size
+                )));
+            }
+            Err(e) => {
+                return Err(e).wrap_err_with(|| format!("cannot write {shown}; check free space"));
+            }
+        }
         s.have.insert(l.line);
         s.pending.push(l.line);
         if s.have.len() < s.file.lines {
