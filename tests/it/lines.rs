@@ -288,7 +288,7 @@ fn an_incomplete_line_file_is_reported_kept_and_finished_by_the_next_run() {
 }
 
 #[test]
-fn a_line_consumer_killed_mid_file_finishes_it_after_a_restart() {
+fn a_line_consumer_with_workers_killed_mid_file_finishes_it_after_a_restart() {
     let q = TestQueue::new("lines-kill");
     let src = tempfile::tempdir().expect("tempdir");
     let text = numbered("a fairly long line of text, number ", 60_000);
@@ -297,7 +297,8 @@ fn a_line_consumer_killed_mid_file_finishes_it_after_a_restart() {
     produce_lines(src.path(), &q);
     let total = q.depth();
     let out = tempfile::tempdir().expect("tempdir");
-    let consumer = consume_files(&q, "text", out.path(), &["--prefetch", "100"]).watch();
+    let consumer =
+        consume_files(&q, "text", out.path(), &["--prefetch", "100", "--workers", "4"]).watch();
     wait_until(Duration::from_secs(60), "a third of the lines consumed", || {
         q.depth() < total * 2 / 3
     });
