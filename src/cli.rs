@@ -129,7 +129,9 @@ pub enum ConsumeCommand {
     /// Image files into a directory, under their relative source paths.
     /// Example: mqdemo consume image --output-directory received_images --idle-timeout 2
     Image(ConsumeFiles),
-    /// Text files (or lines, reassembled) into a directory.
+    /// Text files into a directory. Files sent line by line are rebuilt whatever order their
+    /// lines arrive in (kept in hidden .mqdemo-part.* files until complete, never appended
+    /// to an existing file).
     /// Example: mqdemo consume text --output-directory received_texts --idle-timeout 2
     Text(ConsumeFiles),
 }
@@ -287,7 +289,9 @@ pub struct ProduceText {
     #[arg(long, default_value = "texts_data", value_name = "DIR")]
     pub directory: PathBuf,
 
-    /// One message per file or per line. Example: --split line
+    /// One message per file or per line. Each line names its file (SHA-256, size, line count)
+    /// and byte offset, so a consumer rebuilds each file exactly, in any arrival order.
+    /// Example: --split line
     #[arg(long, value_enum, default_value_t = Split::File)]
     pub split: Split,
 

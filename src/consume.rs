@@ -2,12 +2,11 @@
 //! the sink has the data durably.
 
 use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
-use crate::codec::{Delivery, Kind, extension_for, sha256_hex, tabular, unique_id};
+use crate::codec::{Delivery, tabular, unique_id};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::csv_output::{self, CsvOut};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored, row_key};
-use crate::sink::{DirSink, Stored, safe_relative_path};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
@@ -30,6 +29,7 @@ pub fn run(
 ) -> Result<Outcome> {
     let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue.name));
     let workers = cfg.workers.max(1);
+    let mut line_files = None;
     let (mut handlers, shared_rows) = match &cfg.sink {
         SinkConfig::Rows { output, format } => {
             let rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
@@ -39,9 +39,8 @@ pub fn run(
             shared(DbHandler::new(path, table, reporter.clone())?, workers)
         }
         SinkConfig::Directory(dir) => {
-            let hs = (0..workers)
-                .map(|_| Ok(Box::new(FileHandler::new(dir, cfg.kind, reporter.clone())?) as _))
-                .collect::<Result<Vec<Box<dyn CountingHandler + Send>>>>()?;
+            let (hs, lines) = crate::files::handlers(dir, cfg.kind, workers, &reporter)?;
+            line_files = Some(lines);
             (hs, None)
         }
     };
@@ -55,6 +54,7 @@ pub fn run(
         idle: cfg.idle_timeout,
     };
     let (outcome, error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
+    let error = error.or_else(|| line_files.and_then(|l| l.unfinished()));
     let counts = match shared_rows {
         Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts()),
         None => handlers.iter().map(|h| h.counts()).fold(Counts::default(), Counts::sum),
@@ -212,7 +212,7 @@ impl Counts {
     }
 
     /// Progress-bar text.
-    fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         format!("{} msgs ({}) stored, {}", self.messages, human_bytes(self.bytes), self.extra())
     }
 
@@ -228,7 +228,7 @@ impl Counts {
     }
 }
 
-trait CountingHandler: Handler {
+pub(crate) trait CountingHandler: Handler {
     fn counts(&self) -> Counts;
     fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send);
 }
@@ -445,163 +445,6 @@ fn row_keys(d: &Delivery, n: usize) -> Vec<String> {
 }
 
 impl CountingHandler for DbHandler {
-    fn counts(&self) -> Counts {
-        self.counts
-    }
-    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
-        self
-    }
-}
-
-/// Files into a directory, named from the `source` header when it is safe.
-struct FileHandler {
-    sink: DirSink,
-    kind: Kind,
-    reporter: Reporter,
-    counts: Counts,
-    seen: SeenIds,
-}
-
-impl FileHandler {
-    fn new(dir: &std::path::Path, kind: Kind, reporter: Reporter) -> Result<FileHandler> {
-        Ok(FileHandler {
-            sink: DirSink::new(dir)?,
-            kind,
-            reporter,
-            counts: Counts::default(),
-            seen: SeenIds::default(),
-        })
-    }
-
-    fn names(&self, d: &Delivery) -> (Option<PathBuf>, String, String) {
-        let id = d.id_or_hash();
-        let safe_id = if id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            id
-        } else {
-            sha256_hex(id.as_bytes())[..32].to_string()
-        };
-        let fallback = format!("{safe_id}.{}", extension_for(d.content_type.as_deref()));
-        let tag = safe_id.chars().take(12).collect();
-        let rel = d.header_str("source").and_then(|s| {
-            let p = safe_relative_path(s);
-            if p.is_none() {
-                self.reporter
-                    .warn(&format!("unsafe source header {s:?}; writing {fallback} instead"));
-            }
-            p
-        });
-        (rel, fallback, tag)
-    }
-}
-
-/// Bodies from this size on have their sha256 checked on a second thread while written.
-const PARALLEL_HASH_BYTES: usize = 1024 * 1024;
-
-impl FileHandler {
-    /// A whole file was queued in the sink: it is linked into place (and counted) when the
-    /// group is committed, at the latest before the ack, earlier when the group is full.
-    fn queued(&mut self, d: &Delivery) -> Result<Disposition> {
-        if self.sink.group_full() {
-            let group = self.sink.sync()?;
-            self.committed(group);
-        }
-        Ok(self.handled(d))
-    }
-
-    fn handled(&mut self, d: &Delivery) -> Disposition {
-        self.seen.insert(d);
-        self.counts.messages += 1;
-        self.counts.bytes += d.body.len() as u64;
-        self.reporter.status(|| self.counts.status());
-        Disposition::Ack
-    }
-
-    fn corrupt(&mut self, d: &Delivery) -> Disposition {
-        self.counts.rejected += 1;
-        self.reporter.warn(&format!(
-            "rejected message {}: body does not match its sha256 header",
-            d.id_or_hash()
-        ));
-        Disposition::Reject
-    }
-
-    /// Count and report what became of the files of one committed group.
-    fn committed(&mut self, group: Vec<Stored>) {
-        for stored in group {
-            match stored {
-                Stored::Written(_) => self.counts.written += 1,
-                Stored::Duplicate(_) => self.counts.duplicates += 1,
-                Stored::Renamed { wanted, written } => {
-                    self.counts.renamed += 1;
-                    self.reporter.warn(&format!(
-                        "{} exists with other content; wrote {}",
-                        wanted.display(),
-                        written.display()
-                    ));
-                }
-            }
-        }
-    }
-}
-
-impl Handler for FileHandler {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
-        if self.seen.contains(&d) {
-            self.counts.duplicates += 1;
-            return Ok(Disposition::Ack);
-        }
-        let (rel, fallback, tag) = self.names(&d);
-        let line = d.header_int("line").filter(|n| *n > 0 && self.kind == Kind::Text);
-        let want = d.header_str("sha256");
-        let matches = |want: &str| want.eq_ignore_ascii_case(&sha256_hex(&d.body));
-        if let (Some(want), None, true) = (want, line, d.body.len() >= PARALLEL_HASH_BYTES) {
-            // A large file: check its digest on a second core while it is written.
-            let (intact, stored) = std::thread::scope(|s| {
-                let check = s.spawn(|| matches(want));
-                let stored = self.sink.store(rel.as_deref(), &fallback, &tag, &d.body);
-                (check.join().unwrap_or(false), stored)
-            });
-            stored?;
-            if !intact {
-                self.sink.discard_last();
-                return Ok(self.corrupt(&d));
-            }
-            return self.queued(&d);
-        }
-        if want.is_some_and(|w| !matches(w)) {
-            return Ok(self.corrupt(&d));
-        }
-        if let Some(line) = line {
-            let key = d.header_str("source").unwrap_or(&fallback).to_string();
-            let stored = self.sink.append_line(
-                &key,
-                rel.as_deref(),
-                &fallback,
-                &tag,
-                line as u64,
-                &d.body,
-            )?;
-            match stored {
-                Stored::Duplicate(_) => self.counts.duplicates += 1,
-                _ => self.counts.written += u64::from(line == 1),
-            }
-        } else {
-            self.sink.store(rel.as_deref(), &fallback, &tag, &d.body)?;
-            return self.queued(&d);
-        }
-        Ok(self.handled(&d))
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        let group = self.sink.sync()?;
-        self.committed(group);
-        Ok(())
-    }
-}
-
-impl CountingHandler for FileHandler {
     fn counts(&self) -> Counts {
         self.counts
     }

@@ -15,6 +15,7 @@ pub mod consume;
 pub mod csv_input;
 pub mod csv_output;
 pub mod demo;
+mod files;
 pub mod output;
 pub mod produce;
 pub mod request;

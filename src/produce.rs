@@ -543,25 +543,36 @@ impl ReadAhead {
     }
 }
 
-/// `--split line`: check the whole file first, so a bad file sends nothing; then one message
-/// per line, terminator included.
+/// `--split line`: read the whole file first (UTF-8 check, SHA-256, size, lines), so a bad
+/// file sends nothing and every line names its file; then one message per line, terminator
+/// included, with its byte offset. A file that changes between the two reads is reported.
 fn send_lines(path: &Path, source: &str, shown: &str, pump: &mut Pump<'_>) -> Result<bool> {
-    if let Err(why) = check_lines(path) {
-        pump.skip(shown, &why);
-        return Ok(pump.keep_going());
-    }
-    let file = File::open(path).wrap_err_with(|| format!("cannot read {shown}"))?;
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let mut line_no = 0u64;
+    let file = match scan_lines(path) {
+        Ok(file) => file,
+        Err(why) => {
+            pump.skip(shown, &why);
+            return Ok(pump.keep_going());
+        }
+    };
+    let opened = File::open(path).wrap_err_with(|| format!("cannot read {shown}"))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, opened);
+    let (mut line_no, mut offset) = (0u64, 0u64);
+    let mut again = text::FileDigest::default();
     loop {
         let mut line = Vec::new();
         let n =
             reader.read_until(b'\n', &mut line).wrap_err_with(|| format!("cannot read {shown}"))?;
         if n == 0 {
-            return Ok(true);
+            break;
         }
+        again.update(&line);
         line_no += 1;
-        match text::encode_line(source, line_no, line) {
+        if line_no > file.lines || offset + n as u64 > file.size {
+            break; // grew since it was read: reported below
+        }
+        let at = offset;
+        offset += n as u64;
+        match text::encode_line(source, &file, line_no, at, line) {
             Ok(msg) => {
                 if !pump.send(msg)? {
                     return Ok(false);
@@ -573,23 +584,33 @@ fn send_lines(path: &Path, source: &str, shown: &str, pump: &mut Pump<'_>) -> Re
             }
         }
     }
+    if again.finish() != file {
+        pump.skip(
+            shown,
+            "changed while it was being sent (its lines will not add up at the consumer); \
+             produce it again",
+        );
+    }
+    Ok(pump.keep_going())
 }
 
-/// Err(reason) when the file is not UTF-8 text line by line.
-fn check_lines(path: &Path) -> Result<(), String> {
+/// The file's identity, or Err(reason) when it is not UTF-8 text line by line.
+fn scan_lines(path: &Path) -> Result<text::FileIdentity, String> {
     let file = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut line = Vec::new();
     let mut line_no = 0u64;
+    let mut digest = text::FileDigest::default();
     loop {
         line.clear();
         match reader.by_ref().read_until(b'\n', &mut line) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(digest.finish()),
             Ok(_) => {
                 line_no += 1;
                 if let Err(e) = text::check_utf8(&line, line_no) {
                     return Err(format!("not UTF-8 text (first bad byte on line {})", e.line));
                 }
+                digest.update(&line);
             }
             Err(e) => return Err(format!("cannot read it: {e}")),
         }

@@ -2,7 +2,7 @@
 //! file storing under the output root, lossless CSV field typing and the tabular round trip.
 
 use crate::codec::tabular::{Encoder, Typed, csv_field, decode, type_value};
-use crate::sink::{DirSink, Stored, TEMP_PREFIX, safe_relative_path};
+use crate::sink::{AltTags, DirSink, Queued, Stored, TEMP_PREFIX, safe_relative_path};
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -272,29 +272,29 @@ proptest! {
         let outer = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
         let root = outer.path().join("root");
         let mut sink = DirSink::new(&root).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut queued = Vec::new();
         for (i, (source, body)) in items.iter().enumerate() {
             let rel = safe_relative_path(source);
-            sink.store(rel.as_deref(), "fallback.bin", &format!("t{i}"), body)
-                .map_err(|e| TestCaseError::fail(format!("store {source:?}: {e:#}")))?;
+            let tags = AltTags::from_id(&format!("t{i}"));
+            match sink.store(rel.as_deref(), "fallback.bin", &tags, body)
+                .map_err(|e| TestCaseError::fail(format!("store {source:?}: {e:#}")))?
+            {
+                Queued::Pending => queued.push(i),
+                Queued::Duplicate(p) => check_stored(&root, &items[i], &p)?,
+                Queued::Refused(why) => return Err(TestCaseError::fail(why)),
+            }
             // Every other item is committed in a group with the next one.
             if i % 2 == 0 && i + 1 < items.len() {
                 continue;
             }
             let group = sink.sync().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let start = i + 1 - group.len();
-            for (j, stored) in group.iter().enumerate() {
-                let (source, body) = &items[start + j];
+            prop_assert_eq!(group.len(), queued.len());
+            for (j, stored) in queued.drain(..).zip(group) {
                 let path = match stored {
-                Stored::Written(p) | Stored::Duplicate(p) => p.clone(),
-                Stored::Renamed { written, .. } => written.clone(),
-            };
-                prop_assert!(
-                    normalise(&path).starts_with(&root),
-                    "{source:?} stored at {path:?}, outside {root:?}"
-                );
-                let back = fs::read(&path)
-                    .map_err(|e| TestCaseError::fail(format!("read {path:?}: {e}")))?;
-                prop_assert_eq!(&back, body, "{:?} at {:?}", source, path);
+                    Stored::Written(p) | Stored::Duplicate(p) => p,
+                    Stored::Renamed { written, .. } => written,
+                };
+                check_stored(&root, &items[j], &path)?;
             }
         }
         for entry in walkdir::WalkDir::new(outer.path()).min_depth(1) {
@@ -305,4 +305,16 @@ proptest! {
             prop_assert!(!name.starts_with(TEMP_PREFIX), "temporary file left: {p:?}");
         }
     }
+}
+
+/// A stored item is under `root` and holds exactly its body.
+fn check_stored(root: &Path, item: &(String, Vec<u8>), path: &Path) -> Result<(), TestCaseError> {
+    let (source, body) = item;
+    prop_assert!(
+        normalise(path).starts_with(root),
+        "{source:?} stored at {path:?}, outside {root:?}"
+    );
+    let back = fs::read(path).map_err(|e| TestCaseError::fail(format!("read {path:?}: {e}")))?;
+    prop_assert_eq!(&back, body, "{:?} at {:?}", source, path);
+    Ok(())
 }

@@ -10,9 +10,15 @@
 //! every file in the group, links them into place and fsyncs their directories. One group
 //! shares its journal commits, which makes many small files several times faster than an
 //! fsync each, with the same guarantee: nothing is acked before it is durable.
+//!
+//! A name that holds other content gets an alternative ([`candidates`]); a file for which no
+//! name is free is refused at [`DirSink::store`] (that one message fails), never half-stored.
+//! Files sent line by line are assembled by [`lines::Assembly`].
 
-use color_eyre::eyre::{Result, WrapErr};
-use std::collections::{HashMap, HashSet};
+pub mod lines;
+
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -28,6 +34,8 @@ pub const TEMP_PREFIX: &str = ".mqdemo-tmp.";
 const GROUP_FILES: usize = 64;
 /// Most bytes in one uncommitted group.
 const GROUP_BYTES: u64 = 64 * 1024 * 1024;
+/// Highest counter of an alternative name (`name.TAG.N.ext`, N from 2).
+pub const MAX_COUNTER: u32 = 100;
 
 /// Turn a sender-supplied `source` into a relative path, or None when any part of it is
 /// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, backslashes,
@@ -85,16 +93,65 @@ pub enum Stored {
     },
 }
 
+impl Stored {
+    fn at(index: usize, wanted: &Path, path: PathBuf, placed: Placed) -> Stored {
+        match (placed, index) {
+            (Placed::Same, _) => Stored::Duplicate(path),
+            (_, 0) => Stored::Written(path),
+            _ => Stored::Renamed { wanted: wanted.to_path_buf(), written: path },
+        }
+    }
+}
+
+/// What [`DirSink::store`] did with a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// Written to a temporary file; the next [`DirSink::sync`] links it into place.
+    Pending,
+    /// A file with this content is already there (at this path): nothing to write.
+    Duplicate(PathBuf),
+    /// No name can hold it (every candidate holds other content or is in the way): this
+    /// message cannot be stored. The reason, for people.
+    Refused(String),
+}
+
+/// The tags of a file's alternative names: `name.SHORT.ext`, then `name.FULL.ext`, then
+/// `name.SHORT.N.ext` (see [`candidates`]). Both must be safe file-name characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AltTags {
+    /// A short tag (the id's first 12 characters).
+    pub short: String,
+    /// The whole (safe) id.
+    pub full: String,
+}
+
+impl AltTags {
+    /// Tags from a safe id: its first 12 characters, and all of it.
+    pub fn from_id(id: &str) -> AltTags {
+        AltTags { short: id.chars().take(12).collect(), full: id.to_string() }
+    }
+}
+
+/// Every name a file wanted at `target` may take, in order: `target`, `name.SHORT.ext`,
+/// `name.FULL.ext` (when FULL is longer), then `name.SHORT.N.ext` for N in 2..=[`MAX_COUNTER`].
+pub fn candidates<'a>(target: &'a Path, tags: &'a AltTags) -> impl Iterator<Item = PathBuf> + 'a {
+    let full = (tags.full != tags.short).then(|| alternative_name(target, &tags.full));
+    std::iter::once(target.to_path_buf())
+        .chain(std::iter::once(alternative_name(target, &tags.short)))
+        .chain(full)
+        .chain((2..=MAX_COUNTER).map(|n| alternative_name(target, &format!("{}.{n}", tags.short))))
+}
+
 /// A directory that received files are written into.
 pub struct DirSink {
     root: PathBuf,
     /// Directories whose entries changed since the last `sync`.
     dirty_dirs: HashSet<PathBuf>,
-    /// Line-mode files: source -> (path, open file, next expected line).
-    lines: HashMap<String, LineFile>,
     /// Written temporary files waiting for [`DirSink::sync`] to commit them.
     group: Vec<Pending>,
     group_bytes: u64,
+    /// Names the group's files will take (so two of them never count on the same one).
+    reserved: HashSet<PathBuf>,
 }
 
 /// A temporary file not yet linked into place; removed when dropped.
@@ -102,7 +159,8 @@ struct Pending {
     tmp: PathBuf,
     file: File,
     target: PathBuf,
-    alt_tag: String,
+    tags: AltTags,
+    reserved: PathBuf,
 }
 
 impl Drop for Pending {
@@ -110,14 +168,6 @@ impl Drop for Pending {
         // Linked into place or abandoned: either way the temporary name goes.
         let _ = fs::remove_file(&self.tmp);
     }
-}
-
-struct LineFile {
-    file: File,
-    path: PathBuf,
-    dirty: bool,
-    /// The line number expected next; anything lower is a redelivery.
-    next_line: u64,
 }
 
 impl DirSink {
@@ -132,9 +182,9 @@ impl DirSink {
         Ok(DirSink {
             root: root.to_path_buf(),
             dirty_dirs: HashSet::new(),
-            lines: HashMap::new(),
             group: Vec::new(),
             group_bytes: 0,
+            reserved: HashSet::new(),
         })
     }
 
@@ -144,26 +194,29 @@ impl DirSink {
     }
 
     /// Queue `body` for `rel` (already sanitised) or, when that is unusable, `fallback` (a
-    /// plain file name): it is written to a temporary file now and linked into place by the
-    /// next [`DirSink::sync`], which reports what became of it. `alt_tag` makes the
-    /// alternative name when `rel` holds other content by then.
+    /// plain file name): unless a file with this content is there already, or no name can
+    /// hold it (see [`Queued`]), it is written to a temporary file now and linked into place
+    /// by the next [`DirSink::sync`], which reports what became of it. `tags` make the
+    /// alternative names used when the wanted one holds other content.
     pub fn store(
         &mut self,
         rel: Option<&Path>,
         fallback: &str,
-        alt_tag: &str,
+        tags: &AltTags,
         body: &[u8],
-    ) -> Result<()> {
-        let target = match rel.and_then(|r| self.prepare_parent(r).transpose()) {
-            Some(Ok(path)) => path,
-            Some(Err(e)) => return Err(e),
-            None => self.root.join(fallback),
+    ) -> Result<Queued> {
+        let target = target_path(&self.root, rel, fallback)?;
+        let reserved = match free_name(&target, tags, Content::Bytes(body), &self.reserved)? {
+            Choice::Free(path) => path,
+            Choice::Holds(path) => return Ok(Queued::Duplicate(path)),
+            Choice::None => return Ok(Queued::Refused(no_name(&target))),
         };
-        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        let dir = reserved.parent().unwrap_or(&self.root).to_path_buf();
         let (tmp, file) = self.write_temp(&dir, body)?;
-        self.group.push(Pending { tmp, file, target, alt_tag: alt_tag.to_string() });
+        self.reserved.insert(reserved.clone());
+        self.group.push(Pending { tmp, file, target, tags: tags.clone(), reserved });
         self.group_bytes += body.len() as u64;
-        Ok(())
+        Ok(Queued::Pending)
     }
 
     /// Forget the file queued last (its content turned out to be bad): it is never linked.
@@ -171,6 +224,7 @@ impl DirSink {
         if let Some(p) = self.group.pop() {
             let len = p.file.metadata().map_or(0, |m| m.len());
             self.group_bytes = self.group_bytes.saturating_sub(len);
+            self.reserved.remove(&p.reserved);
         }
     }
 
@@ -179,50 +233,10 @@ impl DirSink {
         self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES
     }
 
-    /// Create the parent directories of `rel` under the root, refusing to follow symlinks or
-    /// pass through non-directories. None when the path cannot be used safely.
-    fn prepare_parent(&self, rel: &Path) -> Result<Option<PathBuf>> {
-        let mut dir = self.root.clone();
-        let Some(parent) = rel.parent() else {
-            return Ok(Some(self.root.join(rel)));
-        };
-        for comp in parent.components() {
-            dir.push(comp);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.file_type().is_dir() => {}
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        return Err(e).wrap_err_with(|| {
-                            format!("cannot create directory {}", dir.display())
-                        });
-                    }
-                },
-                Err(e) => {
-                    return Err(e).wrap_err_with(|| format!("cannot inspect {}", dir.display()));
-                }
-            }
-        }
-        let target = self.root.join(rel);
-        match fs::symlink_metadata(&target) {
-            Ok(m) if !m.file_type().is_file() => Ok(None),
-            _ => Ok(Some(target)),
-        }
-    }
-
     /// Write `body` to a new temporary file in `dir` and start its write-back (so that the
     /// group's later fdatasync calls mostly find the data already on disk).
     fn write_temp(&mut self, dir: &Path, body: &[u8]) -> Result<(PathBuf, File)> {
-        // Unique across every DirSink of the process (workers share directories).
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-        let mut f =
-            OpenOptions::new().write(true).create_new(true).open(&tmp).wrap_err_with(|| {
-                format!("cannot create {}; check free space and permissions", tmp.display())
-            })?;
+        let (tmp, mut f) = create_temp(dir)?;
         if let Err(e) = f.write_all(body) {
             let _ = fs::remove_file(&tmp);
             return Err(e)
@@ -232,70 +246,13 @@ impl DirSink {
         Ok((tmp, f))
     }
 
-    fn link_into_place(&self, tmp: &Path, target: &Path, alt_tag: &str) -> Result<Stored> {
-        match place(tmp, target)? {
-            Placed::Linked => return Ok(Stored::Written(target.to_path_buf())),
-            Placed::Same => return Ok(Stored::Duplicate(target.to_path_buf())),
-            Placed::Different => {}
-        }
-        let alt = alternative_name(target, alt_tag);
-        match place(tmp, &alt)? {
-            Placed::Linked => Ok(Stored::Renamed { wanted: target.to_path_buf(), written: alt }),
-            Placed::Same => Ok(Stored::Duplicate(alt)),
-            Placed::Different => Err(color_eyre::eyre::eyre!(
-                "both {} and {} exist with other content; move them away",
-                target.display(),
-                alt.display()
-            )),
-        }
-    }
-
-    /// Append line `line` (terminator included) of `source` to its file, in order.
-    ///
-    /// Line 1 starts a new file, unless a file of that name already starts with this very line
-    /// (a restarted consumer resuming it); an existing file with other content is kept and
-    /// the new one gets another name. A line at or below the count already in the file is a
-    /// redelivery: nothing is written.
-    pub fn append_line(
-        &mut self,
-        source_key: &str,
-        rel: Option<&Path>,
-        fallback: &str,
-        alt_tag: &str,
-        line: u64,
-        body: &[u8],
-    ) -> Result<Stored> {
-        if !self.lines.contains_key(source_key) {
-            let target = match rel.map(|r| self.prepare_parent(r)).transpose()?.flatten() {
-                Some(t) => t,
-                None => self.root.join(fallback),
-            };
-            let lf = open_line_file(&target, alt_tag, line, body)?;
-            if let Some(dir) = lf.path.parent() {
-                self.dirty_dirs.insert(dir.to_path_buf());
-            }
-            self.lines.insert(source_key.to_string(), lf);
-        }
-        let Some(lf) = self.lines.get_mut(source_key) else {
-            return Err(color_eyre::eyre::eyre!("internal: no line file for {source_key}"));
-        };
-        if line < lf.next_line {
-            return Ok(Stored::Duplicate(lf.path.clone()));
-        }
-        lf.file.write_all(body).wrap_err_with(|| {
-            format!("cannot append to {}; check free space", lf.path.display())
-        })?;
-        lf.dirty = true;
-        lf.next_line = line + 1;
-        Ok(Stored::Written(lf.path.clone()))
-    }
-
     /// Make everything stored so far durable and in place: wait for the data of every
-    /// queued file, link each into place (in the order stored), fsync appended files and
-    /// changed directories. Returns what became of each queued file, in order.
+    /// queued file, link each into place (in the order stored) and fsync the changed
+    /// directories. Returns what became of each queued file, in order.
     pub fn sync(&mut self) -> Result<Vec<Stored>> {
         let group = std::mem::take(&mut self.group);
         self.group_bytes = 0;
+        self.reserved.clear();
         for p in &group {
             p.file
                 .sync_data()
@@ -303,22 +260,89 @@ impl DirSink {
         }
         let mut stored = Vec::with_capacity(group.len());
         for p in group {
-            stored.push(self.link_into_place(&p.tmp, &p.target, &p.alt_tag)?);
+            // From the wanted name on, so that identical files of one group are one file.
+            let Some(done) = place_first(&p.tmp, &p.target, &p.tags)? else {
+                return Err(eyre!("{}", no_name(&p.target)));
+            };
             if let Some(dir) = p.target.parent() {
                 self.dirty_dirs.insert(dir.to_path_buf());
             }
+            stored.push(done);
         }
-        for lf in self.lines.values_mut().filter(|l| l.dirty) {
-            lf.file.sync_data().wrap_err_with(|| format!("cannot sync {}", lf.path.display()))?;
-            lf.dirty = false;
+        sync_dirs(self.dirty_dirs.drain())?;
+        Ok(stored)
+    }
+}
+
+/// Why a file wanted at `target` cannot be stored.
+fn no_name(target: &Path) -> String {
+    format!(
+        "no free name for {}: it and its {MAX_COUNTER}+ alternative names hold other content \
+         or are in the way; move them away",
+        target.display()
+    )
+}
+
+/// Create a new, empty temporary file in `dir`.
+fn create_temp(dir: &Path) -> Result<(PathBuf, File)> {
+    // Unique across every DirSink of the process (workers share directories).
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+    let f = OpenOptions::new().write(true).create_new(true).open(&tmp).wrap_err_with(|| {
+        format!("cannot create {}; check free space and permissions", tmp.display())
+    })?;
+    Ok((tmp, f))
+}
+
+/// fsync each directory (their entries changed).
+fn sync_dirs(dirs: impl Iterator<Item = PathBuf>) -> Result<()> {
+    for dir in dirs {
+        if let Ok(d) = File::open(&dir) {
+            d.sync_all().wrap_err_with(|| format!("cannot sync directory {}", dir.display()))?;
         }
-        for dir in self.dirty_dirs.drain() {
-            if let Ok(d) = File::open(&dir) {
-                d.sync_all()
-                    .wrap_err_with(|| format!("cannot sync directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Where a file for `rel` goes: `rel` under `root` (its parent directories created, never
+/// through a symlink or a non-directory), else `root/fallback`.
+pub(crate) fn target_path(root: &Path, rel: Option<&Path>, fallback: &str) -> Result<PathBuf> {
+    Ok(match rel.map(|r| prepare_parent(root, r)).transpose()?.flatten() {
+        Some(path) => path,
+        None => root.join(fallback),
+    })
+}
+
+/// Create the parent directories of `rel` under `root`, refusing to follow symlinks or pass
+/// through non-directories. None when the path cannot be used safely.
+fn prepare_parent(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
+    let mut dir = root.to_path_buf();
+    let Some(parent) = rel.parent() else {
+        return Ok(Some(root.join(rel)));
+    };
+    for comp in parent.components() {
+        dir.push(comp);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e)
+                        .wrap_err_with(|| format!("cannot create directory {}", dir.display()));
+                }
+            },
+            Err(e) => {
+                return Err(e).wrap_err_with(|| format!("cannot inspect {}", dir.display()));
             }
         }
-        Ok(stored)
+    }
+    let target = root.join(rel);
+    match fs::symlink_metadata(&target) {
+        Ok(m) if !m.file_type().is_file() => Ok(None),
+        _ => Ok(Some(target)),
     }
 }
 
@@ -332,43 +356,63 @@ fn start_write_back(f: &File) {
     let _ = f;
 }
 
-fn open_line_file(target: &Path, alt_tag: &str, line: u64, body: &[u8]) -> Result<LineFile> {
-    let append = |p: &Path, create_new: bool| {
-        let mut o = OpenOptions::new();
-        o.append(true);
-        if create_new {
-            o.create_new(true)
-        } else {
-            o.create(true)
-        };
-        o.open(p).wrap_err_with(|| format!("cannot open {}", p.display()))
-    };
-    let existing = match fs::read(target) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(e) => return Err(e).wrap_err_with(|| format!("cannot read {}", target.display())),
-    };
-    let resumable = match &existing {
-        None => true,
-        // Line 1 may only resume a file that starts with it; later lines resume any file.
-        Some(bytes) => line > 1 || bytes.starts_with(body),
-    };
-    if resumable {
-        let next_line = existing.as_deref().map_or(1, |b| count_lines(b) + 1);
-        let file = append(target, false)?;
-        return Ok(LineFile { file, path: target.to_path_buf(), dirty: false, next_line });
-    }
-    let alt = alternative_name(target, alt_tag);
-    let file = append(&alt, true).wrap_err_with(|| {
-        format!("both {} and {} exist; move them away", target.display(), alt.display())
-    })?;
-    Ok(LineFile { file, path: alt, dirty: false, next_line: 1 })
+/// Content a name is checked against.
+#[derive(Clone, Copy)]
+enum Content<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// The bytes of this (temporary) file.
+    File(&'a Path),
+    /// Bytes of this size and lowercase hex SHA-256.
+    Digest { size: u64, sha256: &'a str },
 }
 
-/// Lines in `bytes`, counting a last line without a terminator.
-fn count_lines(bytes: &[u8]) -> u64 {
-    let newlines = bytes.iter().filter(|b| **b == b'\n').count() as u64;
-    newlines + u64::from(bytes.last().is_some_and(|b| *b != b'\n'))
+/// The first candidate name for `target` that is free (and not `reserved`), or that already
+/// holds `content`; None when every candidate holds other content or is in the way.
+enum Choice {
+    Free(PathBuf),
+    Holds(PathBuf),
+    None,
+}
+
+fn free_name(
+    target: &Path,
+    tags: &AltTags,
+    content: Content<'_>,
+    reserved: &HashSet<PathBuf>,
+) -> Result<Choice> {
+    for path in candidates(target, tags) {
+        if reserved.contains(&path) {
+            continue;
+        }
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Choice::Free(path)),
+            Err(e) if name_unusable(&e) => {}
+            Err(e) => return Err(e).wrap_err_with(|| format!("cannot inspect {}", path.display())),
+            Ok(_) if holds(&path, content)? => return Ok(Choice::Holds(path)),
+            Ok(_) => {}
+        }
+    }
+    Ok(Choice::None)
+}
+
+/// An error that rules out one name, not the directory: too long, or not a directory on the
+/// way (a file where a directory should be).
+fn name_unusable(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::NAMETOOLONG | Errno::NOTDIR | Errno::MLINK))
+}
+
+/// Link `tmp` to the first candidate name of `target` that is free or already holds the same
+/// bytes. None when every candidate holds other content.
+fn place_first(tmp: &Path, target: &Path, tags: &AltTags) -> Result<Option<Stored>> {
+    for (i, path) in candidates(target, tags).enumerate() {
+        match place(tmp, &path)? {
+            Some(Placed::Different) | None => {}
+            Some(placed) => return Ok(Some(Stored::at(i, target, path, placed))),
+        }
+    }
+    Ok(None)
 }
 
 enum Placed {
@@ -377,37 +421,66 @@ enum Placed {
     Different,
 }
 
-/// Link `tmp` to `target` unless `target` exists; then compare contents.
-fn place(tmp: &Path, target: &Path) -> Result<Placed> {
+/// Link `tmp` to `target` unless `target` exists; then compare contents. None when the name
+/// cannot be used at all (too long).
+fn place(tmp: &Path, target: &Path) -> Result<Option<Placed>> {
     match fs::hard_link(tmp, target) {
-        Ok(()) => Ok(Placed::Linked),
+        Ok(()) => Ok(Some(Placed::Linked)),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            if same_content(target, tmp)? {
-                Ok(Placed::Same)
+            if holds(target, Content::File(tmp))? {
+                Ok(Some(Placed::Same))
             } else {
-                Ok(Placed::Different)
+                Ok(Some(Placed::Different))
             }
         }
+        Err(e) if name_unusable(&e) => Ok(None),
         Err(e) => Err(e).wrap_err_with(|| format!("cannot create {}", target.display())),
     }
 }
 
-/// Whether `path` is a regular file with exactly the bytes of `tmp`.
-fn same_content(path: &Path, tmp: &Path) -> Result<bool> {
-    let meta = fs::symlink_metadata(path)
-        .wrap_err_with(|| format!("cannot inspect {}", path.display()))?;
-    let want = fs::metadata(tmp).wrap_err_with(|| format!("cannot inspect {}", tmp.display()))?;
-    if !meta.file_type().is_file() || meta.len() != want.len() {
+/// Whether `path` is a regular file (not a symlink) holding exactly `content`.
+fn holds(path: &Path, content: Content<'_>) -> Result<bool> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound || name_unusable(&e) => return Ok(false),
+        Err(e) => return Err(e).wrap_err_with(|| format!("cannot inspect {}", path.display())),
+    };
+    let want_len = match content {
+        Content::Bytes(b) => b.len() as u64,
+        Content::File(tmp) => {
+            fs::metadata(tmp).wrap_err_with(|| format!("cannot inspect {}", tmp.display()))?.len()
+        }
+        Content::Digest { size, .. } => size,
+    };
+    if !meta.file_type().is_file() || meta.len() != want_len {
         return Ok(false);
     }
     let read = |p: &Path| -> Result<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(want.len() as usize);
+        let mut bytes = Vec::with_capacity(want_len as usize);
         File::open(p)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .wrap_err_with(|| format!("cannot read {}", p.display()))?;
         Ok(bytes)
     };
-    Ok(read(path)? == read(tmp)?)
+    Ok(match content {
+        Content::Bytes(b) => read(path)? == b,
+        Content::File(tmp) => read(path)? == read(tmp)?,
+        Content::Digest { sha256, .. } => file_sha256(path)? == sha256,
+    })
+}
+
+/// Lowercase hex SHA-256 of a file, read in pieces.
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = File::open(path).wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    let mut digest = crate::codec::text::FileDigest::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).wrap_err_with(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(digest.finish().sha256);
+        }
+        digest.update(&buf[..n]);
+    }
 }
 
 /// `dir/name.ext` -> `dir/name.TAG.ext`.
@@ -471,28 +544,31 @@ mod tests {
         }
     }
 
+    fn tags(id: &str) -> AltTags {
+        AltTags::from_id(id)
+    }
+
     #[test]
     fn store_never_overwrites_different_content() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sink = DirSink::new(dir.path()).expect("sink");
         let rel = PathBuf::from("sub/a.png");
-        sink.store(Some(&rel), "x.bin", "id1", b"one").expect("store");
+        let queued = sink.store(Some(&rel), "x.bin", &tags("id1"), b"one").expect("store");
+        assert_eq!(queued, Queued::Pending);
         assert!(!dir.path().join("sub/a.png").exists(), "in place only once synced");
         let first = sink.sync().expect("sync");
         assert_eq!(first, [Stored::Written(dir.path().join("sub/a.png"))]);
-        // One group: the same content again, then other content for the same name.
-        sink.store(Some(&rel), "x.bin", "id1", b"one").expect("store");
-        sink.store(Some(&rel), "x.bin", "id2", b"two").expect("store");
+        // The same content again, then other content for the same name.
+        let again = sink.store(Some(&rel), "x.bin", &tags("id1"), b"one").expect("store");
+        assert_eq!(again, Queued::Duplicate(dir.path().join("sub/a.png")));
+        sink.store(Some(&rel), "x.bin", &tags("id2"), b"two").expect("store");
         let group = sink.sync().expect("sync");
         assert_eq!(
             group,
-            [
-                Stored::Duplicate(dir.path().join("sub/a.png")),
-                Stored::Renamed {
-                    wanted: dir.path().join("sub/a.png"),
-                    written: dir.path().join("sub/a.id2.png")
-                }
-            ]
+            [Stored::Renamed {
+                wanted: dir.path().join("sub/a.png"),
+                written: dir.path().join("sub/a.id2.png")
+            }]
         );
         assert_eq!(fs::read(dir.path().join("sub/a.id2.png")).expect("read"), b"two");
         assert_eq!(fs::read(dir.path().join("sub/a.png")).expect("read"), b"one");
@@ -505,12 +581,81 @@ mod tests {
     }
 
     #[test]
+    fn identical_files_in_one_group_are_one_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let rel = PathBuf::from("a.txt");
+        sink.store(Some(&rel), "f", &tags("one"), b"same").expect("store");
+        sink.store(Some(&rel), "f", &tags("two"), b"same").expect("store");
+        let a = dir.path().join("a.txt");
+        assert_eq!(sink.sync().expect("sync"), [Stored::Written(a.clone()), Stored::Duplicate(a)]);
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn alternative_names_go_on_to_the_full_id_then_a_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let rel = PathBuf::from("o.txt");
+        for (id, body) in [("order-2024-01", "1"), ("order-2024-02", "2"), ("order-2024-02", "3")] {
+            sink.store(Some(&rel), "f", &tags(id), body.as_bytes()).expect("store");
+        }
+        let names: Vec<String> = sink
+            .sync()
+            .expect("sync")
+            .into_iter()
+            .map(|s| match s {
+                Stored::Written(p) | Stored::Renamed { written: p, .. } => p,
+                Stored::Duplicate(p) => panic!("{p:?} is no duplicate"),
+            })
+            .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["o.txt", "o.order-2024-0.txt", "o.order-2024-02.txt"]);
+        sink.store(Some(&rel), "f", &tags("order-2024-02"), b"4").expect("store");
+        let next = sink.sync().expect("sync");
+        assert!(
+            matches!(&next[..], [Stored::Renamed { written, .. }] if written.ends_with("o.order-2024-0.2.txt")),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_with_no_free_name_is_refused_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = tags("id");
+        let target = dir.path().join("x.txt");
+        for path in candidates(&target, &t) {
+            fs::write(&path, b"other content").expect("seed");
+        }
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let refused = sink.store(Some(Path::new("x.txt")), "f", &t, b"x").expect("store");
+        assert!(matches!(&refused, Queued::Refused(why) if why.contains("x.txt")), "{refused:?}");
+        assert_eq!(
+            sink.store(Some(Path::new("y.txt")), "f", &t, b"y").expect("store"),
+            Queued::Pending
+        );
+        assert_eq!(sink.sync().expect("sync"), [Stored::Written(dir.path().join("y.txt"))]);
+    }
+
+    #[test]
+    fn candidates_are_distinct_and_stay_in_the_directory() {
+        let t = AltTags { short: "abc".into(), full: "abcdef".into() };
+        let all: Vec<PathBuf> = candidates(Path::new("d/n.txt"), &t).collect();
+        let unique: HashSet<&PathBuf> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+        assert_eq!(all.len(), 3 + (MAX_COUNTER as usize - 1));
+        assert!(all.iter().all(|p| p.parent() == Some(Path::new("d"))));
+        assert_eq!(all[2], Path::new("d/n.abcdef.txt"));
+    }
+
+    #[test]
     fn store_does_not_follow_symlinked_directories() {
         let outside = tempfile::tempdir().expect("tempdir");
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
         let mut sink = DirSink::new(dir.path()).expect("sink");
-        sink.store(Some(Path::new("link/x.txt")), "fallback.txt", "t", b"hi").expect("store");
+        sink.store(Some(Path::new("link/x.txt")), "fallback.txt", &tags("t"), b"hi")
+            .expect("store");
         let stored = sink.sync().expect("sync");
         assert_eq!(stored, [Stored::Written(dir.path().join("fallback.txt"))]);
         assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
@@ -522,48 +667,12 @@ mod tests {
         let mut sink = DirSink::new(dir.path()).expect("sink");
         for i in 0..GROUP_FILES {
             assert!(!sink.group_full());
-            sink.store(Some(Path::new("a.txt")), "f.txt", &i.to_string(), b"x").expect("store");
+            let body = i.to_string();
+            sink.store(Some(Path::new("a.txt")), "f.txt", &tags(&body), body.as_bytes())
+                .expect("store");
         }
         assert!(sink.group_full());
         drop(sink);
         assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 0);
-    }
-
-    #[test]
-    fn lines_append_and_line_one_never_clobbers() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join("a.txt"), b"old\n").expect("seed");
-        let mut sink = DirSink::new(dir.path()).expect("sink");
-        let rel = PathBuf::from("a.txt");
-        let mut line = |n: u64, body: &[u8]| {
-            sink.append_line("a.txt", Some(&rel), "f.txt", "tag", n, body).expect("line")
-        };
-        let p1 = line(1, b"new 1\n");
-        let p2 = line(2, b"new 2");
-        let again = line(1, b"new 1\n");
-        sink.sync().expect("sync");
-        let alt = dir.path().join("a.tag.txt");
-        assert_eq!(p1, Stored::Written(alt.clone()));
-        assert_eq!(p2, Stored::Written(alt.clone()));
-        assert_eq!(again, Stored::Duplicate(alt.clone()));
-        assert_eq!(fs::read(&alt).expect("read"), b"new 1\nnew 2");
-        assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"old\n");
-    }
-
-    #[test]
-    fn restarted_line_consumer_resumes_without_duplicating() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join("a.txt"), b"one\ntwo\n").expect("seed");
-        let rel = PathBuf::from("a.txt");
-        let mut sink = DirSink::new(dir.path()).expect("sink");
-        let redelivered =
-            sink.append_line("a.txt", Some(&rel), "f", "t", 2, b"two\n").expect("line");
-        assert!(matches!(redelivered, Stored::Duplicate(_)));
-        sink.append_line("a.txt", Some(&rel), "f", "t", 3, b"three").expect("line");
-        sink.sync().expect("sync");
-        assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"one\ntwo\nthree");
-        let mut fresh = DirSink::new(dir.path()).expect("sink");
-        let first = fresh.append_line("a.txt", Some(&rel), "f", "t", 1, b"one\n").expect("line");
-        assert!(matches!(first, Stored::Duplicate(_)), "line 1 resumes a file that starts with it");
     }
 }

@@ -12,6 +12,7 @@ mod faults;
 mod flows;
 mod handoff;
 mod interop;
+mod lines;
 mod ml;
 mod proxy;
 mod reliability;
