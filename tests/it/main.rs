@@ -14,5 +14,6 @@ mod interop;
 mod ml;
 mod proxy;
 mod reliability;
+mod attack1;
 mod support;
 mod wire;
