@@ -1,6 +1,7 @@
 //! The one integration test binary: the real `mqdemo` binary against a real broker
 //! (AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/%2f).
 
+mod attacks;
 mod broker;
 mod cluster;
 mod confirms;
