@@ -124,12 +124,14 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
         LinkEvent::Backoff { messages, delay } => {
             if delay <= Duration::from_millis(100) {
                 reporter.warn(&format!(
-                    "the broker nacked {messages} message(s) (queue full, or its node unavailable); \
-                     backing off and retrying"
+                    "the broker refused {messages} message(s) (nacked: queue full or its node \
+                     unavailable; or returned: no such queue); backing off and retrying"
                 ));
             }
-            reporter
-                .status_now(format!("nacked: retrying {messages} in {:.1} s", delay.as_secs_f64()));
+            reporter.status_now(format!(
+                "refused: retrying {messages} in {:.1} s",
+                delay.as_secs_f64()
+            ));
         }
     }
 }

@@ -2,7 +2,9 @@
 //! buffer, unread: if the reader exits (`| head`), they are gone, and a consumer that acked
 //! them after its flush lost them. [`Handoff`] makes `flush` return only once the reader
 //! has taken every byte (the pipe is empty), and fail with `BrokenPipe` if it went away
-//! first, so only rows the next program has read are ever acked.
+//! first, so only rows the next program has read are ever acked. Writes to a pipe wait for
+//! room with `poll` rather than inside write(2), so a stop signal ends them even when the
+//! reader stalls.
 
 use rustix::event::Timespec;
 use rustix::event::{PollFd, PollFlags, poll};
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// How often the pipe is looked at while the reader has not taken everything.
+/// How often the pipe is looked at while the reader has not taken everything (or has left
+/// no room to write).
 const POLL: Timespec = Timespec { tv_sec: 0, tv_nsec: 2_000_000 };
 /// How long a flush still waits for the reader after a stop signal.
 const GRACE_AFTER_STOP: Duration = Duration::from_secs(2);
@@ -36,44 +39,76 @@ impl<W: Write + AsFd> Handoff<W> {
 
     /// Wait until the pipe is empty; `BrokenPipe` when no reader is left.
     fn wait_taken(&self) -> io::Result<()> {
-        let mut stopped_at: Option<Instant> = None;
+        let mut stopped_at = None;
         loop {
             let unread = rustix::io::ioctl_fionread(self.inner.as_fd())?;
             if unread == 0 {
                 return Ok(());
             }
-            let mut fds = [PollFd::new(&self.inner, PollFlags::empty())];
-            poll(&mut fds, Some(&POLL))?;
-            if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("the reader of stdout exited with {unread} bytes unread"),
-                ));
-            }
-            if self.stop.load(Ordering::SeqCst) {
-                let since = *stopped_at.get_or_insert_with(Instant::now);
-                if since.elapsed() > GRACE_AFTER_STOP {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "stopped by a signal while the reader of stdout had {unread} bytes \
-                             unread; those rows stay queued"
-                        ),
-                    ));
-                }
-            }
+            self.wait(PollFlags::empty(), unread)?;
+            self.check_stop(&mut stopped_at, unread)?;
         }
+    }
+
+    /// Write straight to the pipe, at most `PIPE_BUF` bytes once it has room for them (so the
+    /// write never blocks where a signal could not end it).
+    fn write_pipe(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut stopped_at = None;
+        loop {
+            if self.wait(PollFlags::OUT, 0)? {
+                let n = buf.len().min(PIPE_BUF);
+                return rustix::io::write(self.inner.as_fd(), &buf[..n]).map_err(io::Error::from);
+            }
+            let unread = rustix::io::ioctl_fionread(self.inner.as_fd())?;
+            self.check_stop(&mut stopped_at, unread)?;
+        }
+    }
+
+    /// Poll the pipe once for `events`: true if they came, `BrokenPipe` if the reader left.
+    fn wait(&self, events: PollFlags, unread: u64) -> io::Result<bool> {
+        let mut fds = [PollFd::new(&self.inner, events)];
+        match poll(&mut fds, Some(&POLL)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let got = fds[0].revents();
+        if got.intersects(PollFlags::ERR | PollFlags::HUP) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the reader of stdout exited with {unread} bytes unread"),
+            ));
+        }
+        Ok(!events.is_empty() && got.intersects(events))
+    }
+
+    /// After a stop signal, give a reader that no longer reads a short grace, then give up.
+    fn check_stop(&self, stopped_at: &mut Option<Instant>, unread: u64) -> io::Result<()> {
+        if !self.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if stopped_at.get_or_insert_with(Instant::now).elapsed() <= GRACE_AFTER_STOP {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "stopped by a signal while the reader of stdout had {unread} bytes unread; \
+                 the rows not acked stay queued"
+            ),
+        ))
     }
 }
 
+/// Bytes a pipe write is guaranteed to take at once when poll says it has room.
+const PIPE_BUF: usize = 4096;
+
 impl<W: Write + AsFd> Write for Handoff<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        if self.pipe { self.write_pipe(buf) } else { self.inner.write(buf) }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()?;
-        if self.pipe { self.wait_taken() } else { Ok(()) }
+        if self.pipe { self.wait_taken() } else { self.inner.flush() }
     }
 }
 

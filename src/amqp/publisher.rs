@@ -98,17 +98,20 @@ struct Publisher {
     /// message_id -> (reply code, reason), for messages the broker returned (the ack follows
     /// the return).
     returned: HashMap<String, (u16, String)>,
+    /// The queues this producer declares: a message to one of them that comes back
+    /// unroutable is worth retrying; a reply to a client's reply queue that is gone is not.
+    declared: Vec<String>,
     /// Nacked (or unroutable) messages to publish again after a pause.
     nacked: Vec<Message>,
-    /// Some message came back 312 NO_ROUTE since the last retry.
-    unroutable: bool,
+    /// A declared queue that some message came back from 312 NO_ROUTE since the last retry.
+    unroutable: Option<String>,
     report: PublishReport,
 }
 
 impl Publisher {
     fn new(
         session: &mut Session,
-        queue: &str,
+        queues: &[QueueSpec],
         options: PublisherOptions,
         retry_nacks: bool,
     ) -> Result<Publisher> {
@@ -122,7 +125,8 @@ impl Publisher {
         Ok(Publisher {
             channel,
             endpoint: ep,
-            queue: queue.to_string(),
+            queue: queues.first().map_or_else(String::new, |s| s.name.clone()),
+            declared: queues.iter().map(|s| s.name.clone()).collect(),
             confirms,
             returns,
             blocked_rx: session.blocked_notices(),
@@ -134,7 +138,7 @@ impl Publisher {
             retry_nacks,
             returned: HashMap::new(),
             nacked: Vec::new(),
-            unroutable: false,
+            unroutable: None,
             report: PublishReport::default(),
         })
     }
@@ -288,8 +292,9 @@ impl Publisher {
             if let Some((code, why)) = self.returned.remove(&msg.message_id) {
                 // 312 NO_ROUTE: no queue took it, e.g. a classic queue whose node is down.
                 // Like a nack, it is worth trying again while --retry-for lasts.
-                if code == NO_ROUTE && self.retry_nacks {
-                    self.unroutable = true;
+                let to = msg.route.routing_key.as_ref().unwrap_or(&self.queue);
+                if code == NO_ROUTE && self.retry_nacks && self.declared.contains(to) {
+                    self.unroutable = Some(to.clone());
                     self.nacked.push(msg);
                 } else {
                     self.report.refused.push((msg.label, why));
@@ -333,9 +338,9 @@ impl Publisher {
         explain(e, &self.endpoint, "publishing")
     }
 
-    /// Give the channel up (without closing it: on a blocked or dead connection that could
-    /// hang) and hand back everything not confirmed, in publish order.
-    fn into_unconfirmed(mut self) -> (PublishReport, Vec<Message>) {
+    /// Hand back everything not confirmed, in publish order, and the channel (not closed:
+    /// on a blocked or dead connection that could hang; the caller decides).
+    fn into_unconfirmed(mut self) -> (PublishReport, Vec<Message>, Channel) {
         while let Ok(c) = self.confirms.try_recv() {
             self.settle(c);
         }
@@ -343,8 +348,7 @@ impl Publisher {
             std::mem::take(&mut self.pending).into_iter().map(|(_, m)| m).collect();
         msgs.append(&mut self.nacked);
         let report = std::mem::take(&mut self.report);
-        std::mem::forget(self.channel);
-        (report, msgs)
+        (report, msgs, self.channel)
     }
 }
 
@@ -387,8 +391,7 @@ fn declare_and_publish(
     for spec in specs {
         session.declare_queue(spec)?;
     }
-    let default = specs.first().map_or("", |s| s.name.as_str());
-    Publisher::new(session, default, options, !retry.retry_for.is_zero())
+    Publisher::new(session, specs, options, !retry.retry_for.is_zero())
 }
 
 /// A channel that has had nothing but nacks for this long is replaced by a fresh connection
@@ -581,11 +584,10 @@ impl Producer {
             self.backlog.push_front(m);
         }
         let stuck = self.channel_nacked_since.get_or_insert_with(Instant::now).elapsed();
-        if unroutable {
+        if let Some(queue) = unroutable {
             self.recycle(format!(
-                "messages to queue {:?} came back unroutable (312 NO_ROUTE: the queue was \
-                 deleted, or its node is down)",
-                self.specs.first().map_or("", |s| s.name.as_str())
+                "messages to queue {queue:?} came back unroutable (312 NO_ROUTE: the queue was \
+                 deleted, or its node is down)"
             ))?;
         } else if stuck >= STUCK_CHANNEL {
             self.recycle(format!(
@@ -612,16 +614,21 @@ impl Producer {
     fn replace_link(&mut self, mut error: Report, healthy: bool) -> Result<()> {
         self.channel_nacked_since = None;
         if let Some((session, publisher)) = self.live.take() {
-            let (report, msgs) = publisher.into_unconfirmed();
+            let (report, msgs, channel) = publisher.into_unconfirmed();
             self.done.absorb(report);
             self.done.republished += msgs.len() as u64;
             for m in msgs.into_iter().rev() {
                 self.backlog.push_front(m);
             }
             if healthy {
-                let closing = move || drop(session.close());
+                // Closed, channel first: a forgotten channel keeps its file descriptors.
+                let closing = move || {
+                    let _ = channel.close();
+                    let _ = session.close();
+                };
                 let _ = std::thread::Builder::new().name("mqdemo-close".into()).spawn(closing);
             } else {
+                std::mem::forget(channel);
                 error = discard(session, error, false);
             }
         }
@@ -652,7 +659,8 @@ impl Producer {
         let mut report = std::mem::take(&mut self.done);
         report.refused.splice(0..0, std::mem::take(&mut self.refused_total));
         if let Some((session, publisher)) = self.live.take() {
-            let (last, msgs) = publisher.into_unconfirmed();
+            let (last, msgs, channel) = publisher.into_unconfirmed();
+            std::mem::forget(channel);
             report.absorb(last);
             report.unconfirmed.extend(msgs.into_iter().map(|m| m.label));
             std::mem::forget(session);

@@ -155,7 +155,8 @@ fn serve_keeps_answering_after_a_client_left_before_its_reply() {
     let rq = ch
         .queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() })
         .expect("reply queue");
-    let consumer = rq.consume(ConsumerOptions { no_ack: true, ..Default::default() }).expect("consume");
+    let consumer =
+        rq.consume(ConsumerOptions { no_ack: true, ..Default::default() }).expect("consume");
     let props = AmqpProperties::default()
         .with_reply_to(rq.name().to_string())
         .with_correlation_id("live".into())
@@ -190,8 +191,16 @@ fn a_producer_on_a_full_queue_leaks_no_file_descriptors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = csv_rows(dir.path(), "rows.csv", 1..=300);
     let producer = mqdemo(&[
-        "produce", "tabular", "--file", s(&csv), "--queue", &q.name, "--max-length", "100",
-        "--retry-for", "60",
+        "produce",
+        "tabular",
+        "--file",
+        s(&csv),
+        "--queue",
+        &q.name,
+        "--max-length",
+        "100",
+        "--retry-for",
+        "60",
     ])
     .watch();
     producer.wait_for("trying a fresh connection", Duration::from_secs(30));
