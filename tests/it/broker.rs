@@ -366,6 +366,17 @@ impl PrivateBroker {
         );
     }
 
+    /// Kill the node's beam process (SIGKILL: no leadership hand-over, no goodbye to the
+    /// cluster, connections cut at once); returns once it is gone. Its data is kept.
+    pub fn kill(&self) {
+        let pid = self.pid_from_file().or(*self.beam_pid.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(p) = pid.filter(|p| self.is_our_beam(*p)) {
+            let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+        }
+        let down = || !pid.is_some_and(|p| self.is_our_beam(p)) && !accepts(self.amqp_port);
+        assert!(wait_until(Duration::from_secs(30), down), "node {} did not die", self.node);
+    }
+
     /// Stop via `rabbitmqctl stop`; if `force`, kill the beam process when that does not
     /// work in time. True once the node is down.
     fn stop_bounded(&self, force: bool) -> bool {
