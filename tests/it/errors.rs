@@ -1,6 +1,6 @@
 //! Bad input: one clear first line, a non-zero exit, never a hang or a leaked password.
 
-use crate::support::{TestQueue, data, mqdemo, produce_sample, s, wait_until};
+use crate::support::{TestQueue, data, mqdemo, produce_sample, s};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -223,14 +223,4 @@ fn nacked_messages_are_reported_and_fail_the_run() {
         "{}",
         out.stderr
     );
-}
-
-#[test]
-fn messages_returned_as_unroutable_are_reported() {
-    let q = TestQueue::new("return");
-    let child = produce_sample(&q, &["--num-records", "40", "--interval", "0.05"]).spawn();
-    wait_until(Duration::from_secs(20), "first rows in the queue", || q.depth() >= 3);
-    q.delete();
-    let out = crate::support::wait(child, Duration::from_secs(30)).expect_code(1);
-    assert!(out.stderr.contains("returned by the broker: 312 NO_ROUTE"), "{}", out.stderr);
 }
