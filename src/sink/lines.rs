@@ -182,8 +182,21 @@ impl Assembly {
         self.complete(&key, l.line)
     }
 
-    /// Every line is in: check the whole file and link it into place.
+    /// Every line is in: check the whole file and link it into place. If that fails (a
+    /// directory error), the last line is not kept as durable: its redelivery must come
+    /// back here, or the file would stay staged for good with nothing left in the queue.
     fn complete(&mut self, key: &str, line: u64) -> Result<Added> {
+        let r = self.try_complete(key, line);
+        if r.is_err() {
+            if let Some(s) = self.files.get_mut(key) {
+                s.have.remove(line);
+                s.pending.retain(|n| *n != line);
+            }
+        }
+        r
+    }
+
+    fn try_complete(&mut self, key: &str, line: u64) -> Result<Added> {
         let Some(s) = self.files.get_mut(key) else {
             return Err(eyre!("internal: no staging file to complete"));
         };
@@ -703,6 +716,47 @@ mod tests {
         let mut fresh = Assembly::new(dir.path());
         assert_eq!(add(&mut fresh, "n.txt", &f, &lines[2]), Added::Duplicate);
         assert_eq!(staging_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_placed_is_placed_when_its_last_line_comes_again() {
+        // The target directory refuses the link (immutable): the run stops, the last line is
+        // not marked, and its redelivery to a restarted consumer completes the file.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).expect("mkdir");
+        let text = b"one\ntwo\nthree\n".to_vec();
+        let (f, lines) = (identity(&text), split(&text));
+        let chattr = |flag: &str| {
+            let ok = std::process::Command::new("chattr").arg(flag).arg(&sub).status();
+            assert!(ok.is_ok_and(|s| s.success()), "chattr {flag} (needs root on ext4)");
+        };
+        {
+            let mut a = Assembly::new(dir.path());
+            assert_eq!(add(&mut a, "d/x.txt", &f, &lines[0]), Added::Kept);
+            assert_eq!(add(&mut a, "d/x.txt", &f, &lines[1]), Added::Kept);
+            chattr("+i");
+            let rel = crate::sink::safe_relative_path("d/x.txt");
+            let tags = AltTags::from_id(&f.sha256[..32]);
+            let last = Line {
+                source: "d/x.txt",
+                rel: rel.as_deref(),
+                fallback: "fallback.txt",
+                tags: &tags,
+                file: &f,
+                line: 3,
+                offset: lines[2].1,
+                body: &lines[2].2,
+            };
+            let failed = a.add(&last);
+            chattr("-i");
+            assert!(failed.is_err(), "the directory refused the link");
+            a.sync().expect("the first two lines are durable");
+        }
+        let mut a = Assembly::new(dir.path());
+        assert!(matches!(add(&mut a, "d/x.txt", &f, &lines[2]), Added::Complete(_)));
+        a.sync().expect("sync");
+        assert_eq!(fs::read(sub.join("x.txt")).expect("placed"), text);
     }
 
     #[test]
