@@ -455,18 +455,43 @@ fn holds(path: &Path, content: Content<'_>) -> Result<bool> {
     if !meta.file_type().is_file() || meta.len() != want_len {
         return Ok(false);
     }
-    let read = |p: &Path| -> Result<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(want_len as usize);
-        File::open(p)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .wrap_err_with(|| format!("cannot read {}", p.display()))?;
-        Ok(bytes)
+    let open = |p: &Path| File::open(p).wrap_err_with(|| format!("cannot read {}", p.display()));
+    let compared = match content {
+        Content::Bytes(b) => same_stream(open(path)?, b),
+        Content::File(tmp) => same_stream(open(path)?, open(tmp)?),
+        Content::Digest { sha256, .. } => return Ok(file_sha256(path)? == sha256),
     };
-    Ok(match content {
-        Content::Bytes(b) => read(path)? == b,
-        Content::File(tmp) => read(path)? == read(tmp)?,
-        Content::Digest { sha256, .. } => file_sha256(path)? == sha256,
-    })
+    compared.wrap_err_with(|| format!("cannot read {}", path.display()))
+}
+
+/// Whether two readers yield the same bytes, compared in pieces so memory stays bounded
+/// whatever the files' size.
+fn same_stream(mut a: impl Read, mut b: impl Read) -> std::io::Result<bool> {
+    let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(&mut a, &mut x)?;
+        let m = read_full(&mut b, &mut y)?;
+        if x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Fill `buf` as far as the reader goes; the count read (short only at the end).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Lowercase hex SHA-256 of a file, read in pieces.
@@ -496,6 +521,17 @@ fn alternative_name(target: &Path, tag: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_compare_in_pieces() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut other = big.clone();
+        assert!(same_stream(&big[..], &other[..]).expect("read"));
+        other[199_999] ^= 1;
+        assert!(!same_stream(&big[..], &other[..]).expect("read"), "last byte differs");
+        assert!(!same_stream(&big[..], &big[..199_999]).expect("read"), "shorter");
+        assert!(same_stream(&b""[..], &b""[..]).expect("read"));
+    }
 
     #[test]
     fn hostile_sources_are_refused() {
