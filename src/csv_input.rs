@@ -180,6 +180,14 @@ impl CsvInput {
                 ));
             }
         };
+        if header.iter().any(|f| f.contains('\0')) {
+            return Err(eyre!(
+                "{} line {line}: the first row holds NUL characters, as UTF-16 text read as \
+                 UTF-8 does; if the file is UTF-16 without a byte-order mark, use --encoding \
+                 utf-16le (or utf-16be)",
+                self.path.display()
+            ));
+        }
         if format.header {
             self.columns = header.iter().map(str::to_string).collect();
             let dups = tabular::duplicate_columns(header.iter());

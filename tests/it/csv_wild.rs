@@ -494,3 +494,27 @@ fn rows_appended_to_a_file_without_a_final_line_break_start_on_a_new_line() {
         .expect_code(0);
     assert_eq!(std::fs::read_to_string(&out).expect("out"), "{\"a\":0}\n{\"a\":1}\n");
 }
+
+#[test]
+fn utf16_without_a_byte_order_mark_is_refused_with_the_encoding_hint() {
+    // Found by attack: UTF-16LE text without a BOM was sent as keys like "n\0a\0m\0e\0",
+    // plus a phantom padded row, exit 0.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("u16.csv");
+    let text: Vec<u8> =
+        "name,score\nann,1\nbob,2\n".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    std::fs::write(&file, text).expect("write");
+    let out =
+        mqdemo(&["--url", DEAD_URL, "produce", "tabular", "--file", s(&file)]).run().expect_code(1);
+    let first = out.first_error_line();
+    assert!(
+        first.contains("u16.csv line 1") && first.contains("--encoding utf-16le"),
+        "{}",
+        out.stderr
+    );
+    // With the label it is read as what it is.
+    let q = TestQueue::new("wild-utf16");
+    produce(&q, &file, &["--encoding", "utf-16le"])
+        .expect_code(0)
+        .stderr_has("produced 2 messages");
+}
