@@ -137,12 +137,18 @@ pub enum LinePart {
 /// Read the line headers of `d`: None for a whole file (no positive `line` header), Err with
 /// the reason when the identity headers are partial or inconsistent with the body.
 pub fn line_part(d: &Delivery) -> Result<Option<LinePart>, String> {
+    let names = [FILE_SHA256, FILE_SIZE, LINES, OFFSET];
+    let identity = names.iter().any(|n| d.headers.contains_key(*n));
     let Some(line) = d.header_int(LINE).filter(|n| *n > 0) else {
+        // A file's identity names a line of it: without a usable line number it is not
+        // a whole file (it would take the real file's name with one line in it).
+        if identity {
+            return Err(format!("line message without a positive integer {LINE} header"));
+        }
         return Ok(None);
     };
     let line = line as u64;
-    let names = [FILE_SHA256, FILE_SIZE, LINES, OFFSET];
-    if names.iter().all(|n| !d.headers.contains_key(*n)) {
+    if !identity {
         return Ok(Some(LinePart::Unplaced { line }));
     }
     let int = |name: &str| {
@@ -285,6 +291,9 @@ mod tests {
             (OFFSET, HeaderValue::Int(1)),
             (OFFSET, HeaderValue::Int(i64::MAX)),
             (OFFSET, HeaderValue::Str("2".into())),
+            // Found by attack: a string line number made a line into a whole file.
+            (LINE, HeaderValue::Str("2".into())),
+            (LINE, HeaderValue::Int(0)),
         ] {
             assert!(set(name, v.clone()).is_err(), "{name} = {v:?} accepted");
         }
