@@ -231,7 +231,7 @@ pub fn decode(body: &[u8]) -> Result<Vec<Map<String, Value>>, DecodeError> {
             .map(|(i, v)| match v {
                 Value::Object(map) => Ok(map),
                 other => Err(DecodeError(format!(
-                    "batch item {i} is {} , not a JSON object",
+                    "batch item {i} is {}, not a JSON object",
                     json_kind(&other)
                 ))),
             })
