@@ -2,7 +2,7 @@
 //! retried with reconnects, and rows to a pipe acked once read: each test here failed
 //! before its fix. Queues are named `atk-...` and deleted on drop.
 
-use crate::support::{TestQueue, connect, csv_rows, mqdemo, s, url};
+use crate::support::{TestQueue, connect, csv_rows, mqdemo, s, url, wait_until};
 use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -40,6 +40,14 @@ fn exit_within(child: &mut Child, deadline: Duration) -> Option<std::process::Ex
     }
 }
 
+/// Wait until the consumer has written rows the reader has not read: from then on it is
+/// stuck, writing into a full pipe or waiting for the reader before its ack.
+fn wait_pipe_written(reader: &std::io::PipeReader) {
+    wait_until(Duration::from_secs(30), "rows in the pipe", || {
+        rustix::io::ioctl_fionread(reader).is_ok_and(|n| n > 0)
+    });
+}
+
 fn pipe_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
@@ -73,7 +81,7 @@ fn sigterm_ends_consume_to_a_stalled_pipe_reader() {
         .stderr(Stdio::null())
         .spawn()
         .expect("mqdemo runs");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_pipe_written(&reader);
     term(&consumer);
     let started = Instant::now();
     let status = exit_within(&mut consumer, Duration::from_secs(15));
@@ -101,7 +109,7 @@ fn sigterm_ends_consume_with_large_prefetch_to_a_stalled_pipe_reader() {
         .stderr(Stdio::null())
         .spawn()
         .expect("mqdemo runs");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_pipe_written(&reader);
     term(&consumer);
     let status = exit_within(&mut consumer, Duration::from_secs(15));
     drop(reader);
@@ -150,7 +158,8 @@ fn serve_keeps_answering_after_a_client_left_before_its_reply() {
         let _ = serve_err.read_to_string(&mut s);
         s
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Serve has taken client 1's request (and its reply is refused) before client 2 asks.
+    wait_until(Duration::from_secs(20), "serve to take the first request", || q.depth() == 0);
     // Client 2 is still there.
     let rq = ch
         .queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() })
@@ -204,21 +213,20 @@ fn a_producer_on_a_full_queue_leaks_no_file_descriptors() {
     ])
     .watch();
     producer.wait_for("trying a fresh connection", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(1));
+    producer.wait_for("reconnected to", Duration::from_secs(30));
     let first = pipe_fds(producer.id());
-    let count = |s: &str| s.matches("trying a fresh connection").count();
-    let started = Instant::now();
-    while count(&producer.stderr()) < 4 && started.elapsed() < Duration::from_secs(50) {
-        std::thread::sleep(Duration::from_millis(200));
+    let count = |s: &str| s.matches("reconnected to").count();
+    wait_until(Duration::from_secs(60), "3 more connection replacements", || {
+        count(&producer.stderr()) >= 4
+    });
+    // The old connections are closed on a thread of their own: give that a deadline.
+    let pid = producer.id();
+    let settled = Instant::now();
+    while pipe_fds(pid) > first && settled.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let later = pipe_fds(producer.id());
-    let recycles = count(&producer.stderr());
+    let later = pipe_fds(pid);
     producer.signal("TERM");
     let _ = producer.finish(Duration::from_secs(20));
-    assert!(
-        later <= first,
-        "pipe fds grew from {first} to {later} over {} connection replacements",
-        recycles - 1
-    );
+    assert!(later <= first, "pipe fds grew from {first} to {later} over 3 connection replacements");
 }
