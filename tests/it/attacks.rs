@@ -42,7 +42,7 @@ fn exit_within(child: &mut Child, deadline: Duration) -> Option<std::process::Ex
 
 /// Wait until the consumer has written rows the reader has not read: from then on it is
 /// stuck, writing into a full pipe or waiting for the reader before its ack.
-fn wait_pipe_written(reader: &std::io::PipeReader) {
+fn wait_pipe_written(reader: &impl std::os::fd::AsFd) {
     wait_until(Duration::from_secs(30), "rows in the pipe", || {
         rustix::io::ioctl_fionread(reader).is_ok_and(|n| n > 0)
     });
