@@ -181,11 +181,14 @@ impl CsvInput {
             }
         };
         if header.iter().any(|f| f.contains('\0')) {
+            // UTF-16 read as bytes: big-endian puts the zero byte before each ASCII one.
+            let be = header.get(0).is_some_and(|f| f.starts_with('\0'));
             return Err(eyre!(
                 "{} line {line}: the first row holds NUL characters, as UTF-16 text read as \
                  UTF-8 does; if the file is UTF-16 without a byte-order mark, use --encoding \
-                 utf-16le (or utf-16be)",
-                self.path.display()
+                 {}",
+                self.path.display(),
+                if be { "utf-16be" } else { "utf-16le" }
             ));
         }
         if format.header {

@@ -134,21 +134,21 @@ pub enum LinePart {
     },
 }
 
-/// Read the line headers of `d`: None for a whole file (no positive `line` header), Err with
-/// the reason when the identity headers are partial or inconsistent with the body.
+/// Read the line headers of `d`: None for a whole file (no `line` header), Err with the
+/// reason when `line` is not a positive integer or the identity headers are partial or
+/// inconsistent with the body.
 pub fn line_part(d: &Delivery) -> Result<Option<LinePart>, String> {
-    let names = [FILE_SHA256, FILE_SIZE, LINES, OFFSET];
-    let identity = names.iter().any(|n| d.headers.contains_key(*n));
-    let Some(line) = d.header_int(LINE).filter(|n| *n > 0) else {
-        // A file's identity names a line of it: without a usable line number it is not
-        // a whole file (it would take the real file's name with one line in it).
-        if identity {
-            return Err(format!("line message without a positive integer {LINE} header"));
-        }
+    if !d.headers.contains_key(LINE) {
         return Ok(None);
+    }
+    // A `line` header makes it a line, never a whole file: one that is not a positive
+    // integer would otherwise put one line under the real file's name.
+    let Some(line) = d.header_int(LINE).filter(|n| *n > 0) else {
+        return Err(format!("line message without a positive integer {LINE} header"));
     };
     let line = line as u64;
-    if !identity {
+    let names = [FILE_SHA256, FILE_SIZE, LINES, OFFSET];
+    if names.iter().all(|n| !d.headers.contains_key(*n)) {
         return Ok(Some(LinePart::Unplaced { line }));
     }
     let int = |name: &str| {
@@ -300,6 +300,16 @@ mod tests {
         let mut partial = good.clone();
         partial.headers.remove(LINES);
         assert!(line_part(&partial).is_err(), "a partial identity is refused");
+        // Found by attack: an unusable line number without identity headers took the real
+        // file's name; a whole file with another producer's `lines` header is still a file.
+        for v in [HeaderValue::Str("3".into()), HeaderValue::Int(0), HeaderValue::Int(-5)] {
+            let mut d = Delivery { body: b"x\n".to_vec(), ..Delivery::default() };
+            d.headers.insert(LINE.into(), v.clone());
+            assert!(line_part(&d).is_err(), "line = {v:?} accepted");
+        }
+        let mut whole = Delivery { body: b"x\n".to_vec(), ..Delivery::default() };
+        whole.headers.insert(LINES.into(), HeaderValue::Int(2));
+        assert_eq!(line_part(&whole), Ok(None));
     }
 
     #[test]

@@ -512,6 +512,15 @@ fn utf16_without_a_byte_order_mark_is_refused_with_the_encoding_hint() {
         "{}",
         out.stderr
     );
+    // Big-endian gets the big-endian label (found by attack: the little-endian one was
+    // named first, and following it read the file as one garbage header, exit 0).
+    let be_file = dir.path().join("u16be.csv");
+    let be: Vec<u8> = "name,score\nann,1\n".encode_utf16().flat_map(u16::to_be_bytes).collect();
+    std::fs::write(&be_file, be).expect("write");
+    let out = mqdemo(&["--url", DEAD_URL, "produce", "tabular", "--file", s(&be_file)])
+        .run()
+        .expect_code(1);
+    assert!(out.first_error_line().contains("--encoding utf-16be"), "{}", out.stderr);
     // With the label it is read as what it is.
     let q = TestQueue::new("wild-utf16");
     produce(&q, &file, &["--encoding", "utf-16le"])
