@@ -396,6 +396,8 @@ pub struct ConsumeFiles {
 
 /// Default queue of `serve` and `request`.
 pub const DEFAULT_REQUEST_QUEUE: &str = "predict_requests";
+/// Default longest model stderr line shown, in bytes.
+pub const DEFAULT_MAX_STDERR_LINE: u64 = 8 * 1024;
 /// Default seconds a model child may take to answer one message.
 pub const DEFAULT_EXEC_TIMEOUT_SECS: f64 = 60.0;
 
@@ -425,6 +427,16 @@ pub struct ModelArgs {
     /// message goes to the failed queue. Example: --exec-timeout 10
     #[arg(long, default_value_t = DEFAULT_EXEC_TIMEOUT_SECS, value_name = "SECS")]
     pub exec_timeout: f64,
+
+    /// Largest answer (one line, or one frame) accepted from the model; a longer one fails
+    /// the input, and the child is restarted. Example: --max-answer-bytes 1048576
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_parser = clap::value_parser!(u64).range(1..=(1 << 32)), value_name = "BYTES")]
+    pub max_answer_bytes: u64,
+
+    /// Longest line of the model's stderr shown (and kept for the failure reason); the rest
+    /// of a longer line is cut. Example: --max-stderr-line 16384
+    #[arg(long, default_value_t = DEFAULT_MAX_STDERR_LINE, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)), value_name = "BYTES")]
+    pub max_stderr_line: u64,
 
     /// Where messages the child fails on go (with an x-mqdemo-error header saying why).
     /// Default: the input queue's name + ".failed". Example: --failed-queue bad_records
@@ -480,6 +492,12 @@ pub struct ServeArgs {
     /// Example: --results-queue predictions
     #[arg(long, value_name = "NAME")]
     pub results_queue: Option<String>,
+
+    /// Also answer to reply queues named like PATTERN (`*` matches any run of characters),
+    /// besides `amq.rabbitmq.reply-to*` and server-named `amq.gen-*` queues, which are
+    /// always allowed. Repeatable. Example: --allow-reply-to 'replies.*'
+    #[arg(long, value_name = "PATTERN")]
+    pub allow_reply_to: Vec<String>,
 
     /// The model child and consuming options.
     #[command(flatten)]

@@ -57,10 +57,11 @@ pub struct StageConfig {
     pub failed: QueueSpec,
     /// The model command (`sh -c`).
     pub exec: String,
-    /// Body framing on the child's pipes.
-    pub framing: crate::child::Framing,
-    /// Longest wait for one answer.
-    pub exec_timeout: Duration,
+    /// How the child is run: framing, deadline, size limits.
+    pub child: crate::child::ChildOptions,
+    /// Reply-queue name patterns `serve` answers to besides the reply queues it always
+    /// allows.
+    pub allow_reply_to: Vec<String>,
     /// Children (and consumers) in parallel.
     pub workers: usize,
     /// QoS prefetch per worker.
@@ -369,7 +370,9 @@ fn serve(sv: cli::ServeArgs) -> Result<StageConfig, UsageError> {
     if results.as_ref().is_some_and(|r| r.name == sv.queue) {
         return Err(UsageError(format!("--results-queue {}: must differ from --queue", sv.queue)));
     }
-    stage(sv.queue, StageOutput::Replies { results }, sv.model)
+    let mut cfg = stage(sv.queue, StageOutput::Replies { results }, sv.model)?;
+    cfg.allow_reply_to = sv.allow_reply_to;
+    Ok(cfg)
 }
 
 fn stage(input: String, output: StageOutput, m: cli::ModelArgs) -> Result<StageConfig, UsageError> {
@@ -401,11 +404,16 @@ fn stage(input: String, output: StageOutput, m: cli::ModelArgs) -> Result<StageC
         output,
         failed,
         exec: m.exec,
-        framing: match m.framing {
-            cli::FramingArg::Lines => crate::child::Framing::Lines,
-            cli::FramingArg::Frames => crate::child::Framing::Frames,
+        child: crate::child::ChildOptions {
+            framing: match m.framing {
+                cli::FramingArg::Lines => crate::child::Framing::Lines,
+                cli::FramingArg::Frames => crate::child::Framing::Frames,
+            },
+            timeout: seconds("--exec-timeout", m.exec_timeout, false)?,
+            max_answer: usize::try_from(m.max_answer_bytes).unwrap_or(usize::MAX),
+            max_stderr_line: usize::try_from(m.max_stderr_line).unwrap_or(usize::MAX),
         },
-        exec_timeout: seconds("--exec-timeout", m.exec_timeout, false)?,
+        allow_reply_to: Vec::new(),
         workers: usize::from(m.workers),
         prefetch: m.prefetch,
         count: m.count,

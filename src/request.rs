@@ -7,7 +7,7 @@ use crate::codec::tabular;
 use crate::config::{Global, RequestConfig};
 use crate::csv_input::{self, CsvInput, Next};
 use crate::output::{Progress, Reporter, Summary};
-use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,7 @@ pub fn run(
         failed: Vec::new(),
         bytes: 0,
         padded: 0,
+        skipped: 0,
         // Unique per run, so concurrent clients never take each other's replies for theirs.
         prefix: format!("{}-{}-", std::process::id(), epoch_nanos()),
     };
@@ -63,7 +64,7 @@ pub fn run(
         messages: run.latencies.len() as u64,
         bytes: run.bytes,
         elapsed: started.elapsed(),
-        skipped: 0,
+        skipped: run.skipped,
         failed: run.failed.len() as u64,
         extra: match run.padded {
             0 => percentiles(&mut run.latencies),
@@ -86,6 +87,8 @@ struct Run {
     prefix: String,
     /// Rows shorter than the header, padded with nulls.
     padded: u64,
+    /// Rows that could not be sent (named on stderr as they come).
+    skipped: u64,
 }
 
 impl Run {
@@ -116,11 +119,21 @@ impl Run {
                 }
                 match rdr.read(&mut record)? {
                     Next::End => more = false,
-                    Next::Bad { line, why } => bail!("{}", bad_row(rdr, seq, line, &why)),
+                    Next::Bad { line, why } => {
+                        // Skipped and named, as `produce` does; the replies so far are kept.
+                        reporter.warn(&format!("skipped {}", bad_row(rdr, seq, line, &why)));
+                        self.skipped += 1;
+                    }
                     Next::Row(line) => {
-                        let mut msg = encoder
-                            .encode_row(&record, seq + 1)
-                            .map_err(|e| eyre!("{}", bad_row(rdr, seq, line, &e.0)))?;
+                        let mut msg = match encoder.encode_row(&record, seq + 1) {
+                            Ok(msg) => msg,
+                            Err(e) => {
+                                reporter
+                                    .warn(&format!("skipped {}", bad_row(rdr, seq, line, &e.0)));
+                                self.skipped += 1;
+                                continue;
+                            }
+                        };
                         seq += 1;
                         self.padded += u64::from(encoder.is_short(&record));
                         // Each request is its own event: two clients sending the same row
@@ -201,8 +214,7 @@ impl Run {
     }
 }
 
-/// A row `request` cannot send stops it (replies are in request order): named, with the fix
-/// when it is the first row.
+/// A row `request` cannot send: named, with the fix when it is the first row.
 fn bad_row(rdr: &CsvInput, sent: u64, line: u64, why: &str) -> String {
     let hint = match (sent, why) {
         (_, csv_input::NOT_UTF8) => format!("; {}", csv_input::encoding_hint()),

@@ -1,7 +1,10 @@
-//! SIGINT/SIGTERM: the first asks the run to stop cleanly, a second exits at once.
+//! SIGINT/SIGTERM: the first asks the run to stop cleanly, a second exits at once (killing
+//! the model children's process groups first: they run in groups of their own, so no
+//! terminal or `kill` of mqdemo reaches them).
 
 use color_eyre::eyre::{Result, WrapErr};
 use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,13 +12,19 @@ use std::time::{Duration, Instant};
 /// Install the handlers; the flag turns true on the first signal.
 pub fn install() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        // Order matters: the conditional exit sees the flag as it was before this signal.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
-            .wrap_err("cannot install signal handlers")?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .wrap_err("cannot install signal handlers")?;
-    }
+    let mut signals = Signals::new([SIGINT, SIGTERM]).wrap_err("cannot install signal handlers")?;
+    let flag = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("mqdemo-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if flag.swap(true, Ordering::SeqCst) {
+                    crate::child::kill_all();
+                    std::process::exit(130);
+                }
+            }
+        })
+        .wrap_err("cannot install signal handlers")?;
     Ok(stop)
 }
 

@@ -8,8 +8,10 @@
 //! producers are data, so its answers never merge with another input's.
 
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
-use crate::child::{Answer, Framing, ModelChild};
-use crate::codec::{Delivery, HeaderValue, Kind, Message, Route, answer_id, image, unique_id};
+use crate::child::{Answer, Blame, Failure, Framing, ModelChild};
+use crate::codec::{
+    Delivery, HeaderValue, Kind, Message, Route, answer_id, header_text, image, unique_id,
+};
 use crate::config::{Global, StageConfig, StageOutput};
 use crate::consume::{SeenIds, Workload, drive};
 use crate::output::{Progress, Reporter, Summary, link_events};
@@ -25,8 +27,12 @@ const MAX_FAILURES_IN_A_ROW: u32 = 3;
 const BODY_HEADERS: [&str; 4] = ["sha256", "size", "width", "height"];
 /// The header naming why the child failed on a message.
 pub const ERROR_HEADER: &str = "x-mqdemo-error";
+/// The header counting the input's headers left off a failed copy because they did not fit.
+pub const DROPPED_HEADER: &str = "x-mqdemo-dropped-headers";
 /// Label prefix of replies: a reply nobody waits for any more (client gone) is not an error.
 const REPLY_LABEL: &str = "reply to ";
+/// Reply queues `serve` always answers to: direct reply-to and server-named queues.
+const REPLY_QUEUE_PREFIXES: [&str; 2] = ["amq.rabbitmq.reply-to", "amq.gen-"];
 
 pub use crate::output::Outcome;
 
@@ -107,6 +113,18 @@ struct Stage<'a> {
     seen: SeenIds,
     counts: Counts,
     failures_in_a_row: u32,
+    /// `pipe`'s last answer, published only once the child is seen to have said nothing
+    /// more (before the next request, or before the input is acked, after 5 ms without
+    /// input): a child that writes a second line for one input is caught before either is
+    /// sent. `serve` replies at once (a client waits), after the same check.
+    held: Option<Held>,
+}
+
+/// An answer not yet published, with its input.
+struct Held {
+    d: Delivery,
+    input_id: String,
+    body: Vec<u8>,
 }
 
 impl<'a> Stage<'a> {
@@ -129,7 +147,7 @@ impl<'a> Stage<'a> {
             Arc::clone(stop),
             Box::new(link_events(reporter.clone())),
         )?;
-        let mut child = ModelChild::new(&cfg.exec, cfg.framing, cfg.exec_timeout);
+        let mut child = ModelChild::new(&cfg.exec, cfg.child, Arc::clone(stop));
         child.start()?;
         Ok(Stage {
             cfg,
@@ -139,13 +157,14 @@ impl<'a> Stage<'a> {
             seen: SeenIds::default(),
             counts: Counts::default(),
             failures_in_a_row: 0,
+            held: None,
         })
     }
 
     /// The messages one answer becomes; their ids derive from `input_id`.
     fn answers(&self, d: &Delivery, input_id: &str, body: Vec<u8>) -> Vec<Message> {
         let json = serde_json::from_slice::<&serde_json::value::RawValue>(&body).is_ok();
-        let (kind, content_type) = match (json, self.cfg.framing) {
+        let (kind, content_type) = match (json, self.cfg.child.framing) {
             (true, _) => (Kind::Tabular, "application/json".to_string()),
             (false, Framing::Lines) => (Kind::Text, "text/plain; charset=utf-8".to_string()),
             (false, Framing::Frames) => match image::sniff(&body) {
@@ -188,13 +207,13 @@ impl<'a> Stage<'a> {
     /// `input_id` as its message id).
     fn failed_message(&self, d: &Delivery, input_id: &str, reason: &str) -> Message {
         let mut headers = d.headers.clone();
-        headers.insert(ERROR_HEADER.into(), HeaderValue::Str(reason.to_string()));
+        headers.insert(ERROR_HEADER.into(), HeaderValue::Str(header_text(reason)));
         let kind = match d.kind.as_deref() {
             Some("image") => Kind::Image,
             Some("text") => Kind::Text,
             _ => Kind::Tabular,
         };
-        Message {
+        let mut msg = Message {
             kind,
             content_type: d
                 .content_type
@@ -209,12 +228,129 @@ impl<'a> Stage<'a> {
                 correlation_id: d.correlation_id.clone(),
                 reply_to: None,
             },
+        };
+        if msg.oversized_properties().is_some() {
+            // The input's own headers are what does not fit: keep only the reason.
+            let dropped = msg.headers.len() - 1;
+            msg.headers.retain(|k, _| k == ERROR_HEADER);
+            msg.headers.insert(
+                DROPPED_HEADER.into(),
+                HeaderValue::Int(i64::try_from(dropped).unwrap_or(i64::MAX)),
+            );
+        }
+        msg
+    }
+
+    /// Where a request's answer may go: its `reply_to` if that is a reply queue (or allowed
+    /// by --allow-reply-to); an error saying why not.
+    fn reply_queue<'d>(&self, d: &'d Delivery) -> Result<Option<&'d str>, String> {
+        let StageOutput::Replies { results } = &self.cfg.output else { return Ok(None) };
+        let Some(to) = d.reply_to.as_deref().filter(|t| !t.is_empty()) else {
+            return match results {
+                Some(_) => Ok(None),
+                None => Err("the request has no reply_to and serve has no --results-queue: \
+                     its answer would go nowhere"
+                    .into()),
+            };
+        };
+        let allowed = REPLY_QUEUE_PREFIXES.iter().any(|p| to.starts_with(p))
+            || self.cfg.allow_reply_to.iter().any(|p| glob_match(p, to));
+        if allowed {
+            Ok(Some(to))
+        } else {
+            Err(format!(
+                "reply_to {to:?} is not a reply queue (amq.rabbitmq.reply-to or a server-named \
+                 amq.gen-* queue); serve does not publish into other queues unless \
+                 --allow-reply-to names them"
+            ))
         }
     }
 
+    /// Publish the held answer once the child has been quiet since giving it; if it said
+    /// more, the answer cannot be trusted and the input fails instead.
+    fn settle(&mut self) -> Result<()> {
+        let Some(h) = self.held.take() else { return Ok(()) };
+        match self.child.quiet() {
+            Ok(()) => self.publish_answers(&h.d, &h.input_id, h.body),
+            Err(f) => {
+                self.counts.answered -= 1;
+                self.send_to_failed(&h.d, &h.input_id, &f.reason)
+            }
+        }
+    }
+
+    /// Publish the answers to one input; answers that cannot be sent (headers too large for
+    /// the broker) fail the input instead.
+    fn publish_answers(&mut self, d: &Delivery, input_id: &str, body: Vec<u8>) -> Result<()> {
+        let msgs = self.answers(d, input_id, body);
+        if let Some(n) = msgs.iter().find_map(Message::oversized_properties) {
+            self.counts.answered -= 1;
+            let reason = format!(
+                "its answer's properties and headers (inherited from the input) take {n} \
+                 bytes, more than fit in one AMQP frame ({} bytes)",
+                crate::codec::MAX_PROPERTY_BYTES
+            );
+            return self.send_to_failed(d, input_id, &reason);
+        }
+        for msg in msgs {
+            self.producer.publish(msg)?;
+        }
+        Ok(())
+    }
+
+    /// The input to the failed queue with the reason.
+    fn send_to_failed(&mut self, d: &Delivery, input_id: &str, reason: &str) -> Result<()> {
+        self.reporter.warn(&format!(
+            "message {input_id} sent to {}: {}",
+            self.cfg.failed.name,
+            header_text(reason)
+        ));
+        self.producer.publish(self.failed_message(d, input_id, reason))?;
+        self.counts.failed += 1;
+        Ok(())
+    }
+
+    /// The child failed on the input in hand: stop the run (a broken model or a signal: the
+    /// input stays queued) or send it to the failed queue.
+    fn child_failed(&mut self, d: &Delivery, input_id: &str, f: Failure) -> Result<()> {
+        self.failures_in_a_row += 1;
+        match f.blame {
+            Blame::Model => {
+                return Err(eyre!(
+                    "--exec {:?} cannot run: {}; fix the command (the message stays in {})",
+                    self.cfg.exec,
+                    f.reason,
+                    self.cfg.input.name
+                ));
+            }
+            Blame::Stopped => {
+                return Err(eyre!(
+                    "--exec {:?} was {}; message {input_id} stays in {}",
+                    self.cfg.exec,
+                    f.reason.trim_start_matches("the --exec child failed: "),
+                    self.cfg.input.name
+                ));
+            }
+            Blame::Message => {}
+        }
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
+            return Err(eyre!(
+                "--exec {:?} failed on {} messages in a row, the last time: {}; stopping \
+                 (the message stays in {}); fix the model and run again",
+                self.cfg.exec,
+                self.failures_in_a_row,
+                f.reason,
+                self.cfg.input.name
+            ));
+        }
+        self.send_to_failed(d, input_id, &f.reason)
+    }
+
     fn close(mut self) -> (crate::amqp::PublishReport, Result<()>) {
+        let settled = self.settle();
         self.child.stop();
-        self.producer.finish()
+        let (report, finished) = self.producer.finish();
+        (report, settled.and(finished))
     }
 }
 
@@ -224,52 +360,32 @@ impl Handler for Stage<'_> {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
+        self.settle()?;
         // Without a message id the delivery is data of its own: a fresh id, so that neither
         // its answers nor its failed copy merge with another's downstream.
         let input_id = d.assigned_id().map_or_else(unique_id, str::to_string);
-        match self.child.call(&d.body) {
-            Ok(Answer::Output(body)) => {
-                for msg in self.answers(&d, &input_id, body) {
-                    self.producer.publish(msg)?;
-                }
-                self.counts.answered += 1;
-                self.failures_in_a_row = 0;
-            }
-            Ok(Answer::Nothing) => {
-                self.counts.silent += 1;
-                self.failures_in_a_row = 0;
-            }
-            Err(f) => {
-                self.failures_in_a_row += 1;
-                if f.fatal {
-                    return Err(eyre!(
-                        "--exec {:?} cannot run: {}; fix the command (the message stays in {})",
-                        self.cfg.exec,
-                        f.reason,
-                        self.cfg.input.name
-                    ));
-                }
-                if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
-                    return Err(eyre!(
-                        "--exec {:?} failed on {} messages in a row, the last time: {}; stopping \
-                         (the message stays in {}); fix the model and run again",
-                        self.cfg.exec,
-                        self.failures_in_a_row,
-                        f.reason,
-                        self.cfg.input.name
-                    ));
-                }
-                self.reporter.warn(&format!(
-                    "message {input_id} sent to {}: {}",
-                    self.cfg.failed.name, f.reason
-                ));
-                self.producer.publish(self.failed_message(&d, &input_id, &f.reason))?;
-                self.counts.failed += 1;
-            }
-        }
         self.seen.insert(&d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
+        match self.reply_queue(&d) {
+            Err(why) => self.send_to_failed(&d, &input_id, &why)?,
+            Ok(_) => match self.child.call(&d.body) {
+                Ok(Answer::Output(body)) => {
+                    self.counts.answered += 1;
+                    self.failures_in_a_row = 0;
+                    self.held = Some(Held { d, input_id, body });
+                    if matches!(self.cfg.output, StageOutput::Replies { .. }) {
+                        // A client waits: reply now, after checking the child is quiet.
+                        self.settle()?;
+                    }
+                }
+                Ok(Answer::Nothing) => {
+                    self.counts.silent += 1;
+                    self.failures_in_a_row = 0;
+                }
+                Err(f) => self.child_failed(&d, &input_id, f)?,
+            },
+        }
         let c = self.counts;
         self.reporter.status(|| {
             format!("{} msgs, answered {}, failed {}", c.messages, c.answered, c.failed)
@@ -278,6 +394,7 @@ impl Handler for Stage<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.settle()?;
         for (label, why) in self.producer.flush()? {
             if label.starts_with(REPLY_LABEL) {
                 // The client went away (its reply queue is gone): nothing to deliver to.
@@ -289,5 +406,39 @@ impl Handler for Stage<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn reply_patterns_match_whole_names() {
+        assert!(glob_match("replies.*", "replies.abc"));
+        assert!(glob_match("replies.*", "replies."));
+        assert!(!glob_match("replies.*", "xreplies.abc"));
+        assert!(glob_match("a*b*c", "a-b-c"));
+        assert!(!glob_match("a*b*c", "a-b-c-d"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact2"));
+        assert!(glob_match("*", "anything"));
+        assert!(!glob_match("ab*ba", "aba"));
     }
 }

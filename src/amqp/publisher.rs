@@ -378,6 +378,12 @@ pub struct Producer {
     gave_up: bool,
     /// Refusals already handed out by [`Producer::flush`] (still part of the final report).
     refused_total: Vec<(String, String)>,
+    /// Since when connections have been lost with messages unconfirmed and no confirm in
+    /// between (a message the broker kills the connection for, again and again), and the
+    /// confirm count at the last loss.
+    failing_since: Option<Instant>,
+    confirmed_at_loss: u64,
+    losses: u64,
 }
 
 /// Declare every queue of `specs` on `session` and open a confirming publisher whose default
@@ -449,11 +455,23 @@ impl Producer {
             confirmed_at_nack: 0,
             gave_up: false,
             refused_total: Vec::new(),
+            failing_since: None,
+            confirmed_at_loss: 0,
+            losses: 0,
         })
     }
 
     /// Publish one message (blocks while the confirm window is full or the broker blocks).
     pub fn publish(&mut self, msg: Message) -> Result<()> {
+        if let Some(n) = msg.oversized_properties() {
+            // Sent, the broker would close the connection (FRAME_ERROR) on every attempt.
+            return Err(fatal(format!(
+                "{}: its properties and headers take {n} bytes, more than fit in one AMQP \
+                 frame ({} bytes); it was not published",
+                msg.label,
+                crate::codec::MAX_PROPERTY_BYTES
+            )));
+        }
         self.backlog.push_back(msg);
         let r = self.drain();
         self.gave_up = r.is_err();
@@ -638,6 +656,9 @@ impl Producer {
         if self.stop.load(Ordering::SeqCst) {
             return Err(error.wrap_err("not reconnecting: stopped by a signal"));
         }
+        if let Some(why) = self.count_loss() {
+            return Err(fatal(format!("{why}; the last time: {error:#}")));
+        }
         let (specs, options, retry) = (self.specs.clone(), self.options, self.retry);
         let live = reconnect(
             &self.endpoints,
@@ -654,6 +675,32 @@ impl Producer {
         )?;
         self.live = Some(live);
         Ok(())
+    }
+
+    /// Reconnects that each succeed never end on their own when the broker closes the
+    /// connection again for the same message: lost links with nothing confirmed between
+    /// them count toward --retry-for like a failed reconnect. Why to give up, if it is time.
+    fn count_loss(&mut self) -> Option<String> {
+        let confirmed = self.confirmed().0;
+        if confirmed > self.confirmed_at_loss || self.backlog.is_empty() {
+            self.failing_since = None;
+            self.losses = 0;
+        }
+        self.confirmed_at_loss = confirmed;
+        self.losses += 1;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if self.losses < 2 || since.elapsed() <= self.retry.retry_for {
+            return None;
+        }
+        let first = self.backlog.front().map_or("-", |m| m.label.as_str());
+        Some(format!(
+            "lost the connection {} times in {:.0} s while publishing ({first} first) with \
+             nothing confirmed in between; giving up (--retry-for {} s); the broker's log says \
+             why it closed the connection",
+            self.losses,
+            since.elapsed().as_secs_f64(),
+            self.retry.retry_for.as_secs_f64()
+        ))
     }
 
     /// Stop now: everything not confirmed is reported as such; connections are let go

@@ -73,6 +73,61 @@ pub struct Message {
     pub route: Route,
 }
 
+/// The most bytes a message's properties and headers may take: they travel in one content
+/// header frame, and RabbitMQ's default `frame_max` is 131,072 bytes (less the frame's own
+/// fields; a margin covers the rest of the encoding).
+pub const MAX_PROPERTY_BYTES: usize = 131_072 - 1_024;
+
+/// The longest value mqdemo writes into a header itself (`x-mqdemo-error`), in bytes.
+pub const MAX_HEADER_VALUE: usize = 4_096;
+
+/// `text` cut to at most [`MAX_HEADER_VALUE`] bytes at a character boundary, marked when cut.
+pub fn header_text(text: &str) -> String {
+    if text.len() <= MAX_HEADER_VALUE {
+        return text.to_string();
+    }
+    let marker = " [cut]";
+    let mut end = MAX_HEADER_VALUE - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &text[..end])
+}
+
+/// Encoded size of a header table (AMQP field table: length, then name and typed value).
+pub fn headers_bytes(headers: &Headers) -> usize {
+    4 + headers
+        .iter()
+        .map(|(k, v)| {
+            1 + k.len()
+                + 1
+                + match v {
+                    HeaderValue::Int(_) => 8,
+                    HeaderValue::Str(s) => 4 + s.len(),
+                }
+        })
+        .sum::<usize>()
+}
+
+impl Message {
+    /// The encoded size of its properties and headers when over [`MAX_PROPERTY_BYTES`]
+    /// (the broker would close the connection over it), else None.
+    pub fn oversized_properties(&self) -> Option<usize> {
+        let short = |s: &str| 1 + s.len();
+        let opt = |s: &Option<String>| s.as_deref().map_or(0, short);
+        // Flags, delivery mode, timestamp, app_id and the frame's own fields.
+        let fixed = 2 + 1 + 8 + short("mqdemo") + 22;
+        let n = fixed
+            + short(&self.content_type)
+            + short(&self.message_id)
+            + short(self.kind.as_str())
+            + opt(&self.route.correlation_id)
+            + opt(&self.route.reply_to)
+            + headers_bytes(&self.headers);
+        (n > MAX_PROPERTY_BYTES).then_some(n)
+    }
+}
+
 /// Where a message goes and how replies find their way back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Route {
@@ -225,6 +280,33 @@ pub fn extension_for(content_type: Option<&str>) -> &'static str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn header_text_is_cut_at_a_character_boundary() {
+        assert_eq!(header_text("short"), "short");
+        let long = "é".repeat(MAX_HEADER_VALUE);
+        let cut = header_text(&long);
+        assert!(cut.len() <= MAX_HEADER_VALUE && cut.ends_with(" [cut]"), "{}", cut.len());
+        assert!(cut.len() > MAX_HEADER_VALUE - 10);
+    }
+
+    #[test]
+    fn properties_over_a_frame_are_told() {
+        let mut msg = Message {
+            kind: Kind::Tabular,
+            content_type: "application/json".into(),
+            message_id: "id".into(),
+            headers: Headers::new(),
+            body: Vec::new(),
+            label: "x".into(),
+            route: Route::default(),
+        };
+        assert_eq!(msg.oversized_properties(), None);
+        msg.headers.insert("big".into(), HeaderValue::Str("h".repeat(MAX_PROPERTY_BYTES)));
+        assert!(msg.oversized_properties().is_some_and(|n| n > MAX_PROPERTY_BYTES));
+        msg.headers.insert("big".into(), HeaderValue::Str("h".repeat(MAX_PROPERTY_BYTES - 200)));
+        assert_eq!(msg.oversized_properties(), None);
+    }
 
     /// The shared round-trip contract every codec must meet: the encoded message carries the
     /// wire-format-1 fields, and decoding the delivery gives the input back.

@@ -464,3 +464,25 @@ fn a_confirm_that_never_comes_is_reported_after_the_confirm_timeout() {
         u64::from(q.depth()) >= confirmed
     });
 }
+
+/// Issue 11 item 3: a message the broker closes the connection for (seen: headers over the
+/// frame size) made a publisher reconnect about five times a second forever, since each
+/// reconnect succeeds and --retry-for never ran out. Now lost connections with nothing
+/// confirmed in between count toward --retry-for. The proxy plays the broker: it cuts every
+/// connection on which one poisoned row is sent.
+#[test]
+fn a_message_that_kills_every_connection_gives_up_after_retry_for() {
+    let q = crate::support::TestQueue::new("poison-conn");
+    let shared = url::Url::parse(&crate::support::url()).expect("url");
+    let proxy = Proxy::start(shared.port().unwrap_or(5672));
+    proxy.poison(b"POISON-ROW-XYZ");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("p.csv");
+    std::fs::write(&csv, "id,text\n1,fine\n2,POISON-ROW-XYZ\n3,fine\n").expect("write csv");
+    let started = std::time::Instant::now();
+    let producer = produce_csv(&proxy.url(), &csv, &q.name, &["--retry-for", "4"]);
+    let out = producer.finish(Duration::from_secs(60)).expect_code(1);
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    assert!(out.stderr.contains("nothing confirmed in between"), "{}", out.stderr);
+    assert!(proxy.accepted() >= 2, "the connection was never replaced");
+}

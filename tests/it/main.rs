@@ -15,6 +15,7 @@ mod handoff;
 mod interop;
 mod lines;
 mod ml;
+mod model;
 mod proxy;
 mod reliability;
 mod storage;

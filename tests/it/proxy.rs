@@ -33,6 +33,9 @@ struct Shared {
     stop: AtomicBool,
     frozen: AtomicBool,
     accepted: AtomicUsize,
+    /// Bytes that, seen going to the broker, close that connection (a message the broker
+    /// would kill the connection for).
+    poison: Mutex<Option<Vec<u8>>>,
     links: Mutex<Vec<Link>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -97,6 +100,12 @@ impl Proxy {
     /// closed its socket, and that close is forwarded like any other.
     pub fn thaw(&self) {
         self.shared.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// From now on, close any connection on which the client sends `pattern` (within one
+    /// read) before it reaches the broker.
+    pub fn poison(&self, pattern: &[u8]) {
+        *lock(&self.shared.poison) = Some(pattern.to_vec());
     }
 
     /// Connections accepted so far (including cut ones), e.g. to wait for a reconnect.
@@ -164,12 +173,12 @@ fn accept_loop(listener: &TcpListener, upstream_port: u16, shared: &Arc<Shared>)
         drop(links);
         let mut pumps = lock(&shared.pumps);
         pumps.retain(|p| !p.is_finished());
-        for (from, to) in [(client, upstream), (upstream_r, client_w)] {
+        for (from, to, to_broker) in [(client, upstream, true), (upstream_r, client_w, false)] {
             let shared = shared.clone();
             let closed = closed.clone();
             let spawned = std::thread::Builder::new()
                 .name("proxy-pump".into())
-                .spawn(move || pump(from, to, &shared, &closed));
+                .spawn(move || pump(from, to, to_broker, &shared, &closed));
             if let Ok(handle) = spawned {
                 pumps.push(handle);
             }
@@ -178,7 +187,13 @@ fn accept_loop(listener: &TcpListener, upstream_port: u16, shared: &Arc<Shared>)
 }
 
 /// Copy `from` to `to` until EOF, an error, a cut or the proxy's drop; idle while frozen.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, closed: &AtomicBool) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    to_broker: bool,
+    shared: &Shared,
+    closed: &AtomicBool,
+) {
     let _ = from.set_read_timeout(Some(TICK));
     let mut buf = vec![0u8; 64 * 1024];
     let ended = || shared.stop.load(Ordering::SeqCst) || closed.load(Ordering::SeqCst);
@@ -199,6 +214,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, closed: &Atomic
                     std::thread::sleep(TICK);
                 }
                 if ended() {
+                    break;
+                }
+                let poisoned = to_broker
+                    && lock(&shared.poison)
+                        .as_deref()
+                        .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p));
+                if poisoned {
                     break;
                 }
                 // A blocked write is released by the shutdown in cut()/drop.

@@ -185,8 +185,15 @@ impl Output {
     }
 }
 
+/// The binary under test: this build's, or MQDEMO_TEST_BIN (e.g. an older build, to see a
+/// new test fail before its fix).
+pub fn bin_path() -> PathBuf {
+    std::env::var_os("MQDEMO_TEST_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mqdemo")), PathBuf::from)
+}
+
 pub fn mqdemo(args: &[&str]) -> Mqdemo {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqdemo"));
+    let mut cmd = Command::new(bin_path());
     cmd.args(args)
         .env("AMQP_URL", url())
         .env_remove("RUST_BACKTRACE")

@@ -1,0 +1,449 @@
+//! The model and the sender are untrusted (DESIGN, "The user's model"): a model that talks
+//! out of turn never gets an answer attributed to the wrong input, never hangs a stage,
+//! never grows mqdemo's memory without bound, and is killed with its whole process group on
+//! every way out; a message the broker refuses fails alone; `serve` answers only reply
+//! queues. Real broker, real binary, real child processes.
+
+use crate::support::{Output, TestQueue, connect, mqdemo, wait, wait_until};
+use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
+use std::io::Read;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Publish `bodies` to `q` (declared durable), each with a message id and a header `k`
+/// holding its index, so an answer (which inherits the headers) names its input.
+fn publish_indexed(q: &TestQueue, bodies: &[Vec<u8>], reply_to: Option<&str>) {
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
+        .expect("declare");
+    for (i, body) in bodies.iter().enumerate() {
+        let mut h = FieldTable::new();
+        h.insert("k".into(), AmqpValue::LongLongInt(i as i64));
+        let mut props = AmqpProperties::default()
+            .with_headers(h)
+            .with_message_id(format!("{}-{i}", q.name))
+            .with_correlation_id(format!("c{i}"));
+        if let Some(to) = reply_to {
+            props = props.with_reply_to(to.to_string());
+        }
+        ch.basic_publish("", Publish::with_properties(body, q.name.clone(), props))
+            .expect("publish");
+    }
+    let _ = ch.close();
+    let _ = conn.close();
+}
+
+/// Every message of `q`, taken off it.
+fn drain(q: &TestQueue) -> Vec<amiquip::Delivery> {
+    let mut got = Vec::new();
+    while let Some(d) = q.get() {
+        got.push(d);
+    }
+    got
+}
+
+fn header_int(d: &amiquip::Delivery, name: &str) -> Option<i64> {
+    match d.properties.headers().as_ref()?.get(name)? {
+        AmqpValue::LongLongInt(n) => Some(*n),
+        AmqpValue::LongInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+fn header_str(d: &amiquip::Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.get(name)? {
+        AmqpValue::LongString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn rows(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("{{\"i\":{i}}}").into_bytes()).collect()
+}
+
+/// Answers whose body is not their input's (by the inherited `k` header), as text.
+fn shifted(answers: &[amiquip::Delivery], inputs: &[Vec<u8>]) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|a| {
+            header_int(a, "k")
+                .and_then(|k| usize::try_from(k).ok())
+                .and_then(|k| inputs.get(k))
+                .is_none_or(|input| *input != a.body)
+        })
+        .map(|a| format!("k={:?}: {}", header_int(a, "k"), String::from_utf8_lossy(&a.body)))
+        .collect()
+}
+
+fn pipe(from: &TestQueue, to: &TestQueue, exec: &str, extra: &[&str]) -> crate::support::Mqdemo {
+    let mut args = vec!["pipe", "--from", &from.name, "--to", &to.name, "--exec", exec];
+    args.extend_from_slice(extra);
+    mqdemo(&args)
+}
+
+/// Processes whose command line contains `marker` (the model's `sh -c` and its children).
+fn processes_with(marker: &str) -> Vec<String> {
+    let out = Command::new("pgrep").args(["-af", marker]).output().expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn no_process_left(marker: &str) {
+    // The kill is synchronous, the reaping by init is not: allow it a moment.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < until, "the model outlived mqdemo: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Item 1: a banner on stdout (`print("model loaded")`) made every answer the previous
+/// input's, with exit 0. Now the model is stopped for speaking first, nothing is answered
+/// wrongly, and nothing is lost.
+#[test]
+fn a_model_that_prints_a_banner_never_shifts_answers() {
+    let from = TestQueue::new("banner-in");
+    let to = TestQueue::new("banner-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(6);
+    publish_indexed(&from, &inputs, None);
+    let out = pipe(&from, &to, "echo 'model v1 loaded'; cat", &["--idle-timeout", "2"]).run();
+    let answers = drain(&to);
+    let bad = shifted(&answers, &inputs);
+    assert!(bad.is_empty(), "answers given to the wrong input: {bad:?}\n{}", out.stderr);
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("print logs to stderr"), "{}", out.stderr);
+    let (left, gone) = (from.depth() as usize, failed.depth() as usize);
+    assert_eq!(left + gone + answers.len(), inputs.len(), "lost: {}", out.stderr);
+}
+
+/// Item 1: a model that logs one line to stdout per input (Python's print, flushed with the
+/// answer) gave each input the log line; now those inputs fail with the reason.
+#[test]
+fn a_model_that_logs_to_stdout_fails_those_inputs_and_answers_none_wrongly() {
+    let from = TestQueue::new("chatty-in");
+    let to = TestQueue::new("chatty-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(8);
+    publish_indexed(&from, &inputs, None);
+    let model = "python3 -u -c 'import sys\nfor l in sys.stdin:\n    \
+                 sys.stdout.write(\"working on \" + l.strip() + \"\\n\" + l)\n    \
+                 sys.stdout.flush()'";
+    let out = pipe(&from, &to, model, &["--idle-timeout", "2"]).run();
+    let answers = drain(&to);
+    let bad = shifted(&answers, &inputs);
+    assert!(bad.is_empty(), "answers given to the wrong input: {bad:?}\n{}", out.stderr);
+    let failures = drain(&failed);
+    assert!(!failures.is_empty(), "nothing failed:\n{}", out.stderr);
+    for f in &failures {
+        let why = header_str(f, "x-mqdemo-error").unwrap_or_default();
+        assert!(why.contains("print logs to stderr"), "reason: {why}");
+    }
+    assert_ne!(out.code(), Some(0));
+    assert_eq!(from.depth() as usize + failures.len() + answers.len(), inputs.len());
+}
+
+/// Item 2: a model that never reads its stdin and a body over the pipe buffer hung `pipe`
+/// for good (--exec-timeout did not cover the write). Now the write has the deadline, the
+/// input fails with the reason, and the model's whole group is gone.
+#[test]
+fn a_model_that_does_not_read_cannot_hang_the_write() {
+    let from = TestQueue::new("noread-in");
+    let to = TestQueue::new("noread-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let marker = format!("sleep 601.{}", std::process::id());
+    publish_indexed(&from, &[vec![b'a'; 300_000]], None);
+    let model = marker.clone();
+    let started = Instant::now();
+    let child = pipe(&from, &to, &model, &["--exec-timeout", "2", "--idle-timeout", "1"]).spawn();
+    let out = wait(child, Duration::from_secs(40));
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 1, "{}", out.stderr);
+    let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
+    assert!(why.contains("--exec-timeout"), "reason: {why}");
+    no_process_left(&marker);
+}
+
+/// Item 2: one SIGTERM did not stop a stage whose model hung; now it ends within the stop
+/// grace, the input stays queued, and the model's group is killed.
+#[test]
+fn one_sigterm_ends_a_stage_whose_model_hangs() {
+    let from = TestQueue::new("hang-in");
+    let to = TestQueue::new("hang-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let marker = format!("sleep 602.{}", std::process::id());
+    publish_indexed(&from, &[vec![b'a'; 300_000]], None);
+    let model = marker.clone();
+    let run = pipe(&from, &to, &model, &[]).watch();
+    wait_until(Duration::from_secs(20), "the input to be taken", || from.depth() == 0);
+    let asked = Instant::now();
+    run.signal("TERM");
+    let out = run.finish(Duration::from_secs(20));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?} to end the stage");
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    wait_until(Duration::from_secs(10), "the input back in its queue", || from.depth() == 1);
+    no_process_left(&marker);
+}
+
+/// Item 2: a second signal exits at once, and kills the model too (it used to be left
+/// running in its own process group).
+#[test]
+fn a_second_signal_kills_the_model_with_mqdemo() {
+    let from = TestQueue::new("twice-in");
+    let to = TestQueue::new("twice-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let marker = format!("sleep 603.{}", std::process::id());
+    publish_indexed(&from, &rows(1), None);
+    let model = format!("trap '' TERM INT; {marker}");
+    let run = pipe(&from, &to, &model, &[]).watch();
+    wait_until(Duration::from_secs(20), "the input to be taken", || from.depth() == 0);
+    run.signal("TERM");
+    run.signal("TERM");
+    let out = run.finish(Duration::from_secs(10));
+    assert_eq!(out.code(), Some(130), "{}", out.stderr);
+    no_process_left(&marker);
+    wait_until(Duration::from_secs(10), "the input back in its queue", || from.depth() == 1);
+}
+
+/// Item 2: one non-UTF-8 byte on the model's stderr made mqdemo stop reading it; the model
+/// then died of SIGPIPE ("closed its stdout"). Now its stderr is shown lossily.
+#[test]
+fn a_model_with_binary_stderr_keeps_answering() {
+    let from = TestQueue::new("binerr-in");
+    let to = TestQueue::new("binerr-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(10);
+    publish_indexed(&from, &inputs, None);
+    let model =
+        r"while IFS= read -r l; do printf 'bad \377\376 byte\n' >&2; printf '%s\n' $l; done";
+    let out = pipe(&from, &to, model, &["--idle-timeout", "2"]).run();
+    let answers = drain(&to);
+    assert_eq!(answers.len(), inputs.len(), "{}", out.stderr);
+    assert!(shifted(&answers, &inputs).is_empty());
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("bad \u{fffd}\u{fffd} byte"), "{}", out.stderr);
+}
+
+/// Peak resident memory (VmHWM, bytes) of a running mqdemo until it exits; its output.
+fn peak_rss(mut child: std::process::Child, deadline: Duration) -> (u64, Output) {
+    let pid = child.id();
+    let mut err = child.stderr.take().expect("stderr piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut peak = 0;
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            peak = peak.max(hwm.unwrap_or(0) * 1024);
+        }
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mqdemo still running after {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    (peak, Output { status, stdout: String::new(), stderr })
+}
+
+/// Item 2: a model writing 400 MB without a line break grew mqdemo by as much. Now the
+/// answer is cut at --max-answer-bytes (default 128 MiB), and the input fails.
+#[test]
+fn an_endless_answer_is_bounded_and_fails_the_input() {
+    let from = TestQueue::new("endless-in");
+    let to = TestQueue::new("endless-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    publish_indexed(&from, &rows(1), None);
+    let model = "read l; head -c 400000000 /dev/zero | tr '\\0' a; echo";
+    let child = pipe(&from, &to, model, &["--idle-timeout", "2"]).spawn();
+    let (peak, out) = peak_rss(child, Duration::from_secs(120));
+    assert!(peak < 250 << 20, "mqdemo peaked at {} MB:\n{}", peak >> 20, out.stderr);
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 1, "{}", out.stderr);
+    let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
+    assert!(why.contains("--max-answer-bytes"), "reason: {why}");
+    assert_eq!(to.depth(), 0);
+}
+
+/// Item 2: stderr without a line break grew mqdemo too; now each stderr line is cut at
+/// --max-stderr-line, and the model goes on.
+#[test]
+fn an_endless_stderr_line_is_cut() {
+    let from = TestQueue::new("errflood-in");
+    let to = TestQueue::new("errflood-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    publish_indexed(&from, &rows(1), None);
+    let model = "read l; head -c 300000000 /dev/zero | tr '\\0' e >&2; echo >&2; echo \"$l\"";
+    let child = pipe(&from, &to, model, &["--idle-timeout", "2"]).spawn();
+    let (peak, out) = peak_rss(child, Duration::from_secs(120));
+    assert!(peak < 150 << 20, "mqdemo peaked at {} MB", peak >> 20);
+    assert_eq!(out.code(), Some(0), "{}", &out.stderr[..out.stderr.len().min(2000)]);
+    assert!(out.stderr.contains("more bytes cut"), "no cut line");
+    assert!(out.stderr.len() < 100_000, "stderr of {} bytes", out.stderr.len());
+    assert_eq!(to.depth(), 1);
+}
+
+/// Item 3: a model whose last stderr line is 300 KB (copied into x-mqdemo-error) made the
+/// failed copy too large for a frame: the broker closed the connection, mqdemo reconnected
+/// and re-sent, about five times a second, forever. Now the header is cut to 4 KiB.
+#[test]
+fn a_huge_failure_reason_is_cut_and_never_loops() {
+    let from = TestQueue::new("bigwhy-in");
+    let to = TestQueue::new("bigwhy-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    publish_indexed(&from, &rows(1), None);
+    let model = "read l; head -c 300000 /dev/zero | tr '\\0' e >&2; echo >&2; exit 1";
+    let child =
+        pipe(&from, &to, model, &["--idle-timeout", "2", "--max-stderr-line", "1000000"]).spawn();
+    let out = wait(child, Duration::from_secs(60));
+    assert!(!out.stderr.contains("reconnected"), "{}", &out.stderr[out.stderr.len() - 2000..]);
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 1, "failed copies: {}", failures.len());
+    let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
+    assert!(why.len() <= 4096 && why.contains("exit status: 1"), "reason of {} bytes", why.len());
+}
+
+/// Item 3: an input whose headers leave no room in a frame for the answer's (the answer
+/// inherits them) looped on reconnects; now that input fails alone, with its headers left
+/// off the failed copy, and the next input is answered.
+#[test]
+fn an_input_whose_answer_cannot_fit_a_frame_fails_alone() {
+    let from = TestQueue::new("bighdr-in");
+    let to = TestQueue::new("bighdr-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    ch.queue_declare(
+        from.name.clone(),
+        QueueDeclareOptions { durable: true, ..Default::default() },
+    )
+    .expect("declare");
+    let mut h = FieldTable::new();
+    h.insert("big".into(), AmqpValue::LongString("h".repeat(130_990)));
+    let props = AmqpProperties::default().with_headers(h);
+    ch.basic_publish("", Publish::with_properties(b"{\"i\":0}", from.name.clone(), props))
+        .expect("publish");
+    let props = AmqpProperties::default().with_message_id("small".into());
+    ch.basic_publish("", Publish::with_properties(b"{\"i\":1}", from.name.clone(), props))
+        .expect("publish");
+    let _ = ch.close();
+    let _ = conn.close();
+    let child = pipe(&from, &to, "cat", &["--idle-timeout", "2", "--retry-for", "20"]).spawn();
+    let out = wait(child, Duration::from_secs(60));
+    let reconnects = out.stderr.matches("reconnected").count();
+    assert!(reconnects == 0, "reconnected {reconnects} times:\n{}", out.stderr);
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 1, "{}", out.stderr);
+    let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
+    assert!(why.contains("frame"), "reason: {why}");
+    let answers = drain(&to);
+    assert_eq!(answers.len(), 1, "{}", out.stderr);
+    assert_eq!(answers[0].body, b"{\"i\":1}");
+}
+
+fn serve(q: &TestQueue, extra: &[&str]) -> crate::support::Mqdemo {
+    let mut args = vec!["serve", "--queue", &q.name, "--exec", "cat", "--idle-timeout", "2"];
+    args.extend_from_slice(extra);
+    mqdemo(&args)
+}
+
+/// Item 6: serve published the model's answer into any queue a request named in reply_to,
+/// under serve's credentials. Now it answers only reply queues unless --allow-reply-to
+/// names the queue; the request fails with the reason.
+#[test]
+fn serve_answers_only_reply_queues() {
+    let q = TestQueue::new("replyto");
+    let victim = TestQueue::new("victim");
+    let failed = TestQueue::named(format!("{}.failed", q.name));
+    victim.publish_raw(b"existing", AmqpProperties::default());
+    let _ = victim.get();
+    publish_indexed(&q, &rows(1), Some(&victim.name));
+    let out = serve(&q, &[]).run();
+    assert_eq!(victim.depth(), 0, "serve published into {}:\n{}", victim.name, out.stderr);
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 1, "{}", out.stderr);
+    let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
+    assert!(why.contains("--allow-reply-to"), "reason: {why}");
+    assert_ne!(out.code(), Some(0));
+    // Allowed by name, it is answered.
+    publish_indexed(&q, &rows(1), Some(&victim.name));
+    let pattern = format!("{}*", victim.name);
+    let out = serve(&q, &["--allow-reply-to", &pattern]).run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(victim.depth(), 1);
+}
+
+/// Item 6: a request with no reply_to, served with no --results-queue, was counted
+/// "answered" and its answer dropped. Now it fails, to the failed queue.
+#[test]
+fn a_request_with_nowhere_to_answer_is_failed() {
+    let q = TestQueue::new("noreply");
+    let failed = TestQueue::named(format!("{}.failed", q.name));
+    publish_indexed(&q, &rows(1), None);
+    let out = serve(&q, &[]).run();
+    assert_eq!(failed.depth(), 1, "{}", out.stderr);
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("failed 1"), "{}", out.stderr);
+}
+
+/// Item 6: `request` stopped at one ragged CSV row and threw away the replies already
+/// served. Now the row is skipped and named, every other row is answered.
+#[test]
+fn request_skips_a_ragged_row_and_keeps_every_reply() {
+    let q = TestQueue::new("ragged");
+    let _failed = TestQueue::named(format!("{}.failed", q.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("in.csv");
+    let mut text = String::from("a,b\n");
+    for i in 0..50 {
+        text.push_str(&format!("{i},x\n"));
+        if i == 30 {
+            text.push_str("1,2,3,4\n");
+        }
+    }
+    std::fs::write(&csv, text).expect("write csv");
+    let server = mqdemo(&["serve", "--queue", &q.name, "--exec", "cat"]).watch();
+    let out =
+        mqdemo(&["request", "--queue", &q.name, "--file", csv.to_str().expect("utf-8")]).run();
+    server.signal("TERM");
+    let _ = server.finish(Duration::from_secs(20));
+    assert_eq!(out.stdout.lines().count(), 50, "{}", out.stderr);
+    assert!(out.stderr.contains("line 33"), "the bad row is not named:\n{}", out.stderr);
+    assert_ne!(out.code(), Some(0));
+}
+
+/// Item 4: the model inherited AMQP_URL, password included. Now broker credentials are
+/// removed from its environment (the test runs mqdemo with AMQP_URL set).
+#[test]
+fn the_model_never_sees_the_broker_credentials() {
+    let from = TestQueue::new("env-in");
+    let to = TestQueue::new("env-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    publish_indexed(&from, &rows(1), None);
+    let model = r#"while IFS= read -r l; do printf '{"url":"%s","file":"%s"}\n' "${AMQP_URL:-none}" "${AMQP_URL_FILE:-none}"; done"#;
+    let out = pipe(&from, &to, model, &["--idle-timeout", "1"]).run();
+    let answers = drain(&to);
+    assert_eq!(answers.len(), 1, "{}", out.stderr);
+    assert_eq!(String::from_utf8_lossy(&answers[0].body), r#"{"url":"none","file":"none"}"#);
+}
