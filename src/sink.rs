@@ -38,8 +38,9 @@ const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_COUNTER: u32 = 100;
 
 /// Turn a sender-supplied `source` into a relative path, or None when any part of it is
-/// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, backslashes,
-/// colons, Windows device names, trailing dots or spaces, hidden names, over-long names.
+/// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, format characters
+/// (bidirectional overrides, zero-width characters), backslashes, colons, Windows device
+/// names, trailing dots or spaces, hidden names, over-long names.
 pub fn safe_relative_path(source: &str) -> Option<PathBuf> {
     if source.is_empty() || source.starts_with('/') {
         return None;
@@ -62,11 +63,43 @@ fn safe_component(part: &str) -> bool {
     }
     if part
         .chars()
-        .any(|c| c.is_control() || matches!(c, '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+        .any(|c| invisible(c) || matches!(c, '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
     {
         return false;
     }
     !is_windows_device(part)
+}
+
+/// Characters that do not show as themselves in a name: controls (Unicode Cc), format
+/// characters (Cf: bidirectional overrides and isolates that make `evil\u{202e}gnp.exe` show
+/// as `evilexe.png`, zero-width characters, BOM, soft hyphen, tags) and line and paragraph
+/// separators (Zl, Zp). The Cf list is Unicode 15.1's.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061c}'
+                | '\u{06dd}'
+                | '\u{070f}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08e2}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
 }
 
 fn is_windows_device(part: &str) -> bool {
@@ -566,11 +599,35 @@ mod tests {
     }
 
     #[test]
+    fn format_and_bidi_characters_are_refused_in_every_component() {
+        // Found by attack: `evil\u{202e}gnp.exe` passed and shows as `evilexe.png`.
+        for bad in [
+            "evil\u{202e}gnp.exe",
+            "d\u{202e}ir/a.txt",
+            "a/b\u{2066}c.txt",
+            "zero\u{200b}width.png",
+            "\u{200f}rlm.txt",
+            "\u{feff}bom.txt",
+            "arabic\u{061c}mark.txt",
+            "soft\u{00ad}hyphen.txt",
+            "tag\u{e0041}.txt",
+            "line\u{2028}sep.txt",
+            "para\u{2029}sep.txt",
+            "c1\u{0085}next.txt",
+            "del\u{7f}.txt",
+        ] {
+            assert_eq!(safe_relative_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ordinary_sources_are_kept() {
         for good in [
             "a.png",
             "shapes/circle.png",
             "Zoë/über 1.txt",
+            "שלום/مرحبا.txt",
+            "日本語/ファイル.png",
             "com10.png",
             "console.jpg",
             "a b/c-d_e.f",
