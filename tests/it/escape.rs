@@ -3,9 +3,12 @@
 //! subdirectories), names that do not show as themselves fall back to a safe name, and
 //! producers name and count the symlinks and FIFOs they skip (never opening a FIFO).
 
-use crate::support::{TestQueue, consume_files, count_after, mqdemo, s, tree};
+use crate::support::{TestQueue, consume_files, count_after, mqdemo, s, tree, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use std::path::Path;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A text message as another producer (or a forger of mqdemo's headers) would send it.
 fn raw_text(q: &TestQueue, body: &[u8], id: &str, headers: &[(&str, AmqpValue)]) {
@@ -22,6 +25,10 @@ fn raw_text(q: &TestQueue, body: &[u8], id: &str, headers: &[(&str, AmqpValue)])
 
 fn text(name: &str, v: &str) -> (String, AmqpValue) {
     (name.to_string(), AmqpValue::LongString(v.into()))
+}
+
+fn int(name: &str, v: u64) -> (String, AmqpValue) {
+    (name.to_string(), AmqpValue::LongLongInt(i64::try_from(v).unwrap_or(i64::MAX)))
 }
 
 fn refs(h: &[(String, AmqpValue)]) -> Vec<(&str, AmqpValue)> {
@@ -74,7 +81,6 @@ fn a_bidi_override_in_a_source_falls_back_to_the_safe_name() {
 /// a dangling one, one to a directory outside, and a FIFO (nobody ever writes to it: opening
 /// it for reading would block for good). Returns the outside directory, kept alive.
 fn hostile_input(dir: &Path, regular: &[(&str, &[u8])]) -> tempfile::TempDir {
-    use std::os::unix::fs::symlink;
     let outside = tempfile::tempdir().expect("tempdir");
     std::fs::write(outside.path().join("secret.txt"), "outside the tree\n").expect("write");
     for (name, bytes) in regular {
@@ -122,4 +128,156 @@ fn producers_name_and_count_the_symlinks_and_fifos_they_skip() {
     let args = ["produce", "image", "--directory", s(images.path()), "--queue", &q.name];
     let res = crate::support::wait(mqdemo(&args).spawn(), PRODUCE_DEADLINE);
     assert_named_and_counted(&res, &q, 1);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Line `n` (1-based) of `file`, published with the headers `produce text --split line`
+/// writes (`source` left out when None), as a forger would.
+fn publish_line(q: &TestQueue, id: &str, source: Option<&str>, file: &[u8], n: usize) {
+    let lines: Vec<&[u8]> = file.split_inclusive(|b| *b == b'\n').collect();
+    let offset: usize = lines[..n - 1].iter().map(|l| l.len()).sum();
+    let body = lines[n - 1];
+    let mut h = vec![
+        int("size", body.len() as u64),
+        text("sha256", &sha256_hex(body)),
+        int("line", n as u64),
+        int("file_size", file.len() as u64),
+        int("lines", lines.len() as u64),
+        int("offset", offset as u64),
+        text("file_sha256", &sha256_hex(file)),
+    ];
+    if let Some(source) = source {
+        h.push(text("source", source));
+    }
+    raw_text(q, body, id, &refs(&h));
+}
+
+/// Every line of `file`, in order.
+fn publish_file(q: &TestQueue, id: &str, source: Option<&str>, file: &[u8]) {
+    for n in 1..=file.split_inclusive(|b| *b == b'\n').count() {
+        publish_line(q, &format!("{id}-{n}"), source, file, n);
+    }
+}
+
+/// The staging file name of a file sent line by line (see `sink::lines::staging_key`).
+fn staging_name(source: &str, file: &[u8]) -> String {
+    let mut key = b"mqdemo-lines/1\0".to_vec();
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(sha256_hex(file).as_bytes());
+    format!(".mqdemo-part.{}", &sha256_hex(&key)[..32])
+}
+
+/// Everything under `root` (symlinks as their targets, not followed), for a before/after
+/// comparison.
+fn snapshot(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut all: Vec<(PathBuf, String)> = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| {
+            let what = if e.file_type().is_symlink() {
+                format!("-> {:?}", std::fs::read_link(e.path()).ok())
+            } else if e.file_type().is_file() {
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned()
+            } else {
+                "dir".to_string()
+            };
+            (e.path().to_path_buf(), what)
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// An outside directory the consumer must never touch: a file to append to, a directory
+/// to create files in, and room for files a dangling symlink would create.
+fn outside() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("victim.txt"), "the victim\n").expect("write");
+    std::fs::create_dir(dir.path().join("elsewhere")).expect("mkdir");
+    dir
+}
+
+#[test]
+fn line_files_never_write_through_symlinks_planted_in_the_output_directory() {
+    let q = TestQueue::new("escape-planted");
+    let (out, far) = (tempfile::tempdir().expect("tempdir"), outside());
+    let (o, f) = (out.path(), far.path());
+    let victim = f.join("victim.txt");
+    // A line of no known file with an unsafe source: named from its message id.
+    symlink(&victim, o.join("fb-unplaced.txt")).expect("symlink");
+    symlink(f.join("made-1.txt"), o.join("fb-unplaced.fb-unplaced.txt")).expect("symlink");
+    raw_text(
+        &q,
+        b"unplaced\n",
+        "fb-unplaced",
+        &refs(&[text("source", "../x.txt"), int("line", 3)]),
+    );
+    // A file with an unsafe source: named from its SHA-256; every name tried is planted.
+    let evil = b"evil 1\nevil 2\n".as_slice();
+    let sha = sha256_hex(evil);
+    symlink(&victim, o.join(format!("{}.txt", &sha[..32]))).expect("symlink");
+    symlink(f.join("made-2.txt"), o.join(format!("{}.{}.txt", &sha[..32], &sha[..12])))
+        .expect("symlink");
+    publish_file(&q, "evil", Some("/etc/evil.txt"), evil);
+    // A file with no source at all: its staging marks planted (dangling, and to the victim).
+    let bare = b"bare 1\nbare 2\n".as_slice();
+    symlink(&victim, o.join(format!("{}.marks", staging_name("", bare)))).expect("symlink");
+    publish_file(&q, "bare", None, bare);
+    // A safe source through a symlinked subdirectory, as lines and as a whole file.
+    symlink(f.join("elsewhere"), o.join("sub")).expect("symlink");
+    let deep = b"deep 1\ndeep 2\n".as_slice();
+    publish_file(&q, "deep", Some("sub/x.txt"), deep);
+    raw_text(&q, b"whole\n", "whole-1", &refs(&[text("source", "sub/w.txt")]));
+    // A staging file planted as a symlink: its lines cannot be stored and are rejected.
+    let staged = b"staged 1\nstaged 2\n".as_slice();
+    symlink(&victim, o.join(staging_name("s.txt", staged))).expect("symlink");
+    publish_file(&q, "staged", Some("s.txt"), staged);
+    let before = snapshot(f);
+    let res = consume_files(&q, "text", o, &["--idle-timeout", "2"]).run();
+    assert_eq!(snapshot(f), before, "something outside changed:\n{}", res.stderr);
+    let files = visible(o);
+    let want = [
+        ("fb-unplaced.fb-unplaced.2.txt".to_string(), "unplaced\n"),
+        (format!("{}.{sha}.txt", &sha[..32]), "evil 1\nevil 2\n"),
+        (format!("{}.txt", &sha256_hex(bare)[..32]), "bare 1\nbare 2\n"),
+        (format!("{}.txt", &sha256_hex(deep)[..32]), "deep 1\ndeep 2\n"),
+        ("whole-1.txt".to_string(), "whole\n"),
+    ];
+    for (name, body) in &want {
+        assert!(
+            files.contains(&(name.clone(), body.to_string())),
+            "{name}: {files:?}\n{}",
+            res.stderr
+        );
+    }
+    assert_eq!(files.len(), want.len(), "{files:?}");
+    assert_eq!(count_after(&res.stderr, "failed"), 2, "{}", res.stderr);
+    assert!(res.stderr.contains("in the way"), "{}", res.stderr);
+    assert_eq!(res.code(), Some(1), "{}", res.stderr);
+}
+
+#[test]
+fn a_subdirectory_swapped_for_a_symlink_while_its_file_is_assembled_is_not_followed() {
+    let q = TestQueue::new("escape-swap");
+    let (out, far) = (tempfile::tempdir().expect("tempdir"), outside());
+    let file = b"one\ntwo\n".as_slice();
+    publish_line(&q, "swap-1", Some("sub/x.txt"), file, 1);
+    let consumer = consume_files(&q, "text", out.path(), &["--count", "2"]).watch();
+    // Line 1 is durable (marked) and its directory made: swap the directory for a symlink.
+    let marks = out.path().join(format!("{}.marks", staging_name("sub/x.txt", file)));
+    wait_until(Duration::from_secs(20), "line 1 marked", || marks.exists());
+    std::fs::remove_dir(out.path().join("sub")).expect("rmdir");
+    symlink(far.path().join("elsewhere"), out.path().join("sub")).expect("symlink");
+    let before = snapshot(far.path());
+    publish_line(&q, "swap-2", Some("sub/x.txt"), file, 2);
+    let res = consumer.finish(Duration::from_secs(30));
+    assert_eq!(snapshot(far.path()), before, "written through the symlink:\n{}", res.stderr);
+    let fallback = format!("{}.txt", &sha256_hex(file)[..32]);
+    assert_eq!(visible(out.path()), [(fallback, "one\ntwo\n".to_string())], "{}", res.stderr);
+    assert_eq!(res.code(), Some(0), "{}", res.stderr);
 }
