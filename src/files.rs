@@ -23,7 +23,7 @@ pub(crate) fn handlers(
     workers: usize,
     reporter: &Reporter,
 ) -> Result<(Vec<Box<dyn CountingHandler + Send>>, LineFiles)> {
-    let lines = Arc::new(Mutex::new(Assembly::new(DirSink::new(dir)?.root())));
+    let lines = Arc::new(Mutex::new(Assembly::new(DirSink::new(dir)?.root())?));
     let hs = (0..workers)
         .map(|_| {
             let h = FileHandler::new(dir, kind, reporter.clone(), Arc::clone(&lines))?;

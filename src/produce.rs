@@ -159,7 +159,7 @@ fn too_large(size: u64, max: u64) -> String {
 /// The checked input of a run.
 enum Input {
     Csv { input: Box<CsvInput>, size: u64 },
-    Files { root: PathBuf, files: Vec<(PathBuf, String)> },
+    Files { root: PathBuf, files: Vec<(PathBuf, String)>, skipped: Vec<(String, String)> },
 }
 
 impl Input {
@@ -187,7 +187,8 @@ impl Input {
                 if !meta.is_dir() {
                     bail!("{} is not a directory; check the --directory path", directory.display());
                 }
-                Ok(Input::Files { root: directory.clone(), files: list_files(directory)? })
+                let Listing { files, skipped } = list_files(directory)?;
+                Ok(Input::Files { root: directory.clone(), files, skipped })
             }
         }
     }
@@ -212,7 +213,10 @@ impl Input {
                 };
                 stream_csv(*input, file, format, rows, pump)
             }
-            (Input::Files { root, files }, Source::Files { split_lines, .. }) => {
+            (Input::Files { root, files, skipped }, Source::Files { split_lines, .. }) => {
+                for (shown, why) in &skipped {
+                    pump.skip(shown, why);
+                }
                 stream_files(&root, &files, cfg.kind, *split_lines, pump)
             }
             _ => bail!("internal: input does not match source"),
@@ -220,21 +224,64 @@ impl Input {
     }
 }
 
-/// Regular files under `root`, sorted, with their `/`-separated relative paths.
-fn list_files(root: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let mut files = Vec::new();
+/// What a directory walk found: regular files, sorted, with their `/`-separated relative
+/// paths; and what it skips, as (shown name, why), in the order met.
+struct Listing {
+    files: Vec<(PathBuf, String)>,
+    skipped: Vec<(String, String)>,
+}
+
+/// Walk `root` without following symlinks. Only regular files are sent: a symlink (to a
+/// file, a directory, or nothing), a FIFO, a socket or a device is skipped and named, never
+/// opened (a FIFO nobody writes to would block the producer for good).
+fn list_files(root: &Path) -> Result<Listing> {
+    let mut listing = Listing { files: Vec::new(), skipped: Vec::new() };
     for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
         let entry = entry.wrap_err_with(|| format!("cannot list {}", root.display()))?;
-        if !entry.file_type().is_file() {
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            listing.skipped.push((entry.path().display().to_string(), not_regular(kind)));
             continue;
         }
         let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
         let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
         let source =
             parts.map(|p| p.join("/")).unwrap_or_else(|| rel.to_string_lossy().into_owned());
-        files.push((entry.path().to_path_buf(), source));
+        listing.files.push((entry.path().to_path_buf(), source));
     }
-    Ok(files)
+    Ok(listing)
+}
+
+/// Why a directory entry that is not a regular file is not sent.
+fn not_regular(kind: std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_symlink() {
+        "a symbolic link (not followed: copy the file into the directory to send it)"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe), not a regular file; not opened"
+    } else if kind.is_socket() {
+        "a socket, not a regular file"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device, not a regular file"
+    } else {
+        "not a regular file"
+    };
+    what.to_string()
+}
+
+/// Open a listed file for reading without following a symlink and without blocking (it may
+/// have been replaced by a FIFO since it was listed): an error unless it is a regular file.
+fn open_listed(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let f = File::options().read(true).custom_flags(flags.bits() as i32).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
+    Ok(f)
 }
 
 #[derive(Clone, Copy)]
@@ -477,7 +524,7 @@ fn load_file(root: &Path, path: &Path, source: &str, kind: Kind, max_size: u64) 
     let shown = || format!("{}", root.join(source).display());
     let skip = |why: String| Err((shown(), why));
     // One open, one fstat, reads into a buffer of the file's size.
-    let read = File::open(path).and_then(|mut f| {
+    let read = open_listed(path).and_then(|mut f| {
         let len = f.metadata()?.len();
         if len > max_size {
             return Ok(Err(len));
@@ -614,5 +661,27 @@ fn scan_lines(path: &Path) -> Result<text::FileIdentity, String> {
             }
             Err(e) => return Err(format!("cannot read it: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_file_replaced_by_a_fifo_or_symlink_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fifo, link) = (dir.path().join("f"), dir.path().join("l"));
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        std::fs::write(dir.path().join("a"), "a").expect("write");
+        std::os::unix::fs::symlink(dir.path().join("a"), &link).expect("symlink");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let paths = [fifo, link, dir.path().join("a")];
+        std::thread::spawn(move || {
+            let _ = tx.send(paths.map(|p| open_listed(&p).is_ok()));
+        });
+        let opened = rx.recv_timeout(Duration::from_secs(10)).expect("open_listed blocked");
+        assert_eq!(opened, [false, false, true]);
     }
 }

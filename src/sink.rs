@@ -14,14 +14,24 @@
 //! A name that holds other content gets an alternative ([`candidates`]); a file for which no
 //! name is free is refused at [`DirSink::store`] (that one message fails), never half-stored.
 //! Files sent line by line are assembled by [`lines::Assembly`].
+//!
+//! Every file operation goes through [`dir::Dir`]: relative to a directory held open, never
+//! through a symlink (a symlink planted at any name, or a subdirectory replaced by one after
+//! it was checked, is never followed).
 
+mod dir;
 pub mod lines;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use dir::{Access, Dir, foreign};
+use rustix::fs::FileType;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Longest path component accepted from a `source` header (bytes).
@@ -38,8 +48,9 @@ const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_COUNTER: u32 = 100;
 
 /// Turn a sender-supplied `source` into a relative path, or None when any part of it is
-/// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, backslashes,
-/// colons, Windows device names, trailing dots or spaces, hidden names, over-long names.
+/// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, format characters
+/// (bidirectional overrides, zero-width characters), backslashes, colons, Windows device
+/// names, trailing dots or spaces, hidden names, over-long names.
 pub fn safe_relative_path(source: &str) -> Option<PathBuf> {
     if source.is_empty() || source.starts_with('/') {
         return None;
@@ -62,11 +73,43 @@ fn safe_component(part: &str) -> bool {
     }
     if part
         .chars()
-        .any(|c| c.is_control() || matches!(c, '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+        .any(|c| invisible(c) || matches!(c, '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
     {
         return false;
     }
     !is_windows_device(part)
+}
+
+/// Characters that do not show as themselves in a name: controls (Unicode Cc), format
+/// characters (Cf: bidirectional overrides and isolates that make `evil\u{202e}gnp.exe` show
+/// as `evilexe.png`, zero-width characters, BOM, soft hyphen, tags) and line and paragraph
+/// separators (Zl, Zp). The Cf list is Unicode 15.1's.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061c}'
+                | '\u{06dd}'
+                | '\u{070f}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08e2}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
 }
 
 fn is_windows_device(part: &str) -> bool {
@@ -142,11 +185,35 @@ pub fn candidates<'a>(target: &'a Path, tags: &'a AltTags) -> impl Iterator<Item
         .chain((2..=MAX_COUNTER).map(|n| alternative_name(target, &format!("{}.{n}", tags.short))))
 }
 
+/// Where a file goes: a name in a directory held open.
+#[derive(Clone)]
+pub(crate) struct Target {
+    dir: Arc<Dir>,
+    name: OsString,
+}
+
+impl Target {
+    /// Its path, for messages and reports.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// The directory it goes in.
+    pub(crate) fn dir(&self) -> &Arc<Dir> {
+        &self.dir
+    }
+
+    /// Every name it may take, in order (see [`candidates`]).
+    fn names<'a>(&'a self, tags: &'a AltTags) -> impl Iterator<Item = OsString> + 'a {
+        candidates(Path::new(&self.name), tags).map(PathBuf::into_os_string)
+    }
+}
+
 /// A directory that received files are written into.
 pub struct DirSink {
-    root: PathBuf,
+    root: Arc<Dir>,
     /// Directories whose entries changed since the last `sync`.
-    dirty_dirs: HashSet<PathBuf>,
+    dirty_dirs: Dirty,
     /// Written temporary files waiting for [`DirSink::sync`] to commit them.
     group: Vec<Pending>,
     group_bytes: u64,
@@ -154,11 +221,15 @@ pub struct DirSink {
     reserved: HashSet<PathBuf>,
 }
 
-/// A temporary file not yet linked into place; removed when dropped.
+/// Directories whose entries changed, by path.
+pub(crate) type Dirty = HashMap<PathBuf, Arc<Dir>>;
+
+/// A temporary file (in its target's directory) not yet linked into place; removed when
+/// dropped.
 struct Pending {
-    tmp: PathBuf,
+    tmp: OsString,
     file: File,
-    target: PathBuf,
+    target: Target,
     tags: AltTags,
     reserved: PathBuf,
 }
@@ -166,22 +237,24 @@ struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         // Linked into place or abandoned: either way the temporary name goes.
-        let _ = fs::remove_file(&self.tmp);
+        let _ = self.target.dir.remove(&self.tmp);
     }
 }
 
 impl DirSink {
     /// Create `root` if needed.
     pub fn new(root: &Path) -> Result<DirSink> {
-        fs::create_dir_all(root).wrap_err_with(|| {
+        let cannot = || {
             format!(
                 "cannot create output directory {}; check the path and permissions",
                 root.display()
             )
-        })?;
+        };
+        fs::create_dir_all(root).wrap_err_with(cannot)?;
+        let dir = Dir::open(root).wrap_err_with(cannot)?;
         Ok(DirSink {
-            root: root.to_path_buf(),
-            dirty_dirs: HashSet::new(),
+            root: Arc::new(dir),
+            dirty_dirs: Dirty::new(),
             group: Vec::new(),
             group_bytes: 0,
             reserved: HashSet::new(),
@@ -190,7 +263,7 @@ impl DirSink {
 
     /// The output directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.path()
     }
 
     /// Queue `body` for `rel` (already sanitised) or, when that is unusable, `fallback` (a
@@ -209,10 +282,9 @@ impl DirSink {
         let reserved = match free_name(&target, tags, Content::Bytes(body), &self.reserved)? {
             Choice::Free(path) => path,
             Choice::Holds(path) => return Ok(Queued::Duplicate(path)),
-            Choice::None => return Ok(Queued::Refused(no_name(&target))),
+            Choice::None => return Ok(Queued::Refused(no_name(&target.path()))),
         };
-        let dir = reserved.parent().unwrap_or(&self.root).to_path_buf();
-        let (tmp, file) = self.write_temp(&dir, body)?;
+        let (tmp, file) = write_temp(&target.dir, body)?;
         self.reserved.insert(reserved.clone());
         self.group.push(Pending { tmp, file, target, tags: tags.clone(), reserved });
         self.group_bytes += body.len() as u64;
@@ -233,19 +305,6 @@ impl DirSink {
         self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES
     }
 
-    /// Write `body` to a new temporary file in `dir` and start its write-back (so that the
-    /// group's later fdatasync calls mostly find the data already on disk).
-    fn write_temp(&mut self, dir: &Path, body: &[u8]) -> Result<(PathBuf, File)> {
-        let (tmp, mut f) = create_temp(dir)?;
-        if let Err(e) = f.write_all(body) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e)
-                .wrap_err_with(|| format!("cannot write {}; check free space", tmp.display()));
-        }
-        start_write_back(&f);
-        Ok((tmp, f))
-    }
-
     /// Make everything stored so far durable and in place: wait for the data of every
     /// queued file, link each into place (in the order stored) and fsync the changed
     /// directories. Returns what became of each queued file, in order.
@@ -254,22 +313,21 @@ impl DirSink {
         self.group_bytes = 0;
         self.reserved.clear();
         for p in &group {
-            p.file
-                .sync_data()
-                .wrap_err_with(|| format!("cannot write {}; check free space", p.tmp.display()))?;
+            p.file.sync_data().wrap_err_with(|| {
+                format!("cannot write {}; check free space", p.target.dir.join(&p.tmp).display())
+            })?;
         }
         let mut stored = Vec::with_capacity(group.len());
         for p in group {
             // From the wanted name on, so that identical files of one group are one file.
-            let Some(done) = place_first(&p.tmp, &p.target, &p.tags)? else {
-                return Err(eyre!("{}", no_name(&p.target)));
+            let tmp = Source { dir: &p.target.dir, name: &p.tmp, file: &p.file };
+            let Some(done) = place_first(&tmp, &p.target, &p.tags)? else {
+                return Err(eyre!("{}", no_name(&p.target.path())));
             };
-            if let Some(dir) = p.target.parent() {
-                self.dirty_dirs.insert(dir.to_path_buf());
-            }
+            self.dirty_dirs.insert(p.target.dir.path().to_path_buf(), Arc::clone(&p.target.dir));
             stored.push(done);
         }
-        sync_dirs(self.dirty_dirs.drain())?;
+        sync_dirs(&mut self.dirty_dirs)?;
         Ok(stored)
     }
 }
@@ -283,66 +341,66 @@ fn no_name(target: &Path) -> String {
     )
 }
 
-/// Create a new, empty temporary file in `dir`.
-fn create_temp(dir: &Path) -> Result<(PathBuf, File)> {
+/// Write `body` to a new temporary file in `dir` and start its write-back (so that the
+/// group's later fdatasync calls mostly find the data already on disk).
+fn write_temp(dir: &Dir, body: &[u8]) -> Result<(OsString, File)> {
     // Unique across every DirSink of the process (workers share directories).
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-    let f = OpenOptions::new().write(true).create_new(true).open(&tmp).wrap_err_with(|| {
-        format!("cannot create {}; check free space and permissions", tmp.display())
+    let tmp = OsString::from(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+    let mut f = dir.create(&tmp, false).wrap_err_with(|| {
+        format!("cannot create {}; check free space and permissions", dir.join(&tmp).display())
     })?;
+    if let Err(e) = f.write_all(body) {
+        let _ = dir.remove(&tmp);
+        return Err(e).wrap_err_with(|| {
+            format!("cannot write {}; check free space", dir.join(&tmp).display())
+        });
+    }
+    start_write_back(&f);
     Ok((tmp, f))
 }
 
-/// fsync each directory (their entries changed).
-fn sync_dirs(dirs: impl Iterator<Item = PathBuf>) -> Result<()> {
-    for dir in dirs {
-        if let Ok(d) = File::open(&dir) {
-            d.sync_all().wrap_err_with(|| format!("cannot sync directory {}", dir.display()))?;
-        }
+/// fsync each directory (their entries changed), and forget them.
+pub(crate) fn sync_dirs(dirs: &mut Dirty) -> Result<()> {
+    for (path, dir) in dirs.drain() {
+        dir.sync().wrap_err_with(|| format!("cannot sync directory {}", path.display()))?;
     }
     Ok(())
 }
 
-/// Where a file for `rel` goes: `rel` under `root` (its parent directories created, never
-/// through a symlink or a non-directory), else `root/fallback`.
-pub(crate) fn target_path(root: &Path, rel: Option<&Path>, fallback: &str) -> Result<PathBuf> {
-    Ok(match rel.map(|r| prepare_parent(root, r)).transpose()?.flatten() {
-        Some(path) => path,
-        None => root.join(fallback),
-    })
+/// Where a file for `rel` goes: `rel` under `root` (its directories opened level by level,
+/// created where missing, never through a symlink or a non-directory), else `fallback` in
+/// `root` itself.
+pub(crate) fn target_path(root: &Arc<Dir>, rel: Option<&Path>, fallback: &str) -> Result<Target> {
+    if let Some(target) = rel.map(|r| prepare(root, r)).transpose()?.flatten() {
+        return Ok(target);
+    }
+    Ok(Target { dir: Arc::clone(root), name: OsString::from(fallback) })
 }
 
-/// Create the parent directories of `rel` under `root`, refusing to follow symlinks or pass
-/// through non-directories. None when the path cannot be used safely.
-fn prepare_parent(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
-    let mut dir = root.to_path_buf();
-    let Some(parent) = rel.parent() else {
-        return Ok(Some(root.join(rel)));
+/// `rel`'s directory under `root`, opened (and created where missing) without following a
+/// symlink, and its name. None when the path cannot be used safely (a symlink or a
+/// non-directory on the way, or something other than a file at the name).
+fn prepare(root: &Arc<Dir>, rel: &Path) -> Result<Option<Target>> {
+    let Some(name) = rel.file_name() else {
+        return Ok(None);
     };
-    for comp in parent.components() {
-        dir.push(comp);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e)
-                        .wrap_err_with(|| format!("cannot create directory {}", dir.display()));
-                }
-            },
+    let dir = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        None => Arc::clone(root),
+        Some(parent) => match root.subdirs(parent) {
+            Ok(Some(dir)) => Arc::new(dir),
+            Ok(None) => return Ok(None),
             Err(e) => {
-                return Err(e).wrap_err_with(|| format!("cannot inspect {}", dir.display()));
+                return Err(e).wrap_err_with(|| {
+                    format!("cannot create directory {}", root.join(parent.as_os_str()).display())
+                });
             }
-        }
-    }
-    let target = root.join(rel);
-    match fs::symlink_metadata(&target) {
-        Ok(m) if !m.file_type().is_file() => Ok(None),
-        _ => Ok(Some(target)),
+        },
+    };
+    match dir.kind(name) {
+        Ok(Some(kind)) if kind != FileType::RegularFile => Ok(None),
+        _ => Ok(Some(Target { dir, name: name.to_os_string() })),
     }
 }
 
@@ -362,7 +420,7 @@ enum Content<'a> {
     /// These bytes.
     Bytes(&'a [u8]),
     /// The bytes of this (temporary) file.
-    File(&'a Path),
+    File(&'a File),
     /// Bytes of this size and lowercase hex SHA-256.
     Digest { size: u64, sha256: &'a str },
 }
@@ -376,21 +434,22 @@ enum Choice {
 }
 
 fn free_name(
-    target: &Path,
+    target: &Target,
     tags: &AltTags,
     content: Content<'_>,
     reserved: &HashSet<PathBuf>,
 ) -> Result<Choice> {
-    for path in candidates(target, tags) {
+    for name in target.names(tags) {
+        let path = target.dir.join(&name);
         if reserved.contains(&path) {
             continue;
         }
-        match fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Choice::Free(path)),
+        match target.dir.kind(&name) {
+            Ok(None) => return Ok(Choice::Free(path)),
             Err(e) if name_unusable(&e) => {}
             Err(e) => return Err(e).wrap_err_with(|| format!("cannot inspect {}", path.display())),
-            Ok(_) if holds(&path, content)? => return Ok(Choice::Holds(path)),
-            Ok(_) => {}
+            Ok(Some(_)) if holds(&target.dir, &name, content)? => return Ok(Choice::Holds(path)),
+            Ok(Some(_)) => {}
         }
     }
     Ok(Choice::None)
@@ -403,13 +462,23 @@ fn name_unusable(e: &std::io::Error) -> bool {
     matches!(Errno::from_io_error(e), Some(Errno::NAMETOOLONG | Errno::NOTDIR | Errno::MLINK))
 }
 
-/// Link `tmp` to the first candidate name of `target` that is free or already holds the same
+/// A complete file to link into place: its name in its directory, and its open handle.
+struct Source<'a> {
+    dir: &'a Dir,
+    name: &'a OsStr,
+    file: &'a File,
+}
+
+/// Link `src` to the first candidate name of `target` that is free or already holds the same
 /// bytes. None when every candidate holds other content.
-fn place_first(tmp: &Path, target: &Path, tags: &AltTags) -> Result<Option<Stored>> {
-    for (i, path) in candidates(target, tags).enumerate() {
-        match place(tmp, &path)? {
+fn place_first(src: &Source<'_>, target: &Target, tags: &AltTags) -> Result<Option<Stored>> {
+    for (i, name) in target.names(tags).enumerate() {
+        match place(src, &target.dir, &name)? {
             Some(Placed::Different) | None => {}
-            Some(placed) => return Ok(Some(Stored::at(i, target, path, placed))),
+            Some(placed) => {
+                let path = target.dir.join(&name);
+                return Ok(Some(Stored::at(i, &target.path(), path, placed)));
+            }
         }
     }
     Ok(None)
@@ -421,47 +490,73 @@ enum Placed {
     Different,
 }
 
-/// Link `tmp` to `target` unless `target` exists; then compare contents. None when the name
-/// cannot be used at all (too long).
-fn place(tmp: &Path, target: &Path) -> Result<Option<Placed>> {
-    match fs::hard_link(tmp, target) {
+/// Link `src` as `name` in `dir` unless something is there (a symlink is never followed);
+/// then compare contents. None when the name cannot be used at all (too long).
+fn place(src: &Source<'_>, dir: &Dir, name: &OsStr) -> Result<Option<Placed>> {
+    match src.dir.link(src.name, dir, name) {
         Ok(()) => Ok(Some(Placed::Linked)),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            if holds(target, Content::File(tmp))? {
+            if holds(dir, name, Content::File(src.file))? {
                 Ok(Some(Placed::Same))
             } else {
                 Ok(Some(Placed::Different))
             }
         }
         Err(e) if name_unusable(&e) => Ok(None),
-        Err(e) => Err(e).wrap_err_with(|| format!("cannot create {}", target.display())),
+        Err(e) => Err(e).wrap_err_with(|| format!("cannot create {}", dir.join(name).display())),
     }
 }
 
-/// Whether `path` is a regular file (not a symlink) holding exactly `content`.
-fn holds(path: &Path, content: Content<'_>) -> Result<bool> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound || name_unusable(&e) => return Ok(false),
-        Err(e) => return Err(e).wrap_err_with(|| format!("cannot inspect {}", path.display())),
+/// Whether `name` in `dir` is a regular file (not a symlink) holding exactly `content`.
+fn holds(dir: &Dir, name: &OsStr, content: Content<'_>) -> Result<bool> {
+    let file = match dir.open_file(name, Access::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound || name_unusable(&e) || foreign(&e) => {
+            return Ok(false);
+        }
+        Err(e) => {
+            return Err(e).wrap_err_with(|| format!("cannot read {}", dir.join(name).display()));
+        }
     };
+    file_holds(&file, content).wrap_err_with(|| format!("cannot read {}", dir.join(name).display()))
+}
+
+/// Whether the open `file` holds exactly `content` (read from its start, whatever its
+/// offset).
+fn file_holds(file: &File, content: Content<'_>) -> std::io::Result<bool> {
     let want_len = match content {
         Content::Bytes(b) => b.len() as u64,
-        Content::File(tmp) => {
-            fs::metadata(tmp).wrap_err_with(|| format!("cannot inspect {}", tmp.display()))?.len()
-        }
+        Content::File(other) => other.metadata()?.len(),
         Content::Digest { size, .. } => size,
     };
-    if !meta.file_type().is_file() || meta.len() != want_len {
+    if file.metadata()?.len() != want_len {
         return Ok(false);
     }
-    let open = |p: &Path| File::open(p).wrap_err_with(|| format!("cannot read {}", p.display()));
-    let compared = match content {
-        Content::Bytes(b) => same_stream(open(path)?, b),
-        Content::File(tmp) => same_stream(open(path)?, open(tmp)?),
-        Content::Digest { sha256, .. } => return Ok(file_sha256(path)? == sha256),
-    };
-    compared.wrap_err_with(|| format!("cannot read {}", path.display()))
+    match content {
+        Content::Bytes(b) => same_stream(At::new(file), b),
+        Content::File(other) => same_stream(At::new(file), At::new(other)),
+        Content::Digest { sha256, .. } => Ok(stream_sha256(At::new(file))? == sha256),
+    }
+}
+
+/// A file read from its start with positional reads (its own offset is left alone).
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl<'a> At<'a> {
+    fn new(file: &'a File) -> At<'a> {
+        At { file, pos: 0 }
+    }
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// Whether two readers yield the same bytes, compared in pieces so memory stays bounded
@@ -494,13 +589,12 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Lowercase hex SHA-256 of a file, read in pieces.
-fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = File::open(path).wrap_err_with(|| format!("cannot read {}", path.display()))?;
+/// Lowercase hex SHA-256 of what a reader yields, read in pieces.
+fn stream_sha256(mut r: impl Read) -> std::io::Result<String> {
     let mut digest = crate::codec::text::FileDigest::default();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf).wrap_err_with(|| format!("cannot read {}", path.display()))?;
+        let n = read_full(&mut r, &mut buf)?;
         if n == 0 {
             return Ok(digest.finish().sha256);
         }
@@ -566,11 +660,35 @@ mod tests {
     }
 
     #[test]
+    fn format_and_bidi_characters_are_refused_in_every_component() {
+        // Found by attack: `evil\u{202e}gnp.exe` passed and shows as `evilexe.png`.
+        for bad in [
+            "evil\u{202e}gnp.exe",
+            "d\u{202e}ir/a.txt",
+            "a/b\u{2066}c.txt",
+            "zero\u{200b}width.png",
+            "\u{200f}rlm.txt",
+            "\u{feff}bom.txt",
+            "arabic\u{061c}mark.txt",
+            "soft\u{00ad}hyphen.txt",
+            "tag\u{e0041}.txt",
+            "line\u{2028}sep.txt",
+            "para\u{2029}sep.txt",
+            "c1\u{0085}next.txt",
+            "del\u{7f}.txt",
+        ] {
+            assert_eq!(safe_relative_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ordinary_sources_are_kept() {
         for good in [
             "a.png",
             "shapes/circle.png",
             "Zoë/über 1.txt",
+            "שלום/مرحبا.txt",
+            "日本語/ファイル.png",
             "com10.png",
             "console.jpg",
             "a b/c-d_e.f",
@@ -694,6 +812,20 @@ mod tests {
             .expect("store");
         let stored = sink.sync().expect("sync");
         assert_eq!(stored, [Stored::Written(dir.path().join("fallback.txt"))]);
+        assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_before_the_sync_is_not_followed() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = DirSink::new(dir.path()).expect("sink");
+        let queued = sink.store(Some(Path::new("d/x.txt")), "f.txt", &tags("t"), b"hi");
+        assert_eq!(queued.expect("store"), Queued::Pending);
+        fs::rename(dir.path().join("d"), dir.path().join("moved")).expect("mv");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("d")).expect("symlink");
+        sink.sync().expect("the file goes into the directory it was written in");
+        assert_eq!(fs::read(dir.path().join("moved/x.txt")).expect("read"), b"hi");
         assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
     }
 

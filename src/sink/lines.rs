@@ -12,15 +12,22 @@
 //! (flock) while open, so a second consumer process on the same directory is told, not mixed
 //! in.
 
-use super::{AltTags, Choice, Content, Stored, free_name, no_name, place_first, target_path};
+use super::dir::{Access, Dir, foreign};
+use super::{
+    AltTags, Choice, Content, Dirty, Source, Stored, file_holds, free_name, no_name, place_first,
+    sync_dirs, target_path,
+};
 use crate::codec::sha256_hex;
 use crate::codec::text::FileIdentity;
 use color_eyre::eyre::{Result, WrapErr, eyre};
+use rustix::fs::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Prefix of staging files (hidden, never a final name); the marks file adds `.marks`.
 pub const STAGING_PREFIX: &str = ".mqdemo-part.";
@@ -77,12 +84,13 @@ pub struct Incomplete {
 
 /// Line-by-line files being assembled in one output directory.
 pub struct Assembly {
-    root: PathBuf,
+    root: Arc<Dir>,
     files: HashMap<String, Staged>,
     done: Recent,
-    /// Staging and marks files of completed files, removed after the next directory sync.
-    finished: Vec<PathBuf>,
-    dirty_dirs: HashSet<PathBuf>,
+    /// Staging and marks files (in the root) of completed files, removed after the next
+    /// directory sync.
+    finished: Vec<OsString>,
+    dirty_dirs: Dirty,
     tick: u64,
 }
 
@@ -95,9 +103,17 @@ enum Opened {
 
 struct Staged {
     source: String,
-    target: PathBuf,
+    /// The sanitised source and the fallback name: where the file goes is decided (and its
+    /// directories opened) again when it is complete, never kept from the first line.
+    rel: Option<PathBuf>,
+    fallback: String,
     tags: AltTags,
     file: FileIdentity,
+    /// The output directory, where the staging and marks files are.
+    root: Arc<Dir>,
+    data_name: OsString,
+    marks_name: OsString,
+    /// Their paths, for messages.
     data_path: PathBuf,
     marks_path: PathBuf,
     /// Open (and locked) while in use; closed when evicted.
@@ -114,15 +130,21 @@ struct Staged {
 
 impl Assembly {
     /// Assemble into `root` (which exists).
-    pub fn new(root: &Path) -> Assembly {
-        Assembly {
-            root: root.to_path_buf(),
+    pub fn new(root: &Path) -> Result<Assembly> {
+        let dir = Dir::open(root)
+            .wrap_err_with(|| format!("cannot open output directory {}", root.display()))?;
+        Ok(Assembly {
+            root: Arc::new(dir),
             files: HashMap::new(),
             done: Recent::default(),
             finished: Vec::new(),
-            dirty_dirs: HashSet::new(),
+            dirty_dirs: Dirty::new(),
             tick: 0,
-        }
+        })
+    }
+
+    fn root_dirty(&mut self) {
+        self.dirty_dirs.insert(self.root.path().to_path_buf(), Arc::clone(&self.root));
     }
 
     /// Write one line into its file's place. The line is durable after the next
@@ -201,13 +223,11 @@ impl Assembly {
             return Err(eyre!("internal: no staging file to complete"));
         };
         let shown = s.data_path.display().to_string();
-        s.open_data()?
-            .sync_data()
-            .wrap_err_with(|| format!("cannot write {shown}; check free space"))?;
-        let intact = super::holds(
-            &s.data_path,
-            Content::Digest { size: s.file.size, sha256: &s.file.sha256 },
-        )?;
+        s.open_data()?;
+        let data = s.opened()?;
+        data.sync_data().wrap_err_with(|| format!("cannot write {shown}; check free space"))?;
+        let whole = Content::Digest { size: s.file.size, sha256: &s.file.sha256 };
+        let intact = file_holds(data, whole).wrap_err_with(|| format!("cannot read {shown}"))?;
         if !intact {
             let why = format!(
                 "the lines of {} do not add up to its file_sha256 (changed while it was \
@@ -217,15 +237,18 @@ impl Assembly {
             self.forget(key);
             return Ok(Added::Refused(why));
         }
-        let Some(stored) = place_first(&s.data_path, &s.target, &s.tags)? else {
+        // Where it goes is looked at again now: a directory on the way may have been
+        // replaced by a symlink since the first line came.
+        let target = target_path(&s.root, s.rel.as_deref(), &s.fallback)?;
+        let data = s.opened()?;
+        let src = Source { dir: &s.root, name: &s.data_name, file: data };
+        let Some(stored) = place_first(&src, &target, &s.tags)? else {
             // Kept staged without this line: it may come again once a name is free.
             s.have.remove(line);
             s.pending.retain(|n| *n != line);
-            return Ok(Added::Refused(no_name(&s.target)));
+            return Ok(Added::Refused(no_name(&target.path())));
         };
-        if let Some(dir) = s.target.parent() {
-            self.dirty_dirs.insert(dir.to_path_buf());
-        }
+        self.dirty_dirs.insert(target.dir().path().to_path_buf(), Arc::clone(target.dir()));
         self.forget(key);
         self.done.insert(key.to_string());
         Ok(Added::Complete(stored))
@@ -235,32 +258,38 @@ impl Assembly {
     fn forget(&mut self, key: &str) {
         if let Some(s) = self.files.remove(key) {
             // Marks first: marks never outlive their staging file by a crash's choice.
-            self.finished.push(s.marks_path);
-            self.finished.push(s.data_path);
+            self.finished.push(s.marks_name);
+            self.finished.push(s.data_name);
         }
     }
 
     /// Make every line added so far durable: sync the staging data, then mark the lines,
     /// sync the marks and the directories; then remove the staging files of complete files.
     pub fn sync(&mut self) -> Result<()> {
+        let mut created = false;
         for s in self.files.values_mut() {
-            if s.sync()? {
-                self.dirty_dirs.insert(self.root.clone());
-            }
+            created |= s.sync()?;
         }
-        super::sync_dirs(self.dirty_dirs.drain())?;
+        if created {
+            self.root_dirty();
+        }
+        sync_dirs(&mut self.dirty_dirs)?;
         if self.finished.is_empty() {
             return Ok(());
         }
-        for path in self.finished.drain(..) {
-            match fs::remove_file(&path) {
+        for name in self.finished.drain(..) {
+            match self.root.remove(&name) {
                 Err(e) if e.kind() != ErrorKind::NotFound => {
-                    return Err(e).wrap_err_with(|| format!("cannot remove {}", path.display()));
+                    return Err(e).wrap_err_with(|| {
+                        format!("cannot remove {}", self.root.join(&name).display())
+                    });
                 }
                 _ => {}
             }
         }
-        super::sync_dirs(std::iter::once(self.root.clone()))
+        self.root
+            .sync()
+            .wrap_err_with(|| format!("cannot sync directory {}", self.root.path().display()))
     }
 
     /// Files still waiting for lines.
@@ -282,16 +311,19 @@ impl Assembly {
     /// The staging state of a file: reopened after a restart, or new; Done when the file is
     /// already in place (its target, or an alternative name, holds exactly its content).
     fn open(&mut self, key: &str, l: &Line<'_>) -> Result<Opened> {
-        let data_path = self.root.join(format!("{STAGING_PREFIX}{key}"));
-        let marks_path = self.root.join(format!("{STAGING_PREFIX}{key}.marks"));
-        let target = target_path(&self.root, l.rel, l.fallback)?;
+        let data_name = OsString::from(format!("{STAGING_PREFIX}{key}"));
+        let marks_name = OsString::from(format!("{STAGING_PREFIX}{key}.marks"));
         let mut s = Staged {
             source: l.source.to_string(),
-            target,
+            rel: l.rel.map(Path::to_path_buf),
+            fallback: l.fallback.to_string(),
             tags: l.tags.clone(),
             file: l.file.clone(),
-            data_path,
-            marks_path,
+            root: Arc::clone(&self.root),
+            data_path: self.root.join(&data_name),
+            marks_path: self.root.join(&marks_name),
+            data_name,
+            marks_name,
             data: None,
             marks: None,
             durable: RangeSet::default(),
@@ -299,10 +331,11 @@ impl Assembly {
             pending: Vec::new(),
             used: self.tick,
         };
+        let target = target_path(&self.root, l.rel, l.fallback)?;
         let content = Content::Digest { size: l.file.size, sha256: &l.file.sha256 };
-        if let Choice::Holds(_) = free_name(&s.target, &s.tags, content, &HashSet::new())? {
+        if let Choice::Holds(_) = free_name(&target, &s.tags, content, &HashSet::new())? {
             // Produced before, or completed just before a crash: staging files left go.
-            self.finished.extend([s.marks_path, s.data_path]);
+            self.finished.extend([s.marks_name, s.data_name]);
             return Ok(Opened::Done);
         }
         let in_the_way = |p: &Path| {
@@ -312,8 +345,8 @@ impl Assembly {
                 l.source
             ))
         };
-        match fs::symlink_metadata(&s.data_path) {
-            Ok(m) if m.file_type().is_file() => {
+        match self.root.kind(&s.data_name) {
+            Ok(Some(FileType::RegularFile)) => {
                 s.open_data()?;
                 return Ok(match s.read_marks()? {
                     Some(marks) => {
@@ -324,15 +357,16 @@ impl Assembly {
                     None => in_the_way(&s.marks_path),
                 });
             }
-            Ok(_) => return Ok(in_the_way(&s.data_path)),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Ok(Some(_)) => return Ok(in_the_way(&s.data_path)),
+            Ok(None) => {}
             Err(e) => {
                 return Err(e)
                     .wrap_err_with(|| format!("cannot inspect {}", s.data_path.display()));
             }
         }
-        // Marks without their staging file are left from a completion cut short: stale.
-        match fs::remove_file(&s.marks_path) {
+        // Marks without their staging file are left from a completion cut short: stale. (A
+        // symlink there is removed itself, never what it points to.)
+        match self.root.remove(&s.marks_name) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) if e.kind() == ErrorKind::IsADirectory => return Ok(in_the_way(&s.marks_path)),
@@ -341,17 +375,22 @@ impl Assembly {
                     .wrap_err_with(|| format!("cannot remove {}", s.marks_path.display()));
             }
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&s.data_path)
-            .wrap_err_with(|| {
-                format!("cannot create {}; check free space and permissions", s.data_path.display())
-            })?;
+        let file = match self.root.create(&s.data_name, false) {
+            Ok(file) => file,
+            // Planted between the look and the create: never opened.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(in_the_way(&s.data_path)),
+            Err(e) => {
+                return Err(e).wrap_err_with(|| {
+                    format!(
+                        "cannot create {}; check free space and permissions",
+                        s.data_path.display()
+                    )
+                });
+            }
+        };
         lock(&file, &s)?;
         s.data = Some(file);
-        self.dirty_dirs.insert(self.root.clone());
+        self.root_dirty();
         Ok(Opened::Staged(Box::new(s)))
     }
 
@@ -363,11 +402,12 @@ impl Assembly {
         }
         let oldest = self.files.values_mut().filter(|s| s.data.is_some()).min_by_key(|s| s.used);
         if let Some(s) = oldest {
-            if s.sync()? {
-                self.dirty_dirs.insert(self.root.clone());
-            }
+            let created = s.sync()?;
             s.data = None;
             s.marks = None;
+            if created {
+                self.root_dirty();
+            }
         }
         Ok(())
     }
@@ -377,15 +417,18 @@ impl Staged {
     /// The staging file, opened (without following a symlink) and locked if it was closed.
     fn open_data(&mut self) -> Result<&File> {
         if self.data.is_none() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(nofollow())
-                .open(&self.data_path)
+            let file = self
+                .root
+                .open_file(&self.data_name, Access::ReadWrite)
                 .wrap_err_with(|| format!("cannot open {}", self.data_path.display()))?;
             lock(&file, self)?;
             self.data = Some(file);
         }
+        self.opened()
+    }
+
+    /// The staging file, already open.
+    fn opened(&self) -> Result<&File> {
         self.data.as_ref().ok_or_else(|| eyre!("internal: staging file not open"))
     }
 
@@ -399,14 +442,21 @@ impl Staged {
         self.open_data()?
             .sync_data()
             .wrap_err_with(|| format!("cannot write {shown}; check free space"))?;
-        let created = self.marks.is_none() && !self.marks_path.exists();
+        let mut created = false;
         if self.marks.is_none() {
-            let f = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .custom_flags(nofollow())
-                .open(&self.marks_path)
-                .wrap_err_with(|| format!("cannot open {}", self.marks_path.display()))?;
+            // A new marks file, or the one this file had before its staging file was closed;
+            // never through a symlink.
+            let f = match self.root.create(&self.marks_name, true) {
+                Ok(f) => {
+                    created = true;
+                    Ok(f)
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    self.root.open_file(&self.marks_name, Access::Append)
+                }
+                Err(e) => Err(e),
+            };
+            let f = f.wrap_err_with(|| format!("cannot open {}", self.marks_path.display()))?;
             self.marks = Some(f);
         }
         let mut out = Vec::with_capacity(self.pending.len() * 8 + 256);
@@ -430,7 +480,7 @@ impl Staged {
     /// the marks file is not one mqdemo wrote for this file.
     fn read_marks(&self) -> Result<Option<RangeSet>> {
         let mut text = String::new();
-        let opened = File::options().read(true).custom_flags(nofollow()).open(&self.marks_path);
+        let opened = self.root.open_file(&self.marks_name, Access::Read);
         let read = opened.and_then(|mut f| f.read_to_string(&mut text));
         match read {
             Ok(_) => {}
@@ -459,13 +509,6 @@ impl Staged {
     }
 }
 
-/// Errors that say the path holds something else than a file we wrote (a symlink, a
-/// directory, bytes that are not text).
-fn foreign(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::IsADirectory | ErrorKind::InvalidData)
-        || rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::LOOP)
-}
-
 /// Lock a staging file for this process, or say which other consumer has it.
 fn lock(file: &File, s: &Staged) -> Result<()> {
     use rustix::fs::{FlockOperation, flock};
@@ -482,10 +525,6 @@ fn lock(file: &File, s: &Staged) -> Result<()> {
             eyre!("cannot lock {}: {e}", s.data_path.display())
         }
     })
-}
-
-fn nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// The first line of a marks file: which file it belongs to.
@@ -597,6 +636,7 @@ mod tests {
     use super::*;
     use crate::codec::text::FileDigest;
     use proptest::prelude::*;
+    use std::fs;
 
     fn identity(text: &[u8]) -> FileIdentity {
         let mut d = FileDigest::default();
@@ -654,7 +694,7 @@ mod tests {
     #[test]
     fn lines_in_any_order_give_the_file_and_two_files_of_one_name_stay_two() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         let (one, two) = (b"a1\na2\na3\n".to_vec(), b"b1\nb2\nb3\nb4\nb5".to_vec());
         let (f1, f2) = (identity(&one), identity(&two));
         let mut lines1 = split(&one);
@@ -687,7 +727,7 @@ mod tests {
         let f = identity(&text);
         let lines = split(&text);
         {
-            let mut a = Assembly::new(dir.path());
+            let mut a = Assembly::new(dir.path()).expect("assembly");
             assert_eq!(add(&mut a, "n.txt", &f, &lines[1]), Added::Kept);
             assert_eq!(add(&mut a, "n.txt", &f, &lines[0]), Added::Kept);
             a.sync().expect("sync");
@@ -695,7 +735,7 @@ mod tests {
             assert_eq!(add(&mut a, "n.txt", &f, &lines[3]), Added::Kept);
             assert_eq!(a.incomplete()[0].have, 3);
         }
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         assert_eq!(add(&mut a, "n.txt", &f, &lines[0]), Added::Duplicate);
         assert_eq!(add(&mut a, "n.txt", &f, &lines[2]), Added::Kept);
         assert_eq!(a.incomplete()[0].have, 3, "line 4 was not durable");
@@ -713,7 +753,7 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("n.txt")).expect("read"), b"the user's\n");
         assert!(a.incomplete().is_empty());
         // Produced again later, by a consumer that forgot: the file is found in place.
-        let mut fresh = Assembly::new(dir.path());
+        let mut fresh = Assembly::new(dir.path()).expect("assembly");
         assert_eq!(add(&mut fresh, "n.txt", &f, &lines[2]), Added::Duplicate);
         assert_eq!(staging_files(dir.path()), 0);
     }
@@ -732,7 +772,7 @@ mod tests {
             assert!(ok.is_ok_and(|s| s.success()), "chattr {flag} (needs root on ext4)");
         };
         {
-            let mut a = Assembly::new(dir.path());
+            let mut a = Assembly::new(dir.path()).expect("assembly");
             assert_eq!(add(&mut a, "d/x.txt", &f, &lines[0]), Added::Kept);
             assert_eq!(add(&mut a, "d/x.txt", &f, &lines[1]), Added::Kept);
             chattr("+i");
@@ -753,7 +793,7 @@ mod tests {
             assert!(failed.is_err(), "the directory refused the link");
             a.sync().expect("the first two lines are durable");
         }
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         assert!(matches!(add(&mut a, "d/x.txt", &f, &lines[2]), Added::Complete(_)));
         a.sync().expect("sync");
         assert_eq!(fs::read(sub.join("x.txt")).expect("placed"), text);
@@ -762,7 +802,7 @@ mod tests {
     #[test]
     fn lines_that_do_not_add_up_fail_and_leave_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         let f = identity(b"x\ny\n");
         add(&mut a, "n.txt", &f, &(1, 0, b"x\n".to_vec()));
         let last = add(&mut a, "n.txt", &f, &(2, 2, b"z\n".to_vec()));
@@ -776,10 +816,10 @@ mod tests {
     fn a_second_process_on_the_same_file_is_told() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = identity(b"1\n2\n");
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         add(&mut a, "n.txt", &f, &(1, 0, b"1\n".to_vec()));
         a.sync().expect("sync");
-        let mut b = Assembly::new(dir.path());
+        let mut b = Assembly::new(dir.path()).expect("assembly");
         let rel = PathBuf::from("n.txt");
         let tags = AltTags::from_id("t");
         let line = Line {
@@ -799,7 +839,7 @@ mod tests {
     #[test]
     fn more_files_than_open_slots_are_closed_and_reopened() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         let texts: Vec<Vec<u8>> =
             (0..MAX_OPEN + 40).map(|i| format!("{i} one\n{i} two\n").into_bytes()).collect();
         for (i, text) in texts.iter().enumerate() {
@@ -835,7 +875,7 @@ mod tests {
         // Stale marks of a completion cut short, claiming both lines.
         let stale = format!("{}.marks", staging("c.txt", &f3).display());
         fs::write(&stale, format!("{}1\n2\n", marks_header("c.txt", &f3))).expect("seed");
-        let mut a = Assembly::new(dir.path());
+        let mut a = Assembly::new(dir.path()).expect("assembly");
         let first = add(&mut a, "a.txt", &f1, &split(&t1)[0]);
         assert!(matches!(&first, Added::Refused(why) if why.contains("in the way")), "{first:?}");
         let second = add(&mut a, "b.txt", &f2, &split(&t2)[0]);
@@ -876,7 +916,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let mut a = Assembly::new(dir.path());
+            let mut a = Assembly::new(dir.path()).expect("assembly");
             let f = identity(text.as_bytes());
             let mut lines = split(text.as_bytes());
             let mut x = seed;

@@ -8,6 +8,7 @@ mod confirms;
 mod csv_wild;
 mod docs;
 mod errors;
+mod escape;
 mod examples;
 mod faults;
 mod flows;
