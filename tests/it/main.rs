@@ -17,6 +17,7 @@ mod lines;
 mod ml;
 mod proxy;
 mod reliability;
+mod secrets;
 mod storage;
 mod support;
 mod wire;
