@@ -22,7 +22,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
     name = "mqdemo",
     version,
     about,
-    after_help = "Examples:\n  mqdemo demo\n  mqdemo produce tabular --file examples/data/tabular_data.csv\n  mqdemo consume tabular --count 300 > rows.jsonl\n  mqdemo --url amqp://user:pass@mq.example:5672/%2f consume image --idle-timeout 5"
+    after_help = "Examples:\n  mqdemo demo\n  mqdemo produce tabular --file examples/data/tabular_data.csv\n  mqdemo consume tabular --count 300 > rows.jsonl\n  mqdemo --url-file /run/secrets/amqp_url consume image --idle-timeout 5"
 )]
 pub struct Cli {
     /// Flags for every command.
@@ -39,17 +39,19 @@ pub struct Cli {
 #[command(next_help_heading = "Broker and output (any command)")]
 pub struct GlobalArgs {
     /// Broker URL: amqp://USER:PASS@HOST:PORT/VHOST (amqps:// for TLS). Give it several
-    /// times (or comma-separated) for cluster nodes: each failure moves to the next. The
-    /// password is never printed. Example: --url amqp://guest:guest@localhost:5672/%2f
-    #[arg(
-        long,
-        global = true,
-        env = "AMQP_URL",
-        value_delimiter = ',',
-        default_value = DEFAULT_URL,
-        hide_env_values = true
-    )]
+    /// times, or as a list split only where a new URL begins (`,amqp://` or `,amqps://`), for
+    /// cluster nodes: each failure moves to the next. Percent-encode `/ ? # %` in a password
+    /// (%2F %3F %23 %25). Passwords are never printed; keep them off the command line with
+    /// AMQP_URL or --url-file. Default: amqp://****@localhost:5672/%2f (RabbitMQ's stock
+    /// guest user). Example: --url amqp://localhost:5672/%2f
+    #[arg(long, global = true, env = "AMQP_URL", hide_env_values = true)]
     pub url: Vec<String>,
+
+    /// Read the broker URL(s) from this file instead (docker/Kubernetes secrets style; the
+    /// trailing newline is ignored; one URL a line, or a list as --url takes), so the password
+    /// shows neither in `ps` nor in the environment. Example: --url-file /run/secrets/amqp_url
+    #[arg(long, global = true, env = "AMQP_URL_FILE", value_name = "PATH", hide_env_values = true)]
+    pub url_file: Option<PathBuf>,
 
     /// Replace the host of --url, as the original Python demo did.
     /// Example: --rabbitmq-server rabbitmq
@@ -579,17 +581,18 @@ mod tests {
     }
 
     #[test]
-    fn url_may_repeat_or_be_comma_separated() {
+    fn url_may_repeat_and_is_kept_whole() {
+        // Lists are split by config::split_urls, which knows where a new URL begins.
         let cli = Cli::try_parse_from([
             "mqdemo",
             "--url",
             "amqp://a",
             "--url",
-            "amqp://b,amqp://c",
+            "amqp://u:x,y@b,amqp://c",
             "demo",
         ])
         .expect("parses");
-        assert_eq!(cli.global.url, ["amqp://a", "amqp://b", "amqp://c"]);
+        assert_eq!(cli.global.url, ["amqp://a", "amqp://u:x,y@b,amqp://c"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::amqp::{Endpoint, PublisherOptions, QueueSpec, QueueType, Retry};
 use crate::cli::{self, Cli, Command, ConsumeCommand, ProduceCommand};
 use crate::codec::Kind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bad usage: exit status 2.
@@ -246,8 +246,8 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, UsageError> {
         let g = &cli.global;
         let timeout = seconds("--connect-timeout", g.connect_timeout, false)?;
-        let endpoints = g
-            .url
+        let urls = broker_urls(&g.url, g.url_file.as_deref())?;
+        let endpoints = urls
             .iter()
             .map(|u| {
                 Endpoint::parse(u, g.rabbitmq_server.as_deref(), timeout)
@@ -270,6 +270,59 @@ impl Config {
         };
         Ok(Config { global, action })
     }
+}
+
+/// The broker URLs to use: from --url / AMQP_URL (each value may be a list), or from the
+/// file of --url-file / AMQP_URL_FILE, or the default. Never both: which one was meant is
+/// not guessed.
+fn broker_urls(given: &[String], file: Option<&Path>) -> Result<Vec<String>, UsageError> {
+    match (given.is_empty(), file) {
+        (false, Some(_)) => Err(UsageError(
+            "--url / AMQP_URL and --url-file / AMQP_URL_FILE are both set: give the broker URL \
+             one way (unset AMQP_URL to use --url-file)"
+                .into(),
+        )),
+        (true, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                UsageError(format!(
+                    "cannot read --url-file {}: {e}; check the path",
+                    path.display()
+                ))
+            })?;
+            let urls = split_urls(&text);
+            if urls.is_empty() {
+                return Err(UsageError(format!(
+                    "--url-file {} holds no URL; write amqp://USER:PASS@HOST:PORT/VHOST in it",
+                    path.display()
+                )));
+            }
+            Ok(urls)
+        }
+        (true, None) => Ok(vec![cli::DEFAULT_URL.to_string()]),
+        (false, None) => Ok(given.iter().flat_map(|list| split_urls(list)).collect()),
+    }
+}
+
+/// Split a list of broker URLs only where a new URL begins: at a `,` (or whitespace, e.g. a
+/// line break in a file) followed by `amqp://` or `amqps://`. A comma anywhere else, e.g. in
+/// a password, stays part of its URL.
+pub fn split_urls(list: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let (mut start, mut from) = (0, 0);
+    while let Some(i) = crate::amqp::next_amqp_url(&list[from..]).map(|i| from + i) {
+        if i > start && list[..i].ends_with(|c: char| c == ',' || c.is_whitespace()) {
+            parts.push(&list[start..i]);
+            start = i;
+        }
+        from = i + 1;
+    }
+    parts.push(&list[start..]);
+    parts
+        .into_iter()
+        .map(|p| p.trim().trim_end_matches(',').trim_end())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
@@ -534,6 +587,31 @@ mod tests {
         let mut all = vec!["mqdemo"];
         all.extend_from_slice(args);
         Config::from_cli(Cli::try_parse_from(all).expect("parses"))
+    }
+
+    #[test]
+    fn url_lists_split_only_where_a_new_url_begins() {
+        assert_eq!(
+            split_urls("amqp://a,amqp://b,amqps://c"),
+            ["amqp://a", "amqp://b", "amqps://c"]
+        );
+        // A comma, `@` or `amqp` inside a password stays in its URL.
+        assert_eq!(
+            split_urls("amqp://u:a,b@h1/%2f,AMQPS://u:x@amqp,y@h2"),
+            ["amqp://u:a,b@h1/%2f", "AMQPS://u:x@amqp,y@h2"]
+        );
+        assert_eq!(split_urls("amqp://u:p,,q@h"), ["amqp://u:p,,q@h"]);
+        // A file: one URL a line, trailing newline and blank lines ignored.
+        assert_eq!(split_urls("amqp://a\r\namqp://b\n\n"), ["amqp://a", "amqp://b"]);
+        assert_eq!(split_urls(" amqp://a , amqp://b ,"), ["amqp://a", "amqp://b"]);
+        assert!(split_urls("\n").is_empty());
+    }
+
+    #[test]
+    fn url_and_url_file_are_not_both_taken() {
+        let err = broker_urls(&["amqp://h".into()], Some(Path::new("f"))).expect_err("both");
+        assert!(err.0.contains("--url-file"), "{}", err.0);
+        assert_eq!(broker_urls(&[], None).expect("default"), [cli::DEFAULT_URL]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub const START_BROKER_HINT: &str = "start one with `docker compose up -d rabbit
      distribution's `rabbitmq-server -detached`, or point --url / AMQP_URL at yours";
 
 /// A broker address: the URL amiquip gets and the masked one people see.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     url: String,
     masked: String,
@@ -47,6 +47,17 @@ pub struct Endpoint {
     timeout: Duration,
     /// PEM file of a private CA to trust for amqps:// (`--ca-cert`).
     ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    /// Only the masked URL: a `{:?}` of a config must not print the password either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.masked)
+            .field("timeout", &self.timeout)
+            .field("ca_cert", &self.ca_cert)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The URL given is not usable (bad usage, exit 2).
@@ -58,14 +69,23 @@ impl Endpoint {
     /// Parse `url`, replace its host with `host` when given, and add a connection timeout and
     /// heartbeat unless the URL sets them.
     pub fn parse(url: &str, host: Option<&str>, timeout: Duration) -> Result<Endpoint, BadUrl> {
+        let masked_input = mask_input(url);
+        if let Some(c) = credentials(url).and_then(|c| c.chars().find(|c| "/?#".contains(*c))) {
+            // A raw `/`, `?` or `#` ends the authority: the URL parser would take part of the
+            // password for the host, port or path, and show it in its errors.
+            return Err(BadUrl(format!(
+                "--url {masked_input}: the user or password holds a raw `{c}`; percent-encode \
+                 it (`/` as %2F, `?` as %3F, `#` as %23, `%` as %25); an `@` in the vhost is \
+                 written %40"
+            )));
+        }
         let mut parsed = Url::parse(url).map_err(|e| {
             BadUrl(format!(
-                "--url {}: {e}; expected amqp://USER:PASS@HOST:PORT/VHOST",
-                mask_text(url, None)
+                "--url {masked_input}: {e}; expected amqp://USER:PASS@HOST:PORT/VHOST \
+                 (percent-encode `/ ? # %` in the password)"
             ))
         })?;
         let password = parsed.password().map(str::to_string);
-        let masked_input = mask_url(&parsed);
         if !matches!(parsed.scheme(), "amqp" | "amqps") {
             return Err(BadUrl(format!(
                 "--url {masked_input}: scheme must be amqp:// or amqps://"
@@ -76,6 +96,7 @@ impl Endpoint {
                 BadUrl(format!("--rabbitmq-server {host}: not a valid host name ({e})"))
             })?;
         }
+        let masked_input = mask_url(&parsed);
         let known = ["heartbeat", "channel_max", "connection_timeout", "auth_mechanism"];
         let keys: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
         if let Some(bad) = keys.iter().find(|k| !known.contains(&k.as_str())) {
@@ -111,7 +132,8 @@ impl Endpoint {
         self
     }
 
-    /// The URL with the password replaced by `****`, without the query.
+    /// The URL with everything between `://` and the `@` (user and password) replaced by
+    /// `****`, without the query.
     pub fn masked(&self) -> &str {
         &self.masked
     }
@@ -127,46 +149,81 @@ fn strip_query(url: &Url) -> Url {
     u
 }
 
+/// What `****` replaces in a URL shown to people: user and password.
+const MASK: &str = "****";
+
+/// A parsed URL as people may see it: `amqp://****@host:port/vhost`.
 fn mask_url(url: &Url) -> String {
     let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("****"));
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_password(None);
+        let _ = u.set_username(MASK);
     }
     u.to_string()
 }
 
-/// Replace the password (raw or percent-encoded) and any `user:pass@` in free text.
-fn mask_text(text: &str, password: Option<&str>) -> String {
+/// Where the user and password of one URL as typed sit: from `://` (or the start, when the
+/// scheme is missing) to its LAST `@`, wherever the URL parser would end the authority.
+fn credentials_span(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let at = url[start..].rfind('@')?;
+    Some((start, start + at))
+}
+
+fn credentials(url: &str) -> Option<&str> {
+    credentials_span(url).map(|(from, to)| &url[from..to])
+}
+
+/// One URL as typed (parsed or not), masked from `://` to its last `@`.
+fn mask_input(url: &str) -> String {
+    match credentials_span(url) {
+        Some((from, to)) => format!("{}{MASK}{}", &url[..from], &url[to..]),
+        None => url.to_string(),
+    }
+}
+
+/// Replace the password (raw or percent-encoded) and the credentials of every URL in free
+/// text. A URL there runs from its scheme to the next whitespace or the next `amqp://` /
+/// `amqps://`; its credentials are everything between `://` and its last `@`.
+pub(crate) fn mask_text(text: &str, password: Option<&str>) -> String {
     let mut out = text.to_string();
     if let Some(p) = password.filter(|p| !p.is_empty()) {
-        out = out.replace(p, "****");
-        let decoded = url::form_urlencoded::parse(format!("x={p}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned());
+        out = out.replace(p, MASK);
+        let decoded =
+            url::form_urlencoded::parse(format!("x={}", p.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned());
         if let Some(d) = decoded.filter(|d| !d.is_empty()) {
-            out = out.replace(&d, "****");
+            out = out.replace(&d, MASK);
         }
     }
-    // Belt and braces for URLs we did not parse: amqp://user:secret@host -> amqp://user:****@host
     let mut result = String::with_capacity(out.len());
     let mut rest = out.as_str();
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         result.push_str(head);
-        let end = tail.find(['/', ' ', '?', '\n', ')']).unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                result.push_str(&authority[..colon]);
-                result.push_str(":****");
-                result.push_str(&authority[at..]);
+        let mut end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        if let Some(next) = next_amqp_url(&tail[..end]) {
+            end = next;
+        }
+        let token = &tail[..end];
+        match token.rfind('@') {
+            Some(at) => {
+                result.push_str(MASK);
+                result.push_str(&token[at..]);
             }
-            _ => result.push_str(authority),
+            None => result.push_str(token),
         }
         rest = &tail[end..];
     }
     result.push_str(rest);
     result
+}
+
+/// Where the next `amqp://` or `amqps://` begins in `s` (ASCII case-insensitive).
+pub(crate) fn next_amqp_url(s: &str) -> Option<usize> {
+    let lower = s.to_ascii_lowercase();
+    [lower.find("amqp://"), lower.find("amqps://")].into_iter().flatten().min()
 }
 
 /// A broker error, translated. `retryable` errors mean the connection was lost or could not
@@ -218,6 +275,27 @@ fn discard(session: Session, err: Report, healthy_if_fatal: bool) -> Report {
 /// True when `err` says the connection was lost or refused, so reconnecting may help.
 pub fn is_retryable(err: &Report) -> bool {
     err.chain().any(|e| e.downcast_ref::<LinkError>().is_some_and(|l| l.retryable))
+}
+
+/// Translate a failed TCP connect (made by us, within `--connect-timeout`).
+fn connect_failed(err: &std::io::Error, ep: &Endpoint) -> Report {
+    use std::io::ErrorKind as K;
+    let at = ep.masked();
+    match err.kind() {
+        K::ConnectionRefused => {
+            lost(format!("no RabbitMQ answers at {at} (connection refused); {START_BROKER_HINT}"))
+        }
+        K::TimedOut | K::WouldBlock => lost(format!(
+            "could not connect to RabbitMQ at {at} within {:.1} s (--connect-timeout): nothing \
+             answered (host down, a firewall dropping packets, or a wrong host or port); check \
+             the host and port in --url, or raise --connect-timeout",
+            ep.timeout.as_secs_f64()
+        )),
+        _ => lost(format!(
+            "could not connect to RabbitMQ at {at}: {err}; check the host and port in --url \
+             (and the network)"
+        )),
+    }
 }
 
 /// Translate an amiquip error into what the user should do. Never echoes the password.
@@ -314,11 +392,43 @@ mod tests {
     }
 
     #[test]
-    fn masks_the_password() {
+    fn masks_from_the_scheme_to_the_last_at() {
         let e = ep("amqp://user:s3cret@host:5672/%2f");
-        assert_eq!(e.masked(), "amqp://user:****@host:5672/%2f");
+        assert_eq!(e.masked(), "amqp://****@host:5672/%2f");
         assert!(!e.scrub("failed amqp://user:s3cret@host/ s3cret").contains("s3cret"));
-        assert_eq!(mask_text("x amqp://a:b@h:1/v y", None), "x amqp://a:****@h:1/v y");
+        assert_eq!(mask_text("x amqp://a:b@h:1/v y", None), "x amqp://****@h:1/v y");
+        assert_eq!(ep("amqp://u:x@y,z:w@h/%2f").masked(), "amqp://****@h/%2f");
+        assert_eq!(ep("amqps://u:p%2Fq@h/%2f").masked(), "amqps://****@h/%2f");
+        assert_eq!(ep("amqp://h:1/v").masked(), "amqp://h:1/v");
+        assert!(!format!("{:?}", ep("amqp://u:s3cret@h/")).contains("s3cret"));
+    }
+
+    #[test]
+    fn masks_urls_in_free_text_whatever_the_password_holds() {
+        for (text, secret) in [
+            ("--url amqp://u:SEC/RET@h:1/%2f: invalid port", "SEC"),
+            ("at amqp://u:p?q@h/ and amqps://v:a,b@h2/", "p?q"),
+            ("amqp://u:x@y@h/, amqp://v:QQ@h2", "x@y"),
+            ("(amqp://u:p#q@h/)", "p#q"),
+        ] {
+            let masked = mask_text(text, None);
+            assert!(!masked.contains(secret), "{text} -> {masked}");
+            assert!(masked.contains("://****@h"), "{text} -> {masked}");
+        }
+        assert!(!mask_text("two@h2", None).contains("****"));
+        assert_eq!(mask_input("guest:pw@host:5672"), "****@host:5672");
+        assert_eq!(mask_input("amqp://u:SEC/RET@h:1/%2f"), "amqp://****@h:1/%2f");
+    }
+
+    #[test]
+    fn a_raw_slash_question_mark_or_hash_in_the_password_is_refused_unshown() {
+        for bad in ["amqp://u:SEC/RET@h/%2f", "amqp://u:p?q@h/", "amqp://u:123#45@h/"] {
+            let err = Endpoint::parse(bad, None, Duration::from_secs(1)).expect_err(bad);
+            assert!(err.0.contains("percent-encode") && err.0.contains("%2F"), "{}", err.0);
+            for secret in ["SEC", "RET", "p?q", "123", "45"] {
+                assert!(!err.0.contains(secret), "{}", err.0);
+            }
+        }
     }
 
     #[test]
@@ -339,7 +449,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .expect("valid");
-        assert_eq!(e.masked(), "amqp://u:****@rabbit:5672/%2f");
+        assert_eq!(e.masked(), "amqp://****@rabbit:5672/%2f");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! declaring and deleting queues, and opening channels.
 
 use super::topology::{QueueSpec, declare};
-use super::{Endpoint, explain, fatal, lost};
+use super::{Endpoint, connect_failed, explain, fatal};
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
     QueueDeleteOptions,
@@ -10,7 +10,7 @@ use amiquip::{
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::Receiver;
 use std::net::ToSocketAddrs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use url::Url;
 
 /// An open connection to the broker.
@@ -32,12 +32,9 @@ pub struct QueueInfo {
 impl Session {
     /// Connect, within the endpoint's timeout.
     pub fn open(endpoint: &Endpoint) -> Result<Session> {
-        let mut conn = match &endpoint.ca_cert {
-            Some(ca) if endpoint.url.starts_with("amqps:") => open_with_ca(endpoint, ca)?,
-            _ if endpoint.url.starts_with("amqp:") => open_stream(endpoint, None)?,
-            _ => Connection::insecure_open_tuned(&endpoint.url, tuning())
-                .map_err(|e| explain(e, endpoint, "connecting"))?,
-        };
+        let tls =
+            if endpoint.url.starts_with("amqps:") { Some(tls_connector(endpoint)?) } else { None };
+        let mut conn = open_stream(endpoint, tls)?;
         let blocked =
             conn.listen_for_connection_blocked().map_err(|e| explain(e, endpoint, "connecting"))?;
         Ok(Session { conn, endpoint: endpoint.clone(), blocked })
@@ -103,46 +100,73 @@ fn tuning() -> ConnectionTuning {
     ConnectionTuning::default().buffered_writes_high_water(2 * crate::config::WINDOW_BYTES)
 }
 
-/// amqps:// trusting the CA certificate(s) in `ca` as well as the system's.
-fn open_with_ca(ep: &Endpoint, ca: &std::path::Path) -> Result<Connection> {
-    let pem = std::fs::read(ca).map_err(|e| {
-        fatal(format!("cannot read --ca-cert {}: {e}; check the path", ca.display()))
-    })?;
-    let cert = native_tls::Certificate::from_pem(&pem)
-        .map_err(|e| fatal(format!("--ca-cert {} is not a PEM certificate: {e}", ca.display())))?;
-    let connector = native_tls::TlsConnector::builder()
-        .add_root_certificate(cert)
-        .build()
-        .map_err(|e| fatal(format!("cannot set up TLS with --ca-cert {}: {e}", ca.display())))?;
-    open_stream(ep, Some(connector))
+/// The TLS set-up for amqps://: the system's roots, plus the CA certificate(s) of
+/// `--ca-cert` when given.
+fn tls_connector(ep: &Endpoint) -> Result<native_tls::TlsConnector> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(ca) = &ep.ca_cert {
+        let pem = std::fs::read(ca).map_err(|e| {
+            fatal(format!("cannot read --ca-cert {}: {e}; check the path", ca.display()))
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            fatal(format!("--ca-cert {} is not a PEM certificate: {e}", ca.display()))
+        })?;
+        builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| fatal(format!("cannot set up TLS for {}: {e}", ep.masked())))
 }
 
-/// Connect our own TCP stream (with TCP_NODELAY: amiquip leaves Nagle's algorithm on, which
-/// holds a lone small frame back until the peer's delayed ACK, ~40 ms per request/reply
-/// round trip) and run the AMQP handshake over it, with TLS when `tls` is given.
+/// Connect our own TCP stream and run the AMQP handshake over it (with TLS when `tls` is
+/// given), all within the endpoint's timeout.
+///
+/// The TCP connect is ours, blocking in the kernel with a deadline
+/// (`TcpStream::connect_timeout`): an address that never answers costs no CPU and is reported
+/// as "could not connect within --connect-timeout", not as a lost connection. TCP_NODELAY is
+/// set because amiquip leaves Nagle's algorithm on, which holds a lone small frame back until
+/// the peer's delayed ACK (~40 ms per request/reply round trip).
 fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<Connection> {
+    let deadline = Instant::now() + ep.timeout;
     let url = Url::parse(&ep.url).map_err(|e| fatal(format!("--url {}: {e}", ep.masked())))?;
     let host = url.host_str().unwrap_or("localhost").to_string();
     let port = url.port().unwrap_or(if tls.is_some() { 5671 } else { 5672 });
-    let options = options_from_url(&url, ep.timeout);
-    let addrs = (host.as_str(), port).to_socket_addrs().map_err(|e| {
-        fatal(format!("cannot resolve the host of {}: {e}; check --url", ep.masked()))
-    })?;
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            fatal(format!("cannot resolve the host of {}: {e}; check --url", ep.masked()))
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(fatal(format!("the host of {} resolves to no address", ep.masked())));
+    }
     let mut last: Option<Report> = None;
     for addr in addrs {
-        let attempt = mio::net::TcpStream::connect(&addr)
-            .and_then(|stream| stream.set_nodelay(true).map(|()| stream))
-            .map_err(|e| lost(format!("cannot connect to {}: {e}", ep.masked())))
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let stream = match std::net::TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => stream,
+            Err(e) => {
+                last = Some(connect_failed(&e, ep));
+                continue;
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now()).max(MIN_HANDSHAKE);
+        let options = options_from_url(&url, left);
+        let attempt = stream
+            .set_nodelay(true)
+            .and_then(|()| mio::net::TcpStream::from_stream(stream))
+            .map_err(|e| connect_failed(&e, ep))
             .and_then(|stream| {
                 match &tls {
                     Some(connector) => Connection::open_tls_stream(
                         connector.clone(),
                         &host,
                         stream,
-                        options.clone(),
+                        options,
                         tuning(),
                     ),
-                    None => Connection::insecure_open_stream(stream, options.clone(), tuning()),
+                    None => Connection::insecure_open_stream(stream, options, tuning()),
                 }
                 .map_err(|e| explain(e, ep, "connecting"))
             });
@@ -152,8 +176,11 @@ fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<C
         }
     }
     Err(last
-        .unwrap_or_else(|| fatal(format!("the host of {} resolves to no address", ep.masked()))))
+        .unwrap_or_else(|| connect_failed(&std::io::Error::from(std::io::ErrorKind::TimedOut), ep)))
 }
+
+/// The least time the AMQP handshake gets after a slow TCP connect.
+const MIN_HANDSHAKE: Duration = Duration::from_millis(100);
 
 /// The subset of the URL amiquip itself understands, as connection options.
 fn options_from_url(url: &Url, timeout: Duration) -> ConnectionOptions<Auth> {

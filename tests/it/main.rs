@@ -19,6 +19,7 @@ mod ml;
 mod model;
 mod proxy;
 mod reliability;
+mod secrets;
 mod storage;
 mod support;
 mod wire;
