@@ -102,8 +102,16 @@ pub(crate) fn drive(
     reporter: &Reporter,
 ) -> Result<(ConsumeOutcome, Option<color_eyre::eyre::Report>)> {
     let (claimed, halt) = (AtomicU64::new(0), AtomicBool::new(false));
-    let limits =
-        ConsumeLimits { count: work.count, idle: work.idle, stop, claimed: &claimed, halt: &halt };
+    // --prefetch-bytes bounds the process: each worker holds its share.
+    let workers = u64::try_from(handlers.len()).unwrap_or(u64::MAX).max(1);
+    let limits = ConsumeLimits {
+        count: work.count,
+        idle: work.idle,
+        stop,
+        claimed: &claimed,
+        halt: &halt,
+        held_bytes: (global.prefetch_bytes / workers).max(1),
+    };
     let results: Vec<Result<(ConsumeOutcome, Result<()>)>> = std::thread::scope(|scope| {
         let threads: Vec<_> = handlers
             .iter_mut()
