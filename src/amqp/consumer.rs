@@ -96,6 +96,8 @@ struct ConsumeState<'a> {
     prefetch: u16,
     /// The largest body seen by this worker (kept across reconnects).
     largest: Option<u64>,
+    /// Bytes of bodies this worker may hold.
+    held_bytes: u64,
 }
 
 impl<'a> ConsumeState<'a> {
@@ -111,7 +113,7 @@ impl<'a> ConsumeState<'a> {
     ) -> Result<Receiver<ConsumerMessage>> {
         let ep = self.endpoint;
         loop {
-            let prefetch = prefetch_for(self.max_prefetch, limits.held_bytes, self.largest);
+            let prefetch = self.wanted();
             self.channel.qos(0, prefetch, false).map_err(|e| explain(e, ep, "setting QoS"))?;
             self.prefetch = prefetch;
             self.ack_every = u64::from(prefetch / 2).max(1);
@@ -144,15 +146,16 @@ impl<'a> ConsumeState<'a> {
         }
     }
 
-    /// Cancel the consumer to start another with a new prefetch: ack what was handled, then
-    /// handle what the broker sent before the cancel, until amiquip confirms it.
+    /// Cancel the consumer to start another with a new prefetch: handle what the broker sent
+    /// before the cancel, until amiquip confirms it. Handled deliveries stay ackable on the
+    /// channel: they are acked as usual (not first: a sink may wait, e.g. for a pipe's
+    /// reader, and the next deliveries should not).
     fn resize(
         &mut self,
         consumer: &amiquip::Consumer<'a>,
         limits: &ConsumeLimits<'_>,
         handler: &mut dyn Handler,
     ) -> Result<Flow> {
-        self.ack_pending(handler)?;
         consumer.cancel().map_err(|e| explain(e, self.endpoint, "cancelling the consumer"))?;
         let rx = consumer.receiver();
         loop {
@@ -175,6 +178,11 @@ impl<'a> ConsumeState<'a> {
                 Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
             }
         }
+    }
+
+    /// The prefetch the bodies seen so far ask for.
+    fn wanted(&self) -> u16 {
+        prefetch_for(self.max_prefetch, self.held_bytes, self.largest)
     }
 
     /// A signal or another worker's failure: stop.
@@ -216,7 +224,7 @@ impl<'a> ConsumeState<'a> {
             if limits.count.is_some_and(|n| limits.claimed.load(Ordering::SeqCst) >= n) {
                 break;
             }
-            if prefetch_for(self.max_prefetch, limits.held_bytes, self.largest) != self.prefetch {
+            if self.wanted() != self.prefetch {
                 return Ok(Flow::Resize);
             }
             let wait = match limits.idle {
@@ -255,7 +263,9 @@ impl<'a> ConsumeState<'a> {
             Ok(Disposition::Ack) => {
                 self.last = Some(d);
                 self.unacked += 1;
-                if self.unacked >= self.ack_every {
+                // Before a change of prefetch the ack waits: a sink may block in flush (a
+                // pipe's reader), and the next deliveries should not wait for it.
+                if self.unacked >= self.ack_every && self.wanted() == self.prefetch {
                     self.ack_pending(handler)?;
                 }
                 Ok(())
@@ -417,6 +427,7 @@ fn consume_once(
         max_prefetch: prefetch,
         prefetch: 0,
         largest: *largest,
+        held_bytes: limits.held_bytes,
     };
     let result = state.consume(limits, handler);
     let outcome = state.outcome;
