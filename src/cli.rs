@@ -329,7 +329,9 @@ pub struct ConsumeCommon {
 
     /// Bytes of message bodies held at once (prefetched and in hand, all workers together):
     /// the prefetch is lowered so that it times the largest body seen fits. A body larger
-    /// than this is still taken, alone. Example: --prefetch-bytes 67108864
+    /// than this is still taken, alone. Also the most one message's rows may take decoded
+    /// (tabular --format csv or --sqlite): a bigger batch is rejected with the reason.
+    /// Example: --prefetch-bytes 67108864
     #[arg(long, default_value_t = DEFAULT_PREFETCH_BYTES, value_parser = clap::value_parser!(u64).range(1..), value_name = "BYTES")]
     pub prefetch_bytes: u64,
 

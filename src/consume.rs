@@ -32,11 +32,14 @@ pub fn run(
     let mut line_files = None;
     let (mut handlers, shared_rows) = match &cfg.sink {
         SinkConfig::Rows { output, format } => {
-            let rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
+            let mut rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
+            rows.decoded_limit = global.prefetch_bytes;
             shared(rows, workers)
         }
         SinkConfig::Sqlite { path, table } => {
-            shared(DbHandler::new(path, table, reporter.clone())?, workers)
+            let mut db = DbHandler::new(path, table, reporter.clone())?;
+            db.decoded_limit = global.prefetch_bytes;
+            shared(db, workers)
         }
         SinkConfig::Directory(dir) => {
             let (hs, lines) = crate::files::handlers(dir, cfg.kind, workers, &reporter)?;
@@ -247,6 +250,8 @@ struct RowHandler {
     reporter: Reporter,
     counts: Counts,
     seen: SeenIds,
+    /// Most memory one message's decoded rows may take (--prefetch-bytes).
+    decoded_limit: u64,
 }
 
 enum RowOut {
@@ -279,6 +284,7 @@ impl RowHandler {
             reporter,
             counts: Counts { tabular: true, ..Counts::default() },
             seen: SeenIds::default(),
+            decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
         })
     }
 
@@ -340,7 +346,7 @@ impl Handler for RowHandler {
                 Ok(None) => {} // pretty-printed: re-serialise below
             }
         }
-        let rows = match tabular::decode(&d.body) {
+        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
             Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
             Ok(rows) => rows,
             Err(e) => return Ok(self.reject(&d, &e.0)),
@@ -384,6 +390,8 @@ struct DbHandler {
     db: ResultsDb,
     reporter: Reporter,
     counts: Counts,
+    /// Most memory one message's decoded rows may take (--prefetch-bytes).
+    decoded_limit: u64,
 }
 
 impl DbHandler {
@@ -392,6 +400,7 @@ impl DbHandler {
             db: ResultsDb::open(path, table)?,
             reporter,
             counts: Counts { tabular: true, ..Counts::default() },
+            decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
         })
     }
 
@@ -404,7 +413,7 @@ impl DbHandler {
 
 impl Handler for DbHandler {
     fn handle(&mut self, d: Delivery) -> Result<Disposition> {
-        let rows = match tabular::decode(&d.body) {
+        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
             Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
             Ok(rows) => rows,
             Err(e) => return Ok(self.reject(&d, &e.0)),

@@ -87,19 +87,27 @@ fn finish(mut child: Child, deadline: Duration) -> (Option<i32>, Vec<u8>, String
     (status.code(), stdout, err_reader.join().unwrap_or_default())
 }
 
-/// Publish `bodies` to `q` on one connection, as another producer would.
+/// Publish `bodies` to `q` on one connection, as another producer would (the channel close
+/// returns once the broker has taken them).
 fn publish_all(q: &TestQueue, bodies: impl Iterator<Item = Vec<u8>>) {
     let mut conn = crate::support::connect();
-    let ch = conn.open_channel(None).expect("channel");
-    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
+    let mut ch = conn.open_channel(None).expect("channel");
+    // A queue mqdemo declared (with arguments) is taken as it is.
+    if ch.queue_declare_passive(q.name.clone()).is_err() {
+        ch = conn.open_channel(None).expect("channel");
+        ch.queue_declare(
+            q.name.clone(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+        )
         .expect("declare");
-    ch.enable_publisher_confirms().expect("confirms");
+    }
     for body in bodies {
         let props = AmqpProperties::default().with_content_type("application/json".into());
         ch.basic_publish("", Publish::with_properties(&body, q.name.clone(), props))
             .expect("publish");
     }
-    let _ = ch.close();
+
+    ch.close().expect("channel close");
     let _ = conn.close();
 }
 
@@ -174,4 +182,75 @@ fn consumer_holds_prefetched_bodies_within_the_byte_bound() {
         BOUND / MIB
     );
     eprintln!("peak {} MiB while stuck, {} MiB over the run", held / MIB, total / MIB);
+}
+
+/// A batch body (a JSON array of row objects) of about `size` bytes of short fields: the
+/// shape that decodes to many times its size.
+fn wide_batch(size: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size + 200);
+    body.push(b'[');
+    let mut i = 0u64;
+    while body.len() < size {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(
+            format!(r#"{{"id":{i},"a":1,"b":"x","c":null,"d":2.5,"e":"yz","f":true,"g":7}}"#)
+                .as_bytes(),
+        );
+        i += 1;
+    }
+    body.push(b']');
+    body
+}
+
+#[test]
+fn a_batch_that_decodes_beyond_the_bound_is_rejected_alone() {
+    const BOUND: u64 = 64 * MIB;
+    let q = TestQueue::new("decoded-bytes");
+    let dlq = TestQueue::named(format!("{}-dead", q.name));
+    let small = br#"[{"id":1,"a":1,"b":"x","c":null,"d":2.5,"e":"yz","f":true,"g":7}]"#.to_vec();
+    // The declare with its dead-letter arguments comes first, from a consumer that stops.
+    let declare = ["--dead-letter-queue", &dlq.name, "--idle-timeout", "0.1"];
+    mqdemo(&[&["consume", "tabular", "--queue", &q.name][..], &declare].concat())
+        .run()
+        .expect_code(0);
+    let big = wide_batch(50 << 20);
+    publish_all(&q, [big, small].into_iter());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("rows.csv");
+    let bound = BOUND.to_string();
+    let child = mqdemo(&[
+        "-q",
+        "consume",
+        "tabular",
+        "--queue",
+        &q.name,
+        "--dead-letter-queue",
+        &dlq.name,
+        "--format",
+        "csv",
+        "--output",
+        crate::support::s(&out),
+        "--prefetch-bytes",
+        &bound,
+        "--count",
+        "2",
+    ])
+    .spawn();
+    let peak = Peak::watch(child.id());
+    let (code, _, stderr) = finish(child, Duration::from_secs(120));
+    let peak = peak.total();
+    eprintln!("peak {} MiB", peak / MIB);
+    assert_eq!(code, Some(1), "the rejected batch fails the run; stderr:\n{stderr}");
+    assert!(stderr.contains("rejected message"), "named with the reason:\n{stderr}");
+    let csv = std::fs::read_to_string(&out).expect("rows.csv");
+    assert_eq!(csv.lines().count(), 2, "the small batch after it is written:\n{csv}");
+    assert_eq!(dlq.depth(), 1, "the big batch is dead-lettered");
+    assert!(
+        peak < 50 * MIB + BOUND + 64 * MIB,
+        "peak {} MiB: a 50 MiB batch decoded beyond the {} MiB bound",
+        peak / MIB,
+        BOUND / MIB
+    );
 }
