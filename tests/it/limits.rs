@@ -254,3 +254,37 @@ fn a_batch_that_decodes_beyond_the_bound_is_rejected_alone() {
         BOUND / MIB
     );
 }
+
+/// `DIR/NAME`: 300 MB of `a` on line 1, then a short line.
+fn long_line_file(dir: &std::path::Path, name: &str, head: &[u8]) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    f.write_all(head).expect("write");
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..300 {
+        f.write_all(&chunk).expect("write");
+    }
+    f.write_all(b"\nnext line\n").expect("write");
+    f.flush().expect("flush");
+    path
+}
+
+#[test]
+fn a_300_mb_line_is_skipped_without_being_held() {
+    let q = TestQueue::new("long-line");
+    let dir = tempfile::tempdir().expect("tempdir");
+    long_line_file(dir.path(), "long.txt", b"");
+    let args = ["produce", "text", "--split", "line", "--queue", &q.name, "--directory"];
+    let child = mqdemo(&[&args[..], &[crate::support::s(dir.path())]].concat()).spawn();
+    let peak = Peak::watch(child.id());
+    let (code, _, stderr) = finish(child, Duration::from_secs(120));
+    let peak = peak.total();
+    eprintln!("peak {} MiB", peak / MIB);
+    assert!(peak < 64 * MIB, "peak {} MiB reading a 300 MB line", peak / MIB);
+    assert_eq!(code, Some(1), "a skipped line fails the run; stderr:\n{stderr}");
+    assert!(stderr.contains("long.txt line 1"), "the line is named:\n{stderr}");
+    let next = q.get().expect("the following line is produced");
+    assert_eq!(next.body, b"next line\n");
+    assert!(q.get().is_none(), "nothing else");
+}
