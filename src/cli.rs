@@ -11,6 +11,8 @@ pub const DEFAULT_CONFIRM_TIMEOUT_SECS: f64 = 30.0;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 128 << 20;
 /// Default QoS prefetch.
 pub const DEFAULT_PREFETCH: u16 = 256;
+/// Default bound on the message bodies a consumer holds (prefetched and in hand).
+pub const DEFAULT_PREFETCH_BYTES: u64 = 256 << 20;
 
 /// Default broker URL: the local broker, vhost `/`.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
@@ -327,6 +329,14 @@ pub struct ConsumeCommon {
     #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
     pub prefetch: u16,
 
+    /// Bytes of message bodies held at once (prefetched and in hand, all workers together):
+    /// the prefetch is lowered so that it times the largest body seen fits. A body larger
+    /// than this is still taken, alone. Also the most one message's rows may take decoded
+    /// (tabular --format csv or --sqlite): a bigger batch is rejected with the reason.
+    /// Example: --prefetch-bytes 67108864
+    #[arg(long, default_value_t = DEFAULT_PREFETCH_BYTES, value_parser = clap::value_parser!(u64).range(1..), value_name = "BYTES")]
+    pub prefetch_bytes: u64,
+
     /// Competing consumers on threads, each with its own connection, channel and prefetch,
     /// sharing the output: helps when the sink (fsync, disk) is the bottleneck.
     /// Example: --workers 4
@@ -452,6 +462,12 @@ pub struct ModelArgs {
     /// Unacknowledged input messages the broker may send ahead, per worker. Example: --prefetch 100
     #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
     pub prefetch: u16,
+
+    /// Bytes of input bodies held at once (prefetched and in hand, all workers together):
+    /// the prefetch is lowered so that it times the largest body seen fits. A body larger
+    /// than this is still taken, alone. Example: --prefetch-bytes 67108864
+    #[arg(long, default_value_t = DEFAULT_PREFETCH_BYTES, value_parser = clap::value_parser!(u64).range(1..), value_name = "BYTES")]
+    pub prefetch_bytes: u64,
 
     /// Stop after N input messages. Example: --count 1000
     #[arg(long, value_name = "N")]

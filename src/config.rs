@@ -29,6 +29,9 @@ pub struct Global {
     pub retry: Retry,
     /// No progress bar, no summary.
     pub quiet: bool,
+    /// Bytes of message bodies a consumer (consume, pipe, serve) may hold, prefetched and in
+    /// hand, over all its workers (`--prefetch-bytes`).
+    pub prefetch_bytes: u64,
 }
 
 /// The command to run.
@@ -259,7 +262,18 @@ impl Config {
             return Err(UsageError("--url: give at least one broker URL".into()));
         }
         let retry_for = seconds("--retry-for", g.retry_for, true)?;
-        let global = Global { endpoints, retry: Retry { retry_for }, quiet: g.quiet };
+        let prefetch_bytes = match &cli.command {
+            Command::Consume(
+                ConsumeCommand::Tabular(cli::ConsumeTabular { common, .. })
+                | ConsumeCommand::Image(cli::ConsumeFiles { common, .. })
+                | ConsumeCommand::Text(cli::ConsumeFiles { common, .. }),
+            ) => common.prefetch_bytes,
+            Command::Pipe(cli::PipeArgs { model, .. })
+            | Command::Serve(cli::ServeArgs { model, .. }) => model.prefetch_bytes,
+            _ => cli::DEFAULT_PREFETCH_BYTES,
+        };
+        let global =
+            Global { endpoints, retry: Retry { retry_for }, quiet: g.quiet, prefetch_bytes };
         let action = match cli.command {
             Command::Produce(p) => Action::Produce(produce(p)?),
             Command::Consume(c) => Action::Consume(consume(c)?),

@@ -32,11 +32,14 @@ pub fn run(
     let mut line_files = None;
     let (mut handlers, shared_rows) = match &cfg.sink {
         SinkConfig::Rows { output, format } => {
-            let rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
+            let mut rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
+            rows.decoded_limit = global.prefetch_bytes;
             shared(rows, workers)
         }
         SinkConfig::Sqlite { path, table } => {
-            shared(DbHandler::new(path, table, reporter.clone())?, workers)
+            let mut db = DbHandler::new(path, table, reporter.clone())?;
+            db.decoded_limit = global.prefetch_bytes;
+            shared(db, workers)
         }
         SinkConfig::Directory(dir) => {
             let (hs, lines) = crate::files::handlers(dir, cfg.kind, workers, &reporter)?;
@@ -102,8 +105,16 @@ pub(crate) fn drive(
     reporter: &Reporter,
 ) -> Result<(ConsumeOutcome, Option<color_eyre::eyre::Report>)> {
     let (claimed, halt) = (AtomicU64::new(0), AtomicBool::new(false));
-    let limits =
-        ConsumeLimits { count: work.count, idle: work.idle, stop, claimed: &claimed, halt: &halt };
+    // --prefetch-bytes bounds the process: each worker holds its share.
+    let workers = u64::try_from(handlers.len()).unwrap_or(u64::MAX).max(1);
+    let limits = ConsumeLimits {
+        count: work.count,
+        idle: work.idle,
+        stop,
+        claimed: &claimed,
+        halt: &halt,
+        held_bytes: (global.prefetch_bytes / workers).max(1),
+    };
     let results: Vec<Result<(ConsumeOutcome, Result<()>)>> = std::thread::scope(|scope| {
         let threads: Vec<_> = handlers
             .iter_mut()
@@ -239,6 +250,8 @@ struct RowHandler {
     reporter: Reporter,
     counts: Counts,
     seen: SeenIds,
+    /// Most memory one message's decoded rows may take (--prefetch-bytes).
+    decoded_limit: u64,
 }
 
 enum RowOut {
@@ -271,6 +284,7 @@ impl RowHandler {
             reporter,
             counts: Counts { tabular: true, ..Counts::default() },
             seen: SeenIds::default(),
+            decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
         })
     }
 
@@ -332,7 +346,7 @@ impl Handler for RowHandler {
                 Ok(None) => {} // pretty-printed: re-serialise below
             }
         }
-        let rows = match tabular::decode(&d.body) {
+        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
             Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
             Ok(rows) => rows,
             Err(e) => return Ok(self.reject(&d, &e.0)),
@@ -376,6 +390,8 @@ struct DbHandler {
     db: ResultsDb,
     reporter: Reporter,
     counts: Counts,
+    /// Most memory one message's decoded rows may take (--prefetch-bytes).
+    decoded_limit: u64,
 }
 
 impl DbHandler {
@@ -384,6 +400,7 @@ impl DbHandler {
             db: ResultsDb::open(path, table)?,
             reporter,
             counts: Counts { tabular: true, ..Counts::default() },
+            decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
         })
     }
 
@@ -396,7 +413,7 @@ impl DbHandler {
 
 impl Handler for DbHandler {
     fn handle(&mut self, d: Delivery) -> Result<Disposition> {
-        let rows = match tabular::decode(&d.body) {
+        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
             Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
             Ok(rows) => rows,
             Err(e) => return Ok(self.reject(&d, &e.0)),

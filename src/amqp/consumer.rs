@@ -42,6 +42,9 @@ pub struct ConsumeLimits<'a> {
     pub claimed: &'a AtomicU64,
     /// Set when another worker failed: stop like on a signal.
     pub halt: &'a AtomicBool,
+    /// Bytes of message bodies this worker may hold (prefetched and in hand): the prefetch
+    /// is lowered until prefetch x the largest body seen fits (see [`prefetch_for`]).
+    pub held_bytes: u64,
 }
 
 /// Why the consumer stopped, and what it saw.
@@ -57,6 +60,27 @@ pub struct ConsumeOutcome {
     pub interrupted: bool,
 }
 
+/// The QoS prefetch for a worker that may hold `held_bytes` of bodies, the largest body it
+/// has seen being `largest`: as many of those as fit (rounded down to a power of two, so a
+/// growing largest body re-consumes only a few times), between 1 and `max` (--prefetch).
+/// Before any body is seen: 1, so a queue of huge bodies never floods in unseen.
+pub(crate) fn prefetch_for(max: u16, held_bytes: u64, largest: Option<u64>) -> u16 {
+    let Some(largest) = largest else {
+        return 1;
+    };
+    let fits = held_bytes / largest.max(1);
+    let fits = if fits == 0 { 1 } else { 1u64 << fits.ilog2() };
+    u16::try_from(fits).unwrap_or(u16::MAX).clamp(1, max.max(1))
+}
+
+/// How a consumer's run on one prefetch ended.
+enum Flow {
+    /// A limit, a signal or the end: close.
+    Done,
+    /// The bodies' sizes ask for another prefetch: re-consume on the same channel.
+    Resize,
+}
+
 struct ConsumeState<'a> {
     channel: &'a Channel,
     endpoint: &'a Endpoint,
@@ -66,23 +90,142 @@ struct ConsumeState<'a> {
     unacked: u64,
     ack_every: u64,
     outcome: ConsumeOutcome,
+    /// --prefetch: the most ever asked for.
+    max_prefetch: u16,
+    /// The prefetch the current consumer was started with.
+    prefetch: u16,
+    /// The largest body seen by this worker (kept across reconnects).
+    largest: Option<u64>,
+    /// Bytes of bodies this worker may hold.
+    held_bytes: u64,
 }
 
-impl ConsumeState<'_> {
+impl<'a> ConsumeState<'a> {
+    /// Consume until done, re-consuming on the same channel whenever the bodies' sizes ask
+    /// for another prefetch: with `global = false` a new prefetch applies only to consumers
+    /// started after it (and RabbitMQ has no prefetch_size). Deliveries the broker sent before
+    /// a cancel are handled and acked as usual. Returns a receiver to keep until the channel
+    /// is closed (see [`consume_once`]).
+    fn consume(
+        &mut self,
+        limits: &ConsumeLimits<'_>,
+        handler: &mut dyn Handler,
+    ) -> Result<Receiver<ConsumerMessage>> {
+        let ep = self.endpoint;
+        loop {
+            let prefetch = self.wanted();
+            self.channel.qos(0, prefetch, false).map_err(|e| explain(e, ep, "setting QoS"))?;
+            self.prefetch = prefetch;
+            self.ack_every = u64::from(prefetch / 2).max(1);
+            let consumer = self
+                .channel
+                .basic_consume(self.queue, ConsumerOptions::default())
+                .map_err(|e| explain(e, ep, "starting the consumer"))?;
+            let flow = self.run(consumer.receiver(), limits, handler).and_then(|flow| match flow {
+                Flow::Done => Ok(Flow::Done),
+                Flow::Resize => self.resize(&consumer, limits, handler),
+            });
+            match flow {
+                Ok(Flow::Resize) => {} // the cancel is confirmed: dropping it is safe
+                Ok(Flow::Done) => {
+                    // amiquip answers basic.cancel to us BEFORE it tells the consumer's
+                    // receiver; if that receiver is gone by then, its I/O thread dies
+                    // (EventLoopClientDropped). The caller keeps this clone until the channel
+                    // close round trip proves the I/O thread is past it.
+                    let keep_alive = consumer.receiver().clone();
+                    let _ = consumer.cancel();
+                    return Ok(keep_alive);
+                }
+                Err(e) => {
+                    // In-flight deliveries are dropped, not acked: after a reconnect the same
+                    // channel id could receive the ack and close with "unknown delivery tag".
+                    std::mem::forget(consumer);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Cancel the consumer to start another with a new prefetch: handle what the broker sent
+    /// before the cancel, until amiquip confirms it. Handled deliveries stay ackable on the
+    /// channel: they are acked as usual (not first: a sink may wait, e.g. for a pipe's
+    /// reader, and the next deliveries should not).
+    fn resize(
+        &mut self,
+        consumer: &amiquip::Consumer<'a>,
+        limits: &ConsumeLimits<'_>,
+        handler: &mut dyn Handler,
+    ) -> Result<Flow> {
+        consumer.cancel().map_err(|e| explain(e, self.endpoint, "cancelling the consumer"))?;
+        let rx = consumer.receiver();
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(ConsumerMessage::Delivery(d)) => {
+                    if !self.take(limits) {
+                        // Left unacked: it goes back to the queue when the channel closes.
+                        return Ok(Flow::Done);
+                    }
+                    self.delivered(d, handler)?;
+                }
+                Ok(ConsumerMessage::ClientCancelled) => return Ok(Flow::Resize),
+                Ok(other) => return Err(self.ended(other)),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stopped(limits) {
+                        return Ok(Flow::Done);
+                    }
+                    self.ack_pending(handler)?;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
+            }
+        }
+    }
+
+    /// The prefetch the bodies seen so far ask for.
+    fn wanted(&self) -> u16 {
+        prefetch_for(self.max_prefetch, self.held_bytes, self.largest)
+    }
+
+    /// A signal or another worker's failure: stop.
+    fn stopped(&mut self, limits: &ConsumeLimits<'_>) -> bool {
+        let stop = limits.stop.load(Ordering::SeqCst) || limits.halt.load(Ordering::SeqCst);
+        self.outcome.interrupted |= stop;
+        stop
+    }
+
+    /// Claim one more delivery under --count (and no signal); false: leave it unacked.
+    fn take(&mut self, limits: &ConsumeLimits<'_>) -> bool {
+        if self.stopped(limits) {
+            return false;
+        }
+        let taken = limits.claimed.fetch_add(1, Ordering::SeqCst) + 1;
+        // Another worker may have taken the last one.
+        limits.count.is_none_or(|n| taken <= n)
+    }
+
+    fn lost(&self) -> Report {
+        lost(format!(
+            "lost the connection to {} while consuming (broker stopped, network cut or missed \
+             heartbeats); unacked messages stay in the queue",
+            self.endpoint.masked()
+        ))
+    }
+
     fn run(
         &mut self,
         rx: &Receiver<ConsumerMessage>,
         limits: &ConsumeLimits<'_>,
         handler: &mut dyn Handler,
-    ) -> Result<()> {
+    ) -> Result<Flow> {
         let mut last_seen = Instant::now();
         loop {
-            if limits.stop.load(Ordering::SeqCst) || limits.halt.load(Ordering::SeqCst) {
-                self.outcome.interrupted = true;
+            if self.stopped(limits) {
                 break;
             }
             if limits.count.is_some_and(|n| limits.claimed.load(Ordering::SeqCst) >= n) {
                 break;
+            }
+            if self.wanted() != self.prefetch {
+                return Ok(Flow::Resize);
             }
             let wait = match limits.idle {
                 Some(idle) => match idle.checked_sub(last_seen.elapsed()) {
@@ -96,10 +239,8 @@ impl ConsumeState<'_> {
             let wait = if self.unacked > 0 { wait.min(ACK_DELAY) } else { wait };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    let taken = limits.claimed.fetch_add(1, Ordering::SeqCst) + 1;
-                    if limits.count.is_some_and(|n| taken > n) {
-                        // Another worker took the last one: leave this delivery unacked; it
-                        // goes back to the queue when the channel closes.
+                    if !self.take(limits) {
+                        // Left unacked: it goes back to the queue when the channel closes.
                         break;
                     }
                     last_seen = Instant::now();
@@ -107,26 +248,24 @@ impl ConsumeState<'_> {
                 }
                 Ok(other) => return Err(self.ended(other)),
                 Err(RecvTimeoutError::Timeout) => self.ack_pending(handler)?,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(lost(format!(
-                        "lost the connection to {} while consuming (broker stopped, network cut \
-                         or missed heartbeats); unacked messages stay in the queue",
-                        self.endpoint.masked()
-                    )));
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
             }
         }
-        self.ack_pending(handler)
+        self.ack_pending(handler).map(|()| Flow::Done)
     }
 
     fn delivered(&mut self, mut d: amiquip::Delivery, handler: &mut dyn Handler) -> Result<()> {
         self.outcome.received += 1;
+        let size = d.body.len() as u64;
+        self.largest = Some(self.largest.map_or(size, |l| l.max(size)));
         let ours = delivery(&mut d);
         match handler.handle(ours) {
             Ok(Disposition::Ack) => {
                 self.last = Some(d);
                 self.unacked += 1;
-                if self.unacked >= self.ack_every {
+                // Before a change of prefetch the ack waits: a sink may block in flush (a
+                // pipe's reader), and the next deliveries should not wait for it.
+                if self.unacked >= self.ack_every && self.wanted() == self.prefetch {
                     self.ack_pending(handler)?;
                 }
                 Ok(())
@@ -219,6 +358,7 @@ pub fn consume(
     let (mut session, mut current) = Session::open_first(endpoints)?;
     session.declare_queue(spec)?;
     let mut total = ConsumeOutcome::default();
+    let mut largest = None;
     loop {
         let left = ConsumeLimits {
             count: limits.count,
@@ -226,8 +366,10 @@ pub fn consume(
             stop: limits.stop,
             claimed: limits.claimed,
             halt: limits.halt,
+            held_bytes: limits.held_bytes,
         };
-        let (outcome, result) = consume_once(&mut session, &spec.name, prefetch, &left, handler);
+        let (outcome, result) =
+            consume_once(&mut session, &spec.name, prefetch, &left, handler, &mut largest);
         total.add(outcome);
         let Err(error) = result else {
             let _ = session.close();
@@ -259,27 +401,20 @@ impl ConsumeOutcome {
     }
 }
 
-/// One consumer on one channel of `session`.
+/// One consumer on one channel of `session` (re-consumed when the prefetch changes);
+/// `largest` is the largest body seen so far, kept across reconnects.
 fn consume_once(
     session: &mut Session,
     queue: &str,
     prefetch: u16,
     limits: &ConsumeLimits<'_>,
     handler: &mut dyn Handler,
+    largest: &mut Option<u64>,
 ) -> (ConsumeOutcome, Result<()>) {
     let ep = session.endpoint().clone();
     let channel = match session.channel() {
         Ok(c) => c,
         Err(e) => return (ConsumeOutcome::default(), Err(e)),
-    };
-    if let Err(e) = channel.qos(0, prefetch, false) {
-        return (ConsumeOutcome::default(), Err(explain(e, &ep, "setting QoS")));
-    }
-    let consumer = match channel.basic_consume(queue, ConsumerOptions::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            return (ConsumeOutcome::default(), Err(explain(e, &ep, "starting the consumer")));
-        }
     };
     let mut state = ConsumeState {
         channel: &channel,
@@ -287,25 +422,48 @@ fn consume_once(
         queue,
         last: None,
         unacked: 0,
-        ack_every: u64::from(prefetch / 2).max(1),
+        ack_every: 1,
         outcome: ConsumeOutcome::default(),
+        max_prefetch: prefetch,
+        prefetch: 0,
+        largest: *largest,
+        held_bytes: limits.held_bytes,
     };
-    let result = state.run(consumer.receiver(), limits, handler);
+    let result = state.consume(limits, handler);
     let outcome = state.outcome;
-    if result.is_err() {
-        // In-flight deliveries are dropped, not acked: after a reconnect the same channel id
-        // could receive the ack and close with "unknown delivery tag".
-        std::mem::forget(consumer);
-        std::mem::forget(channel);
-        return (outcome, result);
-    }
-    // amiquip answers basic.cancel to us BEFORE it tells the consumer's receiver; if that
-    // receiver is gone by then, its I/O thread dies (EventLoopClientDropped). Keep a clone
-    // alive until the channel close round trip proves the I/O thread is past it.
-    let keep_alive = consumer.receiver().clone();
-    let _ = consumer.cancel();
-    drop(consumer);
+    *largest = state.largest;
+    let keep_alive = match result {
+        Ok(rx) => rx,
+        Err(e) => {
+            // Nothing more is sent on this channel (see ConsumeState::consume).
+            std::mem::forget(channel);
+            return (outcome, Err(e));
+        }
+    };
     let closed = channel.close().map_err(|e| explain(e, &ep, "closing the channel"));
     drop(keep_alive);
     (outcome, closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefetch_for;
+
+    #[test]
+    fn prefetch_keeps_the_largest_body_times_prefetch_within_the_bound() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(prefetch_for(256, 256 * MIB, None), 1, "nothing seen yet");
+        assert_eq!(prefetch_for(256, 256 * MIB, Some(1_000)), 256, "small: --prefetch");
+        assert_eq!(prefetch_for(100, 256 * MIB, Some(1_000)), 100);
+        assert_eq!(prefetch_for(256, 256 * MIB, Some(8 * MIB)), 32);
+        assert_eq!(prefetch_for(256, 256 * MIB, Some(5 * MIB)), 32, "51 rounded down to 32");
+        assert_eq!(prefetch_for(256, 256 * MIB, Some(128 * MIB)), 2);
+        assert_eq!(prefetch_for(256, 256 * MIB, Some(300 * MIB)), 1, "over the bound: one");
+        assert_eq!(prefetch_for(256, 256 * MIB, Some(0)), 256, "empty bodies");
+        assert_eq!(prefetch_for(0, 1, Some(1)), 1, "never 0 (unlimited to the broker)");
+        for largest in [1, 7, 1_000, 3 * MIB, 77 * MIB] {
+            let p = u64::from(prefetch_for(u16::MAX, 256 * MIB, Some(largest)));
+            assert!(p * largest <= 256 * MIB, "{p} x {largest}");
+        }
+    }
 }

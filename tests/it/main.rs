@@ -14,6 +14,7 @@ mod faults;
 mod flows;
 mod handoff;
 mod interop;
+mod limits;
 mod lines;
 mod ml;
 mod model;
