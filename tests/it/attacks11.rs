@@ -2,8 +2,10 @@
 //! promise broken by the real binary with real child processes against the real broker.
 //! DESIGN, "The user's model": "an answer is never attributed to the wrong input".
 
-use crate::support::{TestQueue, connect, mqdemo};
+use crate::support::{TestQueue, connect, mqdemo, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Publish `bodies` to `q` (declared durable), each with a message id and a header `k`
 /// holding its index, so an answer (which inherits the headers) names its input.
@@ -255,4 +257,97 @@ fn serve_replies_with_the_previous_requests_answer() {
         out.stderr
     );
     let _ = drain(&failed);
+}
+
+/// Pids of processes whose command line contains `marker` (the model's `sh -c` and what it
+/// started).
+fn pids_with(marker: &str) -> Vec<(u32, String)> {
+    let out = Command::new("pgrep").args(["-af", marker]).output().expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .filter_map(|l| {
+            let (pid, cmd) = l.split_once(' ')?;
+            Some((pid.parse().ok()?, cmd.to_string()))
+        })
+        .collect()
+}
+
+/// Wait up to 5 s for every process with `marker` to be gone; else kill them (by pid: this
+/// test started them) and say which were left.
+fn left_behind(marker: &str) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = pids_with(marker);
+        if left.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() > until {
+            for (pid, _) in &left {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+            return left.into_iter().map(|(p, c)| format!("{p} {c}")).collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Promise 2 (README: the model's "whole group is killed" on the way out; brief: "on every
+/// way out ... signals"). The model now runs in a process group of its own, so a hangup of
+/// the terminal or ssh session (SIGHUP to the foreground group) no longer reaches it; and
+/// mqdemo does not handle SIGHUP, so it dies without killing the group.
+///
+/// Reproduction: `mqdemo pipe --exec 'sleep 64.<pid> & cat'` with one input; once the input
+/// is answered, `kill -HUP <mqdemo>`. Observed: mqdemo dies of SIGHUP, `cat` ends on EOF,
+/// but the model's background job `sleep` lives on (reparented to init). Promised: the
+/// model's whole group is killed on every way out mqdemo can catch.
+#[test]
+fn a_hangup_leaves_the_models_group_running() {
+    let from = TestQueue::new("a11-hup-in");
+    let to = TestQueue::new("a11-hup-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let marker = format!("sleep 64.{}", std::process::id());
+    publish_indexed(&from, &rows(1), None);
+    let model = format!("{marker} & cat");
+    let run = pipe(&from, &to, &model, &[]).watch();
+    wait_until(Duration::from_secs(20), "the input to be answered", || to.depth() == 1);
+    assert!(!pids_with(&marker).is_empty(), "the model's background job did not start");
+    run.signal("HUP");
+    let out = run.finish(Duration::from_secs(20));
+    let left = left_behind(&marker);
+    assert!(
+        left.is_empty(),
+        "after SIGHUP (mqdemo exit {:?}) the model's group outlived mqdemo: {left:?}\n{}",
+        out.status,
+        out.stderr
+    );
+}
+
+/// `--idle-timeout` (README: "stop after SECS with no message"; pipe/serve "stop like a
+/// consumer") counts the time the model spends on a message as idle time: a stage whose
+/// model takes longer than --idle-timeout per message stops after the first one, exit 0,
+/// with the rest of its input still queued — so the README's three-stage pipeline
+/// (`--idle-timeout 10` each) ends "successfully" half done when a model needs 10 s.
+///
+/// Reproduction: 3 inputs; `pipe --exec 'while read l; do sleep 3; echo "$l"; done'
+/// --idle-timeout 2`. Observed: `piped 1 messages`, exit 0, 2 inputs left in the queue.
+/// Promised: it stops only after 2 s with no message; all 3 are answered.
+#[test]
+fn idle_timeout_counts_the_models_work_as_idle() {
+    let from = TestQueue::new("a11-idle-in");
+    let to = TestQueue::new("a11-idle-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(3);
+    publish_indexed(&from, &inputs, None);
+    let model = r#"while IFS= read -r l; do sleep 3; printf '%s\n' "$l"; done"#;
+    let out = pipe(&from, &to, model, &["--idle-timeout", "2"]).run();
+    let left = from.depth();
+    let answered = to.depth();
+    assert!(
+        left == 0 && answered == 3,
+        "--idle-timeout 2 stopped with {left} inputs still queued and {answered} answered \
+         (exit {:?}):\n{}",
+        out.code(),
+        out.stderr
+    );
 }
