@@ -351,3 +351,45 @@ fn idle_timeout_counts_the_models_work_as_idle() {
         out.stderr
     );
 }
+
+fn header_str(d: &amiquip::Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.get(name)? {
+        AmqpValue::LongString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Promise 2 / README ("When the model fails on a message — it exits while the message is
+/// in hand ... — the message goes ... to the failed queue with an `x-mqdemo-error` header
+/// giving the reason (exit status and the child's last stderr line)"). A model that exits
+/// while a process it started (a helper, a multiprocessing worker, `cmd &`) still holds
+/// its stdout is not seen to exit: mqdemo waits for end-of-file on stdout only, so the
+/// crash is reported as a timeout after the whole --exec-timeout, without the exit status.
+///
+/// Reproduction: one input; `pipe --exec-timeout 30 --exec "sleep 45.<pid> & read l; echo
+/// 'ValueError: bad row' >&2; exit 3"`. Observed: the failed copy comes after 30 s with
+/// `no answer within 30 s (--exec-timeout; it was answering); it was killed: ValueError:
+/// bad row`. Promised: the exit is seen when it happens; the reason names `exit status: 3`.
+#[test]
+fn a_model_that_exits_while_its_helper_holds_stdout_is_seen_only_at_the_timeout() {
+    let from = TestQueue::new("a11-helper-in");
+    let to = TestQueue::new("a11-helper-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let marker = format!("sleep 45.{}", std::process::id());
+    publish_indexed(&from, &rows(1), None);
+    let model = format!("{marker} & read l; echo 'ValueError: bad row' >&2; exit 3");
+    let started = Instant::now();
+    let run = pipe(&from, &to, &model, &["--exec-timeout", "30", "--idle-timeout", "2"]).watch();
+    let deadline = Duration::from_secs(50);
+    wait_until(deadline, "the input in the failed queue", || failed.depth() == 1);
+    let took = started.elapsed();
+    let out = run.finish(Duration::from_secs(20));
+    let _ = left_behind(&marker);
+    let failures = drain(&failed);
+    let why = failures.first().and_then(|f| header_str(f, "x-mqdemo-error")).unwrap_or_default();
+    assert!(
+        took < Duration::from_secs(10) && why.contains("exit status: 3"),
+        "the model's exit was reported after {took:?} as: {why}\n{}",
+        out.stderr
+    );
+}
