@@ -2,7 +2,7 @@
 //! promise broken by the real binary with real child processes against the real broker.
 //! DESIGN, "The user's model": "an answer is never attributed to the wrong input".
 
-use crate::support::{TestQueue, connect, mqdemo, wait_until};
+use crate::support::{Output, TestQueue, connect, mqdemo, s, wait, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -392,4 +392,72 @@ fn a_model_that_exits_while_its_helper_holds_stdout_is_seen_only_at_the_timeout(
         "the model's exit was reported after {took:?} as: {why}\n{}",
         out.stderr
     );
+}
+
+/// `produce text --split line DIR` over a directory where `z.txt` is swapped, after the
+/// tree was listed, for `swap(path)`'s planting; the producer's output and the queue's
+/// bodies.
+fn produce_lines_with_a_swap(
+    test: &str,
+    swap: impl FnOnce(&std::path::Path),
+) -> (Output, Vec<String>) {
+    let q = TestQueue::new(test);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("a.txt"), "one\ntwo\nthree\nfour\n").expect("write");
+    std::fs::write(src.join("z.txt"), "last\n").expect("write");
+    // Lines go out 0.5 s apart: z.txt is opened about 2 s after the listing.
+    let args = ["produce", "text", "--directory", s(&src), "--queue", &q.name, "--split", "line"];
+    let mut args = args.to_vec();
+    args.extend_from_slice(&["--interval", "0.5"]);
+    let child = mqdemo(&args).spawn();
+    wait_until(Duration::from_secs(20), "the first line sent", || q.depth() >= 1);
+    std::fs::remove_file(src.join("z.txt")).expect("rm z.txt");
+    swap(&src.join("z.txt"));
+    let out = wait(child, Duration::from_secs(30));
+    let bodies = drain(&q).iter().map(|d| String::from_utf8_lossy(&d.body).into_owned()).collect();
+    (out, bodies)
+}
+
+/// Promise 5 (README: "`produce image` and `produce text` send the regular files under
+/// `--directory` and follow no symlinks: a symlink ... is never opened; it is skipped,
+/// named on stderr and counted"). Whole files are opened with O_NOFOLLOW after the
+/// listing; `--split line` opens them with a plain `File::open`, twice (scan, then send),
+/// so a file replaced by a symlink after the tree was listed is followed and its target
+/// sent.
+///
+/// Reproduction: `src/a.txt` (4 lines) and `src/z.txt`; `produce text --split line
+/// --interval 0.5`; once the first line is queued, replace `z.txt` by a symlink to a file
+/// outside the directory holding `SECRET-OUTSIDE`. Observed: a message `SECRET-OUTSIDE`
+/// in the queue. Promised: the symlink is never opened; z.txt is skipped and named.
+#[test]
+fn produce_lines_follows_a_symlink_swapped_in_after_the_listing() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "SECRET-OUTSIDE\n").expect("write");
+    let (out, bodies) = produce_lines_with_a_swap("a11-lines-symlink", |z| {
+        std::os::unix::fs::symlink(&secret, z).expect("symlink");
+    });
+    assert!(
+        !bodies.iter().any(|b| b.contains("SECRET-OUTSIDE")),
+        "a symlink's target outside the directory was sent: {bodies:?}\n{}",
+        out.stderr
+    );
+}
+
+/// Promise 5 ("producers ... never hang on a FIFO"): the same window with a FIFO. `produce
+/// text --split line` opens the listed file with a blocking `File::open`, which waits
+/// forever for a writer.
+///
+/// Reproduction: as above, but `z.txt` replaced by `mkfifo z.txt`. Observed: the producer
+/// never ends (killed by the test after 30 s). Promised: the FIFO is skipped and named, the
+/// run ends (exit 1).
+#[test]
+fn produce_lines_hangs_on_a_fifo_swapped_in_after_the_listing() {
+    let (out, _) = produce_lines_with_a_swap("a11-lines-fifo", |z| {
+        let status = Command::new("mkfifo").arg(z).status().expect("mkfifo runs");
+        assert!(status.success(), "mkfifo");
+    });
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
 }
