@@ -2,6 +2,7 @@
 //! (AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/%2f).
 
 mod attacks;
+mod attacks11;
 mod broker;
 mod cluster;
 mod confirms;
