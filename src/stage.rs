@@ -8,7 +8,7 @@
 //! producers are data, so its answers never merge with another input's.
 
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
-use crate::child::{Answer, Blame, Failure, Framing, ModelChild};
+use crate::child::{Answer, Blame, Failure, Framing, ModelChild, SETTLE_CAP};
 use crate::codec::{
     Delivery, HeaderValue, Kind, Message, Route, answer_id, header_text, image, unique_id,
 };
@@ -113,10 +113,11 @@ struct Stage<'a> {
     seen: SeenIds,
     counts: Counts,
     failures_in_a_row: u32,
-    /// `pipe`'s last answer, published only once the child is seen to have said nothing
-    /// more (before the next request, or before the input is acked, after 5 ms without
-    /// input): a child that writes a second line for one input is caught before either is
-    /// sent. `serve` replies at once (a client waits), after the same check.
+    /// `pipe`'s last answer, published only once the child has shown it said all it had to
+    /// say for that input: it took the next input and answered it once, or (before the
+    /// input is acked, or at once in `serve`, where a client waits) it is back waiting for
+    /// input. A child that writes a second line for one input is caught before either is
+    /// sent.
     held: Option<Held>,
 }
 
@@ -266,17 +267,33 @@ impl<'a> Stage<'a> {
         }
     }
 
-    /// Publish the held answer once the child has been quiet since giving it; if it said
-    /// more, the answer cannot be trusted and the input fails instead.
+    /// Publish the held answer once the child is back waiting for its next input (so
+    /// nothing more can come for that input); if it wrote more meanwhile, the answer cannot
+    /// be trusted and the input fails instead.
     fn settle(&mut self) -> Result<()> {
-        let Some(h) = self.held.take() else { return Ok(()) };
-        match self.child.quiet() {
-            Ok(()) => self.publish_answers(&h.d, &h.input_id, h.body),
-            Err(f) => {
-                self.counts.answered -= 1;
-                self.send_to_failed(&h.d, &h.input_id, &f.reason)
-            }
+        if self.held.is_none() {
+            return Ok(());
         }
+        match self.child.settled(SETTLE_CAP) {
+            Ok(()) => self.release_held(),
+            Err(f) => self.fail_held(&f.reason),
+        }
+    }
+
+    /// Publish the held answer: the child has since taken the next input and answered it
+    /// once, so the held one was all it wrote for its input.
+    fn release_held(&mut self) -> Result<()> {
+        match self.held.take() {
+            Some(h) => self.publish_answers(&h.d, &h.input_id, h.body),
+            None => Ok(()),
+        }
+    }
+
+    /// The held answer cannot be trusted (the child spoke out of turn): its input fails.
+    fn fail_held(&mut self, reason: &str) -> Result<()> {
+        let Some(h) = self.held.take() else { return Ok(()) };
+        self.counts.answered -= 1;
+        self.send_to_failed(&h.d, &h.input_id, reason)
     }
 
     /// Publish the answers to one input; answers that cannot be sent (headers too large for
@@ -360,31 +377,42 @@ impl Handler for Stage<'_> {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
-        self.settle()?;
         // Without a message id the delivery is data of its own: a fresh id, so that neither
         // its answers nor its failed copy merge with another's downstream.
         let input_id = d.assigned_id().map_or_else(unique_id, str::to_string);
         self.seen.insert(&d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
-        match self.reply_queue(&d) {
-            Err(why) => self.send_to_failed(&d, &input_id, &why)?,
-            Ok(_) => match self.child.call(&d.body) {
-                Ok(Answer::Output(body)) => {
-                    self.counts.answered += 1;
+        if let Err(why) = self.reply_queue(&d) {
+            self.send_to_failed(&d, &input_id, &why)?;
+        } else {
+            match self.child.call(&d.body) {
+                Ok(answer) => {
+                    // The child took this input and answered it once: what it wrote for the
+                    // one before was all of that one's answer.
+                    self.release_held()?;
                     self.failures_in_a_row = 0;
-                    self.held = Some(Held { d, input_id, body });
-                    if matches!(self.cfg.output, StageOutput::Replies { .. }) {
-                        // A client waits: reply now, after checking the child is quiet.
-                        self.settle()?;
+                    match answer {
+                        Answer::Output(body) => {
+                            self.counts.answered += 1;
+                            self.held = Some(Held { d, input_id, body });
+                            if matches!(self.cfg.output, StageOutput::Replies { .. }) {
+                                // A client waits: reply as soon as the child is done with it.
+                                self.settle()?;
+                            }
+                        }
+                        Answer::Nothing => self.counts.silent += 1,
                     }
                 }
-                Ok(Answer::Nothing) => {
-                    self.counts.silent += 1;
-                    self.failures_in_a_row = 0;
+                Err(f) => {
+                    if f.taints_previous {
+                        self.fail_held(&f.reason)?;
+                    } else {
+                        self.release_held()?;
+                    }
+                    self.child_failed(&d, &input_id, f)?;
                 }
-                Err(f) => self.child_failed(&d, &input_id, f)?,
-            },
+            }
         }
         let c = self.counts;
         self.reporter.status(|| {

@@ -243,8 +243,10 @@ impl<'a> ConsumeState<'a> {
                         // Left unacked: it goes back to the queue when the channel closes.
                         break;
                     }
-                    last_seen = Instant::now();
                     self.delivered(d, handler)?;
+                    // Idle means no message in hand and none arriving: the time spent
+                    // handling this one (a model at work) is not idle.
+                    last_seen = Instant::now();
                 }
                 Ok(other) => return Err(self.ended(other)),
                 Err(RecvTimeoutError::Timeout) => self.ack_pending(handler)?,

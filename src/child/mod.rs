@@ -14,6 +14,7 @@
 //! out, and without the broker's credentials in its environment.
 
 mod pipes;
+mod waiting;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, bounded};
@@ -23,9 +24,13 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use pipes::STOP_GRACE;
+
+/// Longest wait, after an answer, for the model to be back waiting for its next input
+/// before the answer is taken as final anyway.
+pub const SETTLE_CAP: Duration = Duration::from_secs(1);
 
 /// How bodies and answers are delimited on the child's stdin/stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,15 @@ pub struct Failure {
     pub reason: String,
     /// What to do about it.
     pub blame: Blame,
+    /// The child spoke out of turn: its previous answer cannot be trusted either (the
+    /// stray output may have been part of it, or the answer itself).
+    pub taints_previous: bool,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>, blame: Blame) -> Failure {
+        Failure { reason: reason.into(), blame, taints_previous: false }
+    }
 }
 
 /// How a model child is run.
@@ -107,8 +121,11 @@ fn register(group: i32, on: bool) {
 
 struct Running {
     process: Child,
-    /// Non-blocking; None once closed.
-    stdin: Option<ChildStdin>,
+    /// Non-blocking; None once closed. Shared (weakly) with the stdout reader, which looks
+    /// at how much of a request is still unread.
+    stdin: Option<Arc<ChildStdin>>,
+    /// The inode of the stdin pipe (to see the model waiting on it in /proc).
+    pipe: u64,
     events: Receiver<Event>,
     turns: Arc<Turns>,
     /// Disconnected once the child's stderr reached its end (every line is in the tail).
@@ -179,11 +196,16 @@ impl ModelChild {
         };
         rustix::io::ioctl_fionbio(&stdin, true)
             .wrap_err("cannot make the --exec child's stdin non-blocking")?;
+        let pipe = rustix::fs::fstat(&stdin).map_or(0, |st| st.st_ino);
+        let stdin = Arc::new(stdin);
+        let weak = Arc::downgrade(&stdin);
         let turns = Arc::new(Turns::default());
         let (tx, events) = bounded(1);
         let (framing, max) = (self.options.framing, self.options.max_answer);
         let reader_turns = Arc::clone(&turns);
-        std::thread::spawn(move || pipes::read_answers(stdout, framing, max, &reader_turns, &tx));
+        std::thread::spawn(move || {
+            pipes::read_answers(stdout, &weak, framing, max, &reader_turns, &tx);
+        });
         let tail = Arc::clone(&self.stderr_tail);
         let max_line = self.options.max_stderr_line;
         let (done, stderr_done) = bounded::<()>(0);
@@ -193,7 +215,7 @@ impl ModelChild {
         });
         self.starts += 1;
         self.answered = 0;
-        Ok(Running { process, stdin: Some(stdin), events, turns, stderr_done })
+        Ok(Running { process, stdin: Some(stdin), pipe, events, turns, stderr_done })
     }
 
     /// Hand `body` to the child and wait for its answer.
@@ -203,18 +225,21 @@ impl ModelChild {
         let parts: [&[u8]; 2] = match self.options.framing {
             Framing::Frames => {
                 len = u32::try_from(body.len())
-                    .map_err(|_| Failure {
-                        reason: "the body is over 4 GiB, more than a frame can carry".into(),
-                        blame: Blame::Message,
+                    .map_err(|_| {
+                        Failure::new(
+                            "the body is over 4 GiB, more than a frame can carry",
+                            Blame::Message,
+                        )
                     })?
                     .to_be_bytes();
                 [&len, body]
             }
             Framing::Lines => {
-                line = one_line(body).ok_or_else(|| Failure {
-                    reason: "the body has a line break and is not JSON; use --framing frames"
-                        .into(),
-                    blame: Blame::Message,
+                line = one_line(body).ok_or_else(|| {
+                    Failure::new(
+                        "the body has a line break and is not JSON; use --framing frames",
+                        Blame::Message,
+                    )
                 })?;
                 [&line[..], b"\n"]
             }
@@ -222,11 +247,11 @@ impl ModelChild {
         self.ensure_running()?;
         self.quiet()?;
         let Some(run) = self.running.as_mut() else {
-            return Err(Failure { reason: "internal: no child".into(), blame: Blame::Model });
+            return Err(Failure::new("internal: no child", Blame::Model));
         };
         let mut clock = Clock::new(self.options.timeout, &self.stop);
         run.turns.asked.fetch_add(1, Ordering::SeqCst);
-        let written = match run.stdin.as_mut() {
+        let written = match run.stdin.as_deref() {
             Some(stdin) => pipes::write_parts(stdin, &parts, &mut clock),
             None => Err(WriteError::Io(std::io::ErrorKind::BrokenPipe.into())),
         };
@@ -237,6 +262,7 @@ impl ModelChild {
                 return Err(self.failed(&format!("could not write to it ({e})"), false));
             }
         }
+        let mut exited_at: Option<Instant> = None;
         let event = loop {
             let wait = match clock.slice() {
                 Ok(wait) => wait,
@@ -249,25 +275,63 @@ impl ModelChild {
                     return Err(self.failed("it closed its stdout", false));
                 }
             }
+            // Exited without answering, while something it started still holds its stdout
+            // open: said now, not at the timeout (after a moment for a last answer).
+            if exited_at.is_none() && exited_within(&run.process, Duration::ZERO) {
+                exited_at = Some(Instant::now());
+            }
+            if exited_at.is_some_and(|at| at.elapsed() > EXITED_ANSWER_GRACE) {
+                return Err(self.failed("it exited without answering", false));
+            }
         };
         match event {
-            Event::Answer { early: true, .. } if run.turns.asked.load(Ordering::SeqCst) == 1 => {
-                Err(self.spoke_first())
-            }
-            Event::Answer { early: true, .. } => Err(self.failed(
-                "it wrote an answer before it was asked for one (more answers than inputs): \
-                 print logs to stderr",
-                true,
+            Event::Answer { early: true, .. } if self.answered == 0 => Err(self.spoke_first()),
+            Event::Answer { early: true, .. } => Err(self.out_of_turn(
+                "it wrote to stdout before it had taken this input (a line more than one per \
+                 input): print logs to stderr",
             )),
-            Event::Answer { trailing: true, .. } => Err(self.failed(
-                "it wrote more than one answer for this input: print logs to stderr",
-                true,
-            )),
+            Event::Answer { trailing: true, .. } => Err(self
+                .out_of_turn("it wrote more than one answer for this input: print logs to stderr")),
             Event::Answer { bytes, .. } => {
                 self.answered += 1;
                 Ok(if bytes.is_empty() { Answer::Nothing } else { Answer::Output(bytes) })
             }
-            Event::Broken(why) => Err(self.failed(&why, true)),
+            Event::Broken(why) => Err(self.out_of_turn(&why)),
+        }
+    }
+
+    /// The child broke the one-answer-per-input rule: it is stopped, and its previous answer
+    /// is not to be trusted either.
+    fn out_of_turn(&mut self, what: &str) -> Failure {
+        let mut f = self.failed(what, true);
+        f.taints_previous = true;
+        f
+    }
+
+    /// After an answer: wait until the child is back waiting for its next input (up to
+    /// `cap`), so that nothing more can come for that input; output meanwhile fails it
+    /// (the answer was not the whole of it). Where /proc cannot tell, only the output
+    /// already there is checked.
+    pub fn settled(&mut self, cap: Duration) -> Result<(), Failure> {
+        let until = Instant::now() + cap;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            self.quiet()?;
+            let Some(run) = self.running.as_ref() else { return Ok(()) };
+            if exited_within(&run.process, Duration::ZERO) {
+                // What it wrote before exiting is in the pipe: one more look.
+                std::thread::sleep(Duration::from_millis(20));
+                return self.quiet();
+            }
+            match waiting::waiting_for_input(run.process.id(), run.pipe) {
+                Some(true) | None => return Ok(()),
+                Some(false) => {}
+            }
+            if Instant::now() >= until || self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
         }
     }
 
@@ -315,10 +379,8 @@ impl ModelChild {
             }
         }
         if self.running.is_none() {
-            self.running = Some(
-                self.spawn()
-                    .map_err(|e| Failure { reason: format!("{e:#}"), blame: Blame::Model })?,
-            );
+            self.running =
+                Some(self.spawn().map_err(|e| Failure::new(format!("{e:#}"), Blame::Model))?);
         }
         Ok(())
     }
@@ -351,10 +413,7 @@ impl ModelChild {
     /// last stderr line. The next call starts a new one.
     fn failed(&mut self, what: &str, kill: bool) -> Failure {
         if self.running.is_none() {
-            return Failure {
-                reason: format!("the --exec child failed: {what}"),
-                blame: Blame::Message,
-            };
+            return Failure::new(format!("the --exec child failed: {what}"), Blame::Message);
         }
         let status = self.end_running(if kill { None } else { Some(EXIT_GRACE) });
         let last = self.stderr_tail.lock().map(|t| t.back().cloned()).unwrap_or(None);
@@ -368,7 +427,7 @@ impl ModelChild {
         }
         // sh's "command not found" / "not executable": no message can ever succeed.
         let blame = if matches!(code, Some(126 | 127)) { Blame::Model } else { Blame::Message };
-        Failure { reason, blame }
+        Failure::new(reason, blame)
     }
 
     /// End the running child: close its stdin, give it `grace` to exit (None: kill at
@@ -402,6 +461,8 @@ impl ModelChild {
 
 /// How long a child whose stdin closed (or that closed its stdout) may take to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long an answer may take to arrive after the child exited.
+const EXITED_ANSWER_GRACE: Duration = Duration::from_millis(200);
 /// How long its stderr may stay open after it exited.
 const STDERR_GRACE: Duration = Duration::from_secs(1);
 
@@ -486,6 +547,37 @@ mod tests {
         );
         assert!(c.call(b"two\nlines").is_err());
         assert_eq!(c.starts, 1);
+    }
+
+    #[test]
+    fn a_streaming_echo_of_a_long_line_is_one_answer() {
+        // `cat` writes the start of its answer before it has read the end of the request:
+        // that is not speaking out of turn.
+        let mut c = child("cat", Framing::Lines, T);
+        let body = vec![b'x'; 300_000];
+        for _ in 0..3 {
+            assert_eq!(c.call(&body).expect("answer"), Answer::Output(body.clone()));
+        }
+        c.settled(SETTLE_CAP).expect("cat is quiet after its answer");
+        assert_eq!(c.starts, 1);
+    }
+
+    #[test]
+    fn a_second_line_or_a_banner_is_out_of_turn() {
+        // Written with the answer: caught with it.
+        let mut c = child("while read l; do echo \"$l\"; echo log; done", Framing::Lines, T);
+        let f = c.call(b"a").expect_err("two lines at once");
+        assert!(f.taints_previous && f.reason.contains("print logs to stderr"), "{}", f.reason);
+        // Written a while after the answer, before the child reads again: caught by waiting
+        // for it to be back reading its input.
+        let model = "while read l; do echo \"$l\"; sleep 0.1; echo log; done";
+        let mut c = child(model, Framing::Lines, T);
+        assert_eq!(c.call(b"a").expect("first line taken"), Answer::Output(b"a".to_vec()));
+        let f = c.settled(SETTLE_CAP).expect_err("the second line");
+        assert!(f.taints_previous && f.reason.contains("print logs to stderr"), "{}", f.reason);
+        let mut c = child("echo loaded; sleep 0.2; cat", Framing::Lines, T);
+        let f = c.call(b"a").expect_err("the banner");
+        assert_eq!(f.blame, Blame::Model, "{}", f.reason);
     }
 
     #[test]

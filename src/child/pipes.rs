@@ -8,8 +8,8 @@ use crossbeam_channel::Sender;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// What the stdout reader saw.
@@ -18,8 +18,9 @@ pub(super) enum Event {
     /// One whole answer.
     Answer {
         bytes: Vec<u8>,
-        /// Its first byte was read before the request it would answer was written: the
-        /// child spoke out of turn (a log line on stdout, a banner, a second answer).
+        /// Its first byte was read before the request it would answer was written, or it
+        /// ended while that request was still unread in the pipe: the child spoke out of
+        /// turn (a log line on stdout, a banner, a second answer).
         early: bool,
         /// More bytes followed it at once, though nothing more had been asked.
         trailing: bool,
@@ -37,6 +38,17 @@ pub(super) struct Turns {
     pub partial: AtomicUsize,
 }
 
+impl Turns {
+    /// Whether bytes of the request last asked are still unread in the pipe: the child has
+    /// not taken it yet. (Not "still being written": the child may answer before our write
+    /// call returns. A child that answers a request it read only in part is caught by the
+    /// count instead: its real answer comes as one too many.) Weak: the reader must not keep
+    /// the child's stdin open once the caller closed it.
+    fn untaken(stdin: &Weak<ChildStdin>) -> bool {
+        stdin.upgrade().is_some_and(|s| rustix::io::ioctl_fionread(&*s).is_ok_and(|n| n > 0))
+    }
+}
+
 /// How much stdout is read at a time.
 const CHUNK: usize = 64 * 1024;
 
@@ -44,6 +56,7 @@ const CHUNK: usize = 64 * 1024;
 /// framing or the size limit (`max` bytes).
 pub(super) fn read_answers(
     mut out: ChildStdout,
+    stdin: &Weak<ChildStdin>,
     framing: Framing,
     max: usize,
     turns: &Turns,
@@ -70,6 +83,9 @@ pub(super) fn read_answers(
         // Read after the bytes arrived: a byte that came in while `asked` was below an
         // answer's number was surely written before that request was.
         let asked = turns.asked.load(Ordering::SeqCst);
+        // An answer that ends while its request is still unread in the pipe cannot be its
+        // answer (one that only starts early may be: `cat` echoes as it reads).
+        let untaken = Turns::untaken(stdin);
         if buf.is_empty() {
             head_asked = asked;
         }
@@ -88,7 +104,7 @@ pub(super) fn read_answers(
             let bytes = buf[body].to_vec();
             buf.drain(..used);
             scanned = 0;
-            let early = head_asked < answers;
+            let early = head_asked < answers || untaken;
             let trailing = !buf.is_empty() || rustix::io::ioctl_fionread(&out).is_ok_and(|n| n > 0);
             // What is left came in the read just made.
             head_asked = asked;
@@ -264,15 +280,16 @@ pub(super) enum WriteError {
 /// Write `parts` to the child's stdin (non-blocking), waiting for room with `poll` so the
 /// deadline holds even when the child does not read.
 pub(super) fn write_parts(
-    stdin: &mut ChildStdin,
+    stdin: &ChildStdin,
     parts: &[&[u8]],
     clock: &mut Clock<'_>,
 ) -> Result<(), WriteError> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut w = stdin;
     for part in parts {
         let mut rest: &[u8] = part;
         while !rest.is_empty() {
-            match stdin.write(rest) {
+            match w.write(rest) {
                 Ok(0) => return Err(WriteError::Io(std::io::ErrorKind::WriteZero.into())),
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -282,7 +299,7 @@ pub(super) fn write_parts(
                         tv_sec: 0,
                         tv_nsec: i64::from(wait.subsec_nanos()).min(999_999_999),
                     };
-                    let mut fds = [PollFd::new(&*stdin, PollFlags::OUT)];
+                    let mut fds = [PollFd::new(stdin, PollFlags::OUT)];
                     match poll(&mut fds, Some(&ts)) {
                         Ok(_) | Err(rustix::io::Errno::INTR) => {}
                         Err(e) => return Err(WriteError::Io(e.into())),
