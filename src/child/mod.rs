@@ -349,10 +349,10 @@ impl ModelChild {
         if !extra {
             return Ok(());
         }
-        if run.turns.asked.load(Ordering::SeqCst) == 0 {
+        if self.answered == 0 {
             return Err(self.spoke_first());
         }
-        Err(self.failed("it wrote more than one answer for one input: print logs to stderr", true))
+        Err(self.out_of_turn("it wrote more than one answer for one input: print logs to stderr"))
     }
 
     fn spoke_first(&mut self) -> Failure {
