@@ -3,6 +3,7 @@
 
 mod attacks;
 mod attacks11;
+mod attacks11b;
 mod broker;
 mod cluster;
 mod confirms;
