@@ -113,12 +113,14 @@ struct Stage<'a> {
     seen: SeenIds,
     counts: Counts,
     failures_in_a_row: u32,
-    /// `pipe`'s last answer, published only once the child has shown it said all it had to
-    /// say for that input: it took the next input and answered it once, or (before the
-    /// input is acked, or at once in `serve`, where a client waits) it is back waiting for
-    /// input. A child that writes a second line for one input is caught before either is
+    /// The last answer, published only once the child has shown it said all it had to say
+    /// for that input: it has gone quiet (nothing in its tree running or asleep on a
+    /// timer). A child that writes a second line for one input is caught before either is
     /// sent.
     held: Option<Held>,
+    /// Why the model cannot be trusted with more input (it wrote to stdout out of turn):
+    /// the run stops at the next message, which stays queued.
+    broken: Option<String>,
 }
 
 /// An answer not yet published, with its input.
@@ -159,6 +161,7 @@ impl<'a> Stage<'a> {
             counts: Counts::default(),
             failures_in_a_row: 0,
             held: None,
+            broken: None,
         })
     }
 
@@ -276,7 +279,12 @@ impl<'a> Stage<'a> {
         }
         match self.child.settled(SETTLE_CAP) {
             Ok(()) => self.release_held(),
-            Err(f) => self.fail_held(&f.reason),
+            Err(f) => {
+                if f.taints_previous {
+                    self.broken = Some(f.reason.clone());
+                }
+                self.fail_held(&f.reason)
+            }
         }
     }
 
@@ -377,6 +385,16 @@ impl Handler for Stage<'_> {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
+        if let Some(why) = &self.broken {
+            // A model that writes to stdout besides its answers would do it again: every
+            // further answer would be at risk of going to the wrong input.
+            return Err(eyre!(
+                "--exec {:?} writes to stdout besides its answers ({why}); stopping with the \
+                 rest of the messages in {}: print logs to stderr and run again",
+                self.cfg.exec,
+                self.cfg.input.name
+            ));
+        }
         // Without a message id the delivery is data of its own: a fresh id, so that neither
         // its answers nor its failed copy merge with another's downstream.
         let input_id = d.assigned_id().map_or_else(unique_id, str::to_string);
@@ -395,17 +413,18 @@ impl Handler for Stage<'_> {
                     match answer {
                         Answer::Output(body) => {
                             self.counts.answered += 1;
+                            // Published once the child has gone quiet: a model that reads
+                            // ahead (a pipeline, an event loop, a reader thread) takes the
+                            // next input at once, so only its quiet shows it is done.
                             self.held = Some(Held { d, input_id, body });
-                            if matches!(self.cfg.output, StageOutput::Replies { .. }) {
-                                // A client waits: reply as soon as the child is done with it.
-                                self.settle()?;
-                            }
+                            self.settle()?;
                         }
                         Answer::Nothing => self.counts.silent += 1,
                     }
                 }
                 Err(f) => {
                     if f.taints_previous {
+                        self.broken = Some(f.reason.clone());
                         self.fail_held(&f.reason)?;
                     } else {
                         self.release_held()?;

@@ -124,8 +124,6 @@ struct Running {
     /// Non-blocking; None once closed. Shared (weakly) with the stdout reader, which looks
     /// at how much of a request is still unread.
     stdin: Option<Arc<ChildStdin>>,
-    /// The inode of the stdin pipe (to see the model waiting on it in /proc).
-    pipe: u64,
     events: Receiver<Event>,
     turns: Arc<Turns>,
     /// Disconnected once the child's stderr reached its end (every line is in the tail).
@@ -196,7 +194,6 @@ impl ModelChild {
         };
         rustix::io::ioctl_fionbio(&stdin, true)
             .wrap_err("cannot make the --exec child's stdin non-blocking")?;
-        let pipe = rustix::fs::fstat(&stdin).map_or(0, |st| st.st_ino);
         let stdin = Arc::new(stdin);
         let weak = Arc::downgrade(&stdin);
         let turns = Arc::new(Turns::default());
@@ -215,7 +212,7 @@ impl ModelChild {
         });
         self.starts += 1;
         self.answered = 0;
-        Ok(Running { process, stdin: Some(stdin), pipe, events, turns, stderr_done })
+        Ok(Running { process, stdin: Some(stdin), events, turns, stderr_done })
     }
 
     /// Hand `body` to the child and wait for its answer.
@@ -308,10 +305,10 @@ impl ModelChild {
         f
     }
 
-    /// After an answer: wait until the child is back waiting for its next input (up to
-    /// `cap`), so that nothing more can come for that input; output meanwhile fails it
-    /// (the answer was not the whole of it). Where /proc cannot tell, only the output
-    /// already there is checked.
+    /// After an answer: wait until the child has gone quiet (up to `cap`): nothing in its
+    /// process tree running or asleep on a timer, so nothing more can come for that input
+    /// until it is given another; output meanwhile fails it (the answer was not the whole
+    /// of it). Where /proc cannot tell, only the output already there is checked.
     pub fn settled(&mut self, cap: Duration) -> Result<(), Failure> {
         let until = Instant::now() + cap;
         let mut pause = Duration::from_micros(20);
@@ -323,7 +320,7 @@ impl ModelChild {
                 std::thread::sleep(Duration::from_millis(20));
                 return self.quiet();
             }
-            match waiting::waiting_for_input(run.process.id(), run.pipe) {
+            match waiting::quiescent(run.process.id()) {
                 Some(true) | None => return Ok(()),
                 Some(false) => {}
             }

@@ -1,15 +1,15 @@
-//! Whether a model is back waiting for its next input, seen in /proc (Linux): some task of
-//! its process tree is blocked reading its stdin pipe — in read(2) on the pipe, or in
-//! epoll_wait on a set that holds it (asyncio, Node). A model that is waiting has written
-//! everything it will write for the input before; until then, more may come.
+//! Whether a model has gone quiet after an answer, seen in /proc (Linux): no task of its
+//! process tree is running or sleeping on a timer — each one waits for something to come
+//! (its input, a pipe, a child, a lock) without a deadline. A model in that state cannot
+//! write more for the input it answered until something arrives; a model that still runs,
+//! sleeps (`time.sleep`) or has a timer pending (an event loop's `asyncio.sleep`) may.
 
 /// Processes of a model's tree looked at, at most.
 const MAX_PROCESSES: usize = 64;
 
-/// Whether a task of the tree under `leader` waits to read the pipe with inode `pipe`; None
-/// when /proc cannot tell (no such files, or not allowed to read them).
-pub(super) fn waiting_for_input(leader: u32, pipe: u64) -> Option<bool> {
-    let want = format!("pipe:[{pipe}]");
+/// Whether the tree under `leader` is quiet; None when /proc cannot tell (no such files,
+/// or not allowed to read them).
+pub(super) fn quiescent(leader: u32) -> Option<bool> {
     let mut todo = vec![leader];
     let mut looked = 0;
     let mut told = false;
@@ -24,49 +24,50 @@ pub(super) fn waiting_for_input(leader: u32, pipe: u64) -> Option<bool> {
             if let Ok(children) = std::fs::read_to_string(dir.join("children")) {
                 todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
             }
-            let (Ok(wchan), Ok(syscall)) = (
+            let (Ok(stat), Ok(wchan), Ok(syscall)) = (
+                std::fs::read_to_string(dir.join("stat")),
                 std::fs::read_to_string(dir.join("wchan")),
                 std::fs::read_to_string(dir.join("syscall")),
             ) else {
                 continue;
             };
             told = true;
-            // "NR arg0 arg1 ...": the first argument of a read or an epoll_wait is the fd.
-            let Some(fd) = syscall
-                .split_whitespace()
-                .nth(1)
-                .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
-            else {
-                continue;
-            };
-            let waits = if wchan.contains("pipe_read") || wchan.contains("pipe_wait") {
-                fd_is(pid, fd, &want)
-            } else if wchan.contains("epoll") {
-                epoll_watches(pid, fd, &want)
-            } else {
-                false
-            };
-            if waits {
-                return Some(true);
+            if busy(&stat, &wchan, &syscall) {
+                return Some(false);
             }
         }
     }
-    told.then_some(false)
+    told.then_some(true)
 }
 
-fn fd_is(pid: u32, fd: u64, want: &str) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l.as_os_str() == want)
-}
-
-/// Whether the epoll instance `epfd` of `pid` watches a descriptor that is `want`.
-fn epoll_watches(pid: u32, epfd: u64, want: &str) -> bool {
-    let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else {
+/// Whether one task may still produce output by itself: running (or in the disk), asleep on
+/// a timer, or waiting with a deadline.
+fn busy(stat: &str, wchan: &str, syscall: &str) -> bool {
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("R" | "D")) || syscall.starts_with("running") {
+        return true;
+    }
+    if matches!(state, Some("Z" | "X")) {
         return false;
-    };
-    info.lines()
-        .filter_map(|l| l.strip_prefix("tfd:"))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .any(|fd| fd_is(pid, fd, want))
+    }
+    // "NR arg0 arg1 arg2 arg3 ...": epoll_wait's timeout (an int; epoll_pwait2's is a
+    // pointer) and futex's timeout pointer are the fourth argument.
+    let arg3 = syscall
+        .split_whitespace()
+        .nth(4)
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+    if wchan.contains("nanosleep") {
+        return true;
+    }
+    if wchan.contains("epoll") {
+        // -1 (however wide the register) or none: no deadline.
+        return !arg3.is_some_and(|t| t == 0 || t & 0xffff_ffff == 0xffff_ffff);
+    }
+    if wchan.contains("futex") {
+        return arg3.is_some_and(|t| t != 0);
+    }
+    false
 }
 
 #[cfg(test)]
@@ -76,15 +77,11 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    fn pipe_inode(stdin: &std::process::ChildStdin) -> u64 {
-        rustix::fs::fstat(stdin).map(|s| s.st_ino).expect("fstat")
-    }
-
     /// Poll until `want` or the deadline; what was seen last.
-    fn becomes(leader: u32, pipe: u64, want: Option<bool>) -> Option<bool> {
+    fn becomes(leader: u32, want: Option<bool>) -> Option<bool> {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            let got = waiting_for_input(leader, pipe);
+            let got = quiescent(leader);
             if got == want || Instant::now() > until {
                 return got;
             }
@@ -101,30 +98,48 @@ mod tests {
             .spawn()
             .expect("sh");
         let mut stdin = child.stdin.take().expect("stdin");
-        let ino = pipe_inode(&stdin);
-        assert_eq!(becomes(child.id(), ino, Some(true)), Some(true), "blocked in read");
+        assert_eq!(becomes(child.id(), Some(true)), Some(true), "blocked in read");
         stdin.write_all(b"x\n").expect("write");
-        assert_eq!(becomes(child.id(), ino, Some(false)), Some(false), "busy sleeping");
-        assert_eq!(becomes(child.id(), ino, Some(true)), Some(true), "back in read");
+        assert_eq!(becomes(child.id(), Some(false)), Some(false), "busy sleeping");
+        assert_eq!(becomes(child.id(), Some(true)), Some(true), "back in read");
         drop(stdin);
         let _ = child.wait();
     }
 
     #[test]
-    fn an_epoll_reader_of_its_stdin_is_waiting() {
-        let script = "import selectors, sys\n\
-                      sel = selectors.EpollSelector()\n\
-                      sel.register(sys.stdin, selectors.EVENT_READ)\n\
-                      while True:\n    sel.select()\n    \
-                      if not sys.stdin.readline():\n        break\n";
+    fn an_event_loop_with_a_timer_pending_is_busy_without_one_quiet() {
+        // asyncio: a sleep pending makes the loop wait with a deadline.
+        let script = "import asyncio, sys\n\
+                      async def main():\n    \
+                      await asyncio.sleep(float(sys.argv[1]))\n    \
+                      await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)\n\
+                      asyncio.run(main())\n";
         let Ok(mut child) =
-            Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).spawn()
+            Command::new("python3").args(["-c", script, "1.5"]).stdin(Stdio::piped()).spawn()
         else {
-            return; // no python3 here: the read(2) case above still holds
+            return; // no python3 here: the case above still holds
         };
         let stdin = child.stdin.take().expect("stdin");
-        let ino = pipe_inode(&stdin);
-        assert_eq!(becomes(child.id(), ino, Some(true)), Some(true), "blocked in epoll_wait");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(quiescent(child.id()), Some(false), "a timer is pending");
+        assert_eq!(becomes(child.id(), Some(true)), Some(true), "waiting on input only");
+        drop(stdin);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_pipeline_is_busy_while_any_stage_works() {
+        // `cat` waits on the input at once; the second stage is still asleep.
+        let mut child = Command::new("sh")
+            .args(["-c", "cat | (sleep 1; cat)"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sh");
+        let stdin = child.stdin.take().expect("stdin");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(quiescent(child.id()), Some(false), "the second stage sleeps");
+        assert_eq!(becomes(child.id(), Some(true)), Some(true), "both stages read");
         drop(stdin);
         let _ = child.wait();
     }
