@@ -20,6 +20,7 @@ use color_eyre::eyre::{Result, WrapErr, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, bounded};
 use pipes::{Clock, Event, Expired, Turns, WriteError};
 use std::collections::VecDeque;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +142,9 @@ pub struct ModelChild {
     pub starts: u64,
     /// Answers received since the last start.
     answered: u64,
+    /// Settles in a row that ran out at the cap (the model never went quiet); past
+    /// [`SETTLE_GIVE_UP`] the wait is skipped for this child.
+    settle_timeouts: u32,
 }
 
 impl ModelChild {
@@ -155,6 +159,7 @@ impl ModelChild {
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             starts: 0,
             answered: 0,
+            settle_timeouts: 0,
         }
     }
 
@@ -212,6 +217,7 @@ impl ModelChild {
         });
         self.starts += 1;
         self.answered = 0;
+        self.settle_timeouts = 0;
         Ok(Running { process, stdin: Some(stdin), events, turns, stderr_done })
     }
 
@@ -310,8 +316,12 @@ impl ModelChild {
     /// until it is given another; output meanwhile fails it (the answer was not the whole
     /// of it). Where /proc cannot tell, only the output already there is checked.
     pub fn settled(&mut self, cap: Duration) -> Result<(), Failure> {
+        if self.settle_timeouts >= SETTLE_GIVE_UP {
+            return self.quiet();
+        }
         let until = Instant::now() + cap;
-        let mut pause = Duration::from_micros(20);
+        let mut pause = Duration::from_micros(50);
+        let mut spins = 0;
         loop {
             self.quiet()?;
             let Some(run) = self.running.as_ref() else { return Ok(()) };
@@ -321,14 +331,36 @@ impl ModelChild {
                 return self.quiet();
             }
             match waiting::quiescent(run.process.id()) {
-                Some(true) | None => return Ok(()),
+                Some(true) | None => {
+                    self.settle_timeouts = 0;
+                    return Ok(());
+                }
                 Some(false) => {}
             }
-            if Instant::now() >= until || self.stop.load(Ordering::SeqCst) {
+            if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(2));
+            if Instant::now() >= until {
+                self.settle_timeouts += 1;
+                if self.settle_timeouts == SETTLE_GIVE_UP {
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "mqdemo: the --exec model never goes quiet between inputs (something in \
+                         it runs or sleeps on a timer); its answers are no longer held back \
+                         for it, so keep its stdout for answers only"
+                    );
+                }
+                return Ok(());
+            }
+            // A fast model is quiet within microseconds of its answer (a sleep would cost
+            // the timer slack, 50 us): yield first, then sleep longer and longer.
+            if spins < SETTLE_SPINS {
+                spins += 1;
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(2));
+            }
         }
     }
 
@@ -458,6 +490,10 @@ impl ModelChild {
 
 /// How long a child whose stdin closed (or that closed its stdout) may take to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Settles in a row that reach the cap after which a child's answers are no longer held.
+const SETTLE_GIVE_UP: u32 = 3;
+/// Checks for a quiet model made with a yield in between before sleeping between them.
+const SETTLE_SPINS: u32 = 20;
 /// How long an answer may take to arrive after the child exited.
 const EXITED_ANSWER_GRACE: Duration = Duration::from_millis(200);
 /// How long its stderr may stay open after it exited.
@@ -575,6 +611,23 @@ mod tests {
         let mut c = child("echo loaded; sleep 0.2; cat", Framing::Lines, T);
         let f = c.call(b"a").expect_err("the banner");
         assert_eq!(f.blame, Blame::Model, "{}", f.reason);
+    }
+
+    #[test]
+    fn a_model_that_never_goes_quiet_is_waited_for_only_a_few_times() {
+        // A background loop that always sleeps on a timer: never quiet.
+        let mut c = child("while sleep 0.05; do :; done & cat", Framing::Lines, T);
+        for i in 0..SETTLE_GIVE_UP + 2 {
+            let started = std::time::Instant::now();
+            assert_eq!(c.call(b"x").expect("answer"), Answer::Output(b"x".to_vec()));
+            c.settled(Duration::from_millis(300)).expect("no stray output");
+            let took = started.elapsed();
+            if i < SETTLE_GIVE_UP {
+                assert!(took >= Duration::from_millis(300), "answer {i} not held: {took:?}");
+            } else {
+                assert!(took < Duration::from_millis(200), "answer {i} held {took:?}");
+            }
+        }
     }
 
     #[test]

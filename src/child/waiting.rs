@@ -1,6 +1,6 @@
 //! Whether a model has gone quiet after an answer, seen in /proc (Linux): no task of its
 //! process tree is running or sleeping on a timer — each one waits for something to come
-//! (its input, a pipe, a child, a lock) without a deadline. A model in that state cannot
+//! (its input, a pipe, a child, a lock), an event loop without a timer pending. A model in that state cannot
 //! write more for the input it answered until something arrives; a model that still runs,
 //! sleeps (`time.sleep`) or has a timer pending (an event loop's `asyncio.sleep`) may.
 
@@ -24,15 +24,25 @@ pub(super) fn quiescent(leader: u32) -> Option<bool> {
             if let Ok(children) = std::fs::read_to_string(dir.join("children")) {
                 todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
             }
-            let (Ok(stat), Ok(wchan), Ok(syscall)) = (
-                std::fs::read_to_string(dir.join("stat")),
-                std::fs::read_to_string(dir.join("wchan")),
-                std::fs::read_to_string(dir.join("syscall")),
-            ) else {
+            // Cheapest first: most checks end at a running task.
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            if matches!(state, Some("R" | "D")) {
+                return Some(false);
+            }
+            if matches!(state, Some("Z" | "X")) {
                 continue;
+            }
+            let Ok(wchan) = std::fs::read_to_string(dir.join("wchan")) else { continue };
+            // The timeout argument matters only for this wait.
+            let syscall = if wchan.contains("epoll") {
+                let Ok(syscall) = std::fs::read_to_string(dir.join("syscall")) else { continue };
+                syscall
+            } else {
+                String::new()
             };
             told = true;
-            if busy(&stat, &wchan, &syscall) {
+            if busy(&wchan, &syscall) {
                 return Some(false);
             }
         }
@@ -40,32 +50,22 @@ pub(super) fn quiescent(leader: u32) -> Option<bool> {
     told.then_some(true)
 }
 
-/// Whether one task may still produce output by itself: running (or in the disk), asleep on
-/// a timer, or waiting with a deadline.
-fn busy(stat: &str, wchan: &str, syscall: &str) -> bool {
-    // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, Some("R" | "D")) || syscall.starts_with("running") {
+/// Whether a sleeping task may still produce output by itself: asleep on a timer, or
+/// waiting with a deadline.
+fn busy(wchan: &str, syscall: &str) -> bool {
+    if wchan.contains("nanosleep") || syscall.starts_with("running") {
         return true;
     }
-    if matches!(state, Some("Z" | "X")) {
-        return false;
-    }
     // "NR arg0 arg1 arg2 arg3 ...": epoll_wait's timeout (an int; epoll_pwait2's is a
-    // pointer) and futex's timeout pointer are the fourth argument.
+    // pointer) is the fourth argument. Lock waits (futex) count as quiet even with a
+    // deadline: ML runtimes keep threads in timed waits all the time.
     let arg3 = syscall
         .split_whitespace()
         .nth(4)
         .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
-    if wchan.contains("nanosleep") {
-        return true;
-    }
     if wchan.contains("epoll") {
         // -1 (however wide the register) or none: no deadline.
         return !arg3.is_some_and(|t| t == 0 || t & 0xffff_ffff == 0xffff_ffff);
-    }
-    if wchan.contains("futex") {
-        return arg3.is_some_and(|t| t != 0);
     }
     false
 }

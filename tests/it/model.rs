@@ -207,8 +207,9 @@ fn a_second_signal_kills_the_model_with_mqdemo() {
     let model = format!("trap '' TERM INT; {marker}");
     let run = pipe(&from, &to, &model, &[]).watch();
     wait_until(Duration::from_secs(20), "the input to be taken", || from.depth() == 0);
+    // Two different signals: two of the same, sent back to back, may merge into one.
     run.signal("TERM");
-    run.signal("TERM");
+    run.signal("INT");
     let out = run.finish(Duration::from_secs(10));
     assert_eq!(out.code(), Some(130), "{}", out.stderr);
     no_process_left(&marker);
