@@ -2,76 +2,10 @@
 //! promise broken by the real binary with real child processes against the real broker.
 //! DESIGN, "The user's model": "an answer is never attributed to the wrong input".
 
-use crate::support::{Output, TestQueue, connect, mqdemo, s, wait, wait_until};
-use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
+use crate::stage_kit::{drain, header_str, pipe, publish_indexed, rows, shifted};
+use crate::support::{Output, TestQueue, mqdemo, s, wait, wait_until};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Publish `bodies` to `q` (declared durable), each with a message id and a header `k`
-/// holding its index, so an answer (which inherits the headers) names its input.
-fn publish_indexed(q: &TestQueue, bodies: &[Vec<u8>], reply_to: Option<&str>) {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
-        .expect("declare");
-    for (i, body) in bodies.iter().enumerate() {
-        let mut h = FieldTable::new();
-        h.insert("k".into(), AmqpValue::LongLongInt(i as i64));
-        let mut props = AmqpProperties::default()
-            .with_headers(h)
-            .with_message_id(format!("{}-{i}", q.name))
-            .with_correlation_id(format!("c{i}"));
-        if let Some(to) = reply_to {
-            props = props.with_reply_to(to.to_string());
-        }
-        ch.basic_publish("", Publish::with_properties(body, q.name.clone(), props))
-            .expect("publish");
-    }
-    let _ = ch.close();
-    let _ = conn.close();
-}
-
-/// Every message of `q`, taken off it.
-fn drain(q: &TestQueue) -> Vec<amiquip::Delivery> {
-    let mut got = Vec::new();
-    while let Some(d) = q.get() {
-        got.push(d);
-    }
-    got
-}
-
-fn header_int(d: &amiquip::Delivery, name: &str) -> Option<i64> {
-    match d.properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongLongInt(n) => Some(*n),
-        AmqpValue::LongInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
-fn rows(n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| format!("{{\"i\":{i}}}").into_bytes()).collect()
-}
-
-/// Answers whose body is not their input's (the model echoes; the input is named by the
-/// inherited `k` header), as text.
-fn shifted(answers: &[amiquip::Delivery], inputs: &[Vec<u8>]) -> Vec<String> {
-    answers
-        .iter()
-        .filter(|a| {
-            header_int(a, "k")
-                .and_then(|k| usize::try_from(k).ok())
-                .and_then(|k| inputs.get(k))
-                .is_none_or(|input| *input != a.body)
-        })
-        .map(|a| format!("k={:?}: {}", header_int(a, "k"), String::from_utf8_lossy(&a.body)))
-        .collect()
-}
-
-fn pipe(from: &TestQueue, to: &TestQueue, exec: &str, extra: &[&str]) -> crate::support::Mqdemo {
-    let mut args = vec!["pipe", "--from", &from.name, "--to", &to.name, "--exec", exec];
-    args.extend_from_slice(extra);
-    mqdemo(&args)
-}
 
 /// Promise 1 (README "The model is untrusted": "More output than one answer per input (a
 /// log line printed next to the answer) fails that child"; DESIGN: "an answer is never
@@ -350,13 +284,6 @@ fn idle_timeout_counts_the_models_work_as_idle() {
         out.code(),
         out.stderr
     );
-}
-
-fn header_str(d: &amiquip::Delivery, name: &str) -> Option<String> {
-    match d.properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// Promise 2 / README ("When the model fails on a message — it exits while the message is

@@ -23,6 +23,7 @@ mod model;
 mod proxy;
 mod reliability;
 mod secrets;
+mod stage_kit;
 mod storage;
 mod support;
 mod wire;

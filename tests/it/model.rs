@@ -4,83 +4,12 @@
 //! every way out; a message the broker refuses fails alone; `serve` answers only reply
 //! queues. Real broker, real binary, real child processes.
 
+use crate::stage_kit::{drain, header_str, pipe, publish_indexed, rows, shifted};
 use crate::support::{Output, TestQueue, connect, mqdemo, wait, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
 use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Publish `bodies` to `q` (declared durable), each with a message id and a header `k`
-/// holding its index, so an answer (which inherits the headers) names its input.
-fn publish_indexed(q: &TestQueue, bodies: &[Vec<u8>], reply_to: Option<&str>) {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
-        .expect("declare");
-    for (i, body) in bodies.iter().enumerate() {
-        let mut h = FieldTable::new();
-        h.insert("k".into(), AmqpValue::LongLongInt(i as i64));
-        let mut props = AmqpProperties::default()
-            .with_headers(h)
-            .with_message_id(format!("{}-{i}", q.name))
-            .with_correlation_id(format!("c{i}"));
-        if let Some(to) = reply_to {
-            props = props.with_reply_to(to.to_string());
-        }
-        ch.basic_publish("", Publish::with_properties(body, q.name.clone(), props))
-            .expect("publish");
-    }
-    let _ = ch.close();
-    let _ = conn.close();
-}
-
-/// Every message of `q`, taken off it.
-fn drain(q: &TestQueue) -> Vec<amiquip::Delivery> {
-    let mut got = Vec::new();
-    while let Some(d) = q.get() {
-        got.push(d);
-    }
-    got
-}
-
-fn header_int(d: &amiquip::Delivery, name: &str) -> Option<i64> {
-    match d.properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongLongInt(n) => Some(*n),
-        AmqpValue::LongInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
-fn header_str(d: &amiquip::Delivery, name: &str) -> Option<String> {
-    match d.properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn rows(n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| format!("{{\"i\":{i}}}").into_bytes()).collect()
-}
-
-/// Answers whose body is not their input's (by the inherited `k` header), as text.
-fn shifted(answers: &[amiquip::Delivery], inputs: &[Vec<u8>]) -> Vec<String> {
-    answers
-        .iter()
-        .filter(|a| {
-            header_int(a, "k")
-                .and_then(|k| usize::try_from(k).ok())
-                .and_then(|k| inputs.get(k))
-                .is_none_or(|input| *input != a.body)
-        })
-        .map(|a| format!("k={:?}: {}", header_int(a, "k"), String::from_utf8_lossy(&a.body)))
-        .collect()
-}
-
-fn pipe(from: &TestQueue, to: &TestQueue, exec: &str, extra: &[&str]) -> crate::support::Mqdemo {
-    let mut args = vec!["pipe", "--from", &from.name, "--to", &to.name, "--exec", exec];
-    args.extend_from_slice(extra);
-    mqdemo(&args)
-}
 
 /// Processes whose command line contains `marker` (the model's `sh -c` and its children).
 fn processes_with(marker: &str) -> Vec<String> {
