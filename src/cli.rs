@@ -203,6 +203,12 @@ pub struct ProduceCommon {
     /// (RabbitMQ 3.x allows 128 MiB, 4.x 16 MiB by default). Example: --max-message-size 16777216
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES")]
     pub max_message_size: u64,
+
+    /// Give every message an id new to this run, so sending the same data again on purpose
+    /// is new data to consumers rather than duplicates of the first send. Without it ids are
+    /// deterministic: a repeated or resumed run is dropped as duplicates. Example: --new-ids
+    #[arg(long)]
+    pub new_ids: bool,
 }
 
 /// `produce tabular`.

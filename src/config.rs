@@ -137,6 +137,8 @@ pub struct ProduceConfig {
     pub publisher: PublisherOptions,
     /// Largest body sent; bigger items are skipped.
     pub max_message_size: u64,
+    /// With --new-ids: mixed into every message id, so this run's messages are new data.
+    pub run_id: Option<String>,
     /// Where the data comes from.
     pub source: Source,
 }
@@ -371,6 +373,7 @@ fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
             confirm_timeout: seconds("--confirm-timeout", common.confirm_timeout, false)?,
         },
         max_message_size: common.max_message_size,
+        run_id: common.new_ids.then(run_id),
         source,
     })
 }
@@ -590,6 +593,14 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, UsageError
         return Err(UsageError(format!("{flag} {value}: must be a number of seconds, {want}")));
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+/// An id for this run: the time in nanoseconds and the process id.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos}-{}", std::process::id())
 }
 
 #[cfg(test)]

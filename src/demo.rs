@@ -140,6 +140,7 @@ fn run_case(
             confirm_timeout: Duration::from_secs_f64(DEFAULT_CONFIRM_TIMEOUT_SECS),
         },
         max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        run_id: None,
         source,
     };
     let produced = produce::run(global, &produce_cfg, stop)?;

@@ -43,6 +43,7 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Resu
         sent: 0,
         started: Instant::now(),
         padded_note: String::new(),
+        run_id: cfg.run_id.clone(),
     };
     let started = pump.started;
     let streamed = input.stream(cfg, &mut pump);
@@ -98,11 +99,16 @@ struct Pump<'a> {
     started: Instant,
     /// "padded N short rows with nulls" (CSV), for the summary.
     padded_note: String,
+    /// --new-ids: mixed into every message id.
+    run_id: Option<String>,
 }
 
 impl Pump<'_> {
     /// Publish; Ok(false) when the run should stop reading input (signal).
-    fn send(&mut self, msg: Message) -> Result<bool> {
+    fn send(&mut self, mut msg: Message) -> Result<bool> {
+        if let Some(run) = &self.run_id {
+            msg.message_id = crate::codec::run_message_id(run, &msg.message_id);
+        }
         if msg.body.len() as u64 > self.max_size {
             self.skip(&msg.label, &too_large(msg.body.len() as u64, self.max_size));
             return Ok(self.keep_going());

@@ -440,6 +440,18 @@ impl Handler for Stage<'_> {
         Ok(Disposition::Ack)
     }
 
+    fn idle(&mut self) -> Result<()> {
+        match self.child.check_alive() {
+            Ok(()) => Ok(()),
+            Err(f) => Err(eyre!(
+                "--exec {:?} cannot run: {}; fix the command (every message stays in {})",
+                self.cfg.exec,
+                f.reason,
+                self.cfg.input.name
+            )),
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
         self.settle()?;
         for (label, why) in self.producer.flush()? {

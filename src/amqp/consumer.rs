@@ -28,6 +28,11 @@ pub trait Handler {
     fn handle(&mut self, delivery: Delivery) -> Result<Disposition>;
     /// Make everything handled so far durable (flush / fsync) before it is acked.
     fn flush(&mut self) -> Result<()>;
+    /// Called when no delivery came for a moment: a chance to notice trouble while idle
+    /// (an error stops the consumer).
+    fn idle(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// When the consumer loop stops.
@@ -249,7 +254,10 @@ impl<'a> ConsumeState<'a> {
                     last_seen = Instant::now();
                 }
                 Ok(other) => return Err(self.ended(other)),
-                Err(RecvTimeoutError::Timeout) => self.ack_pending(handler)?,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.ack_pending(handler)?;
+                    handler.idle()?;
+                }
                 Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
             }
         }

@@ -142,6 +142,9 @@ pub struct ModelChild {
     pub starts: u64,
     /// Answers received since the last start.
     answered: u64,
+    /// Whether any child of this run has answered: until then, one that exits by itself
+    /// cannot start (an import error, a missing file), whatever its exit status.
+    ever_answered: bool,
     /// Settles in a row that ran out at the cap (the model never went quiet); past
     /// [`SETTLE_GIVE_UP`] the wait is skipped for this child.
     settle_timeouts: u32,
@@ -159,6 +162,7 @@ impl ModelChild {
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             starts: 0,
             answered: 0,
+            ever_answered: false,
             settle_timeouts: 0,
         }
     }
@@ -297,6 +301,7 @@ impl ModelChild {
                 .out_of_turn("it wrote more than one answer for this input: print logs to stderr")),
             Event::Answer { bytes, .. } => {
                 self.answered += 1;
+                self.ever_answered = true;
                 Ok(if bytes.is_empty() { Answer::Nothing } else { Answer::Output(bytes) })
             }
             Event::Broken(why) => Err(self.out_of_turn(&why)),
@@ -397,8 +402,8 @@ impl ModelChild {
     /// A child that exited between messages is restarted (this message is not to blame),
     /// unless it never answered anything: then the model cannot start at all.
     fn ensure_running(&mut self) -> Result<(), Failure> {
-        if let Some(run) = self.running.as_mut() {
-            if let Ok(Some(_)) = run.process.try_wait() {
+        if let Some(run) = self.running.as_ref() {
+            if exited_within(&run.process, Duration::ZERO) {
                 if self.answered == 0 {
                     let mut f = self.failed("it exited before its first message", false);
                     f.blame = Blame::Model;
@@ -454,9 +459,12 @@ impl ModelChild {
         if let Some(l) = last {
             reason.push_str(&format!(": {l}"));
         }
-        // sh's "command not found" / "not executable": no message can ever succeed.
-        let blame = if matches!(code, Some(126 | 127)) { Blame::Model } else { Blame::Message };
-        Failure::new(reason, blame)
+        // sh's "command not found" / "not executable", or a model that ended by itself
+        // before it ever answered (an import error, a missing script): no message can
+        // succeed, and none is to blame.
+        let cannot_start =
+            matches!(code, Some(126 | 127)) || (status.is_some() && !self.ever_answered);
+        Failure::new(reason, if cannot_start { Blame::Model } else { Blame::Message })
     }
 
     /// End the running child: close its stdin, give it `grace` to exit (None: kill at
@@ -474,6 +482,20 @@ impl ModelChild {
         // something outside the group still holds it open).
         let _ = run.stderr_done.recv_timeout(STDERR_GRACE);
         if exited { status } else { None }
+    }
+
+    /// Between messages: a model that ended by itself before it ever answered cannot start
+    /// (the run stops now rather than wait for a message to fail on); one that ended after
+    /// answering is started again when the next message comes.
+    pub fn check_alive(&mut self) -> Result<(), Failure> {
+        let exited =
+            self.running.as_ref().is_some_and(|r| exited_within(&r.process, Duration::ZERO));
+        if exited && !self.ever_answered {
+            let mut f = self.failed("it exited before its first message", false);
+            f.blame = Blame::Model;
+            return Err(f);
+        }
+        Ok(())
     }
 
     /// Close the child's stdin and wait for it to end (killed past [`EXIT_GRACE`]).

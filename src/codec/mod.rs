@@ -224,6 +224,12 @@ pub fn answer_id(input_id: &str, to: &str) -> String {
     sha256_hex(format!("{input_id}\0{to}").as_bytes())[..32].to_string()
 }
 
+/// The id of a message sent with `--new-ids`: its deterministic id mixed with the run's id,
+/// so the same data sent by another run is new data.
+pub fn run_message_id(run: &str, id: &str) -> String {
+    sha256_hex(format!("{run}\0{id}").as_bytes())[..32].to_string()
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

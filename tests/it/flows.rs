@@ -264,3 +264,35 @@ fn stderr_is_one_summary_line_without_a_terminal_and_nothing_with_quiet() {
     assert_eq!(out.stderr, "", "--quiet prints nothing on success");
     assert_eq!(out.stdout.lines().count(), 10, "stdout still carries the data");
 }
+
+/// Issue 12 item 5: the same data sent twice on purpose was dropped as duplicates (ids are
+/// deterministic). With `--new-ids` a second send is new data; without it, a repeated run
+/// is still recognised as the same messages.
+#[test]
+fn new_ids_make_a_deliberate_resend_new_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = crate::support::csv_rows(dir.path(), "r.csv", 1..=20);
+    for (flag, expected) in [(Some("--new-ids"), 40), (None, 20)] {
+        let q = TestQueue::new("newids");
+        for _ in 0..2 {
+            let mut args = vec!["produce", "tabular", "--file", s(&csv), "--queue", &q.name];
+            args.extend(flag);
+            mqdemo(&args).run().expect_code(0);
+        }
+        let out = dir.path().join("out.jsonl");
+        let _ = std::fs::remove_file(&out);
+        let consumed = mqdemo(&[
+            "consume",
+            "tabular",
+            "--queue",
+            &q.name,
+            "--idle-timeout",
+            "2",
+            "--output",
+            s(&out),
+        ])
+        .run();
+        let rows = std::fs::read_to_string(&out).unwrap_or_default().lines().count();
+        assert_eq!(rows, expected, "{flag:?}: {}", consumed.stderr);
+    }
+}

@@ -377,3 +377,44 @@ fn the_model_never_sees_the_broker_credentials() {
     assert_eq!(answers.len(), 1, "{}", out.stderr);
     assert_eq!(String::from_utf8_lossy(&answers[0].body), r#"{"url":"none","file":"none"}"#);
 }
+
+/// Issue 12 item 3: a model that cannot start (a missing script, an import error: any exit
+/// status) moved messages to the failed queue before the run stopped. Now the run stops at
+/// once with the reason and every message stays queued.
+#[test]
+fn a_model_that_cannot_start_stops_the_run_with_every_message_queued() {
+    for model in [
+        "python3 /nonexistent/missing-model.py",
+        "read l; echo 'ModuleNotFoundError: No module named torch' >&2; exit 2",
+    ] {
+        let from = TestQueue::new("nostart-in");
+        let to = TestQueue::new("nostart-out");
+        let failed = TestQueue::named(format!("{}.failed", from.name));
+        publish_indexed(&from, &rows(5), None);
+        let out = pipe(&from, &to, model, &["--idle-timeout", "3"]).run();
+        assert_eq!(out.code(), Some(1), "{model}: {}", out.stderr);
+        assert!(out.stderr.contains("cannot run"), "{model}: {}", out.stderr);
+        wait_until(Duration::from_secs(10), "every message back in the queue", || {
+            from.depth() == 5
+        });
+        assert_eq!(failed.depth(), 0, "{model}: messages moved to the failed queue");
+        assert_eq!(to.depth(), 0);
+    }
+}
+
+/// Issue 12 item 3: with an empty queue, a model that died at start left `pipe` waiting
+/// forever. Now a dead model is noticed while idle, and the run stops with the reason.
+#[test]
+fn a_model_that_dies_while_the_queue_is_empty_stops_the_run() {
+    let from = TestQueue::new("deadidle-in");
+    let to = TestQueue::new("deadidle-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    publish_indexed(&from, &[], None);
+    let model = "sleep 0.3; echo 'ImportError: cannot import name model' >&2; exit 1";
+    let started = Instant::now();
+    let child = pipe(&from, &to, model, &[]).spawn();
+    let out = wait(child, Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("ImportError"), "the reason is not given:\n{}", out.stderr);
+}
