@@ -1,6 +1,7 @@
 //! `request`: the client of `serve`. Sends CSV rows as requests (up to --concurrency in
-//! flight), matches replies by correlation id, writes them in request order, and reports
-//! latency percentiles. Requests not answered within --timeout are named and fail the run.
+//! flight), matches replies by correlation id, writes one line per row in request order
+//! (the answer, or a JSON error object: the server's reason, a timeout, a row that could
+//! not be sent), and reports latency percentiles. Any failure fails the run.
 
 use crate::amqp::{Received, RpcClient, with_client};
 use crate::codec::tabular;
@@ -120,17 +121,26 @@ impl Run {
                 match rdr.read(&mut record)? {
                     Next::End => more = false,
                     Next::Bad { line, why } => {
-                        // Skipped and named, as `produce` does; the replies so far are kept.
-                        reporter.warn(&format!("skipped {}", bad_row(rdr, seq, line, &why)));
+                        // Skipped and named, as `produce` does; the replies so far are kept,
+                        // and its place in the output holds an error line.
+                        let what = bad_row(rdr, seq, line, &why);
+                        reporter.warn(&format!("skipped {what}"));
                         self.skipped += 1;
+                        seq += 1;
+                        self.ready.insert(seq, Some(error_line(&format!("line {line}"), &what)));
+                        self.write_ready()?;
                     }
                     Next::Row(line) => {
                         let mut msg = match encoder.encode_row(&record, seq + 1) {
                             Ok(msg) => msg,
                             Err(e) => {
-                                reporter
-                                    .warn(&format!("skipped {}", bad_row(rdr, seq, line, &e.0)));
+                                let what = bad_row(rdr, seq, line, &e.0);
+                                reporter.warn(&format!("skipped {what}"));
                                 self.skipped += 1;
+                                seq += 1;
+                                let err = error_line(&format!("line {line}"), &what);
+                                self.ready.insert(seq, Some(err));
+                                self.write_ready()?;
                                 continue;
                             }
                         };
@@ -156,6 +166,13 @@ impl Run {
                     let Some(p) = r.correlation_id.and_then(|c| self.pending.remove(&c)) else {
                         continue; // not ours, or already given up on
                     };
+                    if let Some(why) = r.error {
+                        // The server could not answer: said at once, in the request's place.
+                        self.ready.insert(p.seq, Some(error_line(&p.label, &why)));
+                        self.failed.push((p.label, why));
+                        self.write_ready()?;
+                        continue;
+                    }
                     self.latencies.push(p.sent.elapsed());
                     self.bytes += r.body.len() as u64;
                     self.ready.insert(p.seq, Some(r.body));
@@ -165,8 +182,9 @@ impl Run {
                 }
                 Received::Returned(corr) => {
                     if let Some(p) = corr.and_then(|c| self.pending.remove(&c)) {
-                        self.failed.push((p.label, "returned unroutable by the broker".into()));
-                        self.ready.insert(p.seq, None);
+                        let why = "returned unroutable by the broker";
+                        self.ready.insert(p.seq, Some(error_line(&p.label, why)));
+                        self.failed.push((p.label, why.into()));
                         self.write_ready()?;
                     }
                 }
@@ -189,8 +207,8 @@ impl Run {
                     "no reply within {:.0} s (--timeout); is `mqdemo serve` running on this queue?",
                     timeout.as_secs_f64()
                 );
+                self.ready.insert(p.seq, Some(error_line(&p.label, &why)));
                 self.failed.push((p.label, why));
-                self.ready.insert(p.seq, None);
             }
         }
         self.write_ready()
@@ -212,6 +230,11 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// The output line of a request that got no answer: a JSON object naming it and why.
+fn error_line(request: &str, why: &str) -> Vec<u8> {
+    serde_json::json!({ "error": why, "request": request }).to_string().into_bytes()
 }
 
 /// A row `request` cannot send: named, with the fix when it is the first row.

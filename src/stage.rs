@@ -301,7 +301,8 @@ impl<'a> Stage<'a> {
     fn fail_held(&mut self, reason: &str) -> Result<()> {
         let Some(h) = self.held.take() else { return Ok(()) };
         self.counts.answered -= 1;
-        self.send_to_failed(&h.d, &h.input_id, reason)
+        self.send_to_failed(&h.d, &h.input_id, reason)?;
+        self.reply_error(&h.d, &h.input_id, reason)
     }
 
     /// Publish the answers to one input; answers that cannot be sent (headers too large for
@@ -315,7 +316,8 @@ impl<'a> Stage<'a> {
                  bytes, more than fit in one AMQP frame ({} bytes)",
                 crate::codec::MAX_PROPERTY_BYTES
             );
-            return self.send_to_failed(d, input_id, &reason);
+            self.send_to_failed(d, input_id, &reason)?;
+            return self.reply_error(d, input_id, &reason);
         }
         for msg in msgs {
             self.producer.publish(msg)?;
@@ -333,6 +335,29 @@ impl<'a> Stage<'a> {
         self.producer.publish(self.failed_message(d, input_id, reason))?;
         self.counts.failed += 1;
         Ok(())
+    }
+
+    /// `serve`: tell the client at once that its request failed (an empty reply with the
+    /// reason in `x-mqdemo-error`), when its reply queue is one serve answers to.
+    fn reply_error(&mut self, d: &Delivery, input_id: &str, reason: &str) -> Result<()> {
+        let Ok(Some(to)) = self.reply_queue(d) else { return Ok(()) };
+        let mut headers = crate::codec::Headers::new();
+        headers.insert(ERROR_HEADER.into(), HeaderValue::Str(header_text(reason)));
+        let corr = d.correlation_id.as_deref().unwrap_or("-");
+        let msg = Message {
+            kind: Kind::Text,
+            content_type: "text/plain; charset=utf-8".into(),
+            message_id: answer_id(input_id, &format!("{to}#error")),
+            headers,
+            body: Vec::new(),
+            label: format!("{REPLY_LABEL}{corr} ({to}, an error)"),
+            route: Route {
+                routing_key: Some(to.to_string()),
+                correlation_id: d.correlation_id.clone(),
+                reply_to: None,
+            },
+        };
+        self.producer.publish(msg)
     }
 
     /// The child failed on the input in hand: stop the run (a broken model or a signal: the
@@ -368,7 +393,8 @@ impl<'a> Stage<'a> {
                 self.cfg.input.name
             ));
         }
-        self.send_to_failed(d, input_id, &f.reason)
+        self.send_to_failed(d, input_id, &f.reason)?;
+        self.reply_error(d, input_id, &f.reason)
     }
 
     fn close(mut self) -> (crate::amqp::PublishReport, Result<()>) {

@@ -12,12 +12,17 @@ use color_eyre::eyre::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
+/// The header of an error reply: why the server could not answer.
+const ERROR_HEADER: &str = "x-mqdemo-error";
+
 /// A reply: its correlation id and body.
 pub struct Reply {
     /// `correlation_id` of the request it answers (None if the server did not copy it).
     pub correlation_id: Option<String>,
     /// The answer.
     pub body: Vec<u8>,
+    /// The server's reason, when it could not answer (header `x-mqdemo-error`).
+    pub error: Option<String>,
 }
 
 /// What [`RpcClient::recv`] saw.
@@ -102,10 +107,18 @@ impl RpcClient<'_> {
             return Ok(Received::Returned(ret.properties.correlation_id().clone()));
         }
         match self.replies.recv_timeout(wait) {
-            Ok(ConsumerMessage::Delivery(d)) => Ok(Received::Reply(Reply {
-                correlation_id: d.properties.correlation_id().clone(),
-                body: d.body,
-            })),
+            Ok(ConsumerMessage::Delivery(d)) => {
+                let error = match d.properties.headers().as_ref().and_then(|h| h.get(ERROR_HEADER))
+                {
+                    Some(amiquip::AmqpValue::LongString(why)) => Some(why.clone()),
+                    _ => None,
+                };
+                Ok(Received::Reply(Reply {
+                    correlation_id: d.properties.correlation_id().clone(),
+                    body: d.body,
+                    error,
+                }))
+            }
             Ok(_) | Err(RecvTimeoutError::Disconnected) => Err(lost(format!(
                 "lost the connection to {} while waiting for replies",
                 self.endpoint.masked()

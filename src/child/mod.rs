@@ -506,7 +506,8 @@ impl ModelChild {
     /// Whether the running child has exited by now (for tests).
     #[cfg(test)]
     fn has_exited(&mut self) -> bool {
-        self.running.as_mut().is_some_and(|r| matches!(r.process.try_wait(), Ok(Some(_))))
+        // Without reaping it: the child's own checks look with waitid(WNOWAIT).
+        self.running.as_ref().is_some_and(|r| exited_within(&r.process, Duration::ZERO))
     }
 }
 

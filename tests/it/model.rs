@@ -358,7 +358,11 @@ fn request_skips_a_ragged_row_and_keeps_every_reply() {
         mqdemo(&["request", "--queue", &q.name, "--file", csv.to_str().expect("utf-8")]).run();
     server.signal("TERM");
     let _ = server.finish(Duration::from_secs(20));
-    assert_eq!(out.stdout.lines().count(), 50, "{}", out.stderr);
+    // A line per row, in order: 50 answers and, in the bad row's place, an error object.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 51, "{}", out.stderr);
+    assert!(lines[31].contains("\"error\"") && lines[31].contains("line 33"), "{}", lines[31]);
+    assert!(lines[32].contains("\"31\"") || lines[32].contains(":31"), "{}", lines[32]);
     assert!(out.stderr.contains("line 33"), "the bad row is not named:\n{}", out.stderr);
     assert_ne!(out.code(), Some(0));
 }
@@ -417,4 +421,46 @@ fn a_model_that_dies_while_the_queue_is_empty_stops_the_run() {
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("ImportError"), "the reason is not given:\n{}", out.stderr);
+}
+
+/// Issue 12 item 4: when the model failed on a request, serve sent no reply, so `request`
+/// waited its whole --timeout and then asked whether serve was running. Now serve replies
+/// with the reason at once and request prints an error object in that request's place.
+#[test]
+fn a_failed_request_reaches_its_client_at_once() {
+    let q = TestQueue::new("errreply");
+    let failed = TestQueue::named(format!("{}.failed", q.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "a,b\n1,ok\n2,boom\n3,ok\n").expect("write csv");
+    // Fails (exit 3) on the row holding "boom"; echoes the others.
+    let model = r#"while IFS= read -r l; do case "$l" in *boom*) echo "ValueError: boom" >&2; exit 3;; esac; printf '%s\n' "$l"; done"#;
+    let server = mqdemo(&["serve", "--queue", &q.name, "--exec", model]).watch();
+    let started = Instant::now();
+    let out = mqdemo(&[
+        "request",
+        "--queue",
+        &q.name,
+        "--file",
+        crate::support::s(&csv),
+        "--concurrency",
+        "1",
+    ])
+    .run();
+    let took = started.elapsed();
+    server.signal("TERM");
+    let _ = server.finish(Duration::from_secs(20));
+    assert!(took < Duration::from_secs(15), "request took {took:?}: {}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(lines[0].contains("\"ok\""), "{}", lines[0]);
+    assert!(
+        lines[1].contains("\"error\"") && lines[1].contains("ValueError: boom"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("\"ok\""), "{}", lines[2]);
+    assert!(out.stderr.contains("failed 1"), "{}", out.stderr);
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(failed.depth(), 1);
 }
