@@ -125,10 +125,24 @@ struct Running {
     /// Non-blocking; None once closed. Shared (weakly) with the stdout reader, which looks
     /// at how much of a request is still unread.
     stdin: Option<Arc<ChildStdin>>,
+    /// A second handle on the read end of its stdout, to see what the reader has not read
+    /// yet (it does not keep the pipe open for the child: only write ends do).
+    stdout_probe: Option<rustix::fd::OwnedFd>,
     events: Receiver<Event>,
     turns: Arc<Turns>,
     /// Disconnected once the child's stderr reached its end (every line is in the tail).
     stderr_done: Receiver<()>,
+}
+
+impl Running {
+    /// Whether everything the child wrote to stdout so far has been read and handled.
+    fn drained(&self) -> bool {
+        let unread = self
+            .stdout_probe
+            .as_ref()
+            .is_some_and(|fd| rustix::io::ioctl_fionread(fd).is_ok_and(|n| n > 0));
+        !unread && self.turns.idle.load(Ordering::SeqCst) && self.events.is_empty()
+    }
 }
 
 /// A model child, started on first use and after each failure.
@@ -203,6 +217,7 @@ impl ModelChild {
         };
         rustix::io::ioctl_fionbio(&stdin, true)
             .wrap_err("cannot make the --exec child's stdin non-blocking")?;
+        let stdout_probe = rustix::io::dup(&stdout).ok();
         let stdin = Arc::new(stdin);
         let weak = Arc::downgrade(&stdin);
         let turns = Arc::new(Turns::default());
@@ -222,7 +237,7 @@ impl ModelChild {
         self.starts += 1;
         self.answered = 0;
         self.settle_timeouts = 0;
-        Ok(Running { process, stdin: Some(stdin), events, turns, stderr_done })
+        Ok(Running { process, stdin: Some(stdin), stdout_probe, events, turns, stderr_done })
     }
 
     /// Hand `body` to the child and wait for its answer.
@@ -336,10 +351,14 @@ impl ModelChild {
                 return self.quiet();
             }
             match waiting::quiescent(run.process.id()) {
-                Some(true) | None => {
+                // Quiet, so all it wrote is in the pipe: done once the reader has read and
+                // handled all of it (then `quiet` has seen it).
+                Some(true) if !run.drained() => {}
+                Some(true) => {
                     self.settle_timeouts = 0;
-                    return Ok(());
+                    return self.quiet();
                 }
+                None => return self.quiet(),
                 Some(false) => {}
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -620,13 +639,19 @@ mod tests {
 
     #[test]
     fn a_second_line_or_a_banner_is_out_of_turn() {
-        // Written with the answer: caught with it.
+        // Written right after the answer: caught with it, or by the wait for quiet.
         let mut c = child("while read l; do echo \"$l\"; echo log; done", Framing::Lines, T);
-        let f = c.call(b"a").expect_err("two lines at once");
+        let f = match c.call(b"a") {
+            Err(f) => f,
+            Ok(_) => c.settled(SETTLE_CAP).expect_err("two lines at once"),
+        };
         assert!(f.taints_previous && f.reason.contains("print logs to stderr"), "{}", f.reason);
         // Written a while after the answer, before the child reads again: caught by waiting
         // for it to be back reading its input.
-        let model = "while read l; do echo \"$l\"; sleep 0.1; echo log; done";
+        // (A model that forks for its pause, `sleep 0.1` in sh, has an instant where /proc
+        // may not list the new process yet: python's own sleep is seen every time.)
+        let model = "python3 -u -c 'import sys, time\nfor l in sys.stdin:\n    \
+                     print(l.strip()); time.sleep(0.1); print(\"log\")'";
         let mut c = child(model, Framing::Lines, T);
         assert_eq!(c.call(b"a").expect("first line taken"), Answer::Output(b"a".to_vec()));
         let f = c.settled(SETTLE_CAP).expect_err("the second line");

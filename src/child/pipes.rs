@@ -36,6 +36,8 @@ pub(super) struct Turns {
     pub asked: AtomicU64,
     /// Bytes read that are not yet a whole answer.
     pub partial: AtomicUsize,
+    /// The reader is between reads with everything it read handled (answers sent).
+    pub idle: AtomicBool,
 }
 
 impl Turns {
@@ -71,7 +73,10 @@ pub(super) fn read_answers(
     // Bytes of `buf` already searched for a line break.
     let mut scanned = 0;
     loop {
-        let n = match out.read(&mut chunk) {
+        turns.idle.store(true, Ordering::SeqCst);
+        let got = out.read(&mut chunk);
+        turns.idle.store(false, Ordering::SeqCst);
+        let n = match got {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

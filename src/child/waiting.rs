@@ -1,6 +1,7 @@
-//! Whether a model has gone quiet after an answer, seen in /proc (Linux): no task of its
-//! process tree is running or sleeping on a timer — each one waits for something to come
-//! (its input, a pipe, a child, a lock), an event loop without a timer pending. A model in that state cannot
+//! Whether a model has gone quiet after an answer, seen in /proc (Linux): every task of
+//! its process tree waits for something to come from outside (its input, a pipe, a child,
+//! a lock; an event loop without a timer pending) — none runs, sleeps on a timer, or is
+//! anywhere else (loading a program, waiting for the disk). A model in that state cannot
 //! write more for the input it answered until something arrives; a model that still runs,
 //! sleeps (`time.sleep`) or has a timer pending (an event loop's `asyncio.sleep`) may.
 
@@ -50,24 +51,42 @@ pub(super) fn quiescent(leader: u32) -> Option<bool> {
     told.then_some(true)
 }
 
-/// Whether a sleeping task may still produce output by itself: asleep on a timer, or
-/// waiting with a deadline.
+/// Waits that last until something arrives from outside (input, a child's end, a lock, a
+/// signal): a task in one of them cannot write by itself. Anything else a sleeping task
+/// does (a timer, loading a program, a page from disk) may be followed by output.
+const QUIET_WAITS: [&str; 13] = [
+    "pipe_read",
+    "pipe_wait",
+    "do_wait",
+    "futex",
+    "do_select",
+    "core_sys_select",
+    "do_sys_poll",
+    "wait_woken",
+    "sk_wait",
+    "unix_stream",
+    "skb_wait",
+    "sigsuspend",
+    "sys_pause",
+];
+
+/// Whether a sleeping task may still produce output by itself: anything but a wait in
+/// [`QUIET_WAITS`] or an event loop without a timer.
 fn busy(wchan: &str, syscall: &str) -> bool {
-    if wchan.contains("nanosleep") || syscall.starts_with("running") {
+    if syscall.starts_with("running") {
         return true;
     }
-    // "NR arg0 arg1 arg2 arg3 ...": epoll_wait's timeout (an int; epoll_pwait2's is a
-    // pointer) is the fourth argument. Lock waits (futex) count as quiet even with a
-    // deadline: ML runtimes keep threads in timed waits all the time.
-    let arg3 = syscall
-        .split_whitespace()
-        .nth(4)
-        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
     if wchan.contains("epoll") {
-        // -1 (however wide the register) or none: no deadline.
+        // "NR arg0 arg1 arg2 arg3 ...": epoll_wait's timeout (an int; epoll_pwait2's is a
+        // pointer) is the fourth argument; -1 (however wide the register) or none: no
+        // timer pending.
+        let arg3 = syscall
+            .split_whitespace()
+            .nth(4)
+            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
         return !arg3.is_some_and(|t| t == 0 || t & 0xffff_ffff == 0xffff_ffff);
     }
-    false
+    !QUIET_WAITS.iter().any(|w| wchan.contains(w))
 }
 
 #[cfg(test)]
