@@ -294,7 +294,8 @@ fn idle_timeout_counts_the_models_work_as_idle() {
 /// crash is reported as a timeout after the whole --exec-timeout, without the exit status.
 ///
 /// Reproduction: one input; `pipe --exec-timeout 30 --exec "sleep 45.<pid> & read l; echo
-/// 'ValueError: bad row' >&2; exit 3"`. Observed: the failed copy comes after 30 s with
+/// 'ValueError: bad row' >&2; exit 3"` (now with an answer to a first input before, since a
+/// model that dies before its first answer stops the run instead). Observed: the failed copy comes after 30 s with
 /// `no answer within 30 s (--exec-timeout; it was answering); it was killed: ValueError:
 /// bad row`. Promised: the exit is seen when it happens; the reason names `exit status: 3`.
 #[test]
@@ -303,8 +304,12 @@ fn a_model_that_exits_while_its_helper_holds_stdout_is_seen_only_at_the_timeout(
     let to = TestQueue::new("a11-helper-out");
     let failed = TestQueue::named(format!("{}.failed", from.name));
     let marker = format!("sleep 45.{}", std::process::id());
-    publish_indexed(&from, &rows(1), None);
-    let model = format!("{marker} & read l; echo 'ValueError: bad row' >&2; exit 3");
+    // It answers the first input (a model that dies before any answer cannot start: the
+    // run stops with the input queued) and dies on the second.
+    publish_indexed(&from, &rows(2), None);
+    let model = format!(
+        "{marker} & read l; printf '%s\\n' \"$l\"; read l; echo 'ValueError: bad row' >&2; exit 3"
+    );
     let started = Instant::now();
     let run = pipe(&from, &to, &model, &["--exec-timeout", "30", "--idle-timeout", "2"]).watch();
     let deadline = Duration::from_secs(50);

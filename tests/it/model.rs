@@ -242,8 +242,10 @@ fn a_huge_failure_reason_is_cut_and_never_loops() {
     let from = TestQueue::new("bigwhy-in");
     let to = TestQueue::new("bigwhy-out");
     let failed = TestQueue::named(format!("{}.failed", from.name));
-    publish_indexed(&from, &rows(1), None);
-    let model = "read l; head -c 300000 /dev/zero | tr '\\0' e >&2; echo >&2; exit 1";
+    // One answer first: a model that dies before any answer cannot start (the run stops).
+    publish_indexed(&from, &rows(2), None);
+    let model =
+        "read l; echo \"$l\"; read l; head -c 300000 /dev/zero | tr '\\0' e >&2; echo >&2; exit 1";
     let child =
         pipe(&from, &to, model, &["--idle-timeout", "2", "--max-stderr-line", "1000000"]).spawn();
     let out = wait(child, Duration::from_secs(60));
