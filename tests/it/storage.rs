@@ -201,7 +201,8 @@ fn failed_copies_of_identical_id_less_inputs_are_never_merged() {
     let (input, output) = (TestQueue::new("pipe-noid-f"), TestQueue::new("pipe-noid-f-out"));
     let failed = TestQueue::named(format!("{}.failed", input.name));
     let model = r#"while IFS= read -r l; do case "$l" in *bad*) echo "no" >&2; exit 3;; esac; printf '%s\n' "$l"; done"#;
-    for body in [&br#"{"bad":1}"#[..], br#"{"good":1}"#, br#"{"bad":1}"#] {
+    // A good one first: a model that dies before any answer cannot start (the run stops).
+    for body in [&br#"{"good":1}"#[..], br#"{"bad":1}"#, br#"{"bad":1}"#] {
         input.publish_raw(body, AmqpProperties::default());
     }
     let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", model];
