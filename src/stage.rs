@@ -113,21 +113,9 @@ struct Stage<'a> {
     seen: SeenIds,
     counts: Counts,
     failures_in_a_row: u32,
-    /// The last answer, published only once the child has shown it said all it had to say
-    /// for that input: it has gone quiet (nothing in its tree running or asleep on a
-    /// timer). A child that writes a second line for one input is caught before either is
-    /// sent.
-    held: Option<Held>,
     /// Why the model cannot be trusted with more input (it wrote to stdout out of turn):
     /// the run stops at the next message, which stays queued.
     broken: Option<String>,
-}
-
-/// An answer not yet published, with its input.
-struct Held {
-    d: Delivery,
-    input_id: String,
-    body: Vec<u8>,
 }
 
 impl<'a> Stage<'a> {
@@ -160,7 +148,6 @@ impl<'a> Stage<'a> {
             seen: SeenIds::default(),
             counts: Counts::default(),
             failures_in_a_row: 0,
-            held: None,
             broken: None,
         })
     }
@@ -270,39 +257,21 @@ impl<'a> Stage<'a> {
         }
     }
 
-    /// Publish the held answer once the child is back waiting for its next input (so
-    /// nothing more can come for that input); if it wrote more meanwhile, the answer cannot
-    /// be trusted and the input fails instead.
-    fn settle(&mut self) -> Result<()> {
-        if self.held.is_none() {
-            return Ok(());
-        }
+    /// An answer is published only once the child has shown it said all it had to say for
+    /// that input: it has gone quiet (`ModelChild::settled`). A model that reads ahead (a
+    /// pipeline, an event loop, a reader thread) takes the next input at once, so only its
+    /// quiet shows it is done. If it wrote more meanwhile, the answer cannot be trusted: the
+    /// input fails, and the run stops at the next message.
+    fn settle_and_publish(&mut self, d: &Delivery, input_id: &str, body: Vec<u8>) -> Result<()> {
         match self.child.settled(SETTLE_CAP) {
-            Ok(()) => self.release_held(),
+            Ok(()) => self.publish_answers(d, input_id, body),
             Err(f) => {
-                if f.taints_previous {
-                    self.broken = Some(f.reason.clone());
-                }
-                self.fail_held(&f.reason)
+                self.counts.answered -= 1;
+                self.broken = Some(f.reason.clone());
+                self.send_to_failed(d, input_id, &f.reason)?;
+                self.reply_error(d, input_id, &f.reason)
             }
         }
-    }
-
-    /// Publish the held answer: the child has since taken the next input and answered it
-    /// once, so the held one was all it wrote for its input.
-    fn release_held(&mut self) -> Result<()> {
-        match self.held.take() {
-            Some(h) => self.publish_answers(&h.d, &h.input_id, h.body),
-            None => Ok(()),
-        }
-    }
-
-    /// The held answer cannot be trusted (the child spoke out of turn): its input fails.
-    fn fail_held(&mut self, reason: &str) -> Result<()> {
-        let Some(h) = self.held.take() else { return Ok(()) };
-        self.counts.answered -= 1;
-        self.send_to_failed(&h.d, &h.input_id, reason)?;
-        self.reply_error(&h.d, &h.input_id, reason)
     }
 
     /// Publish the answers to one input; answers that cannot be sent (headers too large for
@@ -398,10 +367,8 @@ impl<'a> Stage<'a> {
     }
 
     fn close(mut self) -> (crate::amqp::PublishReport, Result<()>) {
-        let settled = self.settle();
         self.child.stop();
-        let (report, finished) = self.producer.finish();
-        (report, settled.and(finished))
+        self.producer.finish()
     }
 }
 
@@ -431,29 +398,18 @@ impl Handler for Stage<'_> {
             self.send_to_failed(&d, &input_id, &why)?;
         } else {
             match self.child.call(&d.body) {
-                Ok(answer) => {
-                    // The child took this input and answered it once: what it wrote for the
-                    // one before was all of that one's answer.
-                    self.release_held()?;
+                Ok(Answer::Output(body)) => {
                     self.failures_in_a_row = 0;
-                    match answer {
-                        Answer::Output(body) => {
-                            self.counts.answered += 1;
-                            // Published once the child has gone quiet: a model that reads
-                            // ahead (a pipeline, an event loop, a reader thread) takes the
-                            // next input at once, so only its quiet shows it is done.
-                            self.held = Some(Held { d, input_id, body });
-                            self.settle()?;
-                        }
-                        Answer::Nothing => self.counts.silent += 1,
-                    }
+                    self.counts.answered += 1;
+                    self.settle_and_publish(&d, &input_id, body)?;
+                }
+                Ok(Answer::Nothing) => {
+                    self.failures_in_a_row = 0;
+                    self.counts.silent += 1;
                 }
                 Err(f) => {
-                    if f.taints_previous {
+                    if f.out_of_turn {
                         self.broken = Some(f.reason.clone());
-                        self.fail_held(&f.reason)?;
-                    } else {
-                        self.release_held()?;
                     }
                     self.child_failed(&d, &input_id, f)?;
                 }
@@ -479,7 +435,6 @@ impl Handler for Stage<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.settle()?;
         for (label, why) in self.producer.flush()? {
             if label.starts_with(REPLY_LABEL) {
                 // The client went away (its reply queue is gone): nothing to deliver to.

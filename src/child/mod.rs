@@ -70,14 +70,13 @@ pub struct Failure {
     pub reason: String,
     /// What to do about it.
     pub blame: Blame,
-    /// The child spoke out of turn: its previous answer cannot be trusted either (the
-    /// stray output may have been part of it, or the answer itself).
-    pub taints_previous: bool,
+    /// The child wrote to stdout out of turn: it would do it again, so the run stops.
+    pub out_of_turn: bool,
 }
 
 impl Failure {
     fn new(reason: impl Into<String>, blame: Blame) -> Failure {
-        Failure { reason: reason.into(), blame, taints_previous: false }
+        Failure { reason: reason.into(), blame, out_of_turn: false }
     }
 }
 
@@ -323,11 +322,10 @@ impl ModelChild {
         }
     }
 
-    /// The child broke the one-answer-per-input rule: it is stopped, and its previous answer
-    /// is not to be trusted either.
+    /// The child broke the one-answer-per-input rule: it is stopped.
     fn out_of_turn(&mut self, what: &str) -> Failure {
         let mut f = self.failed(what, true);
-        f.taints_previous = true;
+        f.out_of_turn = true;
         f
     }
 
@@ -645,7 +643,7 @@ mod tests {
             Err(f) => f,
             Ok(_) => c.settled(SETTLE_CAP).expect_err("two lines at once"),
         };
-        assert!(f.taints_previous && f.reason.contains("print logs to stderr"), "{}", f.reason);
+        assert!(f.out_of_turn && f.reason.contains("print logs to stderr"), "{}", f.reason);
         // Written a while after the answer, before the child reads again: caught by waiting
         // for it to be back reading its input.
         // (A model that forks for its pause, `sleep 0.1` in sh, has an instant where /proc
@@ -655,7 +653,7 @@ mod tests {
         let mut c = child(model, Framing::Lines, T);
         assert_eq!(c.call(b"a").expect("first line taken"), Answer::Output(b"a".to_vec()));
         let f = c.settled(SETTLE_CAP).expect_err("the second line");
-        assert!(f.taints_previous && f.reason.contains("print logs to stderr"), "{}", f.reason);
+        assert!(f.out_of_turn && f.reason.contains("print logs to stderr"), "{}", f.reason);
         let mut c = child("echo loaded; sleep 0.2; cat", Framing::Lines, T);
         let f = c.call(b"a").expect_err("the banner");
         assert_eq!(f.blame, Blame::Model, "{}", f.reason);
