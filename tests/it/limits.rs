@@ -2,58 +2,13 @@
 //! batch message decodes to, and how much of a long line a producer reads. Peak memory is
 //! the child's VmHWM in /proc, read until it exits.
 
-use crate::support::{TestQueue, mqdemo, wait_until};
+use crate::support::{Peak, TestQueue, mqdemo, status_kib, wait_until};
 use amiquip::{AmqpProperties, Publish, QueueDeclareOptions};
 use std::io::Read;
 use std::process::{Child, Command};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-/// A field of /proc/PID/status in KiB (VmHWM, VmRSS); None once the process is gone.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The peak resident memory of a running child, sampled every few milliseconds until it
-/// exits (VmHWM only grows, so the last sample is the peak).
-struct Peak {
-    kib: Arc<AtomicU64>,
-    sampler: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Peak {
-    fn watch(pid: u32) -> Peak {
-        let kib = Arc::new(AtomicU64::new(0));
-        let seen = Arc::clone(&kib);
-        let sampler = std::thread::spawn(move || {
-            while let Some(k) = status_kib(pid, "VmHWM:") {
-                seen.fetch_max(k, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Peak { kib, sampler: Some(sampler) }
-    }
-
-    /// The peak so far, in bytes.
-    fn now(&self) -> u64 {
-        self.kib.load(Ordering::SeqCst) * 1024
-    }
-
-    /// The peak over the whole run (call after the child has exited).
-    fn total(mut self) -> u64 {
-        if let Some(s) = self.sampler.take() {
-            let _ = s.join();
-        }
-        let peak = self.now();
-        assert!(peak > 0, "no memory sample was read from /proc");
-        peak
-    }
-}
 
 /// Wait for `child` with a deadline, returning (exit code, stdout unless taken, stderr).
 fn finish(mut child: Child, deadline: Duration) -> (Option<i32>, Vec<u8>, String) {

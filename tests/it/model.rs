@@ -5,9 +5,8 @@
 //! queues. Real broker, real binary, real child processes.
 
 use crate::stage_kit::{drain, header_str, pipe, publish_indexed, rows, shifted};
-use crate::support::{Output, TestQueue, connect, mqdemo, wait, wait_until};
+use crate::support::{Peak, TestQueue, connect, mqdemo, wait, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
-use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -164,39 +163,6 @@ fn a_model_with_binary_stderr_keeps_answering() {
     assert!(out.stderr.contains("bad \u{fffd}\u{fffd} byte"), "{}", out.stderr);
 }
 
-/// Peak resident memory (VmHWM, bytes) of a running mqdemo until it exits; its output.
-fn peak_rss(mut child: std::process::Child, deadline: Duration) -> (u64, Output) {
-    let pid = child.id();
-    let mut err = child.stderr.take().expect("stderr piped");
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let mut peak = 0;
-    let started = Instant::now();
-    let status = loop {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let hwm = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-            peak = peak.max(hwm.unwrap_or(0) * 1024);
-        }
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mqdemo still running after {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    (peak, Output { status, stdout: String::new(), stderr })
-}
-
 /// Item 2: a model writing 400 MB without a line break grew mqdemo by as much. Now the
 /// answer is cut at --max-answer-bytes (default 128 MiB), and the input fails.
 #[test]
@@ -207,7 +173,9 @@ fn an_endless_answer_is_bounded_and_fails_the_input() {
     publish_indexed(&from, &rows(1), None);
     let model = "read l; head -c 400000000 /dev/zero | tr '\\0' a; echo";
     let child = pipe(&from, &to, model, &["--idle-timeout", "2"]).spawn();
-    let (peak, out) = peak_rss(child, Duration::from_secs(120));
+    let peak = Peak::watch(child.id());
+    let out = wait(child, Duration::from_secs(120));
+    let peak = peak.total();
     assert!(peak < 250 << 20, "mqdemo peaked at {} MB:\n{}", peak >> 20, out.stderr);
     let failures = drain(&failed);
     assert_eq!(failures.len(), 1, "{}", out.stderr);
@@ -226,7 +194,9 @@ fn an_endless_stderr_line_is_cut() {
     publish_indexed(&from, &rows(1), None);
     let model = "read l; head -c 300000000 /dev/zero | tr '\\0' e >&2; echo >&2; echo \"$l\"";
     let child = pipe(&from, &to, model, &["--idle-timeout", "2"]).spawn();
-    let (peak, out) = peak_rss(child, Duration::from_secs(120));
+    let peak = Peak::watch(child.id());
+    let out = wait(child, Duration::from_secs(120));
+    let peak = peak.total();
     assert!(peak < 150 << 20, "mqdemo peaked at {} MB", peak >> 20);
     assert_eq!(out.code(), Some(0), "{}", &out.stderr[..out.stderr.len().min(2000)]);
     assert!(out.stderr.contains("more bytes cut"), "no cut line");

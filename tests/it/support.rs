@@ -440,3 +440,46 @@ pub fn csv_rows(dir: &Path, name: &str, ids: std::ops::RangeInclusive<usize>) ->
     std::fs::write(&path, out).expect("write csv");
     path
 }
+
+/// A field of /proc/PID/status in KiB (VmHWM, VmRSS); None once the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The peak resident memory of a running child, sampled every few milliseconds until it
+/// exits (VmHWM only grows, so the last sample is the peak).
+pub struct Peak {
+    kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Peak {
+    pub fn watch(pid: u32) -> Peak {
+        let kib = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = std::sync::Arc::clone(&kib);
+        let sampler = std::thread::spawn(move || {
+            while let Some(k) = status_kib(pid, "VmHWM:") {
+                seen.fetch_max(k, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Peak { kib, sampler: Some(sampler) }
+    }
+
+    /// The peak so far, in bytes.
+    pub fn now(&self) -> u64 {
+        self.kib.load(std::sync::atomic::Ordering::SeqCst) * 1024
+    }
+
+    /// The peak over the whole run (call after the child has exited).
+    pub fn total(mut self) -> u64 {
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+        let peak = self.now();
+        assert!(peak > 0, "no memory sample was read from /proc");
+        peak
+    }
+}
