@@ -4,43 +4,10 @@
 
 use crate::support::{Peak, TestQueue, mqdemo, status_kib, wait_until};
 use amiquip::{AmqpProperties, Publish, QueueDeclareOptions};
-use std::io::Read;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-/// Wait for `child` with a deadline, returning (exit code, stdout unless taken, stderr).
-fn finish(mut child: Child, deadline: Duration) -> (Option<i32>, Vec<u8>, String) {
-    let out = child.stdout.take();
-    let mut err = child.stderr.take().expect("stderr piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        if let Some(mut out) = out {
-            let _ = out.read_to_end(&mut s);
-        }
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mqdemo still running after {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    (status.code(), stdout, err_reader.join().unwrap_or_default())
-}
 
 /// Publish `bodies` to `q` on one connection, as another producer would (the channel close
 /// returns once the broker has taken them).
@@ -124,7 +91,9 @@ fn consumer_holds_prefetched_bodies_within_the_byte_bound() {
         }
         n
     });
-    let (code, _, stderr) = finish(child, Duration::from_secs(60));
+    let crate::support::Output { status, stderr, .. } =
+        crate::support::wait(child, Duration::from_secs(60));
+    let code = status.code();
     let total = peak.total();
     assert_eq!(code, Some(0), "stderr:\n{stderr}");
     assert_eq!(rows.join().expect("reader"), N, "every row written");
@@ -194,7 +163,9 @@ fn a_batch_that_decodes_beyond_the_bound_is_rejected_alone() {
     ])
     .spawn();
     let peak = Peak::watch(child.id());
-    let (code, _, stderr) = finish(child, Duration::from_secs(120));
+    let crate::support::Output { status, stderr, .. } =
+        crate::support::wait(child, Duration::from_secs(120));
+    let code = status.code();
     let peak = peak.total();
     eprintln!("peak {} MiB", peak / MIB);
     assert_eq!(code, Some(1), "the rejected batch fails the run; stderr:\n{stderr}");
@@ -233,7 +204,9 @@ fn a_file_with_a_300_mb_line_is_skipped_without_the_line_being_held() {
     let args = ["produce", "text", "--split", "line", "--queue", &q.name, "--directory"];
     let child = mqdemo(&[&args[..], &[crate::support::s(dir.path())]].concat()).spawn();
     let peak = Peak::watch(child.id());
-    let (code, _, stderr) = finish(child, Duration::from_secs(120));
+    let crate::support::Output { status, stderr, .. } =
+        crate::support::wait(child, Duration::from_secs(120));
+    let code = status.code();
     let peak = peak.total();
     eprintln!("peak {} MiB", peak / MIB);
     assert!(peak < 64 * MIB, "peak {} MiB reading a 300 MB line", peak / MIB);

@@ -4,7 +4,7 @@
 //! every way out; a message the broker refuses fails alone; `serve` answers only reply
 //! queues. Real broker, real binary, real child processes.
 
-use crate::stage_kit::{drain, header_str, pipe, publish_indexed, rows, shifted};
+use crate::stage_kit::{drain, header_int, header_str, pipe, publish_indexed, rows, shifted};
 use crate::support::{Peak, TestQueue, connect, mqdemo, wait, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
 use std::process::Command;
@@ -259,6 +259,9 @@ fn an_input_whose_answer_cannot_fit_a_frame_fails_alone() {
     assert_eq!(failures.len(), 1, "{}", out.stderr);
     let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
     assert!(why.contains("frame"), "reason: {why}");
+    // The input's own header is what did not fit: left off the failed copy, and counted.
+    assert_eq!(header_int(&failures[0], "x-mqdemo-dropped-headers"), Some(1));
+    assert!(header_str(&failures[0], "big").is_none(), "the oversized header was kept");
     let answers = drain(&to);
     assert_eq!(answers.len(), 1, "{}", out.stderr);
     assert_eq!(answers[0].body, b"{\"i\":1}");

@@ -216,11 +216,14 @@ impl Mqdemo {
 
 /// Wait for a child with a deadline, collecting its output; kill it and fail on timeout.
 pub fn wait(mut child: Child, deadline: Duration) -> Output {
-    let mut out = child.stdout.take().expect("stdout piped");
+    // Stdout may have been taken already (a test reading it as it comes).
+    let out = child.stdout.take();
     let mut err = child.stderr.take().expect("stderr piped");
     let out_reader = std::thread::spawn(move || {
         let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
+        if let Some(mut out) = out {
+            let _ = out.read_to_end(&mut s);
+        }
         s
     });
     let err_reader = std::thread::spawn(move || {
