@@ -35,8 +35,8 @@ pub(super) fn quiescent(leader: u32) -> Option<bool> {
                 continue;
             }
             let Ok(wchan) = std::fs::read_to_string(dir.join("wchan")) else { continue };
-            // The timeout argument matters only for this wait.
-            let syscall = if wchan.contains("epoll") {
+            // The timeout argument matters only for these waits.
+            let syscall = if wchan.contains("epoll") || wchan.contains("futex") {
                 let Ok(syscall) = std::fs::read_to_string(dir.join("syscall")) else { continue };
                 syscall
             } else {
@@ -76,15 +76,20 @@ fn busy(wchan: &str, syscall: &str) -> bool {
     if syscall.starts_with("running") {
         return true;
     }
+    // "NR arg0 arg1 arg2 arg3 ...": the timeout is the fourth argument of epoll_wait (an
+    // int; epoll_pwait2's is a pointer) and of futex (a pointer).
+    let arg3 = syscall
+        .split_whitespace()
+        .nth(4)
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
     if wchan.contains("epoll") {
-        // "NR arg0 arg1 arg2 arg3 ...": epoll_wait's timeout (an int; epoll_pwait2's is a
-        // pointer) is the fourth argument; -1 (however wide the register) or none: no
-        // timer pending.
-        let arg3 = syscall
-            .split_whitespace()
-            .nth(4)
-            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+        // -1 (however wide the register) or none: no timer pending.
         return !arg3.is_some_and(|t| t == 0 || t & 0xffff_ffff == 0xffff_ffff);
+    }
+    if wchan.contains("futex") {
+        // A lock wait with a deadline (`Event.wait(t)`, `queue.get(timeout=)`) ends by
+        // itself: the thread may go on to write.
+        return arg3.is_none_or(|t| t != 0);
     }
     !QUIET_WAITS.iter().any(|w| wchan.contains(w))
 }

@@ -300,3 +300,32 @@ while True:
         );
     }
 }
+
+/// Final attack: a thread of the model writes a stray line while the main thread "works" in
+/// a timed wait (`Event().wait(0.1)`, as `queue.get(timeout=)` does). Timed futex waits
+/// counted as quiet, so the stray line was published as input 1's answer. A wait with a
+/// deadline is not quiet: nothing may be published for the wrong input.
+#[test]
+fn a_stray_line_during_a_timed_wait_is_never_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = script(
+        &dir,
+        "fx2.py",
+        "import sys, os, threading\n\
+         go = threading.Event()\n\
+         def bg():\n    while True:\n        go.wait(); go.clear()\n        \
+         os.write(1, b'{\"stray\":true}\\n')\n\
+         threading.Thread(target=bg, daemon=True).start()\n\
+         for l in sys.stdin:\n    go.set()\n    threading.Event().wait(0.1)\n    \
+         os.write(1, l.encode())\n",
+    );
+    let from = TestQueue::new("a11b-timed-in");
+    let to = TestQueue::new("a11b-timed-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(4);
+    publish_indexed(&from, &inputs, None);
+    let out = pipe(&from, &to, &format!("python3 {m}"), &["--idle-timeout", "2"]).run();
+    let answers = drain(&to);
+    let bad = shifted(&answers, &inputs);
+    assert!(bad.is_empty(), "published for the wrong input: {bad:?}\n{}", out.stderr);
+}
