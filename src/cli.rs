@@ -348,6 +348,19 @@ pub struct ConsumeCommon {
     /// Example: --workers 4
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64), value_name = "N")]
     pub workers: u8,
+    /// Where messages that cannot be used (not JSON, a column the CSV lacks, a bad sha256, a
+    /// row SQLite refuses) go: mqdemo publishes each as it came, plus an x-mqdemo-error
+    /// header with the reason, and acks it only once the broker confirmed the copy.
+    /// Default: --dead-letter-queue if given, else the queue's name + ".failed".
+    /// Example: --failed-queue bad_records
+    #[arg(long, value_name = "NAME")]
+    pub failed_queue: Option<String>,
+
+    /// Reject unusable messages without requeue instead (the broker drops them, or
+    /// dead-letters them where the queue has a dead-letter exchange, e.g. from a policy).
+    /// Example: --no-failed-queue
+    #[arg(long, conflicts_with = "failed_queue")]
+    pub no_failed_queue: bool,
 }
 
 /// Row format of `consume tabular`.

@@ -185,6 +185,9 @@ pub struct ConsumeConfig {
     pub workers: usize,
     /// Where the data goes.
     pub sink: SinkConfig,
+    /// Where messages that cannot be used go (published as they came, with the reason);
+    /// None (--no-failed-queue): rejected without requeue, for the broker to dead-letter.
+    pub failed: Option<QueueSpec>,
 }
 
 /// Consumer output.
@@ -414,14 +417,42 @@ fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
     };
     let idle_timeout =
         common.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
+    let queue = queue_spec(common.queue, &common.queue_args, kind)?;
+    let failed = match (common.no_failed_queue, common.failed_queue) {
+        (true, _) => None,
+        (false, Some(name)) => Some(failed_spec(name, &queue)?),
+        // The dead-letter queue the user named is where they look for failed messages.
+        (false, None) => match &queue.dead_letter_queue {
+            Some(dlq) => Some(QueueSpec::plain(dlq)),
+            None => Some(failed_spec(format!("{}.failed", queue.name), &queue)?),
+        },
+    };
+    if failed.as_ref().is_some_and(|f| f.name == queue.name) {
+        return Err(UsageError(format!(
+            "--failed-queue {}: must differ from --queue (failed messages would come back)",
+            queue.name
+        )));
+    }
     Ok(ConsumeConfig {
         kind,
-        queue: queue_spec(common.queue, &common.queue_args, kind)?,
+        queue,
         count: common.count,
         idle_timeout,
         prefetch: common.prefetch,
         workers: usize::from(common.workers),
         sink,
+        failed,
+    })
+}
+
+/// The failed queue `name` of `input`: durable, of the input's type, no other arguments.
+fn failed_spec(name: String, input: &QueueSpec) -> Result<QueueSpec, UsageError> {
+    Ok(QueueSpec {
+        name: queue_name(name)?,
+        queue_type: input.queue_type,
+        dead_letter_queue: None,
+        max_length: None,
+        delivery_limit: input.delivery_limit,
     })
 }
 
@@ -448,13 +479,7 @@ fn serve(sv: cli::ServeArgs) -> Result<StageConfig, UsageError> {
 fn stage(input: String, output: StageOutput, m: cli::ModelArgs) -> Result<StageConfig, UsageError> {
     let input = queue_spec(Some(input), &m.queue_args, Kind::Tabular)?;
     let failed_name = m.failed_queue.unwrap_or_else(|| format!("{}.failed", input.name));
-    let failed = QueueSpec {
-        name: queue_name(failed_name)?,
-        queue_type: input.queue_type,
-        dead_letter_queue: None,
-        max_length: None,
-        delivery_limit: input.delivery_limit,
-    };
+    let failed = failed_spec(failed_name, &input)?;
     let clash = match &output {
         StageOutput::Queue(q) => Some(q),
         StageOutput::Replies { results } => results.as_ref(),
@@ -488,12 +513,17 @@ fn stage(input: String, output: StageOutput, m: cli::ModelArgs) -> Result<StageC
         prefetch: m.prefetch,
         count: m.count,
         idle_timeout,
-        publisher: PublisherOptions {
-            window: cli::DEFAULT_CONFIRM_WINDOW as usize,
-            window_bytes: WINDOW_BYTES,
-            confirm_timeout: Duration::from_secs_f64(cli::DEFAULT_CONFIRM_TIMEOUT_SECS),
-        },
+        publisher: default_publisher(),
     })
+}
+
+/// Publisher options where no flag sets them (pipe/serve answers, failed copies).
+pub fn default_publisher() -> PublisherOptions {
+    PublisherOptions {
+        window: cli::DEFAULT_CONFIRM_WINDOW as usize,
+        window_bytes: WINDOW_BYTES,
+        confirm_timeout: Duration::from_secs_f64(cli::DEFAULT_CONFIRM_TIMEOUT_SECS),
+    }
 }
 
 fn request(r: cli::RequestArgs) -> Result<RequestConfig, UsageError> {

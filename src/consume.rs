@@ -1,8 +1,8 @@
 //! Consumers: deliveries -> codec -> sink (stdout, a file, a directory), acked only after
 //! the sink has the data durably.
 
-use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler};
-use crate::codec::{Delivery, tabular, unique_id};
+use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler, Producer};
+use crate::codec::{Delivery, failed_copy, header_text, tabular, unique_id};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::csv_output::{self, CsvOut};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
@@ -24,7 +24,7 @@ pub use crate::output::Outcome;
 pub fn run(
     global: &Global,
     cfg: &ConsumeConfig,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     stdout: Box<dyn Write + Send>,
 ) -> Result<Outcome> {
     let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue.name));
@@ -47,16 +47,25 @@ pub fn run(
             (hs, None)
         }
     };
+    let mut keepers = Vec::with_capacity(handlers.len());
+    for h in &mut handlers {
+        keepers.push(Keeper::open(global, cfg, stop, h.as_mut_handler(), &reporter)?);
+    }
     let started = Instant::now();
     let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
-        handlers.iter_mut().map(|h| h.as_mut_handler()).collect();
+        keepers.iter_mut().map(|k| k as &mut (dyn Handler + Send)).collect();
     let workload = Workload {
         queue: &cfg.queue,
         prefetch: cfg.prefetch,
         count: cfg.count,
         idle: cfg.idle_timeout,
     };
-    let (outcome, error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
+    let (outcome, mut error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
+    for k in keepers {
+        if let Err(e) = k.close() {
+            error.get_or_insert(e);
+        }
+    }
     let error = error.or_else(|| line_files.and_then(|l| l.unfinished()));
     let counts = match shared_rows {
         Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts()),
@@ -69,12 +78,95 @@ pub fn run(
         elapsed: started.elapsed(),
         skipped: 0,
         failed: outcome.rejected.max(counts.rejected),
+        failed_to: cfg.failed.as_ref().map(|f| f.name.clone()),
         extra: counts.extra(),
     };
     Ok(Outcome { summary, error })
 }
 
 type Handlers = Vec<Box<dyn CountingHandler + Send>>;
+
+/// One worker's handler with the failed queue around it: a message the handler cannot use
+/// is published to the failed queue as it came, with the reason, and acked only once the
+/// broker confirmed that copy (the consumer flushes before it acks). Without a failed
+/// queue (--no-failed-queue) it is rejected without requeue.
+struct Keeper<'h> {
+    inner: &'h mut (dyn Handler + Send),
+    failed: Option<(Producer, String)>,
+    reporter: Reporter,
+}
+
+impl<'h> Keeper<'h> {
+    fn open(
+        global: &Global,
+        cfg: &ConsumeConfig,
+        stop: &Arc<AtomicBool>,
+        inner: &'h mut (dyn Handler + Send),
+        reporter: &Reporter,
+    ) -> Result<Keeper<'h>> {
+        let failed = match &cfg.failed {
+            None => None,
+            Some(spec) => {
+                let producer = Producer::open_many(
+                    &global.endpoints,
+                    std::slice::from_ref(spec),
+                    crate::config::default_publisher(),
+                    global.retry,
+                    Arc::clone(stop),
+                    Box::new(link_events(reporter.clone())),
+                )?;
+                Some((producer, spec.name.clone()))
+            }
+        };
+        Ok(Keeper { inner, failed, reporter: reporter.clone() })
+    }
+
+    /// Every failed copy confirmed, or why not.
+    fn close(self) -> Result<()> {
+        let Some((producer, queue)) = self.failed else { return Ok(()) };
+        let (report, result) = producer.finish();
+        result?;
+        match report.unconfirmed.len() {
+            0 => Ok(()),
+            n => Err(eyre!("{n} failed messages were not confirmed by {queue}; they stay queued")),
+        }
+    }
+}
+
+impl Handler for Keeper<'_> {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        let why = match self.inner.handle(d)? {
+            Disposition::Reject(why) => why,
+            stored => return Ok(stored),
+        };
+        let Some((producer, queue)) = &mut self.failed else {
+            self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
+            return Ok(Disposition::Reject(why));
+        };
+        // Without a message id the copy gets a fresh one (never merged with another's).
+        let id = d.assigned_id().map_or_else(unique_id, str::to_string);
+        self.reporter.warn(&format!("message {id} sent to {queue}: {}", header_text(&why)));
+        let body = std::mem::take(&mut d.body);
+        producer.publish(failed_copy(d, body, &id, &why, queue))?;
+        Ok(Disposition::Ack)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.inner.flush()?;
+        let Some((producer, _)) = &mut self.failed else { return Ok(()) };
+        match producer.flush()?.into_iter().next() {
+            None => Ok(()),
+            Some((label, why)) => Err(eyre!(
+                "{label} was refused by the broker ({why}); stopping without acking it (it \
+                 stays in the queue)"
+            )),
+        }
+    }
+
+    fn idle(&mut self) -> Result<()> {
+        self.inner.idle()
+    }
+}
 
 /// `workers` handles on one sink, and the sink (for its counts at the end).
 fn shared<H: CountingHandler + Send + 'static>(
@@ -169,7 +261,7 @@ impl SharedRows {
 }
 
 impl Handler for SharedRows {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
         self.lock()?.handle(d)
     }
 
@@ -288,10 +380,9 @@ impl RowHandler {
         })
     }
 
-    fn reject(&mut self, d: &Delivery, why: &str) -> Disposition {
+    fn reject(&mut self, why: &str) -> Disposition {
         self.counts.rejected += 1;
-        self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
-        Disposition::Reject
+        Disposition::Reject(why.to_string())
     }
 
     fn write_rows(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
@@ -338,28 +429,28 @@ impl RowHandler {
 }
 
 impl Handler for RowHandler {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
         if matches!(self.out, RowOut::Jsonl(_)) {
             match tabular::raw_objects(&d.body) {
-                Err(e) => return Ok(self.reject(&d, &e.0)),
-                Ok(Some(objects)) => return self.write_raw(&d, &objects),
+                Err(e) => return Ok(self.reject(&e.0)),
+                Ok(Some(objects)) => return self.write_raw(d, &objects),
                 Ok(None) => {} // pretty-printed: re-serialise below
             }
         }
         let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
-            Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
+            Ok(rows) if rows.is_empty() => return Ok(self.reject("empty batch")),
             Ok(rows) => rows,
-            Err(e) => return Ok(self.reject(&d, &e.0)),
+            Err(e) => return Ok(self.reject(&e.0)),
         };
         if let Some(why) = self.unknown_columns(&rows) {
-            return Ok(self.reject(&d, &why));
+            return Ok(self.reject(&why));
         }
-        if self.seen.contains(&d) {
+        if self.seen.contains(d) {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
         self.write_rows(&rows)?;
-        self.seen.insert(&d);
+        self.seen.insert(d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
         self.counts.rows += rows.len() as u64;
@@ -404,31 +495,30 @@ impl DbHandler {
         })
     }
 
-    fn reject(&mut self, d: &Delivery, why: &str) -> Disposition {
+    fn reject(&mut self, why: &str) -> Disposition {
         self.counts.rejected += 1;
-        self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
-        Disposition::Reject
+        Disposition::Reject(why.to_string())
     }
 }
 
 impl Handler for DbHandler {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
         let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
-            Ok(rows) if rows.is_empty() => return Ok(self.reject(&d, "empty batch")),
+            Ok(rows) if rows.is_empty() => return Ok(self.reject("empty batch")),
             Ok(rows) => rows,
-            Err(e) => return Ok(self.reject(&d, &e.0)),
+            Err(e) => return Ok(self.reject(&e.0)),
         };
         if let Some(why) = self.db.refuse(&rows) {
-            return Ok(self.reject(&d, &why));
+            return Ok(self.reject(&why));
         }
-        let keys = row_keys(&d, rows.len());
+        let keys = row_keys(d, rows.len());
         let keyed: Vec<(String, &Map<String, Value>)> = keys.into_iter().zip(&rows).collect();
         let stored = self.db.store(&keyed).wrap_err_with(|| {
             format!("cannot store message {}; it stays in the queue", d.id_or_hash())
         })?;
         let stored = match stored {
             DbStored::Rows(n) => n,
-            DbStored::Refused(why) => return Ok(self.reject(&d, &why)),
+            DbStored::Refused(why) => return Ok(self.reject(&why)),
         };
         if stored == 0 {
             // Every row was already there: a redelivery.

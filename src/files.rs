@@ -156,15 +156,14 @@ impl FileHandler {
         self.handled(d)
     }
 
-    /// This message cannot be stored: rejected without requeue, named, counted.
-    fn reject(&mut self, d: &Delivery, why: &str) -> Disposition {
+    /// This message cannot be stored: it fails, with the reason, and is counted.
+    fn reject(&mut self, why: &str) -> Disposition {
         self.counts.rejected += 1;
-        self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
-        Disposition::Reject
+        Disposition::Reject(why.to_string())
     }
 
-    fn corrupt(&mut self, d: &Delivery) -> Disposition {
-        self.reject(d, "body does not match its sha256 header")
+    fn corrupt(&mut self) -> Disposition {
+        self.reject("body does not match its sha256 header")
     }
 
     /// Count and report what became of committed files.
@@ -202,12 +201,12 @@ impl FileHandler {
                 if queued == Queued::Pending {
                     self.sink.discard_last();
                 }
-                return Ok(self.corrupt(d));
+                return Ok(self.corrupt());
             }
             return self.outcome(d, queued);
         }
         if want.is_some_and(|w| !matches(w)) {
-            return Ok(self.corrupt(d));
+            return Ok(self.corrupt());
         }
         let queued = self.sink.store(rel, &names.fallback, &names.tags, &d.body)?;
         self.outcome(d, queued)
@@ -217,7 +216,7 @@ impl FileHandler {
         match queued {
             Queued::Pending => self.queued(d),
             Queued::Duplicate(_) => Ok(self.duplicate(d)),
-            Queued::Refused(why) => Ok(self.reject(d, &why)),
+            Queued::Refused(why) => Ok(self.reject(&why)),
         }
     }
 
@@ -230,7 +229,7 @@ impl FileHandler {
         file: &FileIdentity,
     ) -> Result<Disposition> {
         if d.header_str("sha256").is_some_and(|w| !w.eq_ignore_ascii_case(&sha256_hex(&d.body))) {
-            return Ok(self.corrupt(d));
+            return Ok(self.corrupt());
         }
         let names = self.file_names(d, file);
         let added = lock(&self.lines)?.add(&Line {
@@ -250,7 +249,7 @@ impl FileHandler {
                 self.committed(vec![stored]);
                 self.handled(d)
             }
-            Added::Refused(why) => self.reject(d, &why),
+            Added::Refused(why) => self.reject(&why),
         })
     }
 }
@@ -271,28 +270,28 @@ fn line_path(rel: &Path, line: u64) -> PathBuf {
 }
 
 impl Handler for FileHandler {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
-        if self.seen.contains(&d) {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        if self.seen.contains(d) {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
         let part = match self.kind {
-            Kind::Text => match text::line_part(&d) {
+            Kind::Text => match text::line_part(d) {
                 Ok(part) => part,
-                Err(why) => return Ok(self.reject(&d, &why)),
+                Err(why) => return Ok(self.reject(&why)),
             },
             _ => None,
         };
         match part {
-            Some(LinePart::Placed { line, offset, file }) => self.line(&d, line, offset, &file),
+            Some(LinePart::Placed { line, offset, file }) => self.line(d, line, offset, &file),
             Some(LinePart::Unplaced { line }) => {
-                let mut names = self.names(&d);
+                let mut names = self.names(d);
                 names.rel = names.rel.map(|r| line_path(&r, line));
-                self.whole(&d, &names)
+                self.whole(d, &names)
             }
             None => {
-                let names = self.names(&d);
-                self.whole(&d, &names)
+                let names = self.names(d);
+                self.whole(d, &names)
             }
         }
     }

@@ -160,6 +160,8 @@ pub struct Summary {
     pub skipped: u64,
     /// Messages that failed (nacked, returned, unconfirmed, rejected).
     pub failed: u64,
+    /// The queue the failed messages were sent to, if any.
+    pub failed_to: Option<String>,
     /// Extra, kind-specific counts ("written 6, duplicates 0").
     pub extra: String,
 }
@@ -173,8 +175,12 @@ impl Summary {
     /// The summary line.
     pub fn line(&self) -> String {
         let extra = if self.extra.is_empty() { String::new() } else { format!("{}; ", self.extra) };
+        let failed_to = match &self.failed_to {
+            Some(q) if self.failed > 0 => format!(" (sent to {q})"),
+            _ => String::new(),
+        };
         format!(
-            "mqdemo: {} {} messages ({}) in {:.3} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}",
+            "mqdemo: {} {} messages ({}) in {:.3} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}{}",
             self.verb,
             self.messages,
             human_bytes(self.bytes),
@@ -183,7 +189,8 @@ impl Summary {
             human_bytes(per_sec(self.bytes as f64, self.elapsed) as u64),
             extra,
             self.skipped,
-            self.failed
+            self.failed,
+            failed_to
         )
     }
 
@@ -231,6 +238,7 @@ mod tests {
             elapsed: Duration::from_secs(2),
             skipped: 1,
             failed: 2,
+            failed_to: None,
             extra: String::new(),
         };
         assert_eq!(
@@ -238,5 +246,9 @@ mod tests {
             "mqdemo: produced 300 messages (2.0 KiB) in 2.000 s, 150 msg/s, 1.0 KiB/s; skipped 1, failed 2"
         );
         assert!(!s.clean());
+        let s = Summary { failed_to: Some("q.failed".into()), ..s };
+        assert!(s.line().ends_with("failed 2 (sent to q.failed)"), "{}", s.line());
+        let s = Summary { failed: 0, ..s };
+        assert!(s.line().ends_with("failed 0"), "named only when something went there");
     }
 }

@@ -71,6 +71,7 @@ pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Resu
         elapsed: started.elapsed(),
         skipped,
         failed: (report.refused.len() + report.unconfirmed.len()) as u64,
+        failed_to: None,
         extra: [
             padded_note,
             if report.republished > 0 {

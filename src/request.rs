@@ -67,6 +67,7 @@ pub fn run(
         elapsed: started.elapsed(),
         skipped: run.skipped,
         failed: run.failed.len() as u64,
+        failed_to: None,
         extra: match run.padded {
             0 => percentiles(&mut run.latencies),
             n => format!("padded {n} short rows with nulls, {}", percentiles(&mut run.latencies)),

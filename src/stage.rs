@@ -10,7 +10,8 @@
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
 use crate::child::{Answer, Blame, Failure, Framing, ModelChild, SETTLE_CAP};
 use crate::codec::{
-    Delivery, HeaderValue, Kind, Message, Route, answer_id, header_text, image, unique_id,
+    Delivery, ERROR_HEADER, HeaderValue, Kind, Message, Original, Route, answer_id, failed_copy,
+    header_text, image, unique_id,
 };
 use crate::config::{Global, StageConfig, StageOutput};
 use crate::consume::{SeenIds, Workload, drive};
@@ -25,10 +26,6 @@ use std::time::Instant;
 const MAX_FAILURES_IN_A_ROW: u32 = 3;
 /// Headers describing the input body, which an answer does not inherit.
 const BODY_HEADERS: [&str; 4] = ["sha256", "size", "width", "height"];
-/// The header naming why the child failed on a message.
-pub const ERROR_HEADER: &str = "x-mqdemo-error";
-/// The header counting the input's headers left off a failed copy because they did not fit.
-pub const DROPPED_HEADER: &str = "x-mqdemo-dropped-headers";
 /// Label prefix of replies: a reply nobody waits for any more (client gone) is not an error.
 const REPLY_LABEL: &str = "reply to ";
 /// Reply queues `serve` always answers to: direct reply-to and server-named queues.
@@ -96,6 +93,7 @@ pub fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) -> Result
         elapsed: started.elapsed(),
         skipped: 0,
         failed: total.failed + not_delivered,
+        failed_to: Some(cfg.failed.name.clone()),
         extra: format!(
             "answered {}, no answer {}, duplicates {}, model restarts {}",
             total.answered, total.silent, total.duplicates, total.restarts
@@ -177,6 +175,7 @@ impl<'a> Stage<'a> {
                 correlation_id: d.correlation_id.clone(),
                 reply_to: None,
             },
+            original: Original::default(),
         };
         match &self.cfg.output {
             StageOutput::Queue(q) => vec![answer(&q.name, format!("answer to {input_id}"))],
@@ -192,44 +191,6 @@ impl<'a> Stage<'a> {
                 out
             }
         }
-    }
-
-    /// The input as it came, to the failed queue, with the reason in a header (and
-    /// `input_id` as its message id).
-    fn failed_message(&self, d: &Delivery, input_id: &str, reason: &str) -> Message {
-        let mut headers = d.headers.clone();
-        headers.insert(ERROR_HEADER.into(), HeaderValue::Str(header_text(reason)));
-        let kind = match d.kind.as_deref() {
-            Some("image") => Kind::Image,
-            Some("text") => Kind::Text,
-            _ => Kind::Tabular,
-        };
-        let mut msg = Message {
-            kind,
-            content_type: d
-                .content_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".to_string()),
-            message_id: input_id.to_string(),
-            headers,
-            body: d.body.clone(),
-            label: format!("failed message {input_id}"),
-            route: Route {
-                routing_key: Some(self.cfg.failed.name.clone()),
-                correlation_id: d.correlation_id.clone(),
-                reply_to: None,
-            },
-        };
-        if msg.oversized_properties().is_some() {
-            // The input's own headers are what does not fit: keep only the reason.
-            let dropped = msg.headers.len() - 1;
-            msg.headers.retain(|k, _| k == ERROR_HEADER);
-            msg.headers.insert(
-                DROPPED_HEADER.into(),
-                HeaderValue::Int(i64::try_from(dropped).unwrap_or(i64::MAX)),
-            );
-        }
-        msg
     }
 
     /// Where a request's answer may go: its `reply_to` if that is a reply queue (or allowed
@@ -301,7 +262,13 @@ impl<'a> Stage<'a> {
             self.cfg.failed.name,
             header_text(reason)
         ));
-        self.producer.publish(self.failed_message(d, input_id, reason))?;
+        self.producer.publish(failed_copy(
+            d,
+            d.body.clone(),
+            input_id,
+            reason,
+            &self.cfg.failed.name,
+        ))?;
         self.counts.failed += 1;
         Ok(())
     }
@@ -325,6 +292,7 @@ impl<'a> Stage<'a> {
                 correlation_id: d.correlation_id.clone(),
                 reply_to: None,
             },
+            original: Original::default(),
         };
         self.producer.publish(msg)
     }
@@ -373,8 +341,8 @@ impl<'a> Stage<'a> {
 }
 
 impl Handler for Stage<'_> {
-    fn handle(&mut self, d: Delivery) -> Result<Disposition> {
-        if self.seen.contains(&d) {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        if self.seen.contains(d) {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
@@ -391,17 +359,17 @@ impl Handler for Stage<'_> {
         // Without a message id the delivery is data of its own: a fresh id, so that neither
         // its answers nor its failed copy merge with another's downstream.
         let input_id = d.assigned_id().map_or_else(unique_id, str::to_string);
-        self.seen.insert(&d);
+        self.seen.insert(d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
-        if let Err(why) = self.reply_queue(&d) {
-            self.send_to_failed(&d, &input_id, &why)?;
+        if let Err(why) = self.reply_queue(d) {
+            self.send_to_failed(d, &input_id, &why)?;
         } else {
             match self.child.call(&d.body) {
                 Ok(Answer::Output(body)) => {
                     self.failures_in_a_row = 0;
                     self.counts.answered += 1;
-                    self.settle_and_publish(&d, &input_id, body)?;
+                    self.settle_and_publish(d, &input_id, body)?;
                 }
                 Ok(Answer::Nothing) => {
                     self.failures_in_a_row = 0;
@@ -411,7 +379,7 @@ impl Handler for Stage<'_> {
                     if f.out_of_turn {
                         self.broken = Some(f.reason.clone());
                     }
-                    self.child_failed(&d, &input_id, f)?;
+                    self.child_failed(d, &input_id, f)?;
                 }
             }
         }

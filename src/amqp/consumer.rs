@@ -18,14 +18,16 @@ use std::time::{Duration, Instant};
 pub enum Disposition {
     /// Stored durably: ack it.
     Ack,
-    /// Cannot be decoded or stored: reject without requeue (dead-letter where configured).
-    Reject,
+    /// Cannot be decoded or stored, for this reason: reject without requeue (dead-lettered
+    /// where the queue has a dead-letter exchange).
+    Reject(String),
 }
 
 /// Where deliveries go; the consumer loop's one place where a delivery is handled.
 pub trait Handler {
-    /// Store one delivery. An error stops the consumer; the delivery is requeued.
-    fn handle(&mut self, delivery: Delivery) -> Result<Disposition>;
+    /// Store one delivery. An error stops the consumer; the delivery is requeued. The
+    /// delivery is the handler's to take apart (e.g. its body, for a copy) once it is done.
+    fn handle(&mut self, delivery: &mut Delivery) -> Result<Disposition>;
     /// Make everything handled so far durable (flush / fsync) before it is acked.
     fn flush(&mut self) -> Result<()>;
     /// Called when no delivery came for a moment: a chance to notice trouble while idle
@@ -268,8 +270,8 @@ impl<'a> ConsumeState<'a> {
         self.outcome.received += 1;
         let size = d.body.len() as u64;
         self.largest = Some(self.largest.map_or(size, |l| l.max(size)));
-        let ours = delivery(&mut d);
-        match handler.handle(ours) {
+        let mut ours = delivery(&mut d);
+        match handler.handle(&mut ours) {
             Ok(Disposition::Ack) => {
                 self.last = Some(d);
                 self.unacked += 1;
@@ -280,7 +282,7 @@ impl<'a> ConsumeState<'a> {
                 }
                 Ok(())
             }
-            Ok(Disposition::Reject) => {
+            Ok(Disposition::Reject(_)) => {
                 self.ack_pending(handler)?;
                 d.reject(self.channel, false)
                     .map_err(|e| explain(e, self.endpoint, "rejecting"))?;

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 /// The header of an error reply: why the server could not answer.
-const ERROR_HEADER: &str = "x-mqdemo-error";
+use crate::codec::ERROR_HEADER;
 
 /// A reply: its correlation id and body.
 pub struct Reply {

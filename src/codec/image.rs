@@ -42,6 +42,7 @@ pub fn encode(source: &str, bytes: Vec<u8>) -> Result<Message, NotAnImage> {
         body: bytes,
         label: source.to_string(),
         route: super::Route::default(),
+        original: super::Original::default(),
     })
 }
 

@@ -3,10 +3,12 @@
 //! Codecs turn an input item into a [`Message`] (body + properties + headers) and a received
 //! [`Delivery`] back into data. They never touch the network, the file system or the terminal.
 
+pub mod failed;
 pub mod image;
 pub mod tabular;
 pub mod text;
 
+pub use failed::{DROPPED_HEADER, ERROR_HEADER, Original, failed_copy};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -71,6 +73,9 @@ pub struct Message {
     pub label: String,
     /// Request/reply addressing; all None for plain messages.
     pub route: Route,
+    /// For a copy of a delivery (the failed queue): its properties as they came, which the
+    /// publisher uses instead of making its own. Empty for everything mqdemo makes.
+    pub original: Original,
 }
 
 /// The most bytes a message's properties and headers may take: they travel in one content
@@ -123,7 +128,8 @@ impl Message {
             + short(self.kind.as_str())
             + opt(&self.route.correlation_id)
             + opt(&self.route.reply_to)
-            + headers_bytes(&self.headers);
+            + headers_bytes(&self.headers)
+            + self.original.extra_bytes();
         (n > MAX_PROPERTY_BYTES).then_some(n)
     }
 }
@@ -158,6 +164,8 @@ pub struct Delivery {
     pub correlation_id: Option<String>,
     /// `reply_to` property, if set.
     pub reply_to: Option<String>,
+    /// Every property as it came (for a failed copy); see [`Original`].
+    pub original: Original,
 }
 
 impl Delivery {
@@ -306,6 +314,7 @@ pub(crate) mod tests {
             body: Vec::new(),
             label: "x".into(),
             route: Route::default(),
+            original: Original::default(),
         };
         assert_eq!(msg.oversized_properties(), None);
         msg.headers.insert("big".into(), HeaderValue::Str("h".repeat(MAX_PROPERTY_BYTES)));

@@ -202,6 +202,7 @@ impl Encoder {
             body,
             label,
             route: super::Route::default(),
+            original: super::Original::default(),
         }
     }
 }

@@ -209,6 +209,7 @@ fn build(source: &str, line: Option<(u64, &str)>, body: Vec<u8>) -> Message {
         body,
         label,
         route: super::Route::default(),
+        original: super::Original::default(),
     }
 }
 

@@ -10,7 +10,7 @@ fn with_source(source: &str) -> AmqpProperties {
 }
 
 #[test]
-fn undecodable_tabular_body_is_rejected_and_the_consumer_goes_on() {
+fn undecodable_tabular_body_is_kept_aside_and_the_consumer_goes_on() {
     let q = TestQueue::new("poison-tab");
     q.publish_raw(b"this is not json", AmqpProperties::default());
     q.publish_raw(br#"{"a":1}"#, AmqpProperties::default());
@@ -19,9 +19,10 @@ fn undecodable_tabular_body_is_rejected_and_the_consumer_goes_on() {
     let out = mqdemo(&["consume", "tabular", "--queue", &q.name, "--count", "4"])
         .run()
         .expect_code(1)
-        .stderr_has("rejected message");
+        .stderr_has(&format!("sent to {}.failed", q.name));
     assert_eq!(out.stdout, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
-    assert_eq!(q.depth(), 0, "rejected messages are not requeued");
+    assert_eq!(q.depth(), 0, "failed messages are not requeued");
+    assert_eq!(TestQueue::named(format!("{}.failed", q.name)).depth(), 2, "but kept");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod docs;
 mod errors;
 mod escape;
 mod examples;
+mod failed;
 mod faults;
 mod flows;
 mod handoff;

@@ -56,7 +56,7 @@ fn undecodable_messages_go_to_the_dead_letter_queue() {
     ])
     .run()
     .expect_code(1)
-    .stderr_has("rejected message");
+    .stderr_has(&format!("sent to {}", dlq.name));
     assert_eq!(out.stdout, "{\"a\":1}\n");
     wait_until(Duration::from_secs(10), "dead-lettered message", || dlq.depth() == 1);
     let dead = dlq.get().expect("dead letter");

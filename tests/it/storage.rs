@@ -70,9 +70,13 @@ fn sqlite_dead_letters_a_key_with_nul_alone_and_stores_the_messages_behind_it() 
     let out = consume_sqlite(&q, &db, &["--dead-letter-queue", &dlq.name, "--count", "3"])
         .run()
         .expect_code(1)
-        .stderr_has("rejected message m2")
+        .stderr_has("message m2 sent to")
         .stderr_has("NUL");
-    assert!(out.stderr.contains("rows 2, duplicates 0; skipped 0, failed 1"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("rows 2, duplicates 0; skipped 0, failed 1 (sent to"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(ids_and_rows(&db), [("m1".into(), Some(1)), ("m3".into(), Some(3))]);
     assert_eq!(columns(&db), ["message_id", "row", "label"]);
     assert_eq!(q.depth(), 0, "nothing requeued");
@@ -95,14 +99,18 @@ fn sqlite_refuses_rows_too_wide_and_commits_nothing_of_a_refused_message() {
     q.publish_raw(br#"{"row":6,"label":"ok"}"#, with_id("m5"));
     let out = consume_sqlite(&q, &db, &["--count", "5"]).run().expect_code(1);
     for id in ["m2", "m3", "m4"] {
-        assert!(out.stderr.contains(&format!("rejected message {id}")), "{id}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("message {id} sent to")), "{id}: {}", out.stderr);
     }
     assert!(
-        out.stderr.contains("m3: it would add 1001 columns to t; at most 1000"),
+        out.stderr.contains(".failed: it would add 1001 columns to t; at most 1000"),
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("rows 2, duplicates 0; skipped 0, failed 3"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("rows 2, duplicates 0; skipped 0, failed 3 (sent to"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(columns(&db), ["message_id", "row", "label"], "no junk columns committed");
     assert_eq!(ids_and_rows(&db), [("m1".into(), Some(1)), ("m5".into(), Some(6))]);
     assert_eq!(q.depth(), 0, "nothing requeued");
@@ -116,8 +124,13 @@ fn sqlite_refuses_rows_too_wide_and_commits_nothing_of_a_refused_message() {
     let out = consume_sqlite(&q, &db, &["--count", "4"])
         .run()
         .expect_code(1)
-        .stderr_has("rejected message m8: t would need 2001 columns");
-    assert!(out.stderr.contains("rows 3, duplicates 0; skipped 0, failed 1"), "{}", out.stderr);
+        .stderr_has("message m8 sent to")
+        .stderr_has(": t would need 2001 columns");
+    assert!(
+        out.stderr.contains("rows 3, duplicates 0; skipped 0, failed 1 (sent to"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(columns(&db).len(), 2000);
     assert_eq!(ids_and_rows(&db).len(), 5);
 }
@@ -263,7 +276,8 @@ fn sqlite_rejects_a_key_too_long_for_a_column_name_alone() {
     consume_sqlite(&q, &db, &["--count", "2"])
         .run()
         .expect_code(1)
-        .stderr_has("rejected message m1: the key \"kkkk");
+        .stderr_has("message m1 sent to")
+        .stderr_has(": the key \"kkkk");
     assert_eq!(columns(&db), ["message_id", "row"]);
     assert_eq!(ids_and_rows(&db), [("m2".into(), Some(2))]);
 }

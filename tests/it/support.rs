@@ -119,11 +119,12 @@ impl TestQueue {
         delivery
     }
 
-    /// Delete the queue now.
+    /// Delete the queue now, and the failed queue a consumer of it declares (`NAME.failed`).
     pub fn delete(&self) {
         if let Ok(mut conn) = Connection::insecure_open(&url()) {
             if let Ok(ch) = conn.open_channel(None) {
                 let _ = ch.queue_delete(self.name.clone(), Default::default());
+                let _ = ch.queue_delete(format!("{}.failed", self.name), Default::default());
             }
             let _ = conn.close();
         }

@@ -1,0 +1,166 @@
+//! The failed-message format: a message mqdemo could not use (undecodable, unstorable, or
+//! one the model failed on) goes to a failed queue as it came, plus the reason.
+//!
+//! "As it came" means every property and header the broker delivered, including header types
+//! the codec does not model: the delivery carries them in an [`Original`], which only the AMQP
+//! layer fills and reads.
+
+use super::{Delivery, HeaderValue, Kind, Message, Route, header_text};
+use std::any::Any;
+use std::sync::Arc;
+
+/// The header naming why mqdemo could not use a message.
+pub const ERROR_HEADER: &str = "x-mqdemo-error";
+/// The header counting the input's headers left off a failed copy because they did not fit.
+pub const DROPPED_HEADER: &str = "x-mqdemo-dropped-headers";
+
+/// The properties a delivery arrived with, whole: opaque here, made and read by the AMQP
+/// layer, so that a copy of the delivery can be published unchanged.
+#[derive(Clone, Default)]
+pub struct Original {
+    properties: Option<Arc<dyn Any + Send + Sync>>,
+    /// Encoded bytes of the headers the codec does not model (other value types).
+    unmodelled_header_bytes: usize,
+    /// The original headers are left off (they did not fit with the reason).
+    headers_dropped: bool,
+}
+
+impl Original {
+    /// Keep `properties` (as the AMQP layer types them) and the encoded size of the headers
+    /// that [`Delivery::headers`] leaves out.
+    pub fn new<P: Any + Send + Sync>(properties: P, unmodelled_header_bytes: usize) -> Original {
+        Original {
+            properties: Some(Arc::new(properties)),
+            unmodelled_header_bytes,
+            headers_dropped: false,
+        }
+    }
+
+    /// The properties, if they were kept and are of type `P`.
+    pub fn properties<P: Any>(&self) -> Option<&P> {
+        self.properties.as_deref().and_then(|p| p.downcast_ref::<P>())
+    }
+
+    /// Whether the original headers are to be left off.
+    pub fn headers_dropped(&self) -> bool {
+        self.headers_dropped
+    }
+
+    /// Bytes the original adds to a message's encoded properties beyond what it models.
+    pub(super) fn extra_bytes(&self) -> usize {
+        if self.headers_dropped { 0 } else { self.unmodelled_header_bytes }
+    }
+}
+
+impl std::fmt::Debug for Original {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Original")
+            .field("kept", &self.properties.is_some())
+            .field("headers_dropped", &self.headers_dropped)
+            .finish()
+    }
+}
+
+impl PartialEq for Original {
+    fn eq(&self, other: &Original) -> bool {
+        let same = match (&self.properties, &other.properties) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same && self.headers_dropped == other.headers_dropped
+    }
+}
+
+/// The delivery as it came (`body` is its body, moved or copied by the caller), for the
+/// failed queue `to`, with `reason` in [`ERROR_HEADER`] and `id` as its message id. Headers that would not fit beside the reason (an AMQP frame holds
+/// the properties) are left off and counted in [`DROPPED_HEADER`].
+pub fn failed_copy(d: &Delivery, body: Vec<u8>, id: &str, reason: &str, to: &str) -> Message {
+    let mut headers = d.headers.clone();
+    headers.insert(ERROR_HEADER.into(), HeaderValue::Str(header_text(reason)));
+    let kind = match d.kind.as_deref() {
+        Some("image") => Kind::Image,
+        Some("text") => Kind::Text,
+        _ => Kind::Tabular,
+    };
+    let mut msg = Message {
+        kind,
+        content_type: d.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+        message_id: id.to_string(),
+        headers,
+        body,
+        label: format!("failed message {id}"),
+        route: Route {
+            routing_key: Some(to.to_string()),
+            correlation_id: d.correlation_id.clone(),
+            reply_to: None,
+        },
+        original: d.original.clone(),
+    };
+    if msg.oversized_properties().is_some() {
+        // The input's own headers are what does not fit: keep only the reason.
+        let dropped = msg.headers.len() - 1;
+        msg.headers.retain(|k, _| k == ERROR_HEADER);
+        msg.headers.insert(
+            DROPPED_HEADER.into(),
+            HeaderValue::Int(i64::try_from(dropped).unwrap_or(i64::MAX)),
+        );
+        msg.original.headers_dropped = true;
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::MAX_PROPERTY_BYTES;
+
+    fn delivery() -> Delivery {
+        let mut headers = crate::codec::Headers::new();
+        headers.insert("source".into(), HeaderValue::Str("a.csv".into()));
+        Delivery {
+            body: b"not json".to_vec(),
+            content_type: Some("text/plain".into()),
+            message_id: Some("m1".into()),
+            kind: Some("text".into()),
+            headers,
+            correlation_id: Some("c1".into()),
+            ..Delivery::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_copy_is_the_delivery_plus_the_reason() {
+        let msg = failed_copy(&delivery(), b"not json".to_vec(), "m1", "not JSON", "q.failed");
+        assert_eq!(msg.body, b"not json");
+        assert_eq!(msg.content_type, "text/plain");
+        assert_eq!(msg.kind, Kind::Text);
+        assert_eq!(msg.message_id, "m1");
+        assert_eq!(msg.route.routing_key.as_deref(), Some("q.failed"));
+        assert_eq!(msg.route.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(msg.headers.get("source"), Some(&HeaderValue::Str("a.csv".into())));
+        assert_eq!(msg.headers.get(ERROR_HEADER), Some(&HeaderValue::Str("not JSON".into())));
+        assert!(!msg.original.headers_dropped());
+    }
+
+    #[test]
+    fn headers_that_do_not_fit_beside_the_reason_are_left_off_and_counted() {
+        let mut d = delivery();
+        d.headers.insert("big".into(), HeaderValue::Str("h".repeat(MAX_PROPERTY_BYTES - 300)));
+        let msg = failed_copy(&d, d.body.clone(), "m1", &"r".repeat(1_000), "q.failed");
+        assert_eq!(msg.headers.len(), 2, "{:?}", msg.headers.keys());
+        assert_eq!(msg.headers.get(DROPPED_HEADER), Some(&HeaderValue::Int(2)));
+        assert!(msg.original.headers_dropped());
+        assert_eq!(msg.oversized_properties(), None);
+    }
+
+    #[test]
+    fn unmodelled_headers_count_toward_the_frame() {
+        let mut d = delivery();
+        d.original = Original::new((), MAX_PROPERTY_BYTES);
+        let msg = failed_copy(&d, d.body.clone(), "m1", "why", "q.failed");
+        assert!(msg.original.headers_dropped(), "the original's own headers do not fit");
+        assert_eq!(msg.original.properties::<()>(), Some(&()));
+        assert_eq!(msg.original.properties::<u8>(), None);
+    }
+}
