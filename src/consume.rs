@@ -1,7 +1,7 @@
 //! Consumers: deliveries -> codec -> sink (stdout, a file, a directory), acked only after
 //! the sink has the data durably.
 
-use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler, Producer};
+use crate::amqp::{self, ConsumeLimits, ConsumeOutcome, Disposition, Handler, Producer, QueueSpec};
 use crate::codec::{Delivery, failed_copy, header_text, tabular, unique_id};
 use crate::config::{ConsumeConfig, Global, RowFormat, SinkConfig};
 use crate::csv_output::{self, CsvOut};
@@ -47,10 +47,10 @@ pub fn run(
             (hs, None)
         }
     };
-    let mut keepers = Vec::with_capacity(handlers.len());
-    for h in &mut handlers {
-        keepers.push(Keeper::open(global, cfg, stop, h.as_mut_handler(), &reporter)?);
-    }
+    let mut keepers: Vec<Keeper<'_>> = handlers
+        .iter_mut()
+        .map(|h| Keeper::new(global, cfg, stop, h.as_mut_handler(), &reporter))
+        .collect();
     let started = Instant::now();
     let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
         keepers.iter_mut().map(|k| k as &mut (dyn Handler + Send)).collect();
@@ -61,8 +61,11 @@ pub fn run(
         idle: cfg.idle_timeout,
     };
     let (outcome, mut error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
+    let mut kept = 0;
     for k in keepers {
-        if let Err(e) = k.close() {
+        let (sent, closed) = k.close();
+        kept += sent;
+        if let Err(e) = closed {
             error.get_or_insert(e);
         }
     }
@@ -71,14 +74,18 @@ pub fn run(
         Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts()),
         None => handlers.iter().map(|h| h.counts()).fold(Counts::default(), Counts::sum),
     };
+    let failed = outcome.rejected.max(counts.rejected);
     let summary = Summary {
         verb: "consumed",
         messages: counts.messages,
         bytes: counts.bytes,
         elapsed: started.elapsed(),
         skipped: 0,
-        failed: outcome.rejected.max(counts.rejected),
-        failed_to: cfg.failed.as_ref().map(|f| f.name.clone()),
+        failed,
+        failed_to: cfg.failed.as_ref().filter(|_| kept > 0).map(|f| match failed - kept {
+            0 => format!("sent to {}", f.name),
+            _ => format!("{kept} sent to {}", f.name),
+        }),
         extra: counts.extra(),
     };
     Ok(Outcome { summary, error })
@@ -89,46 +96,79 @@ type Handlers = Vec<Box<dyn CountingHandler + Send>>;
 /// One worker's handler with the failed queue around it: a message the handler cannot use
 /// is published to the failed queue as it came, with the reason, and acked only once the
 /// broker confirmed that copy (the consumer flushes before it acks). Without a failed
-/// queue (--no-failed-queue) it is rejected without requeue.
+/// queue (--no-failed-queue) it is rejected without requeue. The failed queue's connection
+/// is opened (and the queue declared) at the first failed message: a run with none has no
+/// idle connection to lose, and declares no queue it does not need.
 struct Keeper<'h> {
     inner: &'h mut (dyn Handler + Send),
-    failed: Option<(Producer, String)>,
+    failed: Option<FailedQueue<'h>>,
     reporter: Reporter,
 }
 
+/// Where a worker's failed messages go.
+struct FailedQueue<'h> {
+    spec: &'h QueueSpec,
+    global: &'h Global,
+    stop: Arc<AtomicBool>,
+    producer: Option<Producer>,
+}
+
+impl FailedQueue<'_> {
+    fn producer(&mut self, reporter: &Reporter) -> Result<&mut Producer> {
+        if self.producer.is_none() {
+            let producer = Producer::open_many(
+                &self.global.endpoints,
+                std::slice::from_ref(self.spec),
+                crate::config::default_publisher(),
+                self.global.retry,
+                Arc::clone(&self.stop),
+                Box::new(link_events(reporter.clone())),
+            )
+            .wrap_err_with(|| {
+                format!(
+                    "cannot send failed messages to {q}; name another queue with \
+                     --failed-queue NAME (or reject them with --no-failed-queue); the message \
+                     stays in the queue",
+                    q = self.spec.name
+                )
+            })?;
+            self.producer = Some(producer);
+        }
+        self.producer.as_mut().ok_or_else(|| eyre!("the failed queue's producer is missing"))
+    }
+}
+
 impl<'h> Keeper<'h> {
-    fn open(
-        global: &Global,
-        cfg: &ConsumeConfig,
+    fn new(
+        global: &'h Global,
+        cfg: &'h ConsumeConfig,
         stop: &Arc<AtomicBool>,
         inner: &'h mut (dyn Handler + Send),
         reporter: &Reporter,
-    ) -> Result<Keeper<'h>> {
-        let failed = match &cfg.failed {
-            None => None,
-            Some(spec) => {
-                let producer = Producer::open_many(
-                    &global.endpoints,
-                    std::slice::from_ref(spec),
-                    crate::config::default_publisher(),
-                    global.retry,
-                    Arc::clone(stop),
-                    Box::new(link_events(reporter.clone())),
-                )?;
-                Some((producer, spec.name.clone()))
-            }
-        };
-        Ok(Keeper { inner, failed, reporter: reporter.clone() })
+    ) -> Keeper<'h> {
+        let failed = cfg.failed.as_ref().map(|spec| FailedQueue {
+            spec,
+            global,
+            stop: Arc::clone(stop),
+            producer: None,
+        });
+        Keeper { inner, failed, reporter: reporter.clone() }
     }
 
-    /// Every failed copy confirmed, or why not.
-    fn close(self) -> Result<()> {
-        let Some((producer, queue)) = self.failed else { return Ok(()) };
-        let (report, result) = producer.finish();
-        result?;
+    /// Every failed copy confirmed, or why not. (Acks wait for the confirms, so this only
+    /// fails when the run stopped early; a connection lost after its last confirm is no
+    /// loss.)
+    /// Returns how many copies the broker confirmed.
+    fn close(self) -> (u64, Result<()>) {
+        let Some(producer) = self.failed.and_then(|f| f.producer) else { return (0, Ok(())) };
+        let (report, _closed) = producer.finish();
+        let sent = report.confirmed;
         match report.unconfirmed.len() {
-            0 => Ok(()),
-            n => Err(eyre!("{n} failed messages were not confirmed by {queue}; they stay queued")),
+            0 => (sent, Ok(())),
+            n => (
+                sent,
+                Err(eyre!("{n} failed messages were not confirmed; their originals stay queued")),
+            ),
         }
     }
 }
@@ -139,21 +179,25 @@ impl Handler for Keeper<'_> {
             Disposition::Reject(why) => why,
             stored => return Ok(stored),
         };
-        let Some((producer, queue)) = &mut self.failed else {
+        let Some(failed) = &mut self.failed else {
             self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
             return Ok(Disposition::Reject(why));
         };
         // Without a message id the copy gets a fresh one (never merged with another's).
         let id = d.assigned_id().map_or_else(unique_id, str::to_string);
-        self.reporter.warn(&format!("message {id} sent to {queue}: {}", header_text(&why)));
+        let queue = failed.spec.name.clone();
+        self.reporter
+            .warn(&format!("message {id} failed ({}); sending it to {queue}", header_text(&why)));
         let body = std::mem::take(&mut d.body);
-        producer.publish(failed_copy(d, body, &id, &why, queue))?;
+        failed.producer(&self.reporter)?.publish(failed_copy(d, body, &id, &why, &queue))?;
         Ok(Disposition::Ack)
     }
 
     fn flush(&mut self) -> Result<()> {
         self.inner.flush()?;
-        let Some((producer, _)) = &mut self.failed else { return Ok(()) };
+        let Some(producer) = self.failed.as_mut().and_then(|f| f.producer.as_mut()) else {
+            return Ok(());
+        };
         match producer.flush()?.into_iter().next() {
             None => Ok(()),
             Some((label, why)) => Err(eyre!(

@@ -160,7 +160,7 @@ pub struct Summary {
     pub skipped: u64,
     /// Messages that failed (nacked, returned, unconfirmed, rejected).
     pub failed: u64,
-    /// The queue the failed messages were sent to, if any.
+    /// Where the failed messages went ("sent to q.failed"), if anywhere.
     pub failed_to: Option<String>,
     /// Extra, kind-specific counts ("written 6, duplicates 0").
     pub extra: String,
@@ -176,7 +176,7 @@ impl Summary {
     pub fn line(&self) -> String {
         let extra = if self.extra.is_empty() { String::new() } else { format!("{}; ", self.extra) };
         let failed_to = match &self.failed_to {
-            Some(q) if self.failed > 0 => format!(" (sent to {q})"),
+            Some(to) if self.failed > 0 => format!(" ({to})"),
             _ => String::new(),
         };
         format!(
@@ -246,7 +246,7 @@ mod tests {
             "mqdemo: produced 300 messages (2.0 KiB) in 2.000 s, 150 msg/s, 1.0 KiB/s; skipped 1, failed 2"
         );
         assert!(!s.clean());
-        let s = Summary { failed_to: Some("q.failed".into()), ..s };
+        let s = Summary { failed_to: Some("sent to q.failed".into()), ..s };
         assert!(s.line().ends_with("failed 2 (sent to q.failed)"), "{}", s.line());
         let s = Summary { failed: 0, ..s };
         assert!(s.line().ends_with("failed 0"), "named only when something went there");

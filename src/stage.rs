@@ -93,7 +93,7 @@ pub fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) -> Result
         elapsed: started.elapsed(),
         skipped: 0,
         failed: total.failed + not_delivered,
-        failed_to: Some(cfg.failed.name.clone()),
+        failed_to: Some(format!("sent to {}", cfg.failed.name)),
         extra: format!(
             "answered {}, no answer {}, duplicates {}, model restarts {}",
             total.answered, total.silent, total.duplicates, total.restarts

@@ -1,6 +1,6 @@
 //! Message properties and header field tables <-> the codec's plain types.
 
-use crate::codec::{Delivery, HeaderValue, Headers, Message, Original};
+use crate::codec::{ADDED_HEADERS, Delivery, HeaderValue, Headers, Message, Original};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,20 +28,33 @@ pub fn properties(msg: &Message) -> AmqpProperties {
         .with_headers(to_field_table(&msg.headers))
 }
 
-/// A delivery's properties as they came, with the message's headers (the reason) added, its
-/// message id, and two changes a kept copy needs, as RabbitMQ makes when it dead-letters: it
-/// is persistent, and it does not expire (the `expiration` moves to a header).
+/// A delivery's properties as they came, with the reason added (the headers named in
+/// [`ADDED_HEADERS`], nothing else of the message's: the original header values keep their
+/// types) and its message id. A kept copy changes what RabbitMQ's own dead-lettering would,
+/// and what the broker would refuse from mqdemo: it is persistent; `expiration` (it would
+/// expire), `user_id` (the broker accepts only the publisher's own) and the `CC` header
+/// (it would route the copy to those queues again, its own input among them) move to
+/// `x-mqdemo-original-*` headers.
 fn as_received(props: &AmqpProperties, msg: &Message) -> AmqpProperties {
     let mut table = match (msg.original.headers_dropped(), props.headers()) {
         (false, Some(h)) => h.clone(),
         _ => FieldTable::new(),
     };
-    table.extend(to_field_table(&msg.headers));
+    for (name, moved) in [("CC", "x-mqdemo-original-cc"), ("BCC", "x-mqdemo-original-bcc")] {
+        if let Some(v) = table.remove(name) {
+            table.insert(moved.into(), v);
+        }
+    }
+    let added = msg.headers.iter().filter(|(k, _)| ADDED_HEADERS.contains(&k.as_str()));
+    table.extend(added.map(|(k, v)| (k.clone(), field_value(v))));
     if let Some(exp) = props.expiration() {
         table.insert(ORIGINAL_EXPIRATION.into(), AmqpValue::LongString(exp.clone()));
     }
+    if let Some(user) = props.user_id() {
+        table.insert("x-mqdemo-original-user-id".into(), AmqpValue::LongString(user.clone()));
+    }
     let mut out = AmqpProperties::default();
-    // Every property but the ones replaced below, as received.
+    // Every property but the ones replaced or moved, as received.
     if let Some(v) = props.content_type() {
         out = out.with_content_type(v.clone());
     }
@@ -63,9 +76,6 @@ fn as_received(props: &AmqpProperties, msg: &Message) -> AmqpProperties {
     if let Some(v) = props.type_() {
         out = out.with_type_(v.clone());
     }
-    if let Some(v) = props.user_id() {
-        out = out.with_user_id(v.clone());
-    }
     if let Some(v) = props.app_id() {
         out = out.with_app_id(v.clone());
     }
@@ -78,17 +88,15 @@ fn as_received(props: &AmqpProperties, msg: &Message) -> AmqpProperties {
 /// The header a kept copy's original `expiration` moves to.
 pub const ORIGINAL_EXPIRATION: &str = "x-mqdemo-original-expiration";
 
+fn field_value(v: &HeaderValue) -> AmqpValue {
+    match v {
+        HeaderValue::Int(i) => AmqpValue::LongLongInt(*i),
+        HeaderValue::Str(s) => AmqpValue::LongString(s.clone()),
+    }
+}
+
 fn to_field_table(headers: &Headers) -> FieldTable {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                HeaderValue::Int(i) => AmqpValue::LongLongInt(*i),
-                HeaderValue::Str(s) => AmqpValue::LongString(s.clone()),
-            };
-            (k.clone(), value)
-        })
-        .collect()
+    headers.iter().map(|(k, v)| (k.clone(), field_value(v))).collect()
 }
 
 fn from_field_table(table: Option<&FieldTable>) -> Headers {
@@ -110,38 +118,54 @@ fn from_field_table(table: Option<&FieldTable>) -> Headers {
     headers
 }
 
-/// Encoded bytes of a header value of a type [`Delivery::headers`] leaves out (an upper
-/// bound: RabbitMQ's field encoding, with every number as 8 bytes).
-fn unmodelled_bytes(name: &str, v: &AmqpValue) -> usize {
-    fn value(v: &AmqpValue) -> usize {
-        1 + match v {
-            AmqpValue::LongString(s) => 4 + s.len(),
-            AmqpValue::ByteArray(b) => 4 + b.len(),
-            AmqpValue::FieldArray(a) => 4 + a.iter().map(value).sum::<usize>(),
-            AmqpValue::FieldTable(t) => {
-                4 + t.iter().map(|(k, v)| 1 + k.len() + value(v)).sum::<usize>()
-            }
-            _ => 8,
-        }
+/// Encoded bytes of a field value, its type octet included (AMQP 0-9-1 as RabbitMQ
+/// encodes it).
+fn value_bytes(v: &AmqpValue) -> usize {
+    1 + match v {
+        AmqpValue::Boolean(_) | AmqpValue::ShortShortInt(_) | AmqpValue::ShortShortUInt(_) => 1,
+        AmqpValue::ShortInt(_) | AmqpValue::ShortUInt(_) => 2,
+        AmqpValue::LongInt(_) | AmqpValue::LongUInt(_) | AmqpValue::Float(_) => 4,
+        AmqpValue::LongLongInt(_) | AmqpValue::Double(_) | AmqpValue::Timestamp(_) => 8,
+        AmqpValue::DecimalValue(_) => 5,
+        AmqpValue::LongString(s) => 4 + s.len(),
+        AmqpValue::ByteArray(b) => 4 + b.len(),
+        AmqpValue::FieldArray(a) => 4 + a.iter().map(value_bytes).sum::<usize>(),
+        AmqpValue::FieldTable(t) => table_bytes(t),
+        AmqpValue::Void => 0,
     }
-    match v {
-        AmqpValue::LongString(_)
-        | AmqpValue::ShortShortInt(_)
-        | AmqpValue::ShortShortUInt(_)
-        | AmqpValue::ShortInt(_)
-        | AmqpValue::ShortUInt(_)
-        | AmqpValue::LongInt(_)
-        | AmqpValue::LongUInt(_)
-        | AmqpValue::LongLongInt(_) => 0,
-        _ => 1 + name.len() + value(v),
-    }
+}
+
+/// Encoded bytes of a field table.
+fn table_bytes(t: &FieldTable) -> usize {
+    4 + t.iter().map(|(k, v)| 1 + k.len() + value_bytes(v)).sum::<usize>()
+}
+
+/// Encoded bytes of a property set (flags, every property present, the header table).
+fn properties_bytes(p: &AmqpProperties) -> usize {
+    let short = |s: &Option<String>| s.as_ref().map_or(0, |s| 1 + s.len());
+    2 + short(p.content_type())
+        + short(p.content_encoding())
+        + p.headers().as_ref().map_or(0, table_bytes)
+        + p.delivery_mode().map_or(0, |_| 1)
+        + p.priority().map_or(0, |_| 1)
+        + short(p.correlation_id())
+        + short(p.reply_to())
+        + short(p.expiration())
+        + short(p.message_id())
+        + p.timestamp().map_or(0, |_| 8)
+        + short(p.type_())
+        + short(p.user_id())
+        + short(p.app_id())
+        + short(p.cluster_id())
 }
 
 /// A received amiquip delivery as the codec's [`Delivery`] (the body and the properties are
 /// moved out; the properties are kept whole in [`Delivery::original`]).
 pub(super) fn delivery(d: &mut amiquip::Delivery) -> Delivery {
     let props = std::mem::take(&mut d.properties);
-    let unmodelled = props.headers().iter().flatten().map(|(k, v)| unmodelled_bytes(k, v)).sum();
+    let (header_bytes, header_count) =
+        props.headers().as_ref().map_or((0, 0), |h| (table_bytes(h), h.len()));
+    let property_bytes = properties_bytes(&props);
     let delivery = Delivery {
         body: std::mem::take(&mut d.body),
         content_type: props.content_type().clone(),
@@ -153,7 +177,8 @@ pub(super) fn delivery(d: &mut amiquip::Delivery) -> Delivery {
         reply_to: props.reply_to().clone(),
         original: Original::default(),
     };
-    Delivery { original: Original::new(props, unmodelled), ..delivery }
+    let original = Original::new(props, property_bytes, header_bytes, header_count);
+    Delivery { original, ..delivery }
 }
 
 #[cfg(test)]

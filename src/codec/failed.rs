@@ -19,19 +19,37 @@ pub const DROPPED_HEADER: &str = "x-mqdemo-dropped-headers";
 #[derive(Clone, Default)]
 pub struct Original {
     properties: Option<Arc<dyn Any + Send + Sync>>,
-    /// Encoded bytes of the headers the codec does not model (other value types).
-    unmodelled_header_bytes: usize,
+    /// Encoded bytes of all the properties as received, headers included.
+    property_bytes: usize,
+    /// Encoded bytes of the header table alone, and its entries.
+    header_bytes: usize,
+    header_count: usize,
     /// The original headers are left off (they did not fit with the reason).
     headers_dropped: bool,
 }
 
+/// What a kept copy may add to the original's encoded properties besides its own headers:
+/// a message id where there was none, and the properties moved into headers (`expiration`,
+/// `user_id`, `CC`) gaining a header name and type.
+const COPY_ALLOWANCE: usize = 512;
+
+/// The headers a kept copy adds to the original's.
+pub const ADDED_HEADERS: [&str; 2] = [ERROR_HEADER, DROPPED_HEADER];
+
 impl Original {
-    /// Keep `properties` (as the AMQP layer types them) and the encoded size of the headers
-    /// that [`Delivery::headers`] leaves out.
-    pub fn new<P: Any + Send + Sync>(properties: P, unmodelled_header_bytes: usize) -> Original {
+    /// Keep `properties` (as the AMQP layer types them), with their encoded size in bytes:
+    /// all of them, the header table alone, and its number of entries.
+    pub fn new<P: Any + Send + Sync>(
+        properties: P,
+        property_bytes: usize,
+        header_bytes: usize,
+        header_count: usize,
+    ) -> Original {
         Original {
             properties: Some(Arc::new(properties)),
-            unmodelled_header_bytes,
+            property_bytes,
+            header_bytes,
+            header_count,
             headers_dropped: false,
         }
     }
@@ -46,9 +64,18 @@ impl Original {
         self.headers_dropped
     }
 
-    /// Bytes the original adds to a message's encoded properties beyond what it models.
-    pub(super) fn extra_bytes(&self) -> usize {
-        if self.headers_dropped { 0 } else { self.unmodelled_header_bytes }
+    /// The encoded size of a copy's properties, its own headers being `headers` (of which
+    /// only [`ADDED_HEADERS`] are added to the original's); None when nothing was kept.
+    pub(super) fn copy_bytes(&self, headers: &super::Headers) -> Option<usize> {
+        self.properties.as_ref()?;
+        let mut added = headers.clone();
+        added.retain(|k, _| ADDED_HEADERS.contains(&k.as_str()));
+        let kept = if self.headers_dropped {
+            self.property_bytes.saturating_sub(self.header_bytes)
+        } else {
+            self.property_bytes
+        };
+        Some(kept + super::headers_bytes(&added) + COPY_ALLOWANCE)
     }
 }
 
@@ -99,7 +126,10 @@ pub fn failed_copy(d: &Delivery, body: Vec<u8>, id: &str, reason: &str, to: &str
     };
     if msg.oversized_properties().is_some() {
         // The input's own headers are what does not fit: keep only the reason.
-        let dropped = msg.headers.len() - 1;
+        let dropped = match msg.original.properties {
+            Some(_) => msg.original.header_count,
+            None => msg.headers.len() - 1,
+        };
         msg.headers.retain(|k, _| k == ERROR_HEADER);
         msg.headers.insert(
             DROPPED_HEADER.into(),
@@ -155,12 +185,19 @@ mod tests {
     }
 
     #[test]
-    fn unmodelled_headers_count_toward_the_frame() {
+    fn the_original_properties_decide_whether_a_copy_fits() {
         let mut d = delivery();
-        d.original = Original::new((), MAX_PROPERTY_BYTES);
+        // Properties as received near the frame limit, nearly all of it headers.
+        d.original = Original::new((), MAX_PROPERTY_BYTES - 100, MAX_PROPERTY_BYTES - 2_000, 9);
         let msg = failed_copy(&d, d.body.clone(), "m1", "why", "q.failed");
         assert!(msg.original.headers_dropped(), "the original's own headers do not fit");
+        assert_eq!(msg.headers.get(DROPPED_HEADER), Some(&HeaderValue::Int(9)));
+        assert_eq!(msg.oversized_properties(), None);
         assert_eq!(msg.original.properties::<()>(), Some(&()));
         assert_eq!(msg.original.properties::<u8>(), None);
+        // Small properties: the copy keeps them.
+        d.original = Original::new((), 300, 100, 2);
+        let msg = failed_copy(&d, d.body.clone(), "m1", "why", "q.failed");
+        assert!(!msg.original.headers_dropped());
     }
 }

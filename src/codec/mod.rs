@@ -8,7 +8,7 @@ pub mod image;
 pub mod tabular;
 pub mod text;
 
-pub use failed::{DROPPED_HEADER, ERROR_HEADER, Original, failed_copy};
+pub use failed::{ADDED_HEADERS, DROPPED_HEADER, ERROR_HEADER, Original, failed_copy};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -122,14 +122,15 @@ impl Message {
         let opt = |s: &Option<String>| s.as_deref().map_or(0, short);
         // Flags, delivery mode, timestamp, app_id and the frame's own fields.
         let fixed = 2 + 1 + 8 + short("mqdemo") + 22;
-        let n = fixed
-            + short(&self.content_type)
-            + short(&self.message_id)
-            + short(self.kind.as_str())
-            + opt(&self.route.correlation_id)
-            + opt(&self.route.reply_to)
-            + headers_bytes(&self.headers)
-            + self.original.extra_bytes();
+        let n = self.original.copy_bytes(&self.headers).unwrap_or_else(|| {
+            fixed
+                + short(&self.content_type)
+                + short(&self.message_id)
+                + short(self.kind.as_str())
+                + opt(&self.route.correlation_id)
+                + opt(&self.route.reply_to)
+                + headers_bytes(&self.headers)
+        });
         (n > MAX_PROPERTY_BYTES).then_some(n)
     }
 }
