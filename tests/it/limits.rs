@@ -169,7 +169,7 @@ fn a_batch_that_decodes_beyond_the_bound_is_rejected_alone() {
     let peak = peak.total();
     eprintln!("peak {} MiB", peak / MIB);
     assert_eq!(code, Some(1), "the rejected batch fails the run; stderr:\n{stderr}");
-    assert!(stderr.contains(" sent to "), "named with the reason:\n{stderr}");
+    assert!(stderr.contains("; sending it to "), "named with the reason:\n{stderr}");
     let csv = std::fs::read_to_string(&out).expect("rows.csv");
     assert_eq!(csv.lines().count(), 2, "the small batch after it is written:\n{csv}");
     assert_eq!(dlq.depth(), 1, "the big batch is dead-lettered");
