@@ -12,7 +12,6 @@ use crate::output::{Summary, human_bytes};
 use crate::{consume, produce};
 use color_eyre::eyre::{Result, WrapErr};
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -60,8 +59,17 @@ struct Row {
     ok: bool,
 }
 
-/// Run the demo; exit 0 when every kind verified.
-pub fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<ExitCode> {
+/// What the demo found: its report (the table and what to do next) and whether every kind
+/// verified.
+pub struct Verdict {
+    /// The lines to show.
+    pub text: String,
+    /// Every kind arrived intact.
+    pub ok: bool,
+}
+
+/// Run the demo on every kind.
+pub fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<Verdict> {
     // A refused connection already says how to start a broker.
     let (mut session, _) = Session::open_first(&global.endpoints)?;
     let tmp = tempfile::Builder::new()
@@ -71,7 +79,7 @@ pub fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<ExitCode> {
     let data = tmp.path().join("data");
     write_samples(&data)?;
     let quiet = Global { quiet: true, ..global.clone() };
-    println!("mqdemo demo against {}", session.endpoint().masked());
+    let mut text = format!("mqdemo demo against {}\n", session.endpoint().masked());
     let mut rows = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
         let queue = format!("mqdemo-demo-{}-{}-{i}", std::process::id(), case.kind.as_str());
@@ -83,17 +91,14 @@ pub fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<ExitCode> {
         rows.push(row);
     }
     let _ = session.close();
-    print_table(&rows);
-    let all_ok = rows.iter().all(|r| r.ok);
-    if all_ok {
-        println!(
-            "all verified; queues deleted. Next: mqdemo produce tabular --file examples/data/tabular_data.csv"
-        );
-        Ok(ExitCode::SUCCESS)
+    text.push_str(&table(&rows));
+    let ok = rows.iter().all(|r| r.ok);
+    text.push_str(if ok {
+        "all verified; queues deleted. Next: mqdemo produce tabular --file examples/data/tabular_data.csv"
     } else {
-        println!("verification FAILED (see above)");
-        Ok(ExitCode::FAILURE)
-    }
+        "verification FAILED (see above)"
+    });
+    Ok(Verdict { text, ok })
 }
 
 fn write_samples(root: &Path) -> Result<()> {
@@ -228,24 +233,24 @@ fn list(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "{:<18} {:>8} {:>10} {:>12} {:>12}  verified",
+fn table(rows: &[Row]) -> String {
+    let mut t = format!(
+        "\n{:<18} {:>8} {:>10} {:>12} {:>12}  verified\n",
         "kind", "messages", "bytes", "produce/s", "consume/s"
     );
     for r in rows {
-        println!(
-            "{:<18} {:>8} {:>10} {:>12.0} {:>12.0}  {}",
+        t.push_str(&format!(
+            "{:<18} {:>8} {:>10} {:>12.0} {:>12.0}  {}\n",
             r.name,
             r.produced.messages,
             human_bytes(r.produced.bytes),
             r.produced.rate(),
             r.consumed.rate(),
             r.verified
-        );
+        ));
     }
-    println!();
+    t.push('\n');
+    t
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 use crate::amqp::{Disposition, Handler};
 use crate::codec::text::{self, FileIdentity, LinePart};
 use crate::codec::{Delivery, Kind, extension_for, sha256_hex};
-use crate::consume::{CountingHandler, Counts, SeenIds};
+use crate::consume::{CountingHandler, Counts};
 use crate::output::Reporter;
 use crate::sink::lines::{Added, Assembly, Line};
 use crate::sink::{AltTags, DirSink, Queued, Stored, safe_relative_path};
+use crate::workers::SeenIds;
 use color_eyre::eyre::{Report, Result, eyre};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -24,6 +24,7 @@ pub mod signals;
 pub mod sink;
 pub mod stage;
 pub mod stdout;
+pub mod workers;
 
 use color_eyre::eyre::{Report, Result};
 use config::{Action, Config, UsageError};
@@ -31,50 +32,54 @@ use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Run a parsed command line; Ok(exit code) when it ran to the end.
-pub fn run(cli: cli::Cli) -> Result<ExitCode> {
+/// Run a parsed command line: Ok(true) when everything was done, Ok(false) when it ran to
+/// the end with something skipped or failed (the summary says what).
+pub fn run(cli: cli::Cli) -> Result<bool> {
     let config = Config::from_cli(cli)?;
     let stop = signals::install()?;
-    match &config.action {
-        Action::Produce(p) => {
-            let out = produce::run(&config.global, p, &stop)?;
-            finish(&config, out.summary, out.error)
-        }
+    let outcome = match &config.action {
+        Action::Produce(p) => produce::run(&config.global, p, &stop)?,
         Action::Consume(c) => {
             let stdout = stdout::Handoff::new(std::io::stdout(), Arc::clone(&stop));
             let stdout: Box<dyn Write + Send> = Box::new(stdout);
-            let out = consume::run(&config.global, c, &stop, stdout)?;
-            finish(&config, out.summary, out.error)
+            consume::run(&config.global, c, &stop, stdout)?
         }
-        Action::Stage(s) => {
-            let out = stage::run(&config.global, s, &stop)?;
-            finish(&config, out.summary, out.error)
-        }
+        Action::Stage(s) => stage::run(&config.global, s, &stop)?,
         Action::Request(r) => {
             let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
-            let out = request::run(&config.global, r, &stop, stdout)?;
-            finish(&config, out.summary, out.error)
+            request::run(&config.global, r, &stop, stdout)?
         }
-        Action::Demo => demo::run(&config.global, &stop),
-    }
+        Action::Demo => {
+            let verdict = demo::run(&config.global, &stop)?;
+            println!("{}", verdict.text);
+            return Ok(verdict.ok);
+        }
+    };
+    finish(&config, outcome.summary, outcome.error)
 }
 
-fn finish(config: &Config, summary: output::Summary, error: Option<Report>) -> Result<ExitCode> {
+/// Print the summary line; the run's error, or whether it was clean.
+fn finish(config: &Config, summary: output::Summary, error: Option<Report>) -> Result<bool> {
     let broken_pipe = error.as_ref().is_some_and(is_broken_pipe);
     if !config.global.quiet && !broken_pipe {
         eprintln!("{}", summary.line());
     }
     match error {
         Some(e) => Err(e),
-        None if summary.clean() => Ok(ExitCode::SUCCESS),
-        None => Ok(ExitCode::FAILURE),
+        None => Ok(summary.clean()),
     }
 }
 
-/// Print an error once (first line: what and how to fix it) and choose the exit code:
-/// 2 bad usage, 0 a closed stdout pipe (`| head`), 1 anything else.
-pub fn report(err: &Report) -> ExitCode {
-    if is_broken_pipe(err) {
+/// The exit code of a run, the one place it is decided: 0 all done (or stdout closed by
+/// its reader, `| head`), 1 something skipped or failed, 1 an error, 2 bad usage. An error
+/// is printed here, once (first line: what and how to fix it).
+pub fn exit_code(result: Result<bool>) -> ExitCode {
+    let err = match result {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => return ExitCode::FAILURE,
+        Err(err) => err,
+    };
+    if is_broken_pipe(&err) {
         return ExitCode::SUCCESS;
     }
     eprintln!("mqdemo: error: {err}");

@@ -4,12 +4,9 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Panic reports only; errors are reported by `mqdemo::report` with no backtrace unless
+    // Panic reports only; errors are reported by `mqdemo::exit_code` with no backtrace unless
     // RUST_BACKTRACE asks for one.
     let _ = color_eyre::config::HookBuilder::default().display_env_section(false).install();
     let cli = mqdemo::cli::Cli::parse();
-    match mqdemo::run(cli) {
-        Ok(code) => code,
-        Err(err) => mqdemo::report(&err),
-    }
+    mqdemo::exit_code(mqdemo::run(cli))
 }

@@ -9,13 +9,10 @@
 
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
 use crate::child::{Answer, Blame, Failure, Framing, ModelChild, SETTLE_CAP};
-use crate::codec::{
-    Delivery, ERROR_HEADER, HeaderValue, Kind, Message, Original, Route, answer_id, failed_copy,
-    header_text, image, unique_id,
-};
+use crate::codec::{self, Delivery, Message, failed_copy, header_text, unique_id};
 use crate::config::{Global, StageConfig, StageOutput};
-use crate::consume::{SeenIds, Workload, drive};
 use crate::output::{Progress, Reporter, Summary, link_events};
+use crate::workers::{SeenIds, Workload, drive};
 use color_eyre::eyre::{Result, eyre};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,8 +21,6 @@ use std::time::Instant;
 /// Failures in a row (no success between) after which the model is taken to be broken and
 /// the run stops, leaving the message in the queue.
 const MAX_FAILURES_IN_A_ROW: u32 = 3;
-/// Headers describing the input body, which an answer does not inherit.
-const BODY_HEADERS: [&str; 4] = ["sha256", "size", "width", "height"];
 /// Label prefix of replies: a reply nobody waits for any more (client gone) is not an error.
 const REPLY_LABEL: &str = "reply to ";
 /// Reply queues `serve` always answers to: direct reply-to and server-named queues.
@@ -152,31 +147,8 @@ impl<'a> Stage<'a> {
 
     /// The messages one answer becomes; their ids derive from `input_id`.
     fn answers(&self, d: &Delivery, input_id: &str, body: Vec<u8>) -> Vec<Message> {
-        let json = serde_json::from_slice::<&serde_json::value::RawValue>(&body).is_ok();
-        let (kind, content_type) = match (json, self.cfg.child.framing) {
-            (true, _) => (Kind::Tabular, "application/json".to_string()),
-            (false, Framing::Lines) => (Kind::Text, "text/plain; charset=utf-8".to_string()),
-            (false, Framing::Frames) => match image::sniff(&body) {
-                Some(ct) => (Kind::Image, ct.to_string()),
-                None => (Kind::Text, "application/octet-stream".to_string()),
-            },
-        };
-        let mut headers = d.headers.clone();
-        headers.retain(|k, _| !BODY_HEADERS.contains(&k.as_str()));
-        let answer = |to: &str, label: String| Message {
-            kind,
-            content_type: content_type.clone(),
-            message_id: answer_id(input_id, to),
-            headers: headers.clone(),
-            body: body.clone(),
-            label,
-            route: Route {
-                routing_key: Some(to.to_string()),
-                correlation_id: d.correlation_id.clone(),
-                reply_to: None,
-            },
-            original: Original::default(),
-        };
+        let binary = self.cfg.child.framing == Framing::Frames;
+        let answer = |to: &str, label| codec::answer(d, input_id, body.clone(), binary, to, label);
         match &self.cfg.output {
             StageOutput::Queue(q) => vec![answer(&q.name, format!("answer to {input_id}"))],
             StageOutput::Replies { results } => {
@@ -277,23 +249,9 @@ impl<'a> Stage<'a> {
     /// reason in `x-mqdemo-error`), when its reply queue is one serve answers to.
     fn reply_error(&mut self, d: &Delivery, input_id: &str, reason: &str) -> Result<()> {
         let Ok(Some(to)) = self.reply_queue(d) else { return Ok(()) };
-        let mut headers = crate::codec::Headers::new();
-        headers.insert(ERROR_HEADER.into(), HeaderValue::Str(header_text(reason)));
         let corr = d.correlation_id.as_deref().unwrap_or("-");
-        let msg = Message {
-            kind: Kind::Text,
-            content_type: "text/plain; charset=utf-8".into(),
-            message_id: answer_id(input_id, &format!("{to}#error")),
-            headers,
-            body: Vec::new(),
-            label: format!("{REPLY_LABEL}{corr} ({to}, an error)"),
-            route: Route {
-                routing_key: Some(to.to_string()),
-                correlation_id: d.correlation_id.clone(),
-                reply_to: None,
-            },
-            original: Original::default(),
-        };
+        let label = format!("{REPLY_LABEL}{corr} ({to}, an error)");
+        let msg = codec::error_reply(d, input_id, reason, to, label);
         self.producer.publish(msg)
     }
 

@@ -3,11 +3,13 @@
 //! Codecs turn an input item into a [`Message`] (body + properties + headers) and a received
 //! [`Delivery`] back into data. They never touch the network, the file system or the terminal.
 
+pub mod answer;
 pub mod failed;
 pub mod image;
 pub mod tabular;
 pub mod text;
 
+pub use answer::{answer, answer_kind, error_reply};
 pub use failed::{ADDED_HEADERS, DROPPED_HEADER, ERROR_HEADER, Original, failed_copy};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -1,0 +1,86 @@
+//! `consume tabular --sqlite`: rows into an SQLite table, committed before each ack.
+
+use super::{CountingHandler, Counts, Tally};
+use crate::amqp::{Disposition, Handler};
+use crate::codec::{Delivery, tabular, unique_id};
+use crate::output::Reporter;
+use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored, row_key};
+use color_eyre::eyre::{Result, WrapErr};
+use serde_json::{Map, Value};
+
+/// Rows into an SQLite table, committed before each ack; idempotent on the message id.
+pub(super) struct DbHandler {
+    db: ResultsDb,
+    tally: Tally,
+    /// Most memory one message's decoded rows may take (--prefetch-bytes).
+    pub(super) decoded_limit: u64,
+}
+
+impl DbHandler {
+    pub(super) fn new(
+        path: &std::path::Path,
+        table: &str,
+        reporter: Reporter,
+    ) -> Result<DbHandler> {
+        Ok(DbHandler {
+            db: ResultsDb::open(path, table)?,
+            tally: Tally::new(Counts { tabular: true, ..Counts::default() }, reporter),
+            decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
+        })
+    }
+}
+
+impl Handler for DbHandler {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
+            Ok(rows) if rows.is_empty() => return Ok(self.tally.failed("empty batch")),
+            Ok(rows) => rows,
+            Err(e) => return Ok(self.tally.failed(&e.0)),
+        };
+        if let Some(why) = self.db.refuse(&rows) {
+            return Ok(self.tally.failed(&why));
+        }
+        let keys = row_keys(d, rows.len());
+        let keyed: Vec<(String, &Map<String, Value>)> = keys.into_iter().zip(&rows).collect();
+        let stored = self.db.store(&keyed).wrap_err_with(|| {
+            format!("cannot store message {}; it stays in the queue", d.id_or_hash())
+        })?;
+        let stored = match stored {
+            DbStored::Rows(n) => n,
+            DbStored::Refused(why) => return Ok(self.tally.failed(&why)),
+        };
+        if stored == 0 {
+            // Every row was already there: a redelivery (the table is the dedupe here).
+            self.tally.counts.duplicates += 1;
+            return Ok(Disposition::Ack);
+        }
+        Ok(self.tally.stored(d, stored))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.db.commit()
+    }
+}
+
+/// The primary keys of a message's rows: from its message id ([`row_key`]), or for a
+/// delivery without one a fresh key per row (`noid-…`), so identical readings from another
+/// producer are rows of their own, never "already stored".
+fn row_keys(d: &Delivery, n: usize) -> Vec<String> {
+    let Some(id) = d.assigned_id() else {
+        return (0..n).map(|_| format!("{NO_ID_PREFIX}{}", unique_id())).collect();
+    };
+    if d.body.trim_ascii_start().starts_with(b"[") {
+        (1..=n).map(|i| row_key(id, Some(i))).collect()
+    } else {
+        vec![row_key(id, None)]
+    }
+}
+
+impl CountingHandler for DbHandler {
+    fn counts(&self) -> Counts {
+        self.tally.counts
+    }
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
+        self
+    }
+}

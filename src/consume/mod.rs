@@ -1,0 +1,232 @@
+//! Consumers: deliveries -> codec -> sink (stdout, a file, a directory), acked only after
+//! the sink has the data durably.
+
+mod db;
+mod keeper;
+mod rows;
+
+use crate::amqp::{Disposition, Handler};
+use crate::codec::Delivery;
+use crate::config::{ConsumeConfig, Global, SinkConfig};
+use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
+use crate::workers::{SeenIds, Workload, drive};
+use color_eyre::eyre::{Result, eyre};
+use db::DbHandler;
+use keeper::Keeper;
+use rows::RowHandler;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use crate::output::Outcome;
+
+/// Run one consumer (with `--workers N`: N competing consumers on threads, each with its own
+/// connection, channel and prefetch, sharing one sink). `stdout` is where rows go when no
+/// --output file is given.
+pub fn run(
+    global: &Global,
+    cfg: &ConsumeConfig,
+    stop: &Arc<AtomicBool>,
+    stdout: Box<dyn Write + Send>,
+) -> Result<Outcome> {
+    let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue.name));
+    let workers = cfg.workers.max(1);
+    let mut line_files = None;
+    let (mut handlers, shared_rows) = match &cfg.sink {
+        SinkConfig::Rows { output, format } => {
+            let mut rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
+            rows.decoded_limit = global.prefetch_bytes;
+            shared(rows, workers)
+        }
+        SinkConfig::Sqlite { path, table } => {
+            let mut db = DbHandler::new(path, table, reporter.clone())?;
+            db.decoded_limit = global.prefetch_bytes;
+            shared(db, workers)
+        }
+        SinkConfig::Directory(dir) => {
+            let (hs, lines) = crate::files::handlers(dir, cfg.kind, workers, &reporter)?;
+            line_files = Some(lines);
+            (hs, None)
+        }
+    };
+    let mut keepers: Vec<Keeper<'_>> = handlers
+        .iter_mut()
+        .map(|h| Keeper::new(global, cfg, stop, h.as_mut_handler(), &reporter))
+        .collect();
+    let started = Instant::now();
+    let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
+        keepers.iter_mut().map(|k| k as &mut (dyn Handler + Send)).collect();
+    let workload = Workload {
+        queue: &cfg.queue,
+        prefetch: cfg.prefetch,
+        count: cfg.count,
+        idle: cfg.idle_timeout,
+    };
+    let (outcome, mut error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
+    let mut kept = 0;
+    for k in keepers {
+        let (sent, closed) = k.close();
+        kept += sent;
+        if let Err(e) = closed {
+            error.get_or_insert(e);
+        }
+    }
+    let error = error.or_else(|| line_files.and_then(|l| l.unfinished()));
+    let counts = match shared_rows {
+        Some(rows) => rows.lock().map_or_else(|_| Counts::default(), |r| r.counts()),
+        None => handlers.iter().map(|h| h.counts()).fold(Counts::default(), Counts::sum),
+    };
+    let failed = outcome.rejected.max(counts.rejected);
+    let summary = Summary {
+        verb: "consumed",
+        messages: counts.messages,
+        bytes: counts.bytes,
+        elapsed: started.elapsed(),
+        skipped: 0,
+        failed,
+        failed_to: cfg.failed.as_ref().filter(|_| kept > 0).map(|f| match failed - kept {
+            0 => format!("sent to {}", f.name),
+            _ => format!("{kept} sent to {}", f.name),
+        }),
+        extra: counts.extra(),
+    };
+    Ok(Outcome { summary, error })
+}
+
+type Handlers = Vec<Box<dyn CountingHandler + Send>>;
+
+/// `workers` handles on one sink, and the sink (for its counts at the end).
+fn shared<H: CountingHandler + Send + 'static>(
+    sink: H,
+    workers: usize,
+) -> (Handlers, Option<Arc<Mutex<dyn CountingHandler + Send>>>) {
+    let sink: Arc<Mutex<dyn CountingHandler + Send>> = Arc::new(Mutex::new(sink));
+    let hs = (0..workers).map(|_| Box::new(SharedRows(Arc::clone(&sink))) as _).collect();
+    (hs, Some(sink))
+}
+
+/// One row sink shared by every worker.
+struct SharedRows(Arc<Mutex<dyn CountingHandler + Send>>);
+
+impl SharedRows {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, dyn CountingHandler + Send + 'static>> {
+        self.0.lock().map_err(|_| eyre!("a consumer worker panicked while writing rows"))
+    }
+}
+
+impl Handler for SharedRows {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        self.lock()?.handle(d)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.lock()?.flush()
+    }
+}
+
+impl CountingHandler for SharedRows {
+    fn counts(&self) -> Counts {
+        self.lock().map_or_else(|_| Counts::default(), |r| r.counts())
+    }
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
+        self
+    }
+}
+
+/// What a handler saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// Messages stored (or found already stored).
+    pub messages: u64,
+    /// Their body bytes.
+    pub bytes: u64,
+    /// Rows written (tabular).
+    pub rows: u64,
+    /// Files written.
+    pub written: u64,
+    /// Files already present with the same content.
+    pub duplicates: u64,
+    /// Files written under another name because the wanted one held other content.
+    pub renamed: u64,
+    /// Messages rejected as undecodable.
+    pub rejected: u64,
+    /// Rows rather than files.
+    pub tabular: bool,
+}
+
+impl Counts {
+    fn sum(self, o: Counts) -> Counts {
+        Counts {
+            messages: self.messages + o.messages,
+            bytes: self.bytes + o.bytes,
+            rows: self.rows + o.rows,
+            written: self.written + o.written,
+            duplicates: self.duplicates + o.duplicates,
+            renamed: self.renamed + o.renamed,
+            rejected: self.rejected + o.rejected,
+            tabular: self.tabular || o.tabular,
+        }
+    }
+
+    /// Progress-bar text.
+    pub(crate) fn status(&self) -> String {
+        format!("{} msgs ({}) stored, {}", self.messages, human_bytes(self.bytes), self.extra())
+    }
+
+    fn extra(&self) -> String {
+        if self.tabular {
+            format!("rows {}, duplicates {}", self.rows, self.duplicates)
+        } else {
+            format!(
+                "written {}, duplicates {}, renamed {}",
+                self.written, self.duplicates, self.renamed
+            )
+        }
+    }
+}
+
+/// The bookkeeping every storing handler does the same way: drop a repeat of a message it
+/// stored (by message id), and count and show what it stored.
+pub(crate) struct Tally {
+    pub(crate) counts: Counts,
+    seen: SeenIds,
+    reporter: Reporter,
+}
+
+impl Tally {
+    pub(crate) fn new(counts: Counts, reporter: Reporter) -> Tally {
+        Tally { counts, seen: SeenIds::default(), reporter }
+    }
+
+    /// Whether `d` repeats a message stored already (counted as a duplicate: ack it, store
+    /// nothing).
+    pub(crate) fn repeat(&mut self, d: &Delivery) -> bool {
+        let seen = self.seen.contains(d);
+        if seen {
+            self.counts.duplicates += 1;
+        }
+        seen
+    }
+
+    /// `d` is stored, with `rows` rows: remembered, counted, shown; ack it.
+    pub(crate) fn stored(&mut self, d: &Delivery, rows: u64) -> Disposition {
+        self.seen.insert(d);
+        self.counts.messages += 1;
+        self.counts.bytes += d.body.len() as u64;
+        self.counts.rows += rows;
+        self.reporter.status(|| self.counts.status());
+        Disposition::Ack
+    }
+
+    /// `d` cannot be used, for this reason: counted; it goes to the failed queue.
+    pub(crate) fn failed(&mut self, why: &str) -> Disposition {
+        self.counts.rejected += 1;
+        Disposition::Reject(why.to_string())
+    }
+}
+
+pub(crate) trait CountingHandler: Handler {
+    fn counts(&self) -> Counts;
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send);
+}

@@ -1,0 +1,131 @@
+//! `consume tabular` to stdout or a file: JSON lines (the objects' own text) or CSV.
+
+use super::{CountingHandler, Counts, Tally};
+use crate::amqp::{Disposition, Handler};
+use crate::codec::{Delivery, tabular};
+use crate::config::RowFormat;
+use crate::csv_output::{self, CsvOut};
+use crate::output::Reporter;
+use color_eyre::eyre::{Result, WrapErr};
+use serde_json::{Map, Value};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+/// Rows to stdout or a file, as JSON lines or CSV.
+pub(super) struct RowHandler {
+    out: RowOut,
+    tally: Tally,
+    /// Most memory one message's decoded rows may take (--prefetch-bytes).
+    pub(super) decoded_limit: u64,
+}
+
+enum RowOut {
+    Jsonl(BufWriter<Box<dyn Write + Send>>),
+    Csv(Box<CsvOut>),
+}
+
+impl RowHandler {
+    pub(super) fn new(
+        output: Option<&PathBuf>,
+        format: RowFormat,
+        stdout: Box<dyn Write + Send>,
+        reporter: Reporter,
+    ) -> Result<RowHandler> {
+        let w: Box<dyn Write + Send> = match output {
+            None => stdout,
+            Some(path) => Box::new(csv_output::append(path)?.file),
+        };
+        let out = match format {
+            RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
+            RowFormat::Csv { delimiter, header } => RowOut::Csv(Box::new(CsvOut::new(
+                w,
+                output.map(PathBuf::as_path),
+                delimiter,
+                header,
+            )?)),
+        };
+        Ok(RowHandler {
+            out,
+            tally: Tally::new(Counts { tabular: true, ..Counts::default() }, reporter),
+            decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
+        })
+    }
+
+    fn write_rows(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
+        match &mut self.out {
+            RowOut::Jsonl(w) => {
+                for row in rows {
+                    serde_json::to_writer(&mut *w, row).wrap_err("cannot write rows")?;
+                    w.write_all(b"\n").wrap_err("cannot write rows")?;
+                }
+            }
+            RowOut::Csv(csv) => csv.write(rows)?,
+        }
+        Ok(())
+    }
+
+    /// JSON lines, fast path: the objects' own text, one per line.
+    fn write_raw(&mut self, d: &Delivery, objects: &[&str]) -> Result<Disposition> {
+        if self.tally.repeat(d) {
+            return Ok(Disposition::Ack);
+        }
+        if let RowOut::Jsonl(w) = &mut self.out {
+            for o in objects {
+                w.write_all(o.as_bytes())
+                    .and_then(|()| w.write_all(b"\n"))
+                    .wrap_err("cannot write rows")?;
+            }
+        }
+        Ok(self.tally.stored(d, objects.len() as u64))
+    }
+
+    /// CSV output: why a message's rows cannot be written under the columns, if so.
+    fn unknown_columns(&self, rows: &[Map<String, Value>]) -> Option<String> {
+        match &self.out {
+            RowOut::Csv(csv) => csv.misfit(rows),
+            RowOut::Jsonl(_) => None,
+        }
+    }
+}
+
+impl Handler for RowHandler {
+    fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        if matches!(self.out, RowOut::Jsonl(_)) {
+            match tabular::raw_objects(&d.body) {
+                Err(e) => return Ok(self.tally.failed(&e.0)),
+                Ok(Some(objects)) => return self.write_raw(d, &objects),
+                Ok(None) => {} // pretty-printed: re-serialise below
+            }
+        }
+        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
+            Ok(rows) if rows.is_empty() => return Ok(self.tally.failed("empty batch")),
+            Ok(rows) => rows,
+            Err(e) => return Ok(self.tally.failed(&e.0)),
+        };
+        if let Some(why) = self.unknown_columns(&rows) {
+            return Ok(self.tally.failed(&why));
+        }
+        if self.tally.repeat(d) {
+            return Ok(Disposition::Ack);
+        }
+        self.write_rows(&rows)?;
+        Ok(self.tally.stored(d, rows.len() as u64))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match &mut self.out {
+            RowOut::Jsonl(w) => w.flush(),
+            RowOut::Csv(csv) => csv.flush(),
+        }
+        .wrap_err("cannot write rows")
+    }
+}
+
+impl CountingHandler for RowHandler {
+    fn counts(&self) -> Counts {
+        self.tally.counts
+    }
+    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
+        self
+    }
+}
