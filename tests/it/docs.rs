@@ -1,5 +1,5 @@
-//! Every `mqdemo ...` command line in the README and docker-compose.yaml parses with the real
-//! clap definition (no Docker engine runs here, so this is how compose is checked).
+//! Every `mqdemo ...` command line in the README, in docs/*.md and in docker-compose.yaml parses
+//! with the real clap definition (no Docker engine runs here, so this is how compose is checked).
 
 use clap::Parser;
 use mqdemo::cli::Cli;
@@ -36,7 +36,7 @@ fn command_lines(text: &str, markdown: bool) -> Vec<String> {
 }
 
 /// Shell words of `line` up to the first unquoted `|`, `>`, `&`, `;` or comment, with
-/// single and double quotes removed (enough for the README's and compose's lines).
+/// single and double quotes removed (enough for the docs' and compose's lines).
 fn words(line: &str) -> Vec<String> {
     let (mut words, mut word, mut quote, mut started) = (Vec::new(), String::new(), None, false);
     for c in line.chars() {
@@ -101,6 +101,27 @@ fn shell_words_keep_quoted_commands_together() {
 #[test]
 fn readme_command_lines_parse() {
     assert!(check("README.md") >= 10, "README should show every command");
+}
+
+/// Every Markdown file under docs/, so a command line moved out of the README is still checked.
+fn docs_files() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("docs/")
+        .map(|entry| entry.expect("docs/ entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn docs_command_lines_parse() {
+    let files = docs_files();
+    assert!(files.len() >= 5, "docs/ should hold the long material: {files:?}");
+    let checked: usize = files.iter().map(|file| check(file)).sum();
+    assert!(checked >= 12, "docs/ should show the moved command lines ({checked} checked)");
 }
 
 #[test]
