@@ -14,7 +14,7 @@ mod values;
 
 pub use commands::default_publisher;
 use commands::{consume, pipe, produce, request, serve};
-use urls::broker_urls;
+use urls::endpoints;
 pub use urls::split_urls;
 use values::seconds;
 
@@ -266,18 +266,7 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, UsageError> {
         let g = &cli.global;
         let timeout = seconds("--connect-timeout", g.connect_timeout, false)?;
-        let urls = broker_urls(&g.url, g.url_file.as_deref())?;
-        let endpoints = urls
-            .iter()
-            .map(|u| {
-                Endpoint::parse(u, g.rabbitmq_server.as_deref(), timeout)
-                    .map(|e| e.with_ca_cert(g.ca_cert.clone()))
-                    .map_err(|e| UsageError(e.0))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(UsageError("--url: give at least one broker URL".into()));
-        }
+        let endpoints = endpoints(g, timeout)?;
         let retry_for = seconds("--retry-for", g.retry_for, true)?;
         let prefetch_bytes = match &cli.command {
             Command::Consume(

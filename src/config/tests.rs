@@ -1,5 +1,6 @@
 //! Validation tests.
 
+use super::urls::broker_urls;
 use super::values::{delimiter, encoding};
 use super::*;
 use clap::Parser;

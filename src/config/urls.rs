@@ -1,8 +1,42 @@
 //! Broker URLs: where they come from (--url, AMQP_URL, --url-file) and how a list splits.
 
 use super::UsageError;
+use crate::amqp::Endpoint;
 use crate::cli;
 use std::path::Path;
+use std::time::Duration;
+
+/// The brokers to use, one endpoint per URL, each with --ca-cert. A CA certificate only
+/// means something for amqps://: with --ca-cert, an amqp:// URL (the default one too) is
+/// bad usage rather than a certificate silently unused.
+pub(super) fn endpoints(
+    g: &cli::GlobalArgs,
+    timeout: Duration,
+) -> Result<Vec<Endpoint>, UsageError> {
+    let urls = broker_urls(&g.url, g.url_file.as_deref())?;
+    let endpoints = urls
+        .iter()
+        .map(|u| {
+            Endpoint::parse(u, g.rabbitmq_server.as_deref(), timeout)
+                .map(|e| e.with_ca_cert(g.ca_cert.clone()))
+                .map_err(|e| UsageError(e.0))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
+        return Err(UsageError("--url: give at least one broker URL".into()));
+    }
+    if let Some(ca) = &g.ca_cert
+        && let Some(plain) = endpoints.iter().find(|e| !e.masked().starts_with("amqps://"))
+    {
+        return Err(UsageError(format!(
+            "--ca-cert {}: only amqps:// URLs use a CA certificate, not {}; use an amqps:// \
+             URL or drop --ca-cert",
+            ca.display(),
+            plain.masked()
+        )));
+    }
+    Ok(endpoints)
+}
 
 /// The broker URLs to use: from --url / AMQP_URL (each value may be a list), or from the
 /// file of --url-file / AMQP_URL_FILE, or the default. Never both: which one was meant is
