@@ -9,7 +9,7 @@
 use crate::codec::tabular;
 use crate::config::CsvFormat;
 use crate::output::human_bytes;
-use color_eyre::eyre::{Report, Result, WrapErr, eyre};
+use color_eyre::eyre::{Report, Result, WrapErr, bail, eyre};
 use csv::StringRecord;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -70,12 +70,21 @@ pub enum Next {
 }
 
 impl CsvInput {
+    /// [`CsvInput::open`] for a file that must be a regular one (`produce tabular`, which
+    /// reads it again for --repeat and shows progress against its size), with that size. A
+    /// directory, FIFO or device is refused before it is opened (a FIFO would block).
+    pub fn open_regular(path: &Path, format: &CsvFormat) -> Result<(CsvInput, u64)> {
+        let meta = std::fs::metadata(path).wrap_err_with(|| cannot_read(path))?;
+        if !meta.is_file() {
+            bail!("{} is not a file; --file needs a CSV file", path.display());
+        }
+        Ok((CsvInput::open(path, format)?, meta.len()))
+    }
+
     /// Open `path`, skip --skip-rows lines, read the header (or, with --no-header, the first
     /// row) and refuse repeated column names. Errors name the file and the fix.
     pub fn open(path: &Path, format: &CsvFormat) -> Result<CsvInput> {
-        let file = File::open(path).wrap_err_with(|| {
-            format!("cannot read CSV file {}; check the --file path", path.display())
-        })?;
+        let file = File::open(path).wrap_err_with(|| cannot_read(path))?;
         let raw_bytes = Arc::new(AtomicU64::new(0));
         let counted = Counted { inner: file, n: Arc::clone(&raw_bytes) };
         let decoded = decode(counted, format.encoding)
@@ -332,6 +341,11 @@ fn describe_duplicates(dups: &[(String, Vec<usize>)]) -> String {
 pub fn encoding_hint() -> &'static str {
     "if the file is in another encoding, give it with --encoding, e.g. --encoding latin1 \
      (or windows-1252, iso-8859-15, utf-16le)"
+}
+
+/// The error of a CSV file that cannot be opened: it names the file and the flag.
+fn cannot_read(path: &Path) -> String {
+    format!("cannot read CSV file {}; check the --file path", path.display())
 }
 
 /// The fix for rows wider than the header, when no row fitted it.
