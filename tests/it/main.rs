@@ -27,4 +27,5 @@ mod secrets;
 mod stage_kit;
 mod storage;
 mod support;
+mod usage13;
 mod wire;

@@ -1,0 +1,210 @@
+//! Each command's arguments -> its validated config.
+
+use super::values::{csv_format, delimiter, queue_name, queue_spec, seconds};
+use super::*;
+
+pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
+    let (kind, source, common) = match cmd {
+        ProduceCommand::Tabular(t) => (
+            Kind::Tabular,
+            Source::Csv {
+                file: t.file,
+                num_records: t.num_records,
+                batch_size: t.batch_size,
+                repeat: t.repeat,
+                format: csv_format(&t.csv, t.common.max_message_size)?,
+            },
+            t.common,
+        ),
+        ProduceCommand::Image(i) => {
+            (Kind::Image, Source::Files { directory: i.directory, split_lines: false }, i.common)
+        }
+        ProduceCommand::Text(t) => (
+            Kind::Text,
+            Source::Files { directory: t.directory, split_lines: t.split == cli::Split::Line },
+            t.common,
+        ),
+    };
+    Ok(ProduceConfig {
+        kind,
+        queue: queue_spec(common.queue, &common.queue_args, kind)?,
+        interval: seconds("--interval", common.interval, true)?,
+        publisher: PublisherOptions {
+            window: common.confirm_window as usize,
+            window_bytes: WINDOW_BYTES,
+            confirm_timeout: seconds("--confirm-timeout", common.confirm_timeout, false)?,
+        },
+        max_message_size: common.max_message_size,
+        run_id: common.new_ids.then(run_id),
+        source,
+    })
+}
+
+pub(super) fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> {
+    let (kind, common, sink) = match cmd {
+        ConsumeCommand::Tabular(t) if t.sqlite.is_some() => {
+            if let Some(why) = crate::results_db::check_table_name(&t.table) {
+                return Err(UsageError(why));
+            }
+            let path = t.sqlite.unwrap_or_default();
+            (Kind::Tabular, t.common, SinkConfig::Sqlite { path, table: t.table })
+        }
+        ConsumeCommand::Tabular(t) => {
+            let output = (t.output != "-").then(|| PathBuf::from(&t.output));
+            let format = match t.format {
+                cli::Format::Jsonl if t.no_header || t.delimiter.is_some() => {
+                    return Err(UsageError(
+                        "--no-header and --delimiter shape CSV output: add --format csv".into(),
+                    ));
+                }
+                cli::Format::Jsonl => RowFormat::Jsonl,
+                cli::Format::Csv => RowFormat::Csv {
+                    delimiter: t.delimiter.as_deref().map(delimiter).transpose()?.unwrap_or(b','),
+                    header: !t.no_header,
+                },
+            };
+            (Kind::Tabular, t.common, SinkConfig::Rows { output, format })
+        }
+        ConsumeCommand::Image(f) => {
+            let dir = f.output_directory.unwrap_or_else(|| "received_images".into());
+            (Kind::Image, f.common, SinkConfig::Directory(dir))
+        }
+        ConsumeCommand::Text(f) => {
+            let dir = f.output_directory.unwrap_or_else(|| "received_texts".into());
+            (Kind::Text, f.common, SinkConfig::Directory(dir))
+        }
+    };
+    let idle_timeout =
+        common.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
+    let queue = queue_spec(common.queue, &common.queue_args, kind)?;
+    let failed = match (common.no_failed_queue, common.failed_queue) {
+        (true, _) => None,
+        (false, Some(name)) => Some(failed_spec(name, &queue)?),
+        // The dead-letter queue the user named is where they look for failed messages.
+        (false, None) => match &queue.dead_letter_queue {
+            Some(dlq) => Some(QueueSpec::plain(dlq)),
+            None => Some(failed_spec(format!("{}.failed", queue.name), &queue)?),
+        },
+    };
+    if failed.as_ref().is_some_and(|f| f.name == queue.name) {
+        return Err(UsageError(format!(
+            "--failed-queue {}: must differ from --queue (failed messages would come back)",
+            queue.name
+        )));
+    }
+    Ok(ConsumeConfig {
+        kind,
+        queue,
+        count: common.count,
+        idle_timeout,
+        prefetch: common.prefetch,
+        workers: usize::from(common.workers),
+        sink,
+        failed,
+    })
+}
+
+/// The failed queue `name` of `input`: durable, of the input's type, no other arguments.
+pub(super) fn failed_spec(name: String, input: &QueueSpec) -> Result<QueueSpec, UsageError> {
+    Ok(QueueSpec {
+        name: queue_name(name)?,
+        queue_type: input.queue_type,
+        dead_letter_queue: None,
+        max_length: None,
+        delivery_limit: input.delivery_limit,
+    })
+}
+
+pub(super) fn pipe(p: cli::PipeArgs) -> Result<StageConfig, UsageError> {
+    let output = queue_spec(Some(p.to), &p.model.queue_args, Kind::Tabular)?;
+    if output.name == p.from {
+        return Err(UsageError(format!("--to {}: must differ from --from", p.from)));
+    }
+    stage(p.from, StageOutput::Queue(output), p.model)
+}
+
+pub(super) fn serve(sv: cli::ServeArgs) -> Result<StageConfig, UsageError> {
+    let results =
+        sv.results_queue.map(|q| queue_spec(Some(q), &sv.model.queue_args, Kind::Tabular));
+    let results = results.transpose()?;
+    if results.as_ref().is_some_and(|r| r.name == sv.queue) {
+        return Err(UsageError(format!("--results-queue {}: must differ from --queue", sv.queue)));
+    }
+    let mut cfg = stage(sv.queue, StageOutput::Replies { results }, sv.model)?;
+    cfg.allow_reply_to = sv.allow_reply_to;
+    Ok(cfg)
+}
+
+pub(super) fn stage(
+    input: String,
+    output: StageOutput,
+    m: cli::ModelArgs,
+) -> Result<StageConfig, UsageError> {
+    let input = queue_spec(Some(input), &m.queue_args, Kind::Tabular)?;
+    let failed_name = m.failed_queue.unwrap_or_else(|| format!("{}.failed", input.name));
+    let failed = failed_spec(failed_name, &input)?;
+    let clash = match &output {
+        StageOutput::Queue(q) => Some(q),
+        StageOutput::Replies { results } => results.as_ref(),
+    };
+    if failed.name == input.name || clash.is_some_and(|q| q.name == failed.name) {
+        return Err(UsageError(format!(
+            "--failed-queue {}: must differ from the queues the answers come from and go to",
+            failed.name
+        )));
+    }
+    if m.exec.trim().is_empty() {
+        return Err(UsageError("--exec: give the command that runs your model".into()));
+    }
+    let idle_timeout = m.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
+    Ok(StageConfig {
+        input,
+        output,
+        failed,
+        exec: m.exec,
+        child: crate::child::ChildOptions {
+            framing: match m.framing {
+                cli::FramingArg::Lines => crate::child::Framing::Lines,
+                cli::FramingArg::Frames => crate::child::Framing::Frames,
+            },
+            timeout: seconds("--exec-timeout", m.exec_timeout, false)?,
+            max_answer: usize::try_from(m.max_answer_bytes).unwrap_or(usize::MAX),
+            max_stderr_line: usize::try_from(m.max_stderr_line).unwrap_or(usize::MAX),
+        },
+        allow_reply_to: Vec::new(),
+        workers: usize::from(m.workers),
+        prefetch: m.prefetch,
+        count: m.count,
+        idle_timeout,
+        publisher: default_publisher(),
+    })
+}
+
+/// Publisher options where no flag sets them (pipe/serve answers, failed copies).
+pub fn default_publisher() -> PublisherOptions {
+    PublisherOptions {
+        window: cli::DEFAULT_CONFIRM_WINDOW as usize,
+        window_bytes: WINDOW_BYTES,
+        confirm_timeout: Duration::from_secs_f64(cli::DEFAULT_CONFIRM_TIMEOUT_SECS),
+    }
+}
+
+pub(super) fn request(r: cli::RequestArgs) -> Result<RequestConfig, UsageError> {
+    Ok(RequestConfig {
+        queue: queue_spec(Some(r.queue), &r.queue_args, Kind::Tabular)?,
+        file: r.file,
+        num_records: r.num_records,
+        concurrency: r.concurrency as usize,
+        timeout: seconds("--timeout", r.timeout, false)?,
+        output: (r.output != "-").then(|| PathBuf::from(&r.output)),
+        format: csv_format(&r.csv, cli::DEFAULT_MAX_MESSAGE_SIZE)?,
+    })
+}
+
+/// An id for this run: the time in nanoseconds and the process id.
+pub(super) fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos}-{}", std::process::id())
+}

@@ -1,0 +1,85 @@
+//! Validation tests.
+
+use super::urls::broker_urls;
+use super::values::{delimiter, encoding};
+use super::*;
+use clap::Parser;
+use std::path::Path;
+
+fn config(args: &[&str]) -> Result<Config, UsageError> {
+    let mut all = vec!["mqdemo"];
+    all.extend_from_slice(args);
+    Config::from_cli(Cli::try_parse_from(all).expect("parses"))
+}
+
+#[test]
+fn url_lists_split_only_where_a_new_url_begins() {
+    assert_eq!(split_urls("amqp://a,amqp://b,amqps://c"), ["amqp://a", "amqp://b", "amqps://c"]);
+    // A comma, `@` or `amqp` inside a password stays in its URL.
+    assert_eq!(
+        split_urls("amqp://u:a,b@h1/%2f,AMQPS://u:x@amqp,y@h2"),
+        ["amqp://u:a,b@h1/%2f", "AMQPS://u:x@amqp,y@h2"]
+    );
+    assert_eq!(split_urls("amqp://u:p,,q@h"), ["amqp://u:p,,q@h"]);
+    // A file: one URL a line, trailing newline and blank lines ignored.
+    assert_eq!(split_urls("amqp://a\r\namqp://b\n\n"), ["amqp://a", "amqp://b"]);
+    assert_eq!(split_urls(" amqp://a , amqp://b ,"), ["amqp://a", "amqp://b"]);
+    assert!(split_urls("\n").is_empty());
+}
+
+#[test]
+fn url_and_url_file_are_not_both_taken() {
+    let err = broker_urls(&["amqp://h".into()], Some(Path::new("f"))).expect_err("both");
+    assert!(err.0.contains("--url-file"), "{}", err.0);
+    assert_eq!(broker_urls(&[], None).expect("default"), [cli::DEFAULT_URL]);
+}
+
+#[test]
+fn defaults_follow_the_original_demo() {
+    let Ok(Config { action: Action::Consume(c), .. }) = config(&["consume", "image"]) else {
+        panic!("consume image");
+    };
+    assert_eq!(c.queue, QueueSpec { delivery_limit: Some(20), ..QueueSpec::plain("image_queue") });
+    assert!(
+        matches!(c.sink, SinkConfig::Directory(ref d) if d == &PathBuf::from("received_images"))
+    );
+    let Ok(Config { action: Action::Produce(p), .. }) =
+        config(&["produce", "tabular", "--file", "a.csv"])
+    else {
+        panic!("produce tabular");
+    };
+    assert_eq!(p.queue.name, "alicpp_records");
+    assert!(p.queue.arguments().is_empty(), "no arguments unless asked for");
+}
+
+#[test]
+fn bad_values_are_usage_errors() {
+    assert!(config(&["consume", "text", "--idle-timeout", "0"]).is_err());
+    assert!(config(&["produce", "text", "--interval=-1"]).is_err());
+    assert!(config(&["produce", "text", "--queue", ""]).is_err());
+    assert!(config(&["produce", "text", "--queue", "amq.x"]).is_err());
+    assert!(config(&["--url", "http://x", "demo"]).is_err());
+}
+
+#[test]
+fn csv_delimiters_and_encodings() {
+    for (given, want) in [(";", b';'), ("|", b'|'), ("tab", b'\t'), ("\\t", b'\t'), ("\t", b'\t')] {
+        assert_eq!(delimiter(given).ok(), Some(want), "{given:?}");
+    }
+    for bad in ["", ";;", "\"", "\n", "é"] {
+        assert!(delimiter(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(encoding("latin1").ok().flatten(), Some(encoding_rs::WINDOWS_1252));
+    assert_eq!(encoding("UTF-8").ok(), Some(None));
+    assert!(encoding("klingon").is_err() && encoding("iso-2022-kr").is_err());
+    assert!(config(&["consume", "tabular", "--no-header"]).is_err(), "needs --format csv");
+    let Ok(Config { action: Action::Consume(c), .. }) =
+        config(&["consume", "tabular", "--format", "csv", "--delimiter", "tab"])
+    else {
+        panic!("consume csv");
+    };
+    assert!(matches!(
+        c.sink,
+        SinkConfig::Rows { format: RowFormat::Csv { delimiter: b'\t', header: true }, .. }
+    ));
+}

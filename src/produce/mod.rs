@@ -1,0 +1,190 @@
+//! Producers: CSV rows or files -> codec -> confirmed publishing, with progress.
+//!
+//! A bad item inside the input (malformed row, non-image, non-UTF-8 text, too large) is
+//! skipped, named on stderr and counted; a bad whole input stops the run before anything is
+//! sent. Only messages the broker confirmed count as produced.
+//!
+//! [`pump`] hands messages to the publisher; [`tabular`] reads CSV rows (and batches them);
+//! [`files`] lists a directory and reads whole files ahead; [`lines`] sends a text file
+//! line by line.
+
+use crate::amqp::Producer;
+use crate::codec::Kind;
+use crate::config::{CsvFormat, Global, ProduceConfig, Source};
+use crate::csv_input::CsvInput;
+use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
+use color_eyre::eyre::{Result, WrapErr, bail};
+use files::Listing;
+use pump::Pump;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+use tabular::RowLimits;
+
+mod files;
+mod lines;
+mod pump;
+mod tabular;
+#[cfg(test)]
+mod tests;
+
+pub use crate::output::Outcome;
+
+/// Run one producer.
+pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
+    let input = Input::open(cfg)?;
+    let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue.name));
+    let producer = Producer::open(
+        &global.endpoints,
+        &cfg.queue,
+        cfg.publisher,
+        global.retry,
+        Arc::clone(stop),
+        Box::new(link_events(reporter.clone())),
+    )?;
+    let mut pump = Pump {
+        producer,
+        reporter,
+        stop,
+        interval: cfg.interval,
+        max_size: cfg.max_message_size,
+        skipped: 0,
+        sent: 0,
+        started: Instant::now(),
+        padded_note: String::new(),
+        run_id: cfg.run_id.clone(),
+    };
+    let started = pump.started;
+    let streamed = input.stream(&mut pump);
+    let Pump { producer, reporter, skipped, padded_note, .. } = pump;
+    let (report, finished) = producer.finish();
+    reporter.finish();
+    for (label, why) in &report.refused {
+        reporter.warn(&format!("not delivered: {label}: {why}"));
+    }
+    if !report.unconfirmed.is_empty() {
+        let shown: Vec<&str> = report.unconfirmed.iter().take(5).map(String::as_str).collect();
+        reporter.warn(&format!(
+            "{} message(s) read but not confirmed by the broker (a published one may or may not \
+             be in the queue): {}{}",
+            report.unconfirmed.len(),
+            shown.join(", "),
+            if report.unconfirmed.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    let error = streamed.err().or(finished.err());
+    let summary = Summary {
+        verb: "produced",
+        messages: report.confirmed,
+        bytes: report.confirmed_bytes,
+        elapsed: started.elapsed(),
+        skipped,
+        failed: (report.refused.len() + report.unconfirmed.len()) as u64,
+        failed_to: None,
+        extra: [
+            padded_note,
+            if report.republished > 0 {
+                format!("re-published {} (same message ids)", report.republished)
+            } else {
+                String::new()
+            },
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(", "),
+    };
+    Ok(Outcome { summary, error })
+}
+
+pub(super) fn too_large(size: u64, max: u64) -> String {
+    format!(
+        "{} is over the {} message size limit (raise --max-message-size, and max_message_size in \
+         rabbitmq.conf, to send it)",
+        human_bytes(size),
+        human_bytes(max)
+    )
+}
+
+/// The checked input of a run, with everything reading it needs: matched once, here.
+enum Input {
+    Csv {
+        /// The file, open, its header read (the first pass reads it).
+        input: Box<CsvInput>,
+        /// Its size, for progress.
+        size: u64,
+        /// Where it is, to open it again for --repeat.
+        file: PathBuf,
+        format: CsvFormat,
+        limits: RowLimits,
+    },
+    Files {
+        root: PathBuf,
+        listing: Listing,
+        kind: Kind,
+        split_lines: bool,
+    },
+}
+
+impl Input {
+    /// Check the whole input before connecting, so a bad path (or a CSV whose header cannot
+    /// be used) fails at once.
+    fn open(cfg: &ProduceConfig) -> Result<Input> {
+        match &cfg.source {
+            Source::Csv { file, num_records, batch_size, repeat, format } => {
+                let (input, size) = CsvInput::open_regular(file, format)?;
+                let limits = RowLimits {
+                    num_records: *num_records,
+                    batch_size: *batch_size,
+                    repeat: *repeat,
+                };
+                Ok(Input::Csv {
+                    input: Box::new(input),
+                    size,
+                    file: file.clone(),
+                    format: *format,
+                    limits,
+                })
+            }
+            Source::Files { directory, split_lines } => {
+                let meta = std::fs::metadata(directory).wrap_err_with(|| {
+                    format!(
+                        "cannot read directory {}; check the --directory path",
+                        directory.display()
+                    )
+                })?;
+                if !meta.is_dir() {
+                    bail!("{} is not a directory; check the --directory path", directory.display());
+                }
+                Ok(Input::Files {
+                    root: directory.clone(),
+                    listing: files::list_files(directory)?,
+                    kind: cfg.kind,
+                    split_lines: *split_lines,
+                })
+            }
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        match self {
+            Input::Csv { size, .. } => Progress::Bytes(*size),
+            Input::Files { listing, .. } => Progress::Items(listing.files.len() as u64),
+        }
+    }
+
+    fn stream(self, pump: &mut Pump<'_>) -> Result<()> {
+        match self {
+            Input::Csv { input, file, format, limits, .. } => {
+                tabular::stream_csv(*input, &file, &format, limits, pump)
+            }
+            Input::Files { root, listing, kind, split_lines } => {
+                for (shown, why) in &listing.skipped {
+                    pump.skip(shown, why);
+                }
+                files::stream_files(&root, &listing.files, kind, split_lines, pump)
+            }
+        }
+    }
+}
