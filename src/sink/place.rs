@@ -123,7 +123,7 @@ pub(super) fn prepare(root: &Arc<Dir>, rel: &Path) -> Result<Option<Target>> {
 
 /// Ask the kernel to start writing `f`'s dirty pages now, without waiting: on Linux,
 /// `POSIX_FADV_DONTNEED` starts write-back of the whole file (and we never read it back).
-/// Only a hint: durability comes from the fdatasync in [`DirSink::sync`].
+/// Only a hint: durability comes from the fdatasync in [`super::DirSink::sync`].
 pub(super) fn start_write_back(f: &File) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
