@@ -27,7 +27,6 @@ mod place;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use compare::Content;
-use compare::file_holds;
 use dir::Dir;
 pub use path::{AltTags, MAX_COUNTER, candidates, safe_relative_path};
 use place::{
