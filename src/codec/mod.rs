@@ -4,6 +4,7 @@
 //! [`Delivery`] back into data. They never touch the network, the file system or the terminal.
 
 pub mod failed;
+pub mod file;
 pub mod image;
 pub mod tabular;
 pub mod text;
