@@ -4,17 +4,22 @@
 //! made unique, lines that do not add up to their file) fails its own message, rejected
 //! without requeue with the reason; errors of the directory itself (disk full, permissions)
 //! stop the run and requeue.
+//!
+//! What a message is (its checked body, its names, a line's place) is decided by
+//! [`crate::codec::file`] (through `codec::image::decode` and `codec::text::decode`); this
+//! module only stores it.
 
 use crate::amqp::{Disposition, Handler};
-use crate::codec::text::{self, FileIdentity, LinePart};
-use crate::codec::{Delivery, Kind, extension_for, sha256_hex};
+use crate::codec::file::{self, FileMessage, Names};
+use crate::codec::text::FileIdentity;
+use crate::codec::{Delivery, Kind, image, text};
 use crate::consume::{CountingHandler, Counts};
+use crate::workers::SeenIds;
 use crate::output::Reporter;
 use crate::sink::lines::{Added, Assembly, Line};
-use crate::sink::{AltTags, DirSink, Queued, Stored, safe_relative_path};
-use crate::workers::SeenIds;
+use crate::sink::{DirSink, Queued, Stored};
 use color_eyre::eyre::{Report, Result, eyre};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// `workers` handlers writing into `dir`, and the line assembly they share.
@@ -73,14 +78,6 @@ struct FileHandler {
     seen: SeenIds,
 }
 
-/// Where a message's file goes: the sanitised `source`, the name used when that is unusable,
-/// and the tags of alternative names.
-struct Names {
-    rel: Option<PathBuf>,
-    fallback: String,
-    tags: AltTags,
-}
-
 /// Bodies from this size on have their sha256 checked on a second thread while written.
 const PARALLEL_HASH_BYTES: usize = 1024 * 1024;
 
@@ -101,37 +98,12 @@ impl FileHandler {
         })
     }
 
-    /// Names for a whole file: fallback and tags from the message id.
-    fn names(&self, d: &Delivery) -> Names {
-        let id = d.id_or_hash();
-        let safe_id = if id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            id
-        } else {
-            sha256_hex(id.as_bytes())[..32].to_string()
-        };
-        let fallback = format!("{safe_id}.{}", extension_for(d.content_type.as_deref()));
-        Names { rel: self.rel(d, &fallback), fallback, tags: AltTags::from_id(&safe_id) }
-    }
-
-    /// Names for a file sent line by line: fallback and tags from the file's SHA-256.
-    fn file_names(&self, d: &Delivery, file: &FileIdentity) -> Names {
-        let fallback =
-            format!("{}.{}", &file.sha256[..32], extension_for(d.content_type.as_deref()));
-        let tags = AltTags { short: file.sha256[..12].to_string(), full: file.sha256.clone() };
-        Names { rel: self.rel(d, &fallback), fallback, tags }
-    }
-
-    fn rel(&self, d: &Delivery, fallback: &str) -> Option<PathBuf> {
-        d.header_str("source").and_then(|s| {
-            let p = safe_relative_path(s);
-            if p.is_none() {
-                self.reporter
-                    .warn(&format!("unsafe source header {s:?}; writing {fallback} instead"));
-            }
-            p
-        })
+    /// Warn that a message's `source` header is unsafe and where its file goes instead.
+    fn warn_unsafe(&self, names: &Names) {
+        if let Some(s) = &names.unsafe_source {
+            let fallback = &names.fallback;
+            self.reporter.warn(&format!("unsafe source header {s:?}; writing {fallback} instead"));
+        }
     }
 
     /// A whole file was queued in the sink: it is linked into place (and counted) when the
@@ -164,7 +136,7 @@ impl FileHandler {
     }
 
     fn corrupt(&mut self) -> Disposition {
-        self.reject("body does not match its sha256 header")
+        self.reject(file::CORRUPT)
     }
 
     /// Count and report what became of committed files.
@@ -187,13 +159,12 @@ impl FileHandler {
 
     /// A whole file (or a line that cannot be placed in a file, stored as a file of its own).
     fn whole(&mut self, d: &Delivery, names: &Names) -> Result<Disposition> {
-        let want = d.header_str("sha256");
-        let matches = |want: &str| want.eq_ignore_ascii_case(&sha256_hex(&d.body));
+        let want = file::claimed_sha256(d);
         let rel = names.rel.as_deref();
         if let (Some(want), true) = (want, d.body.len() >= PARALLEL_HASH_BYTES) {
             // A large file: check its digest on a second core while it is written.
             let (intact, queued) = std::thread::scope(|s| {
-                let check = s.spawn(|| matches(want));
+                let check = s.spawn(|| file::sha256_matches(want, &d.body));
                 let queued = self.sink.store(rel, &names.fallback, &names.tags, &d.body);
                 (check.join().unwrap_or(false), queued)
             });
@@ -206,7 +177,7 @@ impl FileHandler {
             }
             return self.outcome(d, queued);
         }
-        if want.is_some_and(|w| !matches(w)) {
+        if !file::intact(d) {
             return Ok(self.corrupt());
         }
         let queued = self.sink.store(rel, &names.fallback, &names.tags, &d.body)?;
@@ -228,13 +199,14 @@ impl FileHandler {
         line: u64,
         offset: u64,
         file: &FileIdentity,
+        names: &Names,
     ) -> Result<Disposition> {
-        if d.header_str("sha256").is_some_and(|w| !w.eq_ignore_ascii_case(&sha256_hex(&d.body))) {
+        if !file::intact(d) {
             return Ok(self.corrupt());
         }
-        let names = self.file_names(d, file);
+        self.warn_unsafe(names);
         let added = lock(&self.lines)?.add(&Line {
-            source: d.header_str("source").unwrap_or(""),
+            source: d.header_str(file::SOURCE).unwrap_or(""),
             rel: names.rel.as_deref(),
             fallback: &names.fallback,
             tags: &names.tags,
@@ -259,39 +231,25 @@ fn lock(lines: &Mutex<Assembly>) -> Result<MutexGuard<'_, Assembly>> {
     lines.lock().map_err(|_| eyre!("a consumer worker panicked while assembling lines"))
 }
 
-/// `dir/name.ext` -> `dir/name.line-N.ext`: where a line that names no file of its own is
-/// stored (as a file of its own, never appended to anything).
-fn line_path(rel: &Path, line: u64) -> PathBuf {
-    let stem = rel.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = match rel.extension() {
-        Some(ext) => format!("{stem}.line-{line}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.line-{line}"),
-    };
-    rel.with_file_name(name)
-}
-
 impl Handler for FileHandler {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
         if self.seen.contains(d) {
             self.counts.duplicates += 1;
             return Ok(Disposition::Ack);
         }
-        let part = match self.kind {
-            Kind::Text => match text::line_part(d) {
-                Ok(part) => part,
+        let message = match self.kind {
+            Kind::Text => match text::decode(d) {
+                Ok(message) => message,
                 Err(why) => return Ok(self.reject(&why)),
             },
-            _ => None,
+            _ => image::decode(d),
         };
-        match part {
-            Some(LinePart::Placed { line, offset, file }) => self.line(d, line, offset, &file),
-            Some(LinePart::Unplaced { line }) => {
-                let mut names = self.names(d);
-                names.rel = names.rel.map(|r| line_path(&r, line));
-                self.whole(d, &names)
+        match message {
+            FileMessage::Line { line, offset, file, names } => {
+                self.line(d, line, offset, &file, &names)
             }
-            None => {
-                let names = self.names(d);
+            FileMessage::Whole(names) => {
+                self.warn_unsafe(&names);
                 self.whole(d, &names)
             }
         }
@@ -310,19 +268,5 @@ impl CountingHandler for FileHandler {
     }
     fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_line_of_no_known_file_gets_a_name_of_its_own() {
-        assert_eq!(line_path(Path::new("notes/a.txt"), 3), Path::new("notes/a.line-3.txt"));
-        assert_eq!(line_path(Path::new("README"), 12), Path::new("README.line-12"));
-        let long = "x".repeat(200);
-        let p = line_path(Path::new(&long), u64::MAX);
-        assert!(p.as_os_str().len() < 255, "still a valid file name");
     }
 }

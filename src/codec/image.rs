@@ -1,7 +1,8 @@
 //! Image codec: file bytes untouched, content type sniffed from magic bytes, dimensions read
 //! from the header when possible.
 
-use super::{HeaderValue, Headers, Kind, Message, file_message_id, sha256_hex};
+use super::file::{self, FileMessage};
+use super::{Delivery, HeaderValue, Headers, Kind, Message, file_message_id, sha256_hex};
 
 /// The content type for an image's magic bytes, or None when it is not an image we know.
 pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
@@ -44,6 +45,12 @@ pub fn encode(source: &str, bytes: Vec<u8>) -> Result<Message, NotAnImage> {
         route: super::Route::default(),
         original: super::Original::default(),
     })
+}
+
+/// A received image message: always a whole file (line headers mean nothing for images),
+/// named from its `source` header when safe.
+pub fn decode(d: &Delivery) -> FileMessage {
+    file::decode(d, None)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod failed;
+pub mod file;
 pub mod image;
 pub mod tabular;
 pub mod text;

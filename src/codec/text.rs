@@ -6,6 +6,7 @@
 //! SHA-256, size and line count) and the line's byte offset in it, so a consumer can put every
 //! line in its place whatever order they arrive in, and never mixes two files of one name.
 
+use super::file::{self, FileMessage};
 use super::{
     Delivery, HeaderValue, Headers, Kind, Message, file_message_id, message_id, sha256_hex,
 };
@@ -165,6 +166,13 @@ pub fn line_part(d: &Delivery) -> Result<Option<LinePart>, String> {
     let offset = int(OFFSET)?;
     check_place(line, offset, d.body.len() as u64, &file)?;
     Ok(Some(LinePart::Placed { line, offset, file }))
+}
+
+/// A received text message: a whole file, a line of no known file (a file of its own), or a
+/// line placed in its file; Err with the reason when its line headers are unusable (see
+/// [`line_part`]).
+pub fn decode(d: &Delivery) -> Result<FileMessage, String> {
+    Ok(file::decode(d, line_part(d)?))
 }
 
 /// Err when line `line` of `len` bytes at `offset` cannot be part of `file`.
