@@ -1,8 +1,9 @@
 //! One connection to the broker: opening it with deadlines (and TLS with a private CA),
 //! declaring and deleting queues, and opening channels.
 
+use super::endpoint::{DEFAULT_HEARTBEAT_SECS, Endpoint};
+use super::error::{connect_failed, explain, fatal, is_retryable};
 use super::topology::{QueueSpec, declare};
-use super::{Endpoint, connect_failed, explain, fatal};
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
     QueueDeleteOptions,
@@ -47,7 +48,7 @@ impl Session {
         for (i, ep) in endpoints.iter().enumerate() {
             match Session::open(ep) {
                 Ok(s) => return Ok((s, i)),
-                Err(e) if endpoints.len() > 1 && super::is_retryable(&e) => last = Some(e),
+                Err(e) if endpoints.len() > 1 && is_retryable(&e) => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
@@ -200,9 +201,7 @@ fn options_from_url(url: &Url, timeout: Duration) -> ConnectionOptions<Auth> {
     }
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
-            "heartbeat" => {
-                options = options.heartbeat(v.parse().unwrap_or(super::DEFAULT_HEARTBEAT_SECS))
-            }
+            "heartbeat" => options = options.heartbeat(v.parse().unwrap_or(DEFAULT_HEARTBEAT_SECS)),
             "channel_max" => {
                 if let Ok(n) = v.parse() {
                     options = options.channel_max(n);
