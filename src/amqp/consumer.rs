@@ -7,7 +7,7 @@ use super::error::{close_and_retry, discard, explain, fatal, lost};
 use super::prefetch::prefetch_for;
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
-use super::session::Session;
+use super::session::{Session, UNWINDOWED_WRITE_BUFFER};
 use super::topology::{QueueSpec, no_such_queue, unavailable};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
@@ -377,7 +377,7 @@ pub fn consume(
         }
         let reopened =
             reconnect(endpoints, &mut current, retry, limits.stop, error, on_event, |ep| {
-                let mut s = Session::open(ep)?;
+                let mut s = Session::open(ep, UNWINDOWED_WRITE_BUFFER)?;
                 s.declare_queue(spec)?;
                 Ok(s)
             });

@@ -99,7 +99,8 @@ impl Producer {
         stop: std::sync::Arc<AtomicBool>,
         on_event: Box<dyn Fn(LinkEvent) + Send>,
     ) -> Result<Producer> {
-        let (mut session, current) = Session::open_first(endpoints)?;
+        let (mut session, current) =
+            Session::open_first_buffered(endpoints, options.write_buffer())?;
         let publisher = declare_and_publish(&mut session, specs, options, &retry)?;
         Ok(Producer {
             endpoints: endpoints.to_vec(),
@@ -331,7 +332,7 @@ impl Producer {
             error,
             &*self.on_event,
             |ep| {
-                let mut session = Session::open(ep)?;
+                let mut session = Session::open(ep, options.write_buffer())?;
                 let publisher = declare_and_publish(&mut session, &specs, options, &retry)?;
                 Ok((session, publisher))
             },

@@ -22,12 +22,20 @@ use std::time::{Duration, Instant};
 pub struct PublisherOptions {
     /// Most messages published and not yet confirmed.
     pub window: usize,
-    /// Most body bytes published and not yet confirmed. Kept under amiquip's write buffer
-    /// limit (see `session::tuning`) so `publish` never stalls inside amiquip during a broker
-    /// alarm.
+    /// Most body bytes published and not yet confirmed. The connection's write buffer is
+    /// sized from it (`PublisherOptions::write_buffer`) so `publish` never stalls inside
+    /// amiquip during a broker alarm.
     pub window_bytes: usize,
     /// How long to wait for a confirm before the connection counts as lost.
     pub confirm_timeout: Duration,
+}
+
+impl PublisherOptions {
+    /// Bytes amiquip may buffer for the socket on a publisher's connection: twice the
+    /// in-flight byte window, so the window always fits with room to spare.
+    pub(super) fn write_buffer(&self) -> usize {
+        self.window_bytes.saturating_mul(2)
+    }
 }
 
 /// What became of the messages.

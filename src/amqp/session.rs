@@ -31,22 +31,33 @@ pub struct QueueInfo {
 }
 
 impl Session {
-    /// Connect, within the endpoint's timeout.
-    pub fn open(endpoint: &Endpoint) -> Result<Session> {
+    /// Connect, within the endpoint's timeout. amiquip may buffer up to `write_buffer` bytes
+    /// of writes before a channel's next write waits (see `tuning`).
+    pub fn open(endpoint: &Endpoint, write_buffer: usize) -> Result<Session> {
         let tls =
             if endpoint.url.starts_with("amqps:") { Some(tls_connector(endpoint)?) } else { None };
-        let mut conn = open_stream(endpoint, tls)?;
+        let mut conn = open_stream(endpoint, tls, write_buffer)?;
         let blocked =
             conn.listen_for_connection_blocked().map_err(|e| explain(e, endpoint, "connecting"))?;
         Ok(Session { conn, endpoint: endpoint.clone(), blocked })
     }
 
     /// Connect to the first endpoint that answers, trying each once (the start of a run:
-    /// nothing answering is a bad input, reported at once).
+    /// nothing answering is a bad input, reported at once), for a connection that publishes
+    /// no confirm window (see `UNWINDOWED_WRITE_BUFFER`).
     pub fn open_first(endpoints: &[Endpoint]) -> Result<(Session, usize)> {
+        Session::open_first_buffered(endpoints, UNWINDOWED_WRITE_BUFFER)
+    }
+
+    /// Like [`Session::open_first`], with amiquip's write buffer sized to `write_buffer`
+    /// bytes (see [`Session::open`]).
+    pub fn open_first_buffered(
+        endpoints: &[Endpoint],
+        write_buffer: usize,
+    ) -> Result<(Session, usize)> {
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
-            match Session::open(ep) {
+            match Session::open(ep, write_buffer) {
                 Ok(s) => return Ok((s, i)),
                 Err(e) if endpoints.len() > 1 && is_retryable(&e) => last = Some(e),
                 Err(e) => return Err(e),
@@ -94,11 +105,18 @@ impl Session {
     }
 }
 
-/// amiquip's write buffer may hold twice the publisher's in-flight byte window, so
-/// `publish` never stalls inside amiquip (where no signal or deadline could reach it), even
-/// while a broker alarm stops the socket from draining.
-fn tuning() -> ConnectionTuning {
-    ConnectionTuning::default().buffered_writes_high_water(2 * crate::config::WINDOW_BYTES)
+/// amiquip's write buffer for a connection that publishes no confirm window: a consumer's
+/// acks, a client's requests, declares. The 64 MiB every connection had when the size came
+/// from the default publisher window (twice 32 MiB); such connections never come near it.
+pub(super) const UNWINDOWED_WRITE_BUFFER: usize = 64 * 1024 * 1024;
+
+/// amiquip stops taking writes from channels while more than `write_buffer` bytes wait for
+/// the socket. A publisher asks for twice its in-flight byte window
+/// ([`super::PublisherOptions::write_buffer`]), so `publish` never stalls inside amiquip
+/// (where no signal or deadline could reach it), even while a broker alarm stops the socket
+/// from draining.
+fn tuning(write_buffer: usize) -> ConnectionTuning {
+    ConnectionTuning::default().buffered_writes_high_water(write_buffer)
 }
 
 /// The TLS set-up for amqps://: the system's roots, plus the CA certificate(s) of
@@ -125,7 +143,11 @@ fn tls_connector(ep: &Endpoint) -> Result<native_tls::TlsConnector> {
 /// as "could not connect within --connect-timeout", not as a lost connection. TCP_NODELAY is
 /// set because amiquip leaves Nagle's algorithm on, which holds a lone small frame back until
 /// the peer's delayed ACK (~40 ms per request/reply round trip).
-fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<Connection> {
+fn open_stream(
+    ep: &Endpoint,
+    tls: Option<native_tls::TlsConnector>,
+    write_buffer: usize,
+) -> Result<Connection> {
     let deadline = Instant::now() + ep.timeout;
     let url = Url::parse(&ep.url).map_err(|e| fatal(format!("--url {}: {e}", ep.masked())))?;
     let host = url.host_str().unwrap_or("localhost").to_string();
@@ -165,9 +187,9 @@ fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<C
                         &host,
                         stream,
                         options,
-                        tuning(),
+                        tuning(write_buffer),
                     ),
-                    None => Connection::insecure_open_stream(stream, options, tuning()),
+                    None => Connection::insecure_open_stream(stream, options, tuning(write_buffer)),
                 }
                 .map_err(|e| explain(e, ep, "connecting"))
             });
@@ -217,4 +239,21 @@ fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()
         .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::PublisherOptions;
+
+    #[test]
+    fn the_write_buffer_is_twice_the_publisher_window_and_unchanged_without_one() {
+        let options = PublisherOptions {
+            window: 1,
+            window_bytes: 32 * 1024 * 1024,
+            confirm_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(options.write_buffer(), 64 * 1024 * 1024);
+        assert_eq!(UNWINDOWED_WRITE_BUFFER, 64 * 1024 * 1024);
+    }
 }
