@@ -10,7 +10,7 @@ use amiquip::{
 };
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::Receiver;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -34,9 +34,7 @@ impl Session {
     /// Connect, within the endpoint's timeout. amiquip may buffer up to `write_buffer` bytes
     /// of writes before a channel's next write waits (see `tuning`).
     pub fn open(endpoint: &Endpoint, write_buffer: usize) -> Result<Session> {
-        let tls =
-            if endpoint.url.starts_with("amqps:") { Some(tls_connector(endpoint)?) } else { None };
-        let mut conn = open_stream(endpoint, tls, write_buffer)?;
+        let mut conn = open_stream(endpoint, tls_for(endpoint)?, write_buffer)?;
         let blocked =
             conn.listen_for_connection_blocked().map_err(|e| explain(e, endpoint, "connecting"))?;
         Ok(Session { conn, endpoint: endpoint.clone(), blocked })
@@ -119,6 +117,13 @@ fn tuning(write_buffer: usize) -> ConnectionTuning {
     ConnectionTuning::default().buffered_writes_high_water(write_buffer)
 }
 
+/// The TLS set-up an endpoint needs: none for amqp://; for amqps://, the system's roots
+/// (plus `--ca-cert`'s when given). Either way the connection runs over our own TCP stream
+/// (see [`open_stream`]).
+fn tls_for(ep: &Endpoint) -> Result<Option<native_tls::TlsConnector>> {
+    if ep.url.starts_with("amqps:") { tls_connector(ep).map(Some) } else { Ok(None) }
+}
+
 /// The TLS set-up for amqps://: the system's roots, plus the CA certificate(s) of
 /// `--ca-cert` when given.
 fn tls_connector(ep: &Endpoint) -> Result<native_tls::TlsConnector> {
@@ -140,9 +145,8 @@ fn tls_connector(ep: &Endpoint) -> Result<native_tls::TlsConnector> {
 ///
 /// The TCP connect is ours, blocking in the kernel with a deadline
 /// (`TcpStream::connect_timeout`): an address that never answers costs no CPU and is reported
-/// as "could not connect within --connect-timeout", not as a lost connection. TCP_NODELAY is
-/// set because amiquip leaves Nagle's algorithm on, which holds a lone small frame back until
-/// the peer's delayed ACK (~40 ms per request/reply round trip).
+/// as "could not connect within --connect-timeout", not as a lost connection. The stream has
+/// TCP_NODELAY (see [`tcp_connect`]).
 fn open_stream(
     ep: &Endpoint,
     tls: Option<native_tls::TlsConnector>,
@@ -167,7 +171,7 @@ fn open_stream(
         if left.is_zero() {
             break;
         }
-        let stream = match std::net::TcpStream::connect_timeout(&addr, left) {
+        let stream = match tcp_connect(&addr, left) {
             Ok(stream) => stream,
             Err(e) => {
                 last = Some(connect_failed(&e, ep));
@@ -176,9 +180,7 @@ fn open_stream(
         };
         let left = deadline.saturating_duration_since(Instant::now()).max(MIN_HANDSHAKE);
         let options = options_from_url(&url, left);
-        let attempt = stream
-            .set_nodelay(true)
-            .and_then(|()| mio::net::TcpStream::from_stream(stream))
+        let attempt = mio::net::TcpStream::from_stream(stream)
             .map_err(|e| connect_failed(&e, ep))
             .and_then(|stream| {
                 match &tls {
@@ -200,6 +202,16 @@ fn open_stream(
     }
     Err(last
         .unwrap_or_else(|| connect_failed(&std::io::Error::from(std::io::ErrorKind::TimedOut), ep)))
+}
+
+/// Connect a TCP stream to `addr` within `timeout`, with TCP_NODELAY: amiquip leaves Nagle's
+/// algorithm on, which holds a lone small frame back until the peer's delayed ACK (~40 ms
+/// per request/reply round trip). Every connection gets it: amqp://, and amqps:// with or
+/// without --ca-cert.
+fn tcp_connect(addr: &SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(addr, timeout)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// The least time the AMQP handshake gets after a slow TCP connect.
@@ -245,6 +257,25 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::amqp::PublisherOptions;
+
+    fn ep(url: &str) -> Endpoint {
+        Endpoint::parse(url, None, Duration::from_secs(1)).expect("valid url")
+    }
+
+    #[test]
+    fn every_scheme_goes_over_our_own_stream_with_tls_only_for_amqps() {
+        assert!(tls_for(&ep("amqp://localhost/%2f")).expect("no TLS").is_none());
+        // Without --ca-cert: the system's roots, over our stream (TCP_NODELAY, our deadline).
+        assert!(tls_for(&ep("amqps://localhost/%2f")).expect("system roots").is_some());
+    }
+
+    #[test]
+    fn our_tcp_streams_have_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stream = tcp_connect(&addr, Duration::from_secs(5)).expect("connect");
+        assert!(stream.nodelay().expect("nodelay"));
+    }
 
     #[test]
     fn the_write_buffer_is_twice_the_publisher_window_and_unchanged_without_one() {
