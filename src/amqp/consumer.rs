@@ -1,11 +1,14 @@
 //! The consumer loop: deliveries to a [`Handler`], acks only after the handler made them
 //! durable, and reconnects after a lost connection.
 
+use super::TICK;
+use super::endpoint::Endpoint;
+use super::error::{close_and_retry, discard, explain, fatal, lost};
+use super::prefetch::prefetch_for;
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
-use super::session::Session;
+use super::session::{Session, UNWINDOWED_WRITE_BUFFER};
 use super::topology::{QueueSpec, no_such_queue, unavailable};
-use super::{Endpoint, LinkError, TICK, discard, explain, fatal, lost};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
@@ -50,7 +53,7 @@ pub struct ConsumeLimits<'a> {
     /// Set when another worker failed: stop like on a signal.
     pub halt: &'a AtomicBool,
     /// Bytes of message bodies this worker may hold (prefetched and in hand): the prefetch
-    /// is lowered until prefetch x the largest body seen fits (see [`prefetch_for`]).
+    /// is lowered until prefetch x the largest body seen fits (see `prefetch_for`).
     pub held_bytes: u64,
 }
 
@@ -65,19 +68,6 @@ pub struct ConsumeOutcome {
     pub rejected: u64,
     /// Stopped by a signal.
     pub interrupted: bool,
-}
-
-/// The QoS prefetch for a worker that may hold `held_bytes` of bodies, the largest body it
-/// has seen being `largest`: as many of those as fit (rounded down to a power of two, so a
-/// growing largest body re-consumes only a few times), between 1 and `max` (--prefetch).
-/// Before any body is seen: 1, so a queue of huge bodies never floods in unseen.
-pub(crate) fn prefetch_for(max: u16, held_bytes: u64, largest: Option<u64>) -> u16 {
-    let Some(largest) = largest else {
-        return 1;
-    };
-    let fits = held_bytes / largest.max(1);
-    let fits = if fits == 0 { 1 } else { 1u64 << fits.ilog2() };
-    u16::try_from(fits).unwrap_or(u16::MAX).clamp(1, max.max(1))
 }
 
 /// How a consumer's run on one prefetch ended.
@@ -325,7 +315,7 @@ impl<'a> ConsumeState<'a> {
     /// which.
     fn cancelled(&self) -> Report {
         match self.channel.queue_declare_passive(self.queue) {
-            Ok(_) => retry_on_healthy_link(format!(
+            Ok(_) => close_and_retry(format!(
                 "the broker cancelled the consumer of '{}', which still exists",
                 self.queue
             )),
@@ -338,17 +328,11 @@ impl<'a> ConsumeState<'a> {
                 ))
             }
             Err(amiquip::Error::ServerClosedChannel { code: 404, message, .. }) => {
-                retry_on_healthy_link(unavailable(self.queue, &message))
+                close_and_retry(unavailable(self.queue, &message))
             }
             Err(e) => explain(e, self.endpoint, "checking the queue after the broker cancelled"),
         }
     }
-}
-
-/// A retryable error on a connection that is itself fine: marked like an ended I/O loop so
-/// that `discard` closes the connection (quick, as it is healthy) instead of leaking it.
-fn retry_on_healthy_link(message: String) -> Report {
-    Report::new(LinkError { retryable: true, io_loop_ended: true, message })
 }
 
 /// Longest a stored delivery waits for its ack when no further delivery arrives.
@@ -393,7 +377,7 @@ pub fn consume(
         }
         let reopened =
             reconnect(endpoints, &mut current, retry, limits.stop, error, on_event, |ep| {
-                let mut s = Session::open(ep)?;
+                let mut s = Session::open(ep, UNWINDOWED_WRITE_BUFFER)?;
                 s.declare_queue(spec)?;
                 Ok(s)
             });
@@ -455,27 +439,4 @@ fn consume_once(
     let closed = channel.close().map_err(|e| explain(e, &ep, "closing the channel"));
     drop(keep_alive);
     (outcome, closed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefetch_for;
-
-    #[test]
-    fn prefetch_keeps_the_largest_body_times_prefetch_within_the_bound() {
-        const MIB: u64 = 1 << 20;
-        assert_eq!(prefetch_for(256, 256 * MIB, None), 1, "nothing seen yet");
-        assert_eq!(prefetch_for(256, 256 * MIB, Some(1_000)), 256, "small: --prefetch");
-        assert_eq!(prefetch_for(100, 256 * MIB, Some(1_000)), 100);
-        assert_eq!(prefetch_for(256, 256 * MIB, Some(8 * MIB)), 32);
-        assert_eq!(prefetch_for(256, 256 * MIB, Some(5 * MIB)), 32, "51 rounded down to 32");
-        assert_eq!(prefetch_for(256, 256 * MIB, Some(128 * MIB)), 2);
-        assert_eq!(prefetch_for(256, 256 * MIB, Some(300 * MIB)), 1, "over the bound: one");
-        assert_eq!(prefetch_for(256, 256 * MIB, Some(0)), 256, "empty bodies");
-        assert_eq!(prefetch_for(0, 1, Some(1)), 1, "never 0 (unlimited to the broker)");
-        for largest in [1, 7, 1_000, 3 * MIB, 77 * MIB] {
-            let p = u64::from(prefetch_for(u16::MAX, 256 * MIB, Some(largest)));
-            assert!(p * largest <= 256 * MIB, "{p} x {largest}");
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! Reconnecting after a lost connection: exponential backoff with jitter, rotating through
 //! every `--url`, for at most `--retry-for`.
 
-use super::{Endpoint, is_retryable};
+use super::endpoint::Endpoint;
+use super::error::is_retryable;
 use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::{Report, Result};
 use std::sync::atomic::AtomicBool;

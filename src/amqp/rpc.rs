@@ -2,10 +2,11 @@
 //! `reply_to` naming an exclusive, server-named reply queue of this connection, and replies
 //! read from it (no ack needed: the queue dies with the connection).
 
+use super::endpoint::Endpoint;
+use super::error::{explain, lost};
 use super::props::properties;
 use super::session::Session;
 use super::topology::QueueSpec;
-use super::{Endpoint, explain, lost};
 use crate::codec::Message;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions, Return};
 use color_eyre::eyre::Result;

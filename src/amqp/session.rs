@@ -1,15 +1,16 @@
 //! One connection to the broker: opening it with deadlines (and TLS with a private CA),
 //! declaring and deleting queues, and opening channels.
 
+use super::endpoint::{DEFAULT_HEARTBEAT_SECS, Endpoint};
+use super::error::{connect_failed, explain, fatal, is_retryable};
 use super::topology::{QueueSpec, declare};
-use super::{Endpoint, connect_failed, explain, fatal};
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
     QueueDeleteOptions,
 };
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::Receiver;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -30,24 +31,33 @@ pub struct QueueInfo {
 }
 
 impl Session {
-    /// Connect, within the endpoint's timeout.
-    pub fn open(endpoint: &Endpoint) -> Result<Session> {
-        let tls =
-            if endpoint.url.starts_with("amqps:") { Some(tls_connector(endpoint)?) } else { None };
-        let mut conn = open_stream(endpoint, tls)?;
+    /// Connect, within the endpoint's timeout. amiquip may buffer up to `write_buffer` bytes
+    /// of writes before a channel's next write waits (see `tuning`).
+    pub fn open(endpoint: &Endpoint, write_buffer: usize) -> Result<Session> {
+        let mut conn = open_stream(endpoint, tls_for(endpoint)?, write_buffer)?;
         let blocked =
             conn.listen_for_connection_blocked().map_err(|e| explain(e, endpoint, "connecting"))?;
         Ok(Session { conn, endpoint: endpoint.clone(), blocked })
     }
 
     /// Connect to the first endpoint that answers, trying each once (the start of a run:
-    /// nothing answering is a bad input, reported at once).
+    /// nothing answering is a bad input, reported at once), for a connection that publishes
+    /// no confirm window (see `UNWINDOWED_WRITE_BUFFER`).
     pub fn open_first(endpoints: &[Endpoint]) -> Result<(Session, usize)> {
+        Session::open_first_buffered(endpoints, UNWINDOWED_WRITE_BUFFER)
+    }
+
+    /// Like [`Session::open_first`], with amiquip's write buffer sized to `write_buffer`
+    /// bytes (see [`Session::open`]).
+    pub fn open_first_buffered(
+        endpoints: &[Endpoint],
+        write_buffer: usize,
+    ) -> Result<(Session, usize)> {
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
-            match Session::open(ep) {
+            match Session::open(ep, write_buffer) {
                 Ok(s) => return Ok((s, i)),
-                Err(e) if endpoints.len() > 1 && super::is_retryable(&e) => last = Some(e),
+                Err(e) if endpoints.len() > 1 && is_retryable(&e) => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
@@ -93,11 +103,25 @@ impl Session {
     }
 }
 
-/// amiquip's write buffer may hold twice the publisher's in-flight byte window, so
-/// `publish` never stalls inside amiquip (where no signal or deadline could reach it), even
-/// while a broker alarm stops the socket from draining.
-fn tuning() -> ConnectionTuning {
-    ConnectionTuning::default().buffered_writes_high_water(2 * crate::config::WINDOW_BYTES)
+/// amiquip's write buffer for a connection that publishes no confirm window: a consumer's
+/// acks, a client's requests, declares. The 64 MiB every connection had when the size came
+/// from the default publisher window (twice 32 MiB); such connections never come near it.
+pub(super) const UNWINDOWED_WRITE_BUFFER: usize = 64 * 1024 * 1024;
+
+/// amiquip stops taking writes from channels while more than `write_buffer` bytes wait for
+/// the socket. A publisher asks for twice its in-flight byte window
+/// ([`super::PublisherOptions::write_buffer`]), so `publish` never stalls inside amiquip
+/// (where no signal or deadline could reach it), even while a broker alarm stops the socket
+/// from draining.
+fn tuning(write_buffer: usize) -> ConnectionTuning {
+    ConnectionTuning::default().buffered_writes_high_water(write_buffer)
+}
+
+/// The TLS set-up an endpoint needs: none for amqp://; for amqps://, the system's roots
+/// (plus `--ca-cert`'s when given). Either way the connection runs over our own TCP stream
+/// (see [`open_stream`]).
+fn tls_for(ep: &Endpoint) -> Result<Option<native_tls::TlsConnector>> {
+    if ep.url.starts_with("amqps:") { tls_connector(ep).map(Some) } else { Ok(None) }
 }
 
 /// The TLS set-up for amqps://: the system's roots, plus the CA certificate(s) of
@@ -121,10 +145,13 @@ fn tls_connector(ep: &Endpoint) -> Result<native_tls::TlsConnector> {
 ///
 /// The TCP connect is ours, blocking in the kernel with a deadline
 /// (`TcpStream::connect_timeout`): an address that never answers costs no CPU and is reported
-/// as "could not connect within --connect-timeout", not as a lost connection. TCP_NODELAY is
-/// set because amiquip leaves Nagle's algorithm on, which holds a lone small frame back until
-/// the peer's delayed ACK (~40 ms per request/reply round trip).
-fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<Connection> {
+/// as "could not connect within --connect-timeout", not as a lost connection. The stream has
+/// TCP_NODELAY (see [`tcp_connect`]).
+fn open_stream(
+    ep: &Endpoint,
+    tls: Option<native_tls::TlsConnector>,
+    write_buffer: usize,
+) -> Result<Connection> {
     let deadline = Instant::now() + ep.timeout;
     let url = Url::parse(&ep.url).map_err(|e| fatal(format!("--url {}: {e}", ep.masked())))?;
     let host = url.host_str().unwrap_or("localhost").to_string();
@@ -144,7 +171,7 @@ fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<C
         if left.is_zero() {
             break;
         }
-        let stream = match std::net::TcpStream::connect_timeout(&addr, left) {
+        let stream = match tcp_connect(&addr, left) {
             Ok(stream) => stream,
             Err(e) => {
                 last = Some(connect_failed(&e, ep));
@@ -153,9 +180,7 @@ fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<C
         };
         let left = deadline.saturating_duration_since(Instant::now()).max(MIN_HANDSHAKE);
         let options = options_from_url(&url, left);
-        let attempt = stream
-            .set_nodelay(true)
-            .and_then(|()| mio::net::TcpStream::from_stream(stream))
+        let attempt = mio::net::TcpStream::from_stream(stream)
             .map_err(|e| connect_failed(&e, ep))
             .and_then(|stream| {
                 match &tls {
@@ -164,9 +189,9 @@ fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<C
                         &host,
                         stream,
                         options,
-                        tuning(),
+                        tuning(write_buffer),
                     ),
-                    None => Connection::insecure_open_stream(stream, options, tuning()),
+                    None => Connection::insecure_open_stream(stream, options, tuning(write_buffer)),
                 }
                 .map_err(|e| explain(e, ep, "connecting"))
             });
@@ -177,6 +202,16 @@ fn open_stream(ep: &Endpoint, tls: Option<native_tls::TlsConnector>) -> Result<C
     }
     Err(last
         .unwrap_or_else(|| connect_failed(&std::io::Error::from(std::io::ErrorKind::TimedOut), ep)))
+}
+
+/// Connect a TCP stream to `addr` within `timeout`, with TCP_NODELAY: amiquip leaves Nagle's
+/// algorithm on, which holds a lone small frame back until the peer's delayed ACK (~40 ms
+/// per request/reply round trip). Every connection gets it: amqp://, and amqps:// with or
+/// without --ca-cert.
+fn tcp_connect(addr: &SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(addr, timeout)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// The least time the AMQP handshake gets after a slow TCP connect.
@@ -200,9 +235,7 @@ fn options_from_url(url: &Url, timeout: Duration) -> ConnectionOptions<Auth> {
     }
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
-            "heartbeat" => {
-                options = options.heartbeat(v.parse().unwrap_or(super::DEFAULT_HEARTBEAT_SECS))
-            }
+            "heartbeat" => options = options.heartbeat(v.parse().unwrap_or(DEFAULT_HEARTBEAT_SECS)),
             "channel_max" => {
                 if let Ok(n) = v.parse() {
                     options = options.channel_max(n);
@@ -218,4 +251,40 @@ fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()
         .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::PublisherOptions;
+
+    fn ep(url: &str) -> Endpoint {
+        Endpoint::parse(url, None, Duration::from_secs(1)).expect("valid url")
+    }
+
+    #[test]
+    fn every_scheme_goes_over_our_own_stream_with_tls_only_for_amqps() {
+        assert!(tls_for(&ep("amqp://localhost/%2f")).expect("no TLS").is_none());
+        // Without --ca-cert: the system's roots, over our stream (TCP_NODELAY, our deadline).
+        assert!(tls_for(&ep("amqps://localhost/%2f")).expect("system roots").is_some());
+    }
+
+    #[test]
+    fn our_tcp_streams_have_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stream = tcp_connect(&addr, Duration::from_secs(5)).expect("connect");
+        assert!(stream.nodelay().expect("nodelay"));
+    }
+
+    #[test]
+    fn the_write_buffer_is_twice_the_publisher_window_and_unchanged_without_one() {
+        let options = PublisherOptions {
+            window: 1,
+            window_bytes: 32 * 1024 * 1024,
+            confirm_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(options.write_buffer(), 64 * 1024 * 1024);
+        assert_eq!(UNWINDOWED_WRITE_BUFFER, 64 * 1024 * 1024);
+    }
 }

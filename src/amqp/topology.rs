@@ -1,6 +1,7 @@
 //! Queue declaration: durable, with no arguments unless options ask for them.
 
-use super::{Endpoint, explain, fatal, lost};
+use super::endpoint::Endpoint;
+use super::error::{explain, fatal, lost};
 use amiquip::{
     AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
 };
