@@ -14,16 +14,14 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// An output file opened for appending, and what is already in it.
-pub struct Appended {
+pub(crate) struct Appended {
     /// The file, positioned at its end (a line break already added if its last line had
     /// none, so appended rows never join it).
     pub file: File,
-    /// It already held data.
-    pub non_empty: bool,
 }
 
 /// Open `path` for appending (created if missing).
-pub fn append(path: &Path) -> Result<Appended> {
+pub(crate) fn append(path: &Path) -> Result<Appended> {
     let mut file =
         OpenOptions::new().create(true).append(true).read(true).open(path).wrap_err_with(|| {
             format!("cannot open output file {}; check the --output path", path.display())
@@ -39,11 +37,11 @@ pub fn append(path: &Path) -> Result<Appended> {
                 .wrap_err_with(|| format!("cannot write output file {}", path.display()))?;
         }
     }
-    Ok(Appended { file, non_empty: len > 0 })
+    Ok(Appended { file })
 }
 
 /// CSV rows under fixed columns.
-pub struct CsvOut {
+pub(crate) struct CsvOut {
     w: csv::Writer<Box<dyn Write + Send>>,
     /// The columns, once known, and each one's position.
     columns: Option<(Vec<String>, HashMap<String, usize>)>,
@@ -56,7 +54,7 @@ pub struct CsvOut {
 impl CsvOut {
     /// Rows into `w`. `existing`: the file appended to, whose first line (when it has one)
     /// fixes the columns: its header, or with `header` false its width (columns "0", "1", ...).
-    pub fn new(
+    pub(crate) fn new(
         w: Box<dyn Write + Send>,
         existing: Option<&Path>,
         delimiter: u8,
@@ -93,7 +91,7 @@ impl CsvOut {
     }
 
     /// Why these rows cannot be written under the columns (a column they lack), if so.
-    pub fn misfit(&self, rows: &[Map<String, Value>]) -> Option<String> {
+    pub(crate) fn misfit(&self, rows: &[Map<String, Value>]) -> Option<String> {
         let (cols, index) = self.columns.as_ref()?;
         let key = rows.iter().flat_map(|r| r.keys()).find(|k| !index.contains_key(*k))?;
         let shown: Vec<&str> = cols.iter().take(8).map(String::as_str).collect();
@@ -108,7 +106,7 @@ impl CsvOut {
 
     /// Write rows (checked with [`CsvOut::misfit`]); the first message fixes the columns when
     /// nothing did: every column any of its rows has, in order of appearance.
-    pub fn write(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
+    pub(crate) fn write(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
         let (cols, index) = self.columns.get_or_insert_with(|| {
             let mut cols: Vec<String> = Vec::new();
             for k in rows.iter().flat_map(|r| r.keys()) {
@@ -139,7 +137,7 @@ impl CsvOut {
     }
 
     /// Flush to the underlying writer.
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
         self.w.flush()
     }
 }

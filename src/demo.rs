@@ -23,7 +23,7 @@ macro_rules! sample {
 }
 
 /// The examples/data set (minus its generator), as relative path and bytes.
-pub const SAMPLES: &[(&str, &[u8])] = &[
+pub(crate) const SAMPLES: &[(&str, &[u8])] = &[
     sample!("tabular_data.csv"),
     sample!("images/cat_like.jpg"),
     sample!("images/gradient.png"),
@@ -61,7 +61,7 @@ struct Row {
 
 /// What the demo found: its report (the table and what to do next) and whether every kind
 /// verified.
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The lines to show.
     pub text: String,
     /// Every kind arrived intact.
@@ -69,7 +69,7 @@ pub struct Verdict {
 }
 
 /// Run the demo on every kind.
-pub fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<Verdict> {
+pub(crate) fn run(global: &Global, stop: &Arc<AtomicBool>) -> Result<Verdict> {
     // A refused connection already says how to start a broker.
     let (mut session, _) = Session::open_first(&global.endpoints)?;
     let tmp = tempfile::Builder::new()

@@ -6,25 +6,27 @@
 //! [`csv_input`] / [`csv_output`] (CSV files as they really are),
 //! [`sink`] (files) and [`output`] (what people see on stderr).
 
+#![warn(unreachable_pub)]
+
 pub mod amqp;
-pub mod child;
+pub(crate) mod child;
 pub mod cli;
 pub mod codec;
 pub mod config;
-pub mod consume;
+pub(crate) mod consume;
 pub mod csv_input;
-pub mod csv_output;
-pub mod demo;
+pub(crate) mod csv_output;
+pub(crate) mod demo;
 mod files;
-pub mod output;
-pub mod produce;
-pub mod request;
-pub mod results_db;
-pub mod signals;
-pub mod sink;
-pub mod stage;
-pub mod stdout;
-pub mod workers;
+pub(crate) mod output;
+pub(crate) mod produce;
+pub(crate) mod request;
+pub(crate) mod results_db;
+pub(crate) mod signals;
+pub(crate) mod sink;
+pub(crate) mod stage;
+pub(crate) mod stdout;
+pub(crate) mod workers;
 
 use color_eyre::eyre::{Report, Result};
 use config::{Action, Config, UsageError};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// The run's voice on stderr: a progress bar (hidden when quiet or not a terminal) and
 /// warnings printed above it.
 #[derive(Clone)]
-pub struct Reporter {
+pub(crate) struct Reporter {
     bar: ProgressBar,
     /// When the status text was last set (updates are throttled).
     last_status: Cell<Option<Instant>>,
@@ -18,7 +18,7 @@ pub struct Reporter {
 
 /// What the progress bar counts.
 #[derive(Debug, Clone, Copy)]
-pub enum Progress {
+pub(crate) enum Progress {
     /// Bytes of an input file (length known).
     Bytes(u64),
     /// Items (files) with a known total.
@@ -29,7 +29,7 @@ pub enum Progress {
 
 impl Reporter {
     /// A reporter whose bar is drawn only when `show` and stderr is a terminal.
-    pub fn new(show: bool, progress: Progress, what: &str) -> Reporter {
+    pub(crate) fn new(show: bool, progress: Progress, what: &str) -> Reporter {
         if !show || !std::io::stderr().is_terminal() {
             return Reporter::hidden();
         }
@@ -54,23 +54,23 @@ impl Reporter {
     }
 
     /// A reporter that draws nothing (warnings still print).
-    pub fn hidden() -> Reporter {
+    pub(crate) fn hidden() -> Reporter {
         Reporter { bar: ProgressBar::hidden(), last_status: Cell::new(None) }
     }
 
     /// Set the bar's position (bytes read or items done).
-    pub fn set_position(&self, pos: u64) {
+    pub(crate) fn set_position(&self, pos: u64) {
         self.bar.set_position(pos);
     }
 
     /// Advance the bar.
-    pub fn inc(&self, n: u64) {
+    pub(crate) fn inc(&self, n: u64) {
         self.bar.inc(n);
     }
 
     /// Show a status such as "1234 msgs (2.1 MiB) confirmed"; `msg` is only called when
     /// the bar is visible and the last update is over 100 ms old.
-    pub fn status(&self, msg: impl FnOnce() -> String) {
+    pub(crate) fn status(&self, msg: impl FnOnce() -> String) {
         if self.bar.is_hidden() {
             return;
         }
@@ -83,24 +83,24 @@ impl Reporter {
     }
 
     /// Show a state change ("blocked by broker") on the bar at once.
-    pub fn status_now(&self, msg: String) {
+    pub(crate) fn status_now(&self, msg: String) {
         self.last_status.set(Some(Instant::now()));
         self.bar.set_message(msg);
     }
 
     /// Print a warning line above the bar.
-    pub fn warn(&self, msg: &str) {
+    pub(crate) fn warn(&self, msg: &str) {
         self.bar.suspend(|| eprintln!("mqdemo: {msg}"));
     }
 
     /// Remove the bar.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }
 
 /// Show reconnects, broker blocks and queue-full back-off on stderr and the progress bar.
-pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
+pub(crate) fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
     move |event| match event {
         LinkEvent::Reconnecting { attempt, reason, delay } => {
             reporter.warn(&format!(
@@ -138,7 +138,7 @@ pub fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
 
 /// How a run (produce, consume, pipe, serve, request) ended: the summary always, and the
 /// error that stopped it early (connection lost, confirm timeout, ...), if any.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Counts for the summary line.
     pub summary: Summary,
     /// What stopped the run early, if anything.
@@ -147,7 +147,7 @@ pub struct Outcome {
 
 /// The one-line summary every run ends with.
 #[derive(Debug, Clone, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// "produced" / "consumed".
     pub verb: &'static str,
     /// Messages confirmed (producers) or handled (consumers).
@@ -168,12 +168,12 @@ pub struct Summary {
 
 impl Summary {
     /// Messages per second.
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         per_sec(self.messages as f64, self.elapsed)
     }
 
     /// The summary line.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let extra = if self.extra.is_empty() { String::new() } else { format!("{}; ", self.extra) };
         let failed_to = match &self.failed_to {
             Some(to) if self.failed > 0 => format!(" ({to})"),
@@ -195,7 +195,7 @@ impl Summary {
     }
 
     /// True when nothing was skipped or failed.
-    pub fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.skipped == 0 && self.failed == 0
     }
 }
@@ -206,7 +206,7 @@ fn per_sec(n: f64, d: Duration) -> f64 {
 }
 
 /// 1536 -> "1.5 KiB".
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;

@@ -14,7 +14,7 @@ use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub use crate::output::Outcome;
+pub(crate) use crate::output::Outcome;
 
 /// A request in flight.
 struct Pending {
@@ -24,7 +24,7 @@ struct Pending {
 }
 
 /// Send every row, collect every reply (or its timeout).
-pub fn run(
+pub(crate) fn run(
     global: &Global,
     cfg: &RequestConfig,
     stop: &AtomicBool,

@@ -9,7 +9,7 @@ mod schema;
 
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use rusqlite::{Connection, params_from_iter, types::Value as Sql};
-pub use schema::check_table_name;
+pub(crate) use schema::check_table_name;
 use schema::{quote, refusal, refuse_row, to_sql};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -17,30 +17,30 @@ use std::path::Path;
 /// The primary-key column: the AMQP message id (`ID#N` for row N of a batch message; see
 /// [`row_key`]), or
 /// [`NO_ID_PREFIX`] and a fresh unique id for a row of a delivery without one.
-pub const ID_COLUMN: &str = "message_id";
+pub(crate) const ID_COLUMN: &str = "message_id";
 
 /// How the keys of rows from a delivery without a message id begin (then 32 fresh hex
 /// digits): such a delivery is never merged with another, however alike their bodies are.
-pub const NO_ID_PREFIX: &str = "noid-";
+pub(crate) const NO_ID_PREFIX: &str = "noid-";
 
 /// SQLite's limit on the columns of a table, [`ID_COLUMN`] included (`SQLITE_MAX_COLUMN` of
 /// the bundled SQLite).
-pub const MAX_COLUMNS: usize = 2000;
+pub(crate) const MAX_COLUMNS: usize = 2000;
 
 /// New columns one message may add: half of SQLite's limit, so one stray message (a JSON
 /// object of word counts, say) cannot use up the table, while a wide data set (784 pixels
 /// and a label) still creates all its columns with its first row.
-pub const MAX_NEW_COLUMNS: usize = 1000;
+pub(crate) const MAX_NEW_COLUMNS: usize = 1000;
 
 /// Longest key stored as a column name, in bytes: SQLite re-parses the table's whole
 /// schema on every `ALTER TABLE`, so a few megabyte-long keys would slow every later
 /// message (and every open) to a crawl.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 
 /// The primary key of a stored row: the message id, with `#N` appended for row N of a batch
 /// message. A `#` inside the id is doubled, so a batch's row keys never equal another
 /// message's id (`b#1` is row 1 of batch `b`; the message `b#1` is stored as `b##1`).
-pub fn row_key(message_id: &str, batch_row: Option<usize>) -> String {
+pub(crate) fn row_key(message_id: &str, batch_row: Option<usize>) -> String {
     let id = message_id.replace('#', "##");
     match batch_row {
         Some(n) => format!("{id}#{n}"),
@@ -50,7 +50,7 @@ pub fn row_key(message_id: &str, batch_row: Option<usize>) -> String {
 
 /// What became of one message's rows.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// Stored; the number of rows inserted (0: all were there already, a redelivery).
     Rows(u64),
     /// This message cannot be stored (the reason); nothing of it was kept.
@@ -58,7 +58,7 @@ pub enum Stored {
 }
 
 /// An open results table.
-pub struct ResultsDb {
+pub(crate) struct ResultsDb {
     conn: Connection,
     table: String,
     /// Columns in table order (lowercased for lookups: SQLite names are case-insensitive).
@@ -68,7 +68,7 @@ pub struct ResultsDb {
 
 impl ResultsDb {
     /// Open (creating if needed) `path` and the table `table` in it.
-    pub fn open(path: &Path, table: &str) -> Result<ResultsDb> {
+    pub(crate) fn open(path: &Path, table: &str) -> Result<ResultsDb> {
         if let Some(why) = check_table_name(table) {
             bail!(why);
         }
@@ -119,7 +119,7 @@ impl ResultsDb {
     /// hold (NUL), one that clashes with the id column or, in letter case only, with another
     /// key of its row; more new columns than [`MAX_NEW_COLUMNS`], or more than SQLite's
     /// [`MAX_COLUMNS`] in all.
-    pub fn refuse(&self, rows: &[Map<String, Value>]) -> Option<String> {
+    pub(crate) fn refuse(&self, rows: &[Map<String, Value>]) -> Option<String> {
         let mut new = std::collections::HashSet::new();
         for row in rows {
             if let Some(why) = refuse_row(row) {
@@ -153,7 +153,7 @@ impl ResultsDb {
     /// batch's transaction, under a savepoint that is rolled back (new columns included)
     /// when any row fails. A key already in the table is a redelivery and is skipped.
     /// Call [`ResultsDb::refuse`] first.
-    pub fn store(&mut self, rows: &[(String, &Map<String, Value>)]) -> Result<Stored> {
+    pub(crate) fn store(&mut self, rows: &[(String, &Map<String, Value>)]) -> Result<Stored> {
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
             self.in_transaction = true;
@@ -215,7 +215,7 @@ impl ResultsDb {
     }
 
     /// Make everything inserted so far durable.
-    pub fn commit(&mut self) -> Result<()> {
+    pub(crate) fn commit(&mut self) -> Result<()> {
         if !self.in_transaction {
             return Ok(());
         }

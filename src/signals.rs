@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Install the handlers; the flag turns true on the first signal.
-pub fn install() -> Result<Arc<AtomicBool>> {
+pub(crate) fn install() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).wrap_err("cannot install signal handlers")?;
@@ -30,7 +30,7 @@ pub fn install() -> Result<Arc<AtomicBool>> {
 }
 
 /// Sleep for `d`, waking early when `stop` is set; false if it was.
-pub fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     let until = Instant::now() + d;
     loop {
         if stop.load(Ordering::SeqCst) {

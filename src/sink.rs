@@ -21,14 +21,14 @@
 
 mod compare;
 mod dir;
-pub mod lines;
+pub(crate) mod lines;
 mod path;
 mod place;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use compare::Content;
 use dir::Dir;
-pub use path::{AltTags, MAX_COUNTER, candidates, safe_relative_path};
+pub(crate) use path::{AltTags, MAX_COUNTER, candidates, safe_relative_path};
 use place::{
     Choice, Source, Target, free_name, no_name, place_first, sync_dirs, target_path, write_temp,
 };
@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Prefix of temporary files (hidden, never a final name).
-pub const TEMP_PREFIX: &str = ".mqdemo-tmp.";
+pub(crate) const TEMP_PREFIX: &str = ".mqdemo-tmp.";
 /// Most files in one uncommitted group (each holds an open file descriptor).
 const GROUP_FILES: usize = 64;
 /// Most bytes in one uncommitted group.
@@ -47,7 +47,7 @@ const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What happened to a stored file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// Written under the wanted name.
     Written(PathBuf),
     /// A file with the same content was already there: nothing written.
@@ -63,7 +63,7 @@ pub enum Stored {
 
 /// What [`DirSink::store`] did with a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Queued {
+pub(crate) enum Queued {
     /// Written to a temporary file; the next [`DirSink::sync`] links it into place.
     Pending,
     /// A file with this content is already there (at this path): nothing to write.
@@ -74,7 +74,7 @@ pub enum Queued {
 }
 
 /// A directory that received files are written into.
-pub struct DirSink {
+pub(crate) struct DirSink {
     root: Arc<Dir>,
     /// Directories whose entries changed since the last `sync`.
     dirty_dirs: Dirty,
@@ -107,7 +107,7 @@ impl Drop for Pending {
 
 impl DirSink {
     /// Create `root` if needed.
-    pub fn new(root: &Path) -> Result<DirSink> {
+    pub(crate) fn new(root: &Path) -> Result<DirSink> {
         let cannot = || {
             format!(
                 "cannot create output directory {}; check the path and permissions",
@@ -126,7 +126,7 @@ impl DirSink {
     }
 
     /// The output directory.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.root.path()
     }
 
@@ -135,7 +135,7 @@ impl DirSink {
     /// hold it (see [`Queued`]), it is written to a temporary file now and linked into place
     /// by the next [`DirSink::sync`], which reports what became of it. `tags` make the
     /// alternative names used when the wanted one holds other content.
-    pub fn store(
+    pub(crate) fn store(
         &mut self,
         rel: Option<&Path>,
         fallback: &str,
@@ -156,7 +156,7 @@ impl DirSink {
     }
 
     /// Forget the file queued last (its content turned out to be bad): it is never linked.
-    pub fn discard_last(&mut self) {
+    pub(crate) fn discard_last(&mut self) {
         if let Some(p) = self.group.pop() {
             let len = p.file.metadata().map_or(0, |m| m.len());
             self.group_bytes = self.group_bytes.saturating_sub(len);
@@ -165,14 +165,14 @@ impl DirSink {
     }
 
     /// Whether the uncommitted group is full: the caller should [`DirSink::sync`] now.
-    pub fn group_full(&self) -> bool {
+    pub(crate) fn group_full(&self) -> bool {
         self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES
     }
 
     /// Make everything stored so far durable and in place: wait for the data of every
     /// queued file, link each into place (in the order stored) and fsync the changed
     /// directories. Returns what became of each queued file, in order.
-    pub fn sync(&mut self) -> Result<Vec<Stored>> {
+    pub(crate) fn sync(&mut self) -> Result<Vec<Stored>> {
         let group = std::mem::take(&mut self.group);
         self.group_bytes = 0;
         self.reserved.clear();

@@ -26,7 +26,7 @@ const REPLY_LABEL: &str = "reply to ";
 /// Reply queues `serve` always answers to: direct reply-to and server-named queues.
 const REPLY_QUEUE_PREFIXES: [&str; 2] = ["amq.rabbitmq.reply-to", "amq.gen-"];
 
-pub use crate::output::Outcome;
+pub(crate) use crate::output::Outcome;
 
 /// What one worker did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,7 +42,7 @@ struct Counts {
 }
 
 /// Run `pipe` or `serve` until --count, --idle-timeout or a signal.
-pub fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
+pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
     let arrow = match &cfg.output {
         StageOutput::Queue(q) => format!("{} → {}", cfg.input.name, q.name),
         StageOutput::Replies { .. } => format!("serving {}", cfg.input.name),

@@ -22,7 +22,7 @@ const POLL: Timespec = Timespec { tv_sec: 0, tv_nsec: 2_000_000 };
 const GRACE_AFTER_STOP: Duration = Duration::from_secs(2);
 
 /// A writer whose `flush` waits, on a pipe, until the reader has read everything written.
-pub struct Handoff<W: Write + AsFd> {
+pub(crate) struct Handoff<W: Write + AsFd> {
     inner: W,
     pipe: bool,
     stop: Arc<AtomicBool>,
@@ -31,7 +31,7 @@ pub struct Handoff<W: Write + AsFd> {
 impl<W: Write + AsFd> Handoff<W> {
     /// Wrap `inner`; the wait applies only when it is a pipe (FIFO). `stop` (a signal) ends a
     /// wait for a reader that no longer reads, after a short grace.
-    pub fn new(inner: W, stop: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: W, stop: Arc<AtomicBool>) -> Self {
         let pipe = rustix::fs::fstat(inner.as_fd())
             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo);
         Handoff { inner, pipe, stop }

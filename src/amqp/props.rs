@@ -86,7 +86,7 @@ fn as_received(props: &AmqpProperties, msg: &Message) -> AmqpProperties {
 }
 
 /// The header a kept copy's original `expiration` moves to.
-pub const ORIGINAL_EXPIRATION: &str = "x-mqdemo-original-expiration";
+pub(super) const ORIGINAL_EXPIRATION: &str = "x-mqdemo-original-expiration";
 
 fn field_value(v: &HeaderValue) -> AmqpValue {
     match v {

@@ -52,7 +52,7 @@ pub enum LinkEvent {
 
 /// `d` scaled by a pseudo-random factor in [0.5, 1.5), so many clients do not reconnect in
 /// lock step.
-pub fn jitter(d: Duration) -> Duration {
+pub(super) fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
     let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
     d.mul_f64(0.5 + mixed as f64 / 1024.0)
@@ -60,7 +60,7 @@ pub fn jitter(d: Duration) -> Duration {
 
 /// Try `connect` on the endpoints in turn, starting after `*current`, until it succeeds,
 /// a non-retryable error comes, `stop` is set, or `retry.retry_for` has passed since `lost`.
-pub fn reconnect<T>(
+pub(super) fn reconnect<T>(
     endpoints: &[Endpoint],
     current: &mut usize,
     retry: Retry,

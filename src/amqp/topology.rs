@@ -8,7 +8,7 @@ use amiquip::{
 use color_eyre::eyre::{Report, Result};
 
 /// Exchange that dead-lettered messages go through (direct, durable).
-pub const DEAD_LETTER_EXCHANGE: &str = "mqdemo.dead-letter";
+pub(super) const DEAD_LETTER_EXCHANGE: &str = "mqdemo.dead-letter";
 
 /// Queue type (`x-queue-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ pub(super) const SECRET_ENV: [&str; 2] = ["AMQP_URL", "AMQP_URL_FILE"];
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 /// SIGKILL every running model's process group (for an immediate exit).
-pub fn kill_all() {
+pub(crate) fn kill_all() {
     let groups = GROUPS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for &g in groups.iter() {
         if let Some(pid) = rustix::process::Pid::from_raw(g) {

@@ -21,9 +21,9 @@ mod tests;
 mod types;
 mod waiting;
 
-pub use group::kill_all;
+pub(crate) use group::kill_all;
 use group::{SECRET_ENV, exited_within, kill_group, register};
-pub use types::{Answer, Blame, ChildOptions, Failure, Framing};
+pub(crate) use types::{Answer, Blame, ChildOptions, Failure, Framing};
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
@@ -35,11 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use pipes::STOP_GRACE;
+pub(crate) use pipes::STOP_GRACE;
 
 /// Longest wait, after an answer, for the model to be back waiting for its next input
 /// before the answer is taken as final anyway.
-pub const SETTLE_CAP: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE_CAP: Duration = Duration::from_secs(1);
 
 struct Running {
     process: Child,
@@ -67,7 +67,7 @@ impl Running {
 }
 
 /// A model child, started on first use and after each failure.
-pub struct ModelChild {
+pub(crate) struct ModelChild {
     command: String,
     options: ChildOptions,
     stop: Arc<AtomicBool>,
@@ -88,7 +88,7 @@ pub struct ModelChild {
 impl ModelChild {
     /// A child for `command` (nothing runs until the first [`ModelChild::call`]); `stop`
     /// turns true on a stop signal.
-    pub fn new(command: &str, options: ChildOptions, stop: Arc<AtomicBool>) -> ModelChild {
+    pub(crate) fn new(command: &str, options: ChildOptions, stop: Arc<AtomicBool>) -> ModelChild {
         ModelChild {
             command: command.to_string(),
             options,
@@ -103,7 +103,7 @@ impl ModelChild {
     }
 
     /// Start the child now, so a command that cannot start fails the run before any message.
-    pub fn start(&mut self) -> Result<()> {
+    pub(crate) fn start(&mut self) -> Result<()> {
         if self.running.is_none() {
             self.running = Some(self.spawn()?);
         }
@@ -162,7 +162,7 @@ impl ModelChild {
     }
 
     /// Hand `body` to the child and wait for its answer.
-    pub fn call(&mut self, body: &[u8]) -> Result<Answer, Failure> {
+    pub(crate) fn call(&mut self, body: &[u8]) -> Result<Answer, Failure> {
         let line;
         let len;
         let parts: [&[u8]; 2] = match self.options.framing {
@@ -339,7 +339,7 @@ impl ModelChild {
     /// Between messages: a model that ended by itself before it ever answered cannot start
     /// (the run stops now rather than wait for a message to fail on); one that ended after
     /// answering is started again when the next message comes.
-    pub fn check_alive(&mut self) -> Result<(), Failure> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), Failure> {
         let exited =
             self.running.as_ref().is_some_and(|r| exited_within(&r.process, Duration::ZERO));
         if exited && !self.ever_answered {
@@ -351,7 +351,7 @@ impl ModelChild {
     }
 
     /// Close the child's stdin and wait for it to end (killed past [`EXIT_GRACE`]).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.end_running(Some(EXIT_GRACE));
     }
 

@@ -241,7 +241,7 @@ pub(super) enum Expired {
 }
 
 /// How long a model may go on with the message in hand after a stop signal.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest single wait, so a stop signal is seen promptly.
 const SLICE: Duration = Duration::from_millis(50);
 

@@ -12,7 +12,7 @@ impl ModelChild {
     /// process tree running or asleep on a timer, so nothing more can come for that input
     /// until it is given another; output meanwhile fails it (the answer was not the whole
     /// of it). Where /proc cannot tell, only the output already there is checked.
-    pub fn settled(&mut self, cap: Duration) -> Result<(), Failure> {
+    pub(crate) fn settled(&mut self, cap: Duration) -> Result<(), Failure> {
         if self.settle_timeouts >= SETTLE_GIVE_UP {
             return self.quiet();
         }
@@ -68,7 +68,7 @@ impl ModelChild {
     /// Check that the child has said nothing since its last answer; else it fails (the
     /// output belongs to no input) and is stopped. Called before each request, and before
     /// the last answer is published.
-    pub fn quiet(&mut self) -> Result<(), Failure> {
+    pub(crate) fn quiet(&mut self) -> Result<(), Failure> {
         let Some(run) = self.running.as_mut() else { return Ok(()) };
         let extra = match run.events.try_recv() {
             Ok(_) => true,

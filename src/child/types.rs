@@ -13,7 +13,7 @@ pub enum Framing {
 
 /// What the child answered.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Publish these bytes.
     Output(Vec<u8>),
     /// An empty answer: nothing to publish for this message.
@@ -22,7 +22,7 @@ pub enum Answer {
 
 /// Whom a failure is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
+pub(crate) enum Blame {
     /// The message in hand fails (to the failed queue); the next one gets a new child.
     Message,
     /// The model cannot work at all (not found, dead or talking before it was asked):
@@ -34,7 +34,7 @@ pub enum Blame {
 
 /// Why a message failed in the child.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// For people and the `x-mqdemo-error` header.
     pub reason: String,
     /// What to do about it.

@@ -19,12 +19,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use crate::output::Outcome;
+pub(crate) use crate::output::Outcome;
 
 /// Run one consumer (with `--workers N`: N competing consumers on threads, each with its own
 /// connection, channel and prefetch, sharing one sink). `stdout` is where rows go when no
 /// --output file is given.
-pub fn run(
+pub(crate) fn run(
     global: &Global,
     cfg: &ConsumeConfig,
     stop: &Arc<AtomicBool>,
@@ -136,7 +136,7 @@ impl CountingHandler for SharedRows {
 
 /// What a handler saw.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Messages stored (or found already stored).
     pub messages: u64,
     /// Their body bytes.

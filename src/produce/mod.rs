@@ -29,10 +29,10 @@ mod tabular;
 #[cfg(test)]
 mod tests;
 
-pub use crate::output::Outcome;
+pub(crate) use crate::output::Outcome;
 
 /// Run one producer.
-pub fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
+pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
     let input = Input::open(cfg)?;
     let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue.name));
     let producer = Producer::open(

@@ -6,7 +6,7 @@ use rusqlite::types::Value as Sql;
 use serde_json::{Map, Value};
 
 /// Why a table name is refused, or None when it is a plain identifier.
-pub fn check_table_name(name: &str) -> Option<String> {
+pub(crate) fn check_table_name(name: &str) -> Option<String> {
     let mut chars = name.chars();
     let plain = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -35,12 +35,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Prefix of staging files (hidden, never a final name); the marks file adds `.marks`.
-pub const STAGING_PREFIX: &str = ".mqdemo-part.";
+pub(crate) const STAGING_PREFIX: &str = ".mqdemo-part.";
 /// Most staging files held open at once; the least recently used are synced and closed.
 const MAX_OPEN: usize = 128;
 
 /// One received line, for [`Assembly::add`].
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     /// The `source` header as sent ("" when there is none): part of the file's identity.
     pub source: &'a str,
     /// The sanitised `source`, when safe.
@@ -61,7 +61,7 @@ pub struct Line<'a> {
 
 /// What became of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Added {
+pub(crate) enum Added {
     /// Written into its place; the file is not complete yet.
     Kept,
     /// Already there (or its file is already complete): nothing written.
@@ -74,7 +74,7 @@ pub enum Added {
 
 /// A file still waiting for lines, for the report at exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incomplete {
+pub(crate) struct Incomplete {
     /// Its `source` header.
     pub source: String,
     /// Lines stored.
@@ -86,7 +86,7 @@ pub struct Incomplete {
 }
 
 /// Line-by-line files being assembled in one output directory.
-pub struct Assembly {
+pub(crate) struct Assembly {
     root: Arc<Dir>,
     files: HashMap<String, Staged>,
     done: Recent,
@@ -126,7 +126,7 @@ struct Staged {
 
 impl Assembly {
     /// Assemble into `root` (which exists).
-    pub fn new(root: &Path) -> Result<Assembly> {
+    pub(crate) fn new(root: &Path) -> Result<Assembly> {
         let dir = Dir::open(root)
             .wrap_err_with(|| format!("cannot open output directory {}", root.display()))?;
         Ok(Assembly {
@@ -147,7 +147,7 @@ impl Assembly {
     /// [`Assembly::sync`]; a file's last line links the whole file into place before this
     /// returns (its directory is synced by the next [`Assembly::sync`]). Errors are the
     /// directory's (disk full, permissions), not the line's.
-    pub fn add(&mut self, l: &Line<'_>) -> Result<Added> {
+    pub(crate) fn add(&mut self, l: &Line<'_>) -> Result<Added> {
         let key = staging_key(l.source, &l.file.sha256);
         if self.done.contains(&key) {
             return Ok(Added::Duplicate);
@@ -261,7 +261,7 @@ impl Assembly {
 
     /// Make every line added so far durable: sync the staging data, then mark the lines,
     /// sync the marks and the directories; then remove the staging files of complete files.
-    pub fn sync(&mut self) -> Result<()> {
+    pub(crate) fn sync(&mut self) -> Result<()> {
         let mut created = false;
         for s in self.files.values_mut() {
             created |= s.sync()?;
@@ -289,7 +289,7 @@ impl Assembly {
     }
 
     /// Files still waiting for lines.
-    pub fn incomplete(&self) -> Vec<Incomplete> {
+    pub(crate) fn incomplete(&self) -> Vec<Incomplete> {
         let mut v: Vec<Incomplete> = self
             .files
             .values()

@@ -9,13 +9,13 @@ const MAX_COMPONENT: usize = 200;
 const MAX_DEPTH: usize = 16;
 
 /// Highest counter of an alternative name (`name.TAG.N.ext`, N from 2).
-pub const MAX_COUNTER: u32 = 100;
+pub(crate) const MAX_COUNTER: u32 = 100;
 
 /// Turn a sender-supplied `source` into a relative path, or None when any part of it is
 /// unsafe: absolute, `..`, `.`, empty components, NUL/control characters, format characters
 /// (bidirectional overrides, zero-width characters), backslashes, colons, Windows device
 /// names, trailing dots or spaces, hidden names, over-long names.
-pub fn safe_relative_path(source: &str) -> Option<PathBuf> {
+pub(crate) fn safe_relative_path(source: &str) -> Option<PathBuf> {
     if source.is_empty() || source.starts_with('/') {
         return None;
     }
@@ -103,7 +103,10 @@ impl AltTags {
 
 /// Every name a file wanted at `target` may take, in order: `target`, `name.SHORT.ext`,
 /// `name.FULL.ext` (when FULL is longer), then `name.SHORT.N.ext` for N in 2..=[`MAX_COUNTER`].
-pub fn candidates<'a>(target: &'a Path, tags: &'a AltTags) -> impl Iterator<Item = PathBuf> + 'a {
+pub(crate) fn candidates<'a>(
+    target: &'a Path,
+    tags: &'a AltTags,
+) -> impl Iterator<Item = PathBuf> + 'a {
     let full = (tags.full != tags.short).then(|| alternative_name(target, &tags.full));
     std::iter::once(target.to_path_buf())
         .chain(std::iter::once(alternative_name(target, &tags.short)))
