@@ -43,11 +43,7 @@ pub fn answer(
         headers,
         body,
         label,
-        route: Route {
-            routing_key: Some(to.to_string()),
-            correlation_id: d.correlation_id.clone(),
-            reply_to: None,
-        },
+        route: back_to(d, to),
         original: Original::default(),
     }
 }
@@ -64,12 +60,17 @@ pub fn error_reply(d: &Delivery, input_id: &str, reason: &str, to: &str, label: 
         headers,
         body: Vec::new(),
         label,
-        route: Route {
-            routing_key: Some(to.to_string()),
-            correlation_id: d.correlation_id.clone(),
-            reply_to: None,
-        },
+        route: back_to(d, to),
         original: Original::default(),
+    }
+}
+
+/// Addressed to queue `to`, with the input's correlation id (how a client matches a reply).
+fn back_to(d: &Delivery, to: &str) -> Route {
+    Route {
+        routing_key: Some(to.to_string()),
+        correlation_id: d.correlation_id.clone(),
+        reply_to: None,
     }
 }
 
