@@ -144,7 +144,7 @@ fn a_batch_that_decodes_beyond_the_bound_is_rejected_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("rows.csv");
     let bound = BOUND.to_string();
-    let child = mqdemo(&[
+    let (out_run, peak) = mqdemo(&[
         "-q",
         "consume",
         "tabular",
@@ -161,12 +161,8 @@ fn a_batch_that_decodes_beyond_the_bound_is_rejected_alone() {
         "--count",
         "2",
     ])
-    .spawn();
-    let peak = Peak::watch(child.id());
-    let crate::support::Output { status, stderr, .. } =
-        crate::support::wait(child, Duration::from_secs(120));
-    let code = status.code();
-    let peak = peak.total();
+    .run_peak(Duration::from_secs(120));
+    let (code, stderr) = (out_run.code(), out_run.stderr);
     eprintln!("peak {} MiB", peak / MIB);
     assert_eq!(code, Some(1), "the rejected batch fails the run; stderr:\n{stderr}");
     assert!(stderr.contains("; sending it to "), "named with the reason:\n{stderr}");
@@ -202,12 +198,9 @@ fn a_file_with_a_300_mb_line_is_skipped_without_the_line_being_held() {
     let dir = tempfile::tempdir().expect("tempdir");
     long_line_file(dir.path(), "long.txt", b"");
     let args = ["produce", "text", "--split", "line", "--queue", &q.name, "--directory"];
-    let child = mqdemo(&[&args[..], &[crate::support::s(dir.path())]].concat()).spawn();
-    let peak = Peak::watch(child.id());
-    let crate::support::Output { status, stderr, .. } =
-        crate::support::wait(child, Duration::from_secs(120));
-    let code = status.code();
-    let peak = peak.total();
+    let (out, peak) = mqdemo(&[&args[..], &[crate::support::s(dir.path())]].concat())
+        .run_peak(Duration::from_secs(120));
+    let (code, stderr) = (out.code(), out.stderr);
     eprintln!("peak {} MiB", peak / MIB);
     assert!(peak < 64 * MIB, "peak {} MiB reading a 300 MB line", peak / MIB);
     assert_eq!(code, Some(1), "a skipped file fails the run; stderr:\n{stderr}");

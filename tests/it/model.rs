@@ -5,7 +5,7 @@
 //! queues. Real broker, real binary, real child processes.
 
 use crate::stage_kit::{drain, header_int, header_str, pipe, publish_indexed, rows, shifted};
-use crate::support::{Peak, TestQueue, connect, mqdemo, wait, wait_until};
+use crate::support::{TestQueue, connect, mqdemo, wait, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -172,10 +172,8 @@ fn an_endless_answer_is_bounded_and_fails_the_input() {
     let failed = TestQueue::named(format!("{}.failed", from.name));
     publish_indexed(&from, &rows(1), None);
     let model = "read l; head -c 400000000 /dev/zero | tr '\\0' a; echo";
-    let child = pipe(&from, &to, model, &["--idle-timeout", "2"]).spawn();
-    let peak = Peak::watch(child.id());
-    let out = wait(child, Duration::from_secs(120));
-    let peak = peak.total();
+    let (out, peak) =
+        pipe(&from, &to, model, &["--idle-timeout", "2"]).run_peak(Duration::from_secs(120));
     assert!(peak < 250 << 20, "mqdemo peaked at {} MB:\n{}", peak >> 20, out.stderr);
     let failures = drain(&failed);
     assert_eq!(failures.len(), 1, "{}", out.stderr);
@@ -193,10 +191,8 @@ fn an_endless_stderr_line_is_cut() {
     let _failed = TestQueue::named(format!("{}.failed", from.name));
     publish_indexed(&from, &rows(1), None);
     let model = "read l; head -c 300000000 /dev/zero | tr '\\0' e >&2; echo >&2; echo \"$l\"";
-    let child = pipe(&from, &to, model, &["--idle-timeout", "2"]).spawn();
-    let peak = Peak::watch(child.id());
-    let out = wait(child, Duration::from_secs(120));
-    let peak = peak.total();
+    let (out, peak) =
+        pipe(&from, &to, model, &["--idle-timeout", "2"]).run_peak(Duration::from_secs(120));
     assert!(peak < 150 << 20, "mqdemo peaked at {} MB", peak >> 20);
     assert_eq!(out.code(), Some(0), "{}", &out.stderr[..out.stderr.len().min(2000)]);
     assert!(out.stderr.contains("more bytes cut"), "no cut line");

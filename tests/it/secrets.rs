@@ -325,24 +325,20 @@ fn syn_sent_to(port: u16) -> bool {
 
 const CPU_LIMIT: f64 = 0.2;
 
+/// A consumer of a queue that is never reached, given 4 s to connect to `url`.
+fn consume_within_4s(url: &str) -> crate::support::Watched {
+    let args = ["--url", url, "--connect-timeout", "4", "consume", "tabular"];
+    let mut args = args.to_vec();
+    args.extend(["--queue", "it-secrets-never", "--count", "1"]);
+    mqdemo(&args).watch()
+}
+
 #[test]
 fn dropped_packets_fail_within_the_connect_timeout_without_spinning() {
     let black = DroppingListener::start();
     let url = format!("amqp://guest:Qz1@127.0.0.1:{}/%2f", black.port);
     let started = Instant::now();
-    let run = mqdemo(&[
-        "--url",
-        &url,
-        "--connect-timeout",
-        "4",
-        "consume",
-        "tabular",
-        "--queue",
-        "it-secrets-never",
-        "--count",
-        "1",
-    ])
-    .watch();
+    let run = consume_within_4s(&url);
     wait_until(Duration::from_secs(3), "mqdemo's SYN waiting for an answer", || {
         syn_sent_to(black.port)
     });
@@ -372,19 +368,7 @@ fn silent_server_fails_within_the_connect_timeout_without_spinning() {
     let silent = SilentServer::start();
     let url = format!("amqps://guest:Qz1@127.0.0.1:{}/%2f", silent.port);
     for url in [url.replace("amqps", "amqp"), url] {
-        let run = mqdemo(&[
-            "--url",
-            &url,
-            "--connect-timeout",
-            "4",
-            "consume",
-            "tabular",
-            "--queue",
-            "it-secrets-never",
-            "--count",
-            "1",
-        ])
-        .watch();
+        let run = consume_within_4s(&url);
         let before = silent.accepted.load(Ordering::SeqCst);
         wait_until(Duration::from_secs(3), "mqdemo's connection", || {
             silent.accepted.load(Ordering::SeqCst) > before

@@ -57,6 +57,23 @@ pub fn rows(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("{{\"i\":{i}}}").into_bytes()).collect()
 }
 
+/// Assert that at most `allowed` answers went to the wrong input, showing the run if not.
+pub fn assert_shifted_at_most(
+    answers: &[amiquip::Delivery],
+    inputs: &[Vec<u8>],
+    allowed: usize,
+    out: &crate::support::Output,
+) {
+    let bad = shifted(answers, inputs);
+    assert!(
+        bad.len() <= allowed,
+        "{} answers published for the wrong input (exit {:?}): {bad:?}\n{}",
+        bad.len(),
+        out.code(),
+        out.stderr
+    );
+}
+
 /// Answers whose body is not their input's (the model echoes; the input is named by the
 /// inherited `k` header), as text.
 pub fn shifted(answers: &[amiquip::Delivery], inputs: &[Vec<u8>]) -> Vec<String> {

@@ -213,6 +213,14 @@ impl Mqdemo {
     pub fn run(self) -> Output {
         wait(self.spawn(), RUN_DEADLINE)
     }
+
+    /// Run to completion within `deadline`, with its peak resident memory in bytes.
+    pub fn run_peak(self, deadline: Duration) -> (Output, u64) {
+        let child = self.spawn();
+        let peak = Peak::watch(child.id());
+        let out = wait(child, deadline);
+        (out, peak.total())
+    }
 }
 
 /// Wait for a child with a deadline, collecting its output; kill it and fail on timeout.
