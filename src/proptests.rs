@@ -1,8 +1,9 @@
 //! Property tests (proptest) for the pure, security-relevant parts: `source` sanitising,
 //! file storing under the output root, lossless CSV field typing and the tabular round trip.
 
+use crate::codec::path::safe_relative_path;
 use crate::codec::tabular::{Encoder, Typed, csv_field, decode, type_value};
-use crate::sink::{AltTags, DirSink, Queued, Stored, TEMP_PREFIX, safe_relative_path};
+use crate::sink::{AltTags, DirSink, Queued, Stored, TEMP_PREFIX};
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Component, Path, PathBuf};

@@ -22,13 +22,12 @@
 mod compare;
 mod dir;
 pub(crate) mod lines;
-mod path;
 mod place;
 
+pub(crate) use crate::codec::path::{AltTags, MAX_COUNTER, candidates};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use compare::Content;
 use dir::Dir;
-pub(crate) use path::{AltTags, MAX_COUNTER, candidates, safe_relative_path};
 use place::{
     Choice, Source, Target, free_name, no_name, place_first, sync_dirs, target_path, write_temp,
 };

@@ -4,9 +4,9 @@
 //! SHA-256, with an extension from its content type), the tags of its alternative names,
 //! and, for a line, its place in its file. Pure: the consumer only stores what this says.
 
+use super::path::{AltTags, safe_relative_path};
 use super::text::{FileIdentity, LinePart};
 use super::{Delivery, extension_for, sha256_hex};
-use crate::sink::{AltTags, safe_relative_path};
 use std::path::{Path, PathBuf};
 
 /// Header: lowercase (or uppercase) hex SHA-256 of the body.

@@ -7,6 +7,7 @@ pub mod answer;
 pub mod failed;
 pub mod file;
 pub mod image;
+pub mod path;
 pub mod tabular;
 pub mod text;
 

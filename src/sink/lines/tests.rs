@@ -21,7 +21,7 @@ fn split(text: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
 }
 
 fn add(a: &mut Assembly, source: &str, file: &FileIdentity, l: &(u64, u64, Vec<u8>)) -> Added {
-    let rel = crate::sink::safe_relative_path(source);
+    let rel = crate::codec::path::safe_relative_path(source);
     let tags = AltTags::from_id(&file.sha256[..32]);
     let line = Line {
         source,
@@ -138,7 +138,7 @@ fn a_file_that_cannot_be_placed_is_placed_when_its_last_line_comes_again() {
         assert_eq!(add(&mut a, "d/x.txt", &f, &lines[0]), Added::Kept);
         assert_eq!(add(&mut a, "d/x.txt", &f, &lines[1]), Added::Kept);
         chattr("+i");
-        let rel = crate::sink::safe_relative_path("d/x.txt");
+        let rel = crate::codec::path::safe_relative_path("d/x.txt");
         let tags = AltTags::from_id(&f.sha256[..32]);
         let last = Line {
             source: "d/x.txt",

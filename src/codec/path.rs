@@ -1,5 +1,6 @@
-//! Names: the safe relative path made from a sender's `source` header, and the alternative
-//! names a file takes when the name it wants holds other content.
+//! File names, pure: the safe relative path made from a sender's `source` header, and the
+//! alternative names a file takes when the name it wants holds other content (the sink
+//! tries them in order).
 
 use std::path::{Component, Path, PathBuf};
 
