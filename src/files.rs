@@ -13,11 +13,11 @@ use crate::amqp::{Disposition, Handler};
 use crate::codec::file::{self, FileMessage, Names};
 use crate::codec::text::FileIdentity;
 use crate::codec::{Delivery, Kind, image, text};
-use crate::consume::{CountingHandler, Counts};
+use crate::consume::{CountingHandler, Counts, Tally};
 use crate::output::Reporter;
 use crate::sink::lines::{Added, Assembly, Line};
 use crate::sink::{DirSink, Queued, Stored};
-use crate::workers::SeenIds;
+
 use color_eyre::eyre::{Report, Result, eyre};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,9 +73,7 @@ struct FileHandler {
     sink: DirSink,
     lines: Arc<Mutex<Assembly>>,
     kind: Kind,
-    reporter: Reporter,
-    counts: Counts,
-    seen: SeenIds,
+    tally: Tally,
 }
 
 /// Bodies from this size on have their sha256 checked on a second thread while written.
@@ -92,9 +90,7 @@ impl FileHandler {
             sink: DirSink::new(dir)?,
             lines,
             kind,
-            reporter,
-            counts: Counts::default(),
-            seen: SeenIds::default(),
+            tally: Tally::new(Counts::default(), reporter),
         })
     }
 
@@ -102,7 +98,7 @@ impl FileHandler {
     fn warn_unsafe(&self, names: &Names) {
         if let Some(s) = &names.unsafe_source {
             let fallback = &names.fallback;
-            self.reporter.warn(&format!("unsafe source header {s:?}; writing {fallback} instead"));
+            self.tally.warn(&format!("unsafe source header {s:?}; writing {fallback} instead"));
         }
     }
 
@@ -117,37 +113,27 @@ impl FileHandler {
     }
 
     fn handled(&mut self, d: &Delivery) -> Disposition {
-        self.seen.insert(d);
-        self.counts.messages += 1;
-        self.counts.bytes += d.body.len() as u64;
-        self.reporter.status(|| self.counts.status());
-        Disposition::Ack
+        self.tally.stored(d, 0)
     }
 
     fn duplicate(&mut self, d: &Delivery) -> Disposition {
-        self.counts.duplicates += 1;
+        self.tally.counts.duplicates += 1;
         self.handled(d)
     }
 
-    /// This message cannot be stored: it fails, with the reason, and is counted.
-    fn reject(&mut self, why: &str) -> Disposition {
-        self.counts.rejected += 1;
-        Disposition::Reject(why.to_string())
-    }
-
     fn corrupt(&mut self) -> Disposition {
-        self.reject(file::CORRUPT)
+        self.tally.failed(file::CORRUPT)
     }
 
     /// Count and report what became of committed files.
     fn committed(&mut self, group: Vec<Stored>) {
         for stored in group {
             match stored {
-                Stored::Written(_) => self.counts.written += 1,
-                Stored::Duplicate(_) => self.counts.duplicates += 1,
+                Stored::Written(_) => self.tally.counts.written += 1,
+                Stored::Duplicate(_) => self.tally.counts.duplicates += 1,
                 Stored::Renamed { wanted, written } => {
-                    self.counts.renamed += 1;
-                    self.reporter.warn(&format!(
+                    self.tally.counts.renamed += 1;
+                    self.tally.warn(&format!(
                         "{} exists with other content; wrote {}",
                         wanted.display(),
                         written.display()
@@ -188,7 +174,7 @@ impl FileHandler {
         match queued {
             Queued::Pending => self.queued(d),
             Queued::Duplicate(_) => Ok(self.duplicate(d)),
-            Queued::Refused(why) => Ok(self.reject(&why)),
+            Queued::Refused(why) => Ok(self.tally.failed(&why)),
         }
     }
 
@@ -222,7 +208,7 @@ impl FileHandler {
                 self.committed(vec![stored]);
                 self.handled(d)
             }
-            Added::Refused(why) => self.reject(&why),
+            Added::Refused(why) => self.tally.failed(&why),
         })
     }
 }
@@ -233,14 +219,13 @@ fn lock(lines: &Mutex<Assembly>) -> Result<MutexGuard<'_, Assembly>> {
 
 impl Handler for FileHandler {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
-        if self.seen.contains(d) {
-            self.counts.duplicates += 1;
+        if self.tally.repeat(d) {
             return Ok(Disposition::Ack);
         }
         let message = match self.kind {
             Kind::Text => match text::decode(d) {
                 Ok(message) => message,
-                Err(why) => return Ok(self.reject(&why)),
+                Err(why) => return Ok(self.tally.failed(&why)),
             },
             _ => image::decode(d),
         };
@@ -264,7 +249,7 @@ impl Handler for FileHandler {
 
 impl CountingHandler for FileHandler {
     fn counts(&self) -> Counts {
-        self.counts
+        self.tally.counts
     }
     fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
         self

@@ -219,6 +219,11 @@ impl Tally {
         Disposition::Ack
     }
 
+    /// Tell people (a line on stderr, above the progress bar).
+    pub(crate) fn warn(&self, text: &str) {
+        self.reporter.warn(text);
+    }
+
     /// `d` cannot be used, for this reason: counted; it goes to the failed queue.
     pub(crate) fn failed(&mut self, why: &str) -> Disposition {
         self.counts.rejected += 1;
