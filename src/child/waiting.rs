@@ -113,6 +113,18 @@ mod tests {
         }
     }
 
+    /// Whether `quiescent` says `want` at every look for `span`.
+    fn stays(leader: u32, want: Option<bool>, span: Duration) -> bool {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            if quiescent(leader) != want {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     #[test]
     fn a_reader_blocked_on_its_stdin_is_waiting_a_sleeper_is_not() {
         // sh runs the loop itself (its `read` blocks on the pipe); `sleep` is busy work.
@@ -135,17 +147,30 @@ mod tests {
         // asyncio: a sleep pending makes the loop wait with a deadline.
         let script = "import asyncio, sys\n\
                       async def main():\n    \
+                      print('timer', flush=True)\n    \
                       await asyncio.sleep(float(sys.argv[1]))\n    \
                       await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)\n\
                       asyncio.run(main())\n";
-        let Ok(mut child) =
-            Command::new("python3").args(["-c", script, "1.5"]).stdin(Stdio::piped()).spawn()
+        let Ok(mut child) = Command::new("python3")
+            .args(["-c", script, "1.5"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
         else {
             return; // no python3 here: the case above still holds
         };
         let stdin = child.stdin.take().expect("stdin");
-        std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(quiescent(child.id()), Some(false), "a timer is pending");
+        // Its line says the timer is about to start (read on a thread: a deadline, not a hang).
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("python started");
+        assert_eq!(line.trim(), "timer");
+        assert!(stays(child.id(), Some(false), Duration::from_millis(400)), "a timer is pending");
         assert_eq!(becomes(child.id(), Some(true)), Some(true), "waiting on input only");
         drop(stdin);
         let _ = child.wait();
@@ -161,8 +186,8 @@ mod tests {
             .spawn()
             .expect("sh");
         let stdin = child.stdin.take().expect("stdin");
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(quiescent(child.id()), Some(false), "the second stage sleeps");
+        // From its start for a while (its `sleep 1` outlasts the look, even on a slow day).
+        assert!(stays(child.id(), Some(false), Duration::from_millis(300)), "a stage sleeps");
         assert_eq!(becomes(child.id(), Some(true)), Some(true), "both stages read");
         drop(stdin);
         let _ = child.wait();
