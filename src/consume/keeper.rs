@@ -31,8 +31,9 @@ struct FailedQueue<'h> {
 
 impl FailedQueue<'_> {
     fn producer(&mut self, reporter: &Reporter) -> Result<&mut Producer> {
-        if self.producer.is_none() {
-            let producer = Producer::open_many(
+        let producer = match self.producer.take() {
+            Some(p) => p,
+            None => Producer::open_many(
                 &self.global.endpoints,
                 std::slice::from_ref(self.spec),
                 crate::config::default_publisher(),
@@ -47,10 +48,9 @@ impl FailedQueue<'_> {
                      stays in the queue",
                     q = self.spec.name
                 )
-            })?;
-            self.producer = Some(producer);
-        }
-        self.producer.as_mut().ok_or_else(|| eyre!("the failed queue's producer is missing"))
+            })?,
+        };
+        Ok(self.producer.insert(producer))
     }
 }
 
@@ -71,10 +71,9 @@ impl<'h> Keeper<'h> {
         Keeper { inner, failed, reporter: reporter.clone() }
     }
 
-    /// Every failed copy confirmed, or why not. (Acks wait for the confirms, so this only
-    /// fails when the run stopped early; a connection lost after its last confirm is no
-    /// loss.)
-    /// Returns how many copies the broker confirmed.
+    /// How many copies the broker confirmed, and an error if any was not. (Acks wait for
+    /// the confirms, so that happens only when the run stopped early; a connection lost
+    /// after its last confirm is no loss.)
     pub(super) fn close(self) -> (u64, Result<()>) {
         let Some(producer) = self.failed.and_then(|f| f.producer) else { return (0, Ok(())) };
         let (report, _closed) = producer.finish();
