@@ -224,3 +224,14 @@ fn nacked_messages_are_reported_and_fail_the_run() {
         out.stderr
     );
 }
+
+#[test]
+fn request_from_a_directory_names_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_string_lossy().to_string();
+    let out = mqdemo(&["request", "--queue", "it-never-served", "--file", &d, "--timeout", "1"])
+        .run()
+        .expect_code(1);
+    let first = out.first_error_line();
+    assert!(first.contains(&d) && first.contains("--file"), "{}", out.stderr);
+}

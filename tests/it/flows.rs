@@ -139,6 +139,16 @@ fn demo_verifies_every_kind() {
 }
 
 #[test]
+fn demo_with_its_stdout_closed_exits_zero() {
+    // `mqdemo demo | true`: the reader is gone before the verdict is written.
+    let mut child = mqdemo(&["demo"]).spawn();
+    drop(child.stdout.take());
+    let out = crate::support::wait(child, crate::support::RUN_DEADLINE);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
 fn consumer_stops_cleanly_on_sigterm() {
     let q = TestQueue::new("sigterm");
     let file = data("tabular_data.csv");
