@@ -28,7 +28,7 @@ pub(crate) mod stage;
 pub(crate) mod stdout;
 pub(crate) mod workers;
 
-use color_eyre::eyre::{Report, Result};
+use color_eyre::eyre::{Report, Result, WrapErr};
 use config::{Action, Config, UsageError};
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
@@ -53,7 +53,9 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
         }
         Action::Demo => {
             let verdict = demo::run(&config.global, &stop)?;
-            println!("{}", verdict.text);
+            // A closed stdout (`| head`) is an error `exit_code` knows, not a panic.
+            writeln!(std::io::stdout(), "{}", verdict.text)
+                .wrap_err("cannot write the demo's table to stdout")?;
             return Ok(verdict.ok);
         }
     };

@@ -85,10 +85,13 @@ impl CsvInput {
     /// row) and refuse repeated column names. Errors name the file and the fix.
     pub fn open(path: &Path, format: &CsvFormat) -> Result<CsvInput> {
         let file = File::open(path).wrap_err_with(|| cannot_read(path))?;
+        // A FIFO or /dev/stdin is fine here (`request`); a directory opens but cannot be read.
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            bail!("{} is a directory; --file needs a CSV file", path.display());
+        }
         let raw_bytes = Arc::new(AtomicU64::new(0));
         let counted = Counted { inner: file, n: Arc::clone(&raw_bytes) };
-        let decoded = decode(counted, format.encoding)
-            .wrap_err_with(|| format!("cannot read CSV file {}", path.display()))?;
+        let decoded = decode(counted, format.encoding).wrap_err_with(|| cannot_read(path))?;
         let guard = Guard::new(decoded, format.delimiter, format.skip_rows, format.max_row_bytes);
         let rdr = csv::ReaderBuilder::new()
             .has_headers(false)
