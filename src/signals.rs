@@ -7,7 +7,6 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 /// Install the handlers; the flag turns true on the first signal.
 pub(crate) fn install() -> Result<Arc<AtomicBool>> {
@@ -27,32 +26,4 @@ pub(crate) fn install() -> Result<Arc<AtomicBool>> {
         })
         .wrap_err("cannot install signal handlers")?;
     Ok(stop)
-}
-
-/// Sleep for `d`, waking early when `stop` is set; false if it was.
-pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
-    let until = Instant::now() + d;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sleep_returns_early_when_stopped() {
-        let stop = AtomicBool::new(true);
-        let started = Instant::now();
-        assert!(!sleep_unless_stopped(Duration::from_secs(10), &stop));
-        assert!(started.elapsed() < Duration::from_secs(1));
-    }
 }

@@ -26,6 +26,7 @@ pub use error::{LinkError, LinkFate, START_BROKER_HINT, is_retryable};
 pub use producer::Producer;
 pub use props::properties as wire_properties;
 pub use publisher::{PublishReport, PublisherOptions};
+pub(crate) use retry::sleep_unless_stopped;
 pub use retry::{LinkEvent, Retry};
 pub use rpc::{Received, Reply, RpcClient, with_client};
 pub use session::{QueueInfo, Session};

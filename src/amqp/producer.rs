@@ -5,11 +5,11 @@
 use super::endpoint::Endpoint;
 use super::error::{discard, explain, fatal, lost};
 use super::publisher::{Ctx, PublishReport, Publisher, PublisherOptions};
+use super::retry::sleep_unless_stopped;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::Session;
 use super::topology::QueueSpec;
 use crate::codec::Message;
-use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::{Report, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

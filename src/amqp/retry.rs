@@ -3,9 +3,8 @@
 
 use super::endpoint::Endpoint;
 use super::error::is_retryable;
-use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::{Report, Result};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// First pause before reconnecting; doubles on every failure up to [`MAX_DELAY`].
@@ -102,6 +101,21 @@ pub(super) fn reconnect<T>(
     )))
 }
 
+/// Sleep for `d`, waking early when `stop` is set; false if it was.
+pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +126,13 @@ mod tests {
             let j = jitter(Duration::from_millis(1000));
             assert!(j >= Duration::from_millis(500) && j < Duration::from_millis(1500), "{j:?}");
         }
+    }
+
+    #[test]
+    fn sleep_returns_early_when_stopped() {
+        let stop = AtomicBool::new(true);
+        let started = Instant::now();
+        assert!(!sleep_unless_stopped(Duration::from_secs(10), &stop));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -3,9 +3,9 @@
 
 use super::too_large;
 use crate::amqp::Producer;
+use crate::amqp::sleep_unless_stopped;
 use crate::codec::Message;
 use crate::output::{Reporter, human_bytes};
-use crate::signals::sleep_unless_stopped;
 use color_eyre::eyre::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
