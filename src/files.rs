@@ -251,7 +251,4 @@ impl CountingHandler for FileHandler {
     fn counts(&self) -> Counts {
         self.tally.counts
     }
-    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
-        self
-    }
 }

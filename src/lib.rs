@@ -62,15 +62,40 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
     finish(&config, outcome.summary, outcome.error)
 }
 
-/// Print the summary line; the run's error, or whether it was clean.
+/// Print the summary line (and write the JSON summary); the run's error, or whether it was
+/// clean.
 fn finish(config: &Config, summary: output::Summary, error: Option<Report>) -> Result<bool> {
     let broken_pipe = error.as_ref().is_some_and(is_broken_pipe);
     if !config.global.quiet && !broken_pipe {
         eprintln!("{}", summary.line());
     }
+    let written = match &config.global.summary_json {
+        Some(path) => write_summary_json(path, &summary, error.as_ref()),
+        None => Ok(()),
+    };
     match error {
         Some(e) => Err(e),
-        None => Ok(summary.clean()),
+        None => written.map(|()| summary.clean()),
+    }
+}
+
+/// `--summary-json FILE|-`: the counters as one JSON line.
+fn write_summary_json(
+    path: &std::path::Path,
+    summary: &output::Summary,
+    error: Option<&Report>,
+) -> Result<()> {
+    let first_line = error.map(|e| e.to_string());
+    let mut line = summary.json(first_line.as_deref()).to_string();
+    line.push('\n');
+    if path.as_os_str() == "-" {
+        std::io::stdout()
+            .write_all(line.as_bytes())
+            .wrap_err("cannot write --summary-json to stdout")
+    } else {
+        std::fs::write(path, line).wrap_err_with(|| {
+            format!("cannot write --summary-json {}: check the path", path.display())
+        })
     }
 }
 

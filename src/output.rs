@@ -3,8 +3,9 @@
 
 use crate::amqp::LinkEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::cell::Cell;
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The run's voice on stderr: a progress bar (hidden when quiet or not a terminal) and
@@ -12,8 +13,46 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub(crate) struct Reporter {
     bar: ProgressBar,
-    /// When the status text was last set (updates are throttled).
-    last_status: Cell<Option<Instant>>,
+    /// When the status text was last set, shared by every clone (updates are throttled).
+    throttle: Arc<Throttle>,
+}
+
+/// Status updates at most every 100 ms, and none lost for good: one dropped by the
+/// throttle is made up at the next idle moment (`catch_up`), so the bar never stays on a
+/// count older than what was done.
+struct Throttle {
+    start: Instant,
+    /// Milliseconds after `start` of the last update; u64::MAX before the first.
+    last_ms: AtomicU64,
+    /// An update was dropped since the last one shown.
+    pending: AtomicBool,
+}
+
+impl Throttle {
+    fn new() -> Arc<Throttle> {
+        Arc::new(Throttle {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(u64::MAX),
+            pending: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether an update may be shown now (and if so, it is counted as shown).
+    fn allow(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < 100 {
+            self.pending.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.shown(now);
+        true
+    }
+
+    fn shown(&self, now_ms: u64) {
+        self.last_ms.store(now_ms, Ordering::Relaxed);
+        self.pending.store(false, Ordering::Relaxed);
+    }
 }
 
 /// What the progress bar counts.
@@ -33,29 +72,38 @@ impl Reporter {
         if !show || !std::io::stderr().is_terminal() {
             return Reporter::hidden();
         }
-        let (len, template) = match progress {
-            Progress::Bytes(n) => (
-                Some(n),
-                "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} read, {msg} ETA {eta}",
-            ),
-            Progress::Items(n) => {
-                (Some(n), "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {msg} ETA {eta}")
-            }
-            Progress::Open => (None, "{spinner} {prefix} {msg} {elapsed}"),
+        // The status comes last as {wide_msg}: cut to what the terminal has left, so the
+        // line fits (80 columns: 40 or more for the status) and never wraps.
+        let len = match progress {
+            Progress::Bytes(n) | Progress::Items(n) => Some(n),
+            Progress::Open => None,
         };
         let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr_with_hz(10));
-        let style = ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix(what.to_string());
+        bar.set_style(style(progress));
+        bar.set_prefix(short(what, PREFIX_CHARS));
         bar.enable_steady_tick(Duration::from_millis(200));
-        Reporter { bar, last_status: Cell::new(None) }
+        Reporter { bar, throttle: Throttle::new() }
     }
 
     /// A reporter that draws nothing (warnings still print).
     pub(crate) fn hidden() -> Reporter {
-        Reporter { bar: ProgressBar::hidden(), last_status: Cell::new(None) }
+        Reporter { bar: ProgressBar::hidden(), throttle: Throttle::new() }
+    }
+
+    /// A consumer's queue held `messages` at the start: with no other total known, the bar
+    /// counts down to them (more may arrive; the bar then stays full).
+    pub(crate) fn queued(&self, messages: u32) {
+        if self.bar.is_hidden() || self.bar.length().is_some() || messages == 0 {
+            return;
+        }
+        let total = self.bar.position() + u64::from(messages);
+        self.bar.set_length(total);
+        self.bar.set_style(style(Progress::Items(total)));
+    }
+
+    /// Time since the reporter was made (for rates on the bar).
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.throttle.start.elapsed()
     }
 
     /// Set the bar's position (bytes read or items done).
@@ -71,20 +119,25 @@ impl Reporter {
     /// Show a status such as "1234 msgs (2.1 MiB) confirmed"; `msg` is only called when
     /// the bar is visible and the last update is over 100 ms old.
     pub(crate) fn status(&self, msg: impl FnOnce() -> String) {
-        if self.bar.is_hidden() {
+        if self.bar.is_hidden() || !self.throttle.allow() {
             return;
         }
-        let now = Instant::now();
-        if self.last_status.get().is_some_and(|t| now - t < Duration::from_millis(100)) {
+        self.bar.set_message(msg());
+    }
+
+    /// Show the status an update dropped by the throttle would have shown; called when
+    /// the run is idle (no message for a moment), so the bar ends on the true count.
+    pub(crate) fn catch_up(&self, msg: impl FnOnce() -> String) {
+        if self.bar.is_hidden() || !self.throttle.pending.load(Ordering::Relaxed) {
             return;
         }
-        self.last_status.set(Some(now));
+        self.throttle.shown(self.throttle.start.elapsed().as_millis() as u64);
         self.bar.set_message(msg());
     }
 
     /// Show a state change ("blocked by broker") on the bar at once.
     pub(crate) fn status_now(&self, msg: String) {
-        self.last_status.set(Some(Instant::now()));
+        self.throttle.shown(self.throttle.start.elapsed().as_millis() as u64);
         self.bar.set_message(msg);
     }
 
@@ -114,6 +167,7 @@ pub(crate) fn link_events(reporter: Reporter) -> impl Fn(LinkEvent) {
                 "reconnected to {url}; resuming (unconfirmed messages are sent again)"
             ));
         }
+        LinkEvent::Queued(messages) => reporter.queued(messages),
         LinkEvent::Blocked(reason) => {
             reporter.warn(&format!(
                 "blocked by broker ({reason}): publishing paused until the alarm clears"
@@ -162,8 +216,11 @@ pub(crate) struct Summary {
     pub failed: u64,
     /// Where the failed messages went ("sent to q.failed"), if anywhere.
     pub failed_to: Option<String>,
-    /// Extra, kind-specific counts ("written 6, duplicates 0").
-    pub extra: String,
+    /// Kind-specific counts by name ("rows", "duplicates"): on the line when not zero, in
+    /// the JSON summary always.
+    pub counts: Vec<(&'static str, u64)>,
+    /// Text after the counts ("p50 3.1 ms, ..."), if any.
+    pub note: String,
 }
 
 impl Summary {
@@ -172,26 +229,64 @@ impl Summary {
         per_sec(self.messages as f64, self.elapsed)
     }
 
-    /// The summary line.
+    /// The summary line: problems first, then what was done, then the counts that are not
+    /// zero.
     pub(crate) fn line(&self) -> String {
-        let extra = if self.extra.is_empty() { String::new() } else { format!("{}; ", self.extra) };
-        let failed_to = match &self.failed_to {
-            Some(to) if self.failed > 0 => format!(" ({to})"),
-            _ => String::new(),
-        };
-        format!(
-            "mqdemo: {} {} messages ({}) in {:.3} s, {:.0} msg/s, {}/s; {}skipped {}, failed {}{}",
+        let mut problems = Vec::new();
+        if self.failed > 0 {
+            let to = self.failed_to.as_ref().map(|to| format!(" ({to})")).unwrap_or_default();
+            problems.push(format!("failed {}{to}", self.failed));
+        }
+        if self.skipped > 0 {
+            problems.push(format!("skipped {}", self.skipped));
+        }
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        let mut parts = Vec::new();
+        if !problems.is_empty() {
+            parts.push(problems.join(", "));
+        }
+        parts.push(format!(
+            "{} {} messages ({}) in {:.3} s, {:.0} msg/s, {}/s",
             self.verb,
             self.messages,
             human_bytes(self.bytes),
             self.elapsed.as_secs_f64(),
             self.rate(),
             human_bytes(per_sec(self.bytes as f64, self.elapsed) as u64),
-            extra,
-            self.skipped,
-            self.failed,
-            failed_to
-        )
+        ));
+        if !counts.is_empty() {
+            parts.push(counts.join(", "));
+        }
+        if !self.note.is_empty() {
+            parts.push(self.note.clone());
+        }
+        format!("mqdemo: {}", parts.join("; "))
+    }
+
+    /// The counters as one JSON object (`--summary-json`), zeros included; `error` is the
+    /// first line of what stopped the run, if anything did.
+    pub(crate) fn json(&self, error: Option<&str>) -> serde_json::Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("ok".into(), (self.clean() && error.is_none()).into());
+        obj.insert("verb".into(), self.verb.into());
+        obj.insert("messages".into(), self.messages.into());
+        obj.insert("bytes".into(), self.bytes.into());
+        obj.insert("seconds".into(), self.elapsed.as_secs_f64().into());
+        obj.insert("messages_per_second".into(), self.rate().into());
+        obj.insert("skipped".into(), self.skipped.into());
+        obj.insert("failed".into(), self.failed.into());
+        let to = self.failed_to.as_deref().map(|t| t.trim_start_matches("sent to "));
+        obj.insert("failed_queue".into(), to.filter(|_| self.failed > 0).into());
+        for (name, n) in &self.counts {
+            obj.insert(name.replace([' ', '-'], "_"), (*n).into());
+        }
+        obj.insert("error".into(), error.into());
+        serde_json::Value::Object(obj)
     }
 
     /// True when nothing was skipped or failed.
@@ -200,7 +295,43 @@ impl Summary {
     }
 }
 
-fn per_sec(n: f64, d: Duration) -> f64 {
+/// The bar's look. The status comes last, as {wide_msg}: cut to what the terminal has
+/// left, so the line fits (in 80 columns, 40 or more for the status) and never wraps.
+fn style(progress: Progress) -> ProgressStyle {
+    let template = match progress {
+        Progress::Bytes(_) => "{spinner} {prefix} [{bar:12}] {percent:>3}% {eta:>3} {wide_msg}",
+        Progress::Items(_) => "{spinner} {prefix} [{bar:12}] {pos}/{len} {eta:>3} {wide_msg}",
+        Progress::Open => "{spinner} {prefix} {elapsed:>3} {wide_msg}",
+    };
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// The most of a queue name the bar shows (the rest of 80 columns is for the counts).
+const PREFIX_CHARS: usize = 20;
+
+/// `text` cut to `max` characters, the cut marked with `…`.
+fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// "1234 msgs, 812 msg/s, 2.1 MiB stored": the counts on a progress bar, most telling
+/// first (the end is what a narrow terminal cuts).
+pub(crate) fn rate_text(what: &str, messages: u64, bytes: u64, elapsed: Duration) -> String {
+    format!(
+        "{messages} msgs, {:.0} msg/s, {} {what}",
+        per_sec(messages as f64, elapsed),
+        human_bytes(bytes)
+    )
+}
+
+pub(crate) fn per_sec(n: f64, d: Duration) -> f64 {
     let s = d.as_secs_f64();
     if s > 0.0 { n / s } else { 0.0 }
 }
@@ -229,26 +360,53 @@ mod tests {
         assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
     }
 
-    #[test]
-    fn summary_line_has_every_count() {
-        let s = Summary {
+    fn summary(skipped: u64, failed: u64) -> Summary {
+        Summary {
             verb: "produced",
             messages: 300,
             bytes: 2048,
             elapsed: Duration::from_secs(2),
-            skipped: 1,
-            failed: 2,
+            skipped,
+            failed,
             failed_to: None,
-            extra: String::new(),
-        };
+            counts: vec![("rows", 300), ("duplicates", 0)],
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn summary_line_leads_with_problems_and_leaves_out_zeros() {
+        let s = summary(1, 2);
         assert_eq!(
             s.line(),
-            "mqdemo: produced 300 messages (2.0 KiB) in 2.000 s, 150 msg/s, 1.0 KiB/s; skipped 1, failed 2"
+            "mqdemo: failed 2, skipped 1; produced 300 messages (2.0 KiB) in 2.000 s, 150 msg/s, \
+             1.0 KiB/s; rows 300"
         );
         assert!(!s.clean());
         let s = Summary { failed_to: Some("sent to q.failed".into()), ..s };
-        assert!(s.line().ends_with("failed 2 (sent to q.failed)"), "{}", s.line());
-        let s = Summary { failed: 0, ..s };
-        assert!(s.line().ends_with("failed 0"), "named only when something went there");
+        assert!(s.line().starts_with("mqdemo: failed 2 (sent to q.failed), skipped 1; "));
+        let clean = summary(0, 0);
+        assert_eq!(
+            clean.line(),
+            "mqdemo: produced 300 messages (2.0 KiB) in 2.000 s, 150 msg/s, 1.0 KiB/s; rows 300"
+        );
+        assert!(clean.clean());
+    }
+
+    #[test]
+    fn summary_json_has_every_counter_zeros_included() {
+        let s = Summary { failed_to: Some("sent to q.failed".into()), ..summary(0, 2) };
+        let j = s.json(None);
+        assert_eq!(j["messages"], 300);
+        assert_eq!(j["skipped"], 0);
+        assert_eq!(j["failed"], 2);
+        assert_eq!(j["failed_queue"], "q.failed");
+        assert_eq!(j["duplicates"], 0);
+        assert_eq!(j["ok"], false);
+        assert_eq!(j["error"], serde_json::Value::Null);
+        let s = Summary { counts: vec![("model restarts", 1), ("re-published", 2)], ..s };
+        let j = s.json(Some("lost"));
+        assert_eq!((j["model_restarts"].clone(), j["re_published"].clone()), (1.into(), 2.into()));
+        assert_eq!(j["error"], "lost");
     }
 }

@@ -68,9 +68,11 @@ pub(crate) fn run(
         skipped: run.skipped,
         failed: run.failed.len() as u64,
         failed_to: None,
-        extra: match run.padded {
+        counts: Vec::new(),
+        note: match run.padded {
             0 => percentiles(&mut run.latencies),
-            n => format!("padded {n} short rows with nulls, {}", percentiles(&mut run.latencies)),
+            1 => format!("padded 1 short row with nulls; {}", percentiles(&mut run.latencies)),
+            n => format!("padded {n} short rows with nulls; {}", percentiles(&mut run.latencies)),
         },
     };
     Ok(Outcome { summary, error })

@@ -89,10 +89,13 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         skipped: 0,
         failed: total.failed + not_delivered,
         failed_to: Some(format!("sent to {}", cfg.failed.name)),
-        extra: format!(
-            "answered {}, no answer {}, duplicates {}, model restarts {}",
-            total.answered, total.silent, total.duplicates, total.restarts
-        ),
+        counts: vec![
+            ("answered", total.answered),
+            ("no answer", total.silent),
+            ("duplicates", total.duplicates),
+            ("model restarts", total.restarts),
+        ],
+        note: String::new(),
     };
     Ok(Outcome { summary, error })
 }
@@ -342,13 +345,13 @@ impl Handler for Stage<'_> {
             }
         }
         let c = self.counts;
-        self.reporter.status(|| {
-            format!("{} msgs, answered {}, failed {}", c.messages, c.answered, c.failed)
-        });
+        self.reporter.status(|| status_text(&c));
         Ok(Disposition::Ack)
     }
 
     fn idle(&mut self) -> Result<()> {
+        let c = self.counts;
+        self.reporter.catch_up(|| status_text(&c));
         match self.child.check_alive() {
             Ok(()) => Ok(()),
             Err(f) => Err(eyre!(
@@ -389,6 +392,15 @@ fn glob_match(pattern: &str, name: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// The progress bar's text for a stage.
+fn status_text(c: &Counts) -> String {
+    let mut text = format!("{} msgs, answered {}", c.messages, c.answered);
+    if c.failed > 0 {
+        text.push_str(&format!(", failed {}", c.failed));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -352,7 +352,8 @@ pub fn consume(
 ) -> Result<(ConsumeOutcome, Result<()>)> {
     // The first connection and declare are checked inputs: failing them stops the run at once.
     let (mut session, mut current) = Session::open_first(endpoints)?;
-    session.declare_queue(spec)?;
+    let info = session.declare_queue(spec)?;
+    on_event(LinkEvent::Queued(info.messages));
     let mut total = ConsumeOutcome::default();
     let mut largest = None;
     loop {

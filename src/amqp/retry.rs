@@ -36,6 +36,8 @@ pub enum LinkEvent {
         /// Masked URL.
         url: String,
     },
+    /// A consumer's queue held this many ready messages when the run started.
+    Queued(u32),
     /// The broker blocked publishing (memory or disk alarm).
     Blocked(String),
     /// The broker lifted the block.

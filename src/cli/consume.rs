@@ -23,7 +23,7 @@ pub struct ConsumeCommon {
 
     /// Stop after SECS with no message. Without --count or --idle-timeout the consumer runs
     /// until SIGINT/SIGTERM. Example: --idle-timeout 5
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_parser = super::secs, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
 
     /// Unacknowledged messages the broker may send ahead (QoS prefetch). Example: --prefetch 500

@@ -24,7 +24,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
     name = "mqdemo",
     version,
     about,
-    after_help = "Examples:\n  mqdemo demo\n  mqdemo produce tabular --file examples/data/tabular_data.csv\n  mqdemo consume tabular --count 300 > rows.jsonl\n  mqdemo --url-file /run/secrets/amqp_url consume image --idle-timeout 5"
+    after_help = "Durations (SECS): seconds (0.5) or a number with a unit: 500ms, 5s, 2m, 1h.\n\nExamples:\n  mqdemo demo\n  mqdemo produce tabular --file examples/data/tabular_data.csv\n  mqdemo consume tabular --count 300 > rows.jsonl\n  mqdemo --url-file /run/secrets/amqp_url consume image --idle-timeout 5"
 )]
 pub struct Cli {
     /// Flags for every command.
@@ -62,7 +62,7 @@ pub struct GlobalArgs {
 
     /// Seconds to wait for the broker to accept a connection and answer the AMQP handshake.
     /// Example: --connect-timeout 10
-    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = 5.0, value_parser = secs, value_name = "SECS")]
     pub connect_timeout: f64,
 
     /// After a lost connection, keep reconnecting (backoff with jitter, next --url each time)
@@ -70,7 +70,7 @@ pub struct GlobalArgs {
     /// Producers also keep re-publishing what the broker nacks or returns unroutable for up
     /// to SECS of nothing but refusals (with 0: refused messages fail at once).
     /// Example: --retry-for 60
-    #[arg(long, global = true, default_value_t = 300.0, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = 300.0, value_parser = secs, value_name = "SECS")]
     pub retry_for: f64,
 
     /// PEM file with the CA certificate(s) that signed the broker's TLS certificate, for
@@ -81,6 +81,12 @@ pub struct GlobalArgs {
     /// No progress bar and no summary line on stderr (errors are still printed).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Also write the run's counters as one JSON object to FILE (- for stdout, where stdout
+    /// carries no data): messages, bytes, seconds, skipped, failed, the command's own counts
+    /// (zeros included), ok and error. Written even with --quiet. Example: --summary-json run.json
+    #[arg(long, global = true, value_name = "FILE|-")]
+    pub summary_json: Option<PathBuf>,
 }
 
 /// What to do.
@@ -174,11 +180,13 @@ pub enum QueueTypeArg {
 }
 
 mod consume;
+mod duration;
 mod model;
 mod produce;
 #[cfg(test)]
 mod tests;
 
 pub use consume::*;
+pub use duration::secs;
 pub use model::*;
 pub use produce::*;

@@ -38,7 +38,7 @@ pub struct ModelArgs {
 
     /// Seconds the child may take for one message; past it the child is restarted and the
     /// message goes to the failed queue. Example: --exec-timeout 10
-    #[arg(long, default_value_t = DEFAULT_EXEC_TIMEOUT_SECS, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_EXEC_TIMEOUT_SECS, value_parser = super::secs, value_name = "SECS")]
     pub exec_timeout: f64,
 
     /// Largest answer (one line, or one frame) accepted from the model; a longer one fails
@@ -76,7 +76,7 @@ pub struct ModelArgs {
 
     /// Stop after SECS with no input message (default: run until SIGINT/SIGTERM).
     /// Example: --idle-timeout 5
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_parser = super::secs, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
 
     /// Queue arguments, for every queue the command declares.
@@ -146,7 +146,7 @@ pub struct RequestArgs {
 
     /// Seconds to wait for each reply; requests still unanswered are reported and the run
     /// fails. Example: --timeout 5
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 30.0, value_parser = super::secs, value_name = "SECS")]
     pub timeout: f64,
 
     /// Where replies go, one per line in request order: a file (appended to) or - for stdout.

@@ -20,7 +20,7 @@ pub struct ProduceCommon {
     pub queue_args: QueueArgs,
 
     /// Pause between messages, in seconds (0 = as fast as confirms allow). Example: --interval 0.5
-    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 0.0, value_parser = super::secs, value_name = "SECS")]
     pub interval: f64,
 
     /// Messages published but not yet confirmed by the broker, at most. Larger is faster;
@@ -30,7 +30,7 @@ pub struct ProduceCommon {
 
     /// Seconds to wait for an outstanding publisher confirm before the connection is treated
     /// as lost and the unconfirmed messages are reported. Example: --confirm-timeout 60
-    #[arg(long, default_value_t = DEFAULT_CONFIRM_TIMEOUT_SECS, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_CONFIRM_TIMEOUT_SECS, value_parser = super::secs, value_name = "SECS")]
     pub confirm_timeout: f64,
 
     /// Largest message body to send, in bytes; bigger items are skipped before sending

@@ -41,6 +41,8 @@ pub struct Global {
     pub retry: Retry,
     /// No progress bar, no summary.
     pub quiet: bool,
+    /// Where the JSON summary goes (`--summary-json`; `-` = stdout), if anywhere.
+    pub summary_json: Option<PathBuf>,
     /// Bytes of message bodies a consumer (consume, pipe, serve) may hold, prefetched and in
     /// hand, over all its workers (`--prefetch-bytes`).
     pub prefetch_bytes: u64,
@@ -278,8 +280,14 @@ impl Config {
             | Command::Serve(cli::ServeArgs { model, .. }) => model.prefetch_bytes,
             _ => cli::DEFAULT_PREFETCH_BYTES,
         };
-        let global =
-            Global { endpoints, retry: Retry { retry_for }, quiet: g.quiet, prefetch_bytes };
+        let summary_json = g.summary_json.clone();
+        let global = Global {
+            endpoints,
+            retry: Retry { retry_for },
+            quiet: g.quiet,
+            summary_json,
+            prefetch_bytes,
+        };
         let action = match cli.command {
             Command::Produce(p) => Action::Produce(produce(p)?),
             Command::Consume(c) => Action::Consume(consume(c)?),
@@ -288,6 +296,28 @@ impl Config {
             Command::Request(r) => Action::Request(request(r)?),
             Command::Demo => Action::Demo,
         };
+        summary_json_fits(&global, &action)?;
         Ok(Config { global, action })
+    }
+}
+
+/// `--summary-json -` only where stdout carries no data (it would be mixed into the rows or
+/// replies), and not for `demo` (its table is its summary).
+fn summary_json_fits(global: &Global, action: &Action) -> Result<(), UsageError> {
+    let Some(path) = &global.summary_json else { return Ok(()) };
+    let stdout = path.as_os_str() == "-";
+    let clash = match action {
+        Action::Demo => Some("demo prints its own table; run produce and consume for counters"),
+        Action::Consume(c) if stdout && matches!(c.sink, SinkConfig::Rows { output: None, .. }) => {
+            Some("stdout carries the rows: give a file, or consume with --output FILE")
+        }
+        Action::Request(r) if stdout && r.output.is_none() => {
+            Some("stdout carries the replies: give a file, or request with --output FILE")
+        }
+        _ => None,
+    };
+    match clash {
+        Some(fix) => Err(UsageError(format!("--summary-json {}: {fix}", path.display()))),
+        None => Ok(()),
     }
 }

@@ -80,7 +80,4 @@ impl CountingHandler for DbHandler {
     fn counts(&self) -> Counts {
         self.tally.counts
     }
-    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
-        self
-    }
 }

@@ -1,6 +1,6 @@
 //! The failed queue around a consumer's handler.
 
-use super::link_events;
+use super::{CountingHandler, link_events};
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
 use crate::codec::{Delivery, failed_copy, header_text, unique_id};
 use crate::config::{ConsumeConfig, Global};
@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 /// is opened (and the queue declared) at the first failed message: a run with none has no
 /// idle connection to lose, and declares no queue it does not need.
 pub(super) struct Keeper<'h> {
-    inner: &'h mut (dyn Handler + Send),
+    inner: &'h mut (dyn CountingHandler + Send),
     failed: Option<FailedQueue<'h>>,
     reporter: Reporter,
 }
@@ -59,7 +59,7 @@ impl<'h> Keeper<'h> {
         global: &'h Global,
         cfg: &'h ConsumeConfig,
         stop: &Arc<AtomicBool>,
-        inner: &'h mut (dyn Handler + Send),
+        inner: &'h mut (dyn CountingHandler + Send),
         reporter: &Reporter,
     ) -> Keeper<'h> {
         let failed = cfg.failed.as_ref().map(|spec| FailedQueue {
@@ -123,6 +123,9 @@ impl Handler for Keeper<'_> {
     }
 
     fn idle(&mut self) -> Result<()> {
-        self.inner.idle()
+        self.inner.idle()?;
+        // The count the throttle held back, shown now that nothing is arriving.
+        self.reporter.catch_up(|| self.inner.counts().status(self.reporter.elapsed()));
+        Ok(())
     }
 }

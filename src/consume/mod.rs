@@ -8,7 +8,7 @@ mod rows;
 use crate::amqp::{Disposition, Handler};
 use crate::codec::Delivery;
 use crate::config::{ConsumeConfig, Global, SinkConfig};
-use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
+use crate::output::{Progress, Reporter, Summary, link_events, rate_text};
 use crate::workers::{SeenIds, Workload, drive};
 use color_eyre::eyre::{Result, eyre};
 use db::DbHandler;
@@ -30,7 +30,8 @@ pub(crate) fn run(
     stop: &Arc<AtomicBool>,
     stdout: Box<dyn Write + Send>,
 ) -> Result<Outcome> {
-    let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("← {}", cfg.queue.name));
+    let progress = cfg.count.map_or(Progress::Open, Progress::Items);
+    let reporter = Reporter::new(!global.quiet, progress, &format!("← {}", cfg.queue.name));
     let workers = cfg.workers.max(1);
     let mut line_files = None;
     let (mut handlers, shared_rows) = match &cfg.sink {
@@ -52,7 +53,7 @@ pub(crate) fn run(
     };
     let mut keepers: Vec<Keeper<'_>> = handlers
         .iter_mut()
-        .map(|h| Keeper::new(global, cfg, stop, h.as_mut_handler(), &reporter))
+        .map(|h| Keeper::new(global, cfg, stop, h.as_mut(), &reporter))
         .collect();
     let started = Instant::now();
     let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
@@ -89,7 +90,8 @@ pub(crate) fn run(
             0 => format!("sent to {}", f.name),
             _ => format!("{kept} sent to {}", f.name),
         }),
-        extra: counts.extra(),
+        counts: counts.named(),
+        note: String::new(),
     };
     Ok(Outcome { summary, error })
 }
@@ -129,9 +131,6 @@ impl CountingHandler for SharedRows {
     fn counts(&self) -> Counts {
         self.lock().map_or_else(|_| Counts::default(), |r| r.counts())
     }
-    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
-        self
-    }
 }
 
 /// What a handler saw.
@@ -169,19 +168,25 @@ impl Counts {
         }
     }
 
-    /// Progress-bar text.
-    pub(crate) fn status(&self) -> String {
-        format!("{} msgs ({}) stored, {}", self.messages, human_bytes(self.bytes), self.extra())
+    /// Progress-bar text: what was stored, and the counts that are not zero.
+    pub(crate) fn status(&self, elapsed: std::time::Duration) -> String {
+        let mut text = rate_text("stored", self.messages, self.bytes, elapsed);
+        for (name, n) in self.named().into_iter().filter(|(_, n)| *n > 0) {
+            text.push_str(&format!(", {name} {n}"));
+        }
+        text
     }
 
-    fn extra(&self) -> String {
+    /// The kind-specific counts, by name.
+    fn named(&self) -> Vec<(&'static str, u64)> {
         if self.tabular {
-            format!("rows {}, duplicates {}", self.rows, self.duplicates)
+            vec![("rows", self.rows), ("duplicates", self.duplicates)]
         } else {
-            format!(
-                "written {}, duplicates {}, renamed {}",
-                self.written, self.duplicates, self.renamed
-            )
+            vec![
+                ("written", self.written),
+                ("duplicates", self.duplicates),
+                ("renamed", self.renamed),
+            ]
         }
     }
 }
@@ -205,6 +210,7 @@ impl Tally {
         let seen = self.seen.contains(d);
         if seen {
             self.counts.duplicates += 1;
+            self.reporter.inc(1);
         }
         seen
     }
@@ -215,7 +221,8 @@ impl Tally {
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
         self.counts.rows += rows;
-        self.reporter.status(|| self.counts.status());
+        self.reporter.inc(1);
+        self.reporter.status(|| self.counts.status(self.reporter.elapsed()));
         Disposition::Ack
     }
 
@@ -233,5 +240,4 @@ impl Tally {
 
 pub(crate) trait CountingHandler: Handler {
     fn counts(&self) -> Counts;
-    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send);
 }

@@ -125,7 +125,4 @@ impl CountingHandler for RowHandler {
     fn counts(&self) -> Counts {
         self.tally.counts
     }
-    fn as_mut_handler(&mut self) -> &mut (dyn Handler + Send) {
-        self
-    }
 }

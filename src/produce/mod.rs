@@ -82,18 +82,8 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
         skipped,
         failed: (report.refused.len() + report.unconfirmed.len()) as u64,
         failed_to: None,
-        extra: [
-            padded_note,
-            if report.republished > 0 {
-                format!("re-published {} (same message ids)", report.republished)
-            } else {
-                String::new()
-            },
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(", "),
+        counts: vec![("re-published", report.republished)],
+        note: padded_note,
     };
     Ok(Outcome { summary, error })
 }

@@ -5,7 +5,7 @@ use super::too_large;
 use crate::amqp::Producer;
 use crate::amqp::sleep_unless_stopped;
 use crate::codec::Message;
-use crate::output::{Reporter, human_bytes};
+use crate::output::{Reporter, rate_text};
 use color_eyre::eyre::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,12 +52,7 @@ impl Pump<'_> {
     pub(super) fn show_status(&self) {
         self.reporter.status(|| {
             let (confirmed, bytes) = self.producer.confirmed();
-            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-            format!(
-                "{confirmed} msgs ({}) confirmed, {:.0} msg/s",
-                human_bytes(bytes),
-                confirmed as f64 / secs
-            )
+            rate_text("confirmed", confirmed, bytes, self.started.elapsed())
         });
     }
 

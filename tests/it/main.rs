@@ -27,5 +27,6 @@ mod secrets;
 mod stage_kit;
 mod storage;
 mod support;
+mod terminal14;
 mod usage13;
 mod wire;

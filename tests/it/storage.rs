@@ -73,7 +73,7 @@ fn sqlite_dead_letters_a_key_with_nul_alone_and_stores_the_messages_behind_it() 
         .stderr_has("message m2 failed (")
         .stderr_has("NUL");
     assert!(
-        out.stderr.contains("rows 2, duplicates 0; skipped 0, failed 1 (sent to"),
+        out.stderr.contains("mqdemo: failed 1 (sent to") && out.stderr.contains("; rows 2\n"),
         "{}",
         out.stderr
     );
@@ -107,7 +107,7 @@ fn sqlite_refuses_rows_too_wide_and_commits_nothing_of_a_refused_message() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("rows 2, duplicates 0; skipped 0, failed 3 (sent to"),
+        out.stderr.contains("mqdemo: failed 3 (sent to") && out.stderr.contains("; rows 2\n"),
         "{}",
         out.stderr
     );
@@ -127,7 +127,7 @@ fn sqlite_refuses_rows_too_wide_and_commits_nothing_of_a_refused_message() {
         .stderr_has("message m8 failed (")
         .stderr_has("(t would need 2001 columns");
     assert!(
-        out.stderr.contains("rows 3, duplicates 0; skipped 0, failed 1 (sent to"),
+        out.stderr.contains("mqdemo: failed 1 (sent to") && out.stderr.contains("; rows 3\n"),
         "{}",
         out.stderr
     );
@@ -188,13 +188,13 @@ fn pipe_answers_to_identical_id_less_inputs_are_never_merged() {
     input.publish_raw(reading, with_id("r1"));
     let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", "cat"];
     let out = mqdemo(&[&args[..], &["--count", "5"]].concat()).run().expect_code(0);
-    assert!(out.stderr.contains("answered 4, no answer 0, duplicates 1"), "{}", out.stderr);
+    assert!(out.stderr.contains("; answered 4, duplicates 1\n"), "{}", out.stderr);
     // Downstream, a consumer keeps all four (it drops repeats by id).
     let rows = mqdemo(&["consume", "tabular", "--queue", &output.name, "--count", "4"])
         .run()
         .expect_code(0);
     assert_eq!(rows.stdout.lines().count(), 4, "{}", rows.stderr);
-    assert!(rows.stderr.contains("duplicates 0"), "{}", rows.stderr);
+    assert!(!rows.stderr.contains("duplicates"), "zero counts are left out: {}", rows.stderr);
 }
 
 #[test]
@@ -260,7 +260,7 @@ fn sqlite_ids_that_look_like_batch_row_keys_are_not_merged() {
     q.publish_raw(br#"{"row":6}"#, with_id(&format!("{long}1")));
     q.publish_raw(br#"{"row":7}"#, with_id(&format!("{long}2")));
     let out = consume_sqlite(&q, &db, &["--count", "6"]).run().expect_code(0);
-    assert!(out.stderr.contains("rows 7, duplicates 0"), "{}", out.stderr);
+    assert!(out.stderr.contains("; rows 7\n"), "{}", out.stderr);
     let rows: Vec<Option<i64>> = ids_and_rows(&db).iter().map(|r| r.1).collect();
     assert_eq!(rows, [1, 2, 3, 4, 5, 6, 7].map(Some));
 }

@@ -209,6 +209,12 @@ impl Mqdemo {
         self.cmd.spawn().expect("mqdemo binary starts")
     }
 
+    /// Start with stderr going to `stderr` (a pseudo-terminal), stdout piped, no stdin.
+    pub fn spawn_with_stderr(mut self, stderr: Stdio) -> Child {
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        self.cmd.spawn().expect("mqdemo binary starts")
+    }
+
     /// Run to completion within RUN_DEADLINE.
     pub fn run(self) -> Output {
         wait(self.spawn(), RUN_DEADLINE)
