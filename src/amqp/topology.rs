@@ -142,8 +142,9 @@ pub(super) fn exchange_error(e: amiquip::Error, name: &str, ep: &Endpoint) -> Re
             ))
         }
         amiquip::Error::ServerClosedChannel { code: 403, message, .. } => fatal(format!(
-            "not allowed to publish to exchange '{name}' ({}); check the user's write \
-             permission on the vhost in --url",
+            "not allowed to publish to exchange '{name}' ({}); an internal exchange takes \
+             messages only from other exchanges, else check the user's write permission on \
+             the vhost in --url",
             ep.scrub(&message)
         )),
         other => explain(other, ep, &format!("publishing to exchange '{name}'")),
