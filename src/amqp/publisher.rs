@@ -8,7 +8,7 @@ use super::error::{explain, fatal, lost};
 use super::retry::{LinkEvent, Retry};
 use super::session::Session;
 use super::target::Target;
-use super::topology::{QueueSpec, check_exchange, exchange_error};
+use super::topology::{QueueSpec, check_exchange};
 use crate::codec::Message;
 use amiquip::{Channel, Confirm, ConnectionBlockedNotification, Publish, Return};
 use color_eyre::eyre::{Report, Result};
@@ -315,18 +315,7 @@ impl Publisher {
         let Some(label) = self.unroutable_target.take() else {
             return Ok(());
         };
-        let key = &self.default_key;
-        Err(fatal(match self.target.exchange_name() {
-            "" => format!(
-                "no queue named '{key}' for the default exchange to route to ({label} came back \
-                 312 NO_ROUTE); create the queue, or give --queue {key} for mqdemo to declare it"
-            ),
-            exchange => format!(
-                "exchange '{exchange}' routes routing key '{key}' to no queue ({label} came back \
-                 312 NO_ROUTE); bind a queue to '{exchange}' for that key (mqdemo creates no \
-                 bindings), or check --exchange and --routing-key"
-            ),
-        }))
+        Err(self.target.routes_nowhere(&self.default_key, &label))
     }
 
     fn settle(&mut self, confirm: Confirm) {
@@ -407,21 +396,7 @@ impl Publisher {
 
     /// Why the broker closed the channel, in the terms of what the user gave.
     fn closed(&self, e: amiquip::Error) -> Report {
-        if let amiquip::Error::ServerClosedChannel { code: 406, message, .. } = &e {
-            if let Some(user) = &self.target.properties.user_id {
-                if message.contains("user_id") {
-                    return fatal(format!(
-                        "--property user_id={user}: RabbitMQ accepts only the name of the user \
-                         mqdemo logs in as ({}); drop it, or log in as {user} in --url",
-                        self.endpoint.scrub(message)
-                    ));
-                }
-            }
-        }
-        match self.target.exchange_name() {
-            "" => explain(e, &self.endpoint, "publishing"),
-            exchange => exchange_error(e, exchange, &self.endpoint),
-        }
+        self.target.closed(e, &self.endpoint)
     }
 
     /// Hand back everything not confirmed, in publish order, and the channel (not closed:
@@ -439,38 +414,4 @@ impl Publisher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::take_settled;
-    use std::collections::VecDeque;
-
-    fn pending(tags: &[u64]) -> VecDeque<(u64, u64)> {
-        tags.iter().map(|&t| (t, t)).collect()
-    }
-
-    #[test]
-    fn a_nack_before_a_multiple_ack_stays_a_nack() {
-        let mut p = pending(&[1, 2, 3, 4, 5]);
-        // The broker nacks 2 and 4 at once (queue full), then acks up to 5 with `multiple`.
-        assert_eq!(take_settled(&mut p, 2, false), [2]);
-        assert_eq!(take_settled(&mut p, 4, false), [4]);
-        assert_eq!(take_settled(&mut p, 5, true), [1, 3, 5], "the ack settles only what is left");
-        assert!(p.is_empty());
-    }
-
-    #[test]
-    fn a_confirm_settles_nothing_twice() {
-        let mut p = pending(&[1, 2, 3]);
-        assert_eq!(take_settled(&mut p, 2, true), [1, 2]);
-        assert!(take_settled(&mut p, 2, true).is_empty(), "a repeated multiple ack");
-        assert!(take_settled(&mut p, 1, false).is_empty(), "a late single confirm");
-        assert_eq!(take_settled(&mut p, 9, false), Vec::<u64>::new(), "an unknown tag");
-        assert_eq!(take_settled(&mut p, 3, false), [3]);
-    }
-
-    #[test]
-    fn a_multiple_confirm_stops_at_its_tag() {
-        let mut p = pending(&[3, 4, 7, 8]);
-        assert_eq!(take_settled(&mut p, 5, true), [3, 4]);
-        assert_eq!(p.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [7, 8]);
-    }
-}
+mod tests;

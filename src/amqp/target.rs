@@ -5,9 +5,13 @@
 //! confirmed is lost), `content_type` and the headers the codecs write; `config::publish`
 //! refuses those before anything connects, so here the user's values are simply applied.
 
+use super::endpoint::Endpoint;
+use super::error::{explain, fatal};
 use super::props::{properties, properties_bytes};
+use super::topology::exchange_error;
 use crate::codec::{MAX_PROPERTY_BYTES, Message};
 use amiquip::{AmqpProperties, AmqpValue};
+use color_eyre::eyre::Report;
 
 /// A header value given on the command line, with its AMQP field-table type.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +142,42 @@ impl Target {
     /// Bytes the user's headers and properties take in a message's content header, alone.
     pub fn added_bytes(&self) -> usize {
         properties_bytes(&self.apply(AmqpProperties::default()))
+    }
+
+    /// The error that stops a run whose messages the target routes to no queue (312
+    /// NO_ROUTE) with routing key `key`; `label` names the first of them.
+    pub(super) fn routes_nowhere(&self, key: &str, label: &str) -> Report {
+        fatal(match self.exchange_name() {
+            "" => format!(
+                "no queue named '{key}' for the default exchange to route to ({label} came back \
+                 312 NO_ROUTE); create the queue, or give --queue {key} for mqdemo to declare it"
+            ),
+            exchange => format!(
+                "exchange '{exchange}' routes routing key '{key}' to no queue ({label} came back \
+                 312 NO_ROUTE); bind a queue to '{exchange}' for that key (mqdemo creates no \
+                 bindings), or check --exchange and --routing-key"
+            ),
+        })
+    }
+
+    /// Why the broker closed a channel publishing to this target, in the terms of what the
+    /// user gave (`--property user_id`, `--exchange`).
+    pub(super) fn closed(&self, e: amiquip::Error, ep: &Endpoint) -> Report {
+        if let amiquip::Error::ServerClosedChannel { code: 406, message, .. } = &e {
+            if let Some(user) = &self.properties.user_id {
+                if message.contains("user_id") {
+                    return fatal(format!(
+                        "--property user_id={user}: RabbitMQ accepts only the name of the user \
+                         mqdemo logs in as ({}); drop it, or log in as {user} in --url",
+                        ep.scrub(message)
+                    ));
+                }
+            }
+        }
+        match self.exchange_name() {
+            "" => explain(e, ep, "publishing"),
+            exchange => exchange_error(e, exchange, ep),
+        }
     }
 }
 

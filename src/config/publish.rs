@@ -234,6 +234,13 @@ fn property(given: &str, props: &mut PropertyOverrides) -> Result<String, UsageE
             })?);
         }
         "correlation_id" => props.correlation_id = Some(text()?),
+        "reply_to" if value.starts_with("amq.rabbitmq.reply-to") => {
+            return Err(bad("RabbitMQ's direct reply-to needs a consumer on the publishing \
+                            channel, and produce reads no replies (the broker would close the \
+                            channel); name a queue your consumer reads, or use `mqdemo \
+                            request` for request/reply"
+                .into()));
+        }
         "reply_to" => props.reply_to = Some(text()?),
         "type" => props.type_ = Some(text()?),
         "app_id" => props.app_id = Some(text()?),

@@ -305,7 +305,7 @@ fn an_exchange_deleted_mid_run_stops_it_naming_the_exchange() {
 #[test]
 fn bad_publishing_options_are_usage_errors_before_connecting() {
     // Nothing listens on port 1: a run that connected would fail differently.
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--header", "source=x"], "--header source=x: \"source\" is a header of mqdemo's"),
         (&["--header", "x-mqdemo-error=x"], "wire format"),
         (&["--property", "bogus=1"], "the ones you can set are: priority, expiration"),
@@ -314,6 +314,7 @@ fn bad_publishing_options_are_usage_errors_before_connecting() {
         (&["--property", "message_id=abc"], "--new-ids"),
         (&["--property", "delivery_mode=1"], "persistent"),
         (&["--routing-key", "k"], "--routing-key k: only with --exchange"),
+        (&["--property", "reply_to=amq.rabbitmq.reply-to"], "direct reply-to"),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["--url", "amqp://127.0.0.1:1/%2f"];

@@ -159,6 +159,7 @@ fn wire_format_properties_are_refused_with_the_reason() {
     refused(&["--property", "priority"], &["NAME=VALUE"]);
     refused(&["--property", "priority=1", "--property", "priority=2"], &["twice"]);
     refused(&["--property", &format!("reply_to={}", "q".repeat(256))], &["at most 255"]);
+    refused(&["--property", "reply_to=amq.rabbitmq.reply-to"], &["direct reply-to", "request"]);
 }
 
 #[test]
