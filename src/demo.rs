@@ -147,6 +147,7 @@ fn run_case(
         max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         run_id: None,
         source,
+        publish: crate::config::Publish::default(),
     };
     let produced = produce::run(global, &produce_cfg, stop)?;
     if let Some(e) = produced.error {

@@ -17,6 +17,7 @@ mod publisher;
 mod retry;
 mod rpc;
 mod session;
+mod target;
 mod topology;
 
 pub use consumer::{ConsumeLimits, ConsumeOutcome, Disposition, Handler, consume};
@@ -30,6 +31,7 @@ pub(crate) use retry::sleep_unless_stopped;
 pub use retry::{LinkEvent, Retry};
 pub use rpc::{Received, Reply, RpcClient, with_client};
 pub use session::{QueueInfo, Session};
+pub use target::{HeaderField, PropertyOverrides, Target};
 pub use topology::{QueueSpec, QueueType};
 
 use std::time::Duration;

@@ -8,6 +8,7 @@ use super::publisher::{Ctx, PublishReport, Publisher, PublisherOptions};
 use super::retry::sleep_unless_stopped;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::Session;
+use super::target::Target;
 use super::topology::QueueSpec;
 use crate::codec::Message;
 use color_eyre::eyre::{Report, Result};
@@ -21,8 +22,11 @@ use std::time::{Duration, Instant};
 pub struct Producer {
     endpoints: Vec<Endpoint>,
     current: usize,
-    /// Declared on every connection; the first is where messages without a routing key go.
+    /// Declared on every connection; the first is where messages without a routing key go,
+    /// unless the target names another.
     specs: Vec<QueueSpec>,
+    /// Exchange, routing key and additions for messages without a routing key of their own.
+    target: Target,
     options: PublisherOptions,
     retry: Retry,
     stop: std::sync::Arc<AtomicBool>,
@@ -49,18 +53,19 @@ pub struct Producer {
     losses: u64,
 }
 
-/// Declare every queue of `specs` on `session` and open a confirming publisher whose default
-/// routing key is the first one's name.
+/// Declare every queue of `specs` on `session` and open a confirming publisher to `target`
+/// (by default: the first queue, through the default exchange).
 fn declare_and_publish(
     session: &mut Session,
     specs: &[QueueSpec],
+    target: &Target,
     options: PublisherOptions,
     retry: &Retry,
 ) -> Result<Publisher> {
     for spec in specs {
         session.declare_queue(spec)?;
     }
-    Publisher::new(session, specs, options, !retry.retry_for.is_zero())
+    Publisher::new(session, specs, options, !retry.retry_for.is_zero(), target)
 }
 
 /// A channel that has had nothing but nacks for this long is replaced by a fresh connection
@@ -99,13 +104,31 @@ impl Producer {
         stop: std::sync::Arc<AtomicBool>,
         on_event: Box<dyn Fn(LinkEvent) + Send>,
     ) -> Result<Producer> {
+        let target = Target::default();
+        Producer::open_to(endpoints, specs, target, options, retry, stop, on_event)
+    }
+
+    /// Like [`Producer::open_many`], publishing messages without a routing key of their own
+    /// to `target` (an exchange that must exist, a routing key, headers and properties
+    /// added to every message). A message the target routes to no queue stops the run,
+    /// unless it went by the default exchange to one of `specs` (then it is retried).
+    pub fn open_to(
+        endpoints: &[Endpoint],
+        specs: &[QueueSpec],
+        target: Target,
+        options: PublisherOptions,
+        retry: Retry,
+        stop: std::sync::Arc<AtomicBool>,
+        on_event: Box<dyn Fn(LinkEvent) + Send>,
+    ) -> Result<Producer> {
         let (mut session, current) =
             Session::open_first_buffered(endpoints, options.write_buffer())?;
-        let publisher = declare_and_publish(&mut session, specs, options, &retry)?;
+        let publisher = declare_and_publish(&mut session, specs, &target, options, &retry)?;
         Ok(Producer {
             endpoints: endpoints.to_vec(),
             current,
             specs: specs.to_vec(),
+            target,
             options,
             retry,
             stop,
@@ -127,7 +150,7 @@ impl Producer {
 
     /// Publish one message (blocks while the confirm window is full or the broker blocks).
     pub fn publish(&mut self, msg: Message) -> Result<()> {
-        if let Some(n) = msg.oversized_properties() {
+        if let Some(n) = msg.oversized_properties().or_else(|| self.target.oversized(&msg)) {
             // Sent, the broker would close the connection (FRAME_ERROR) on every attempt.
             return Err(fatal(format!(
                 "{}: its properties and headers take {n} bytes, more than fit in one AMQP \
@@ -298,10 +321,12 @@ impl Producer {
 
     fn replace_link(&mut self, mut error: Report, healthy: bool) -> Result<()> {
         self.channel_nacked_since = None;
+        // Counted as re-published once a new connection takes them, not before.
+        let mut moved = 0;
         if let Some((session, publisher)) = self.live.take() {
             let (report, msgs, channel) = publisher.into_unconfirmed();
             self.done.absorb(report);
-            self.done.republished += msgs.len() as u64;
+            moved = msgs.len() as u64;
             for m in msgs.into_iter().rev() {
                 self.backlog.push_front(m);
             }
@@ -324,6 +349,7 @@ impl Producer {
             return Err(fatal(format!("{why}; the last time: {error:#}")));
         }
         let (specs, options, retry) = (self.specs.clone(), self.options, self.retry);
+        let target = self.target.clone();
         let live = reconnect(
             &self.endpoints,
             &mut self.current,
@@ -333,11 +359,13 @@ impl Producer {
             &*self.on_event,
             |ep| {
                 let mut session = Session::open(ep, options.write_buffer())?;
-                let publisher = declare_and_publish(&mut session, &specs, options, &retry)?;
+                let publisher =
+                    declare_and_publish(&mut session, &specs, &target, options, &retry)?;
                 Ok((session, publisher))
             },
         )?;
         self.live = Some(live);
+        self.done.republished += moved;
         Ok(())
     }
 

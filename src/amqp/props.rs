@@ -141,7 +141,7 @@ fn table_bytes(t: &FieldTable) -> usize {
 }
 
 /// Encoded bytes of a property set (flags, every property present, the header table).
-fn properties_bytes(p: &AmqpProperties) -> usize {
+pub(super) fn properties_bytes(p: &AmqpProperties) -> usize {
     let short = |s: &Option<String>| s.as_ref().map_or(0, |s| 1 + s.len());
     2 + short(p.content_type())
         + short(p.content_encoding())

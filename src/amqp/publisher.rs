@@ -5,10 +5,10 @@
 use super::TICK;
 use super::endpoint::Endpoint;
 use super::error::{explain, fatal, lost};
-use super::props::properties;
 use super::retry::{LinkEvent, Retry};
 use super::session::Session;
-use super::topology::QueueSpec;
+use super::target::Target;
+use super::topology::{QueueSpec, check_exchange};
 use crate::codec::Message;
 use amiquip::{Channel, Confirm, ConnectionBlockedNotification, Publish, Return};
 use color_eyre::eyre::{Report, Result};
@@ -89,11 +89,20 @@ fn take_settled<T>(pending: &mut VecDeque<(u64, T)>, tag: u64, multiple: bool) -
 /// AMQP reply code of a mandatory message that no queue took.
 const NO_ROUTE: u16 = 312;
 
-/// Publishes persistent, mandatory messages to one queue on one channel.
+/// Publishes persistent, mandatory messages to one queue (or the user's exchange) on one
+/// channel.
 pub(super) struct Publisher {
     pub(super) channel: Channel,
     pub(super) endpoint: Endpoint,
+    /// The first declared queue ("" when none is).
     queue: String,
+    /// Where messages without a routing key of their own go, and what they carry.
+    target: Target,
+    /// Their routing key: the target's, else the first queue's name.
+    default_key: String,
+    /// The first message to the target that no queue took (312 NO_ROUTE) where retrying
+    /// cannot help (the user's exchange or routing key): the run stops with why.
+    unroutable_target: Option<String>,
     confirms: Receiver<Confirm>,
     returns: Receiver<Return>,
     blocked_rx: Receiver<ConnectionBlockedNotification>,
@@ -123,18 +132,26 @@ impl Publisher {
         queues: &[QueueSpec],
         options: PublisherOptions,
         retry_nacks: bool,
+        target: &Target,
     ) -> Result<Publisher> {
         let channel = session.channel()?;
         let ep = session.endpoint().clone();
+        if !target.exchange_name().is_empty() {
+            check_exchange(&channel, target.exchange_name(), &ep)?;
+        }
         // Listen before enabling, or early confirms can be missed.
         let confirms =
             channel.listen_for_publisher_confirms().map_err(|e| explain(e, &ep, "publishing"))?;
         let returns = channel.listen_for_returns().map_err(|e| explain(e, &ep, "publishing"))?;
         channel.enable_publisher_confirms().map_err(|e| explain(e, &ep, "publishing"))?;
+        let queue = queues.first().map_or_else(String::new, |s| s.name.clone());
         Ok(Publisher {
             channel,
             endpoint: ep,
-            queue: queues.first().map_or_else(String::new, |s| s.name.clone()),
+            default_key: target.routing_key.clone().unwrap_or_else(|| queue.clone()),
+            queue,
+            target: target.clone(),
+            unroutable_target: None,
             declared: queues.iter().map(|s| s.name.clone()).collect(),
             confirms,
             returns,
@@ -162,14 +179,20 @@ impl Publisher {
         if let Err(e) = self.make_room(msg.body.len(), ctx) {
             return Err((e, Some(Box::new(msg))));
         }
+        // A message with a routing key of its own (a reply, a failed copy) names a queue:
+        // it goes through the default exchange.
+        let (exchange, routing_key) = match &msg.route.routing_key {
+            Some(key) => ("", key.clone()),
+            None => (self.target.exchange_name(), self.default_key.clone()),
+        };
         let publish = Publish {
             body: &msg.body,
-            routing_key: msg.route.routing_key.clone().unwrap_or_else(|| self.queue.clone()),
+            routing_key,
             mandatory: true,
             immediate: false,
-            properties: properties(&msg),
+            properties: self.target.properties(&msg),
         };
-        let sent = self.channel.basic_publish("", publish);
+        let sent = self.channel.basic_publish(exchange, publish);
         self.pending_bytes += msg.body.len();
         self.pending.push_back((self.next_tag, msg));
         self.next_tag += 1;
@@ -279,10 +302,20 @@ impl Publisher {
         loop {
             match self.confirms.try_recv() {
                 Ok(c) => self.settle(c),
-                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Empty) => return self.check_routed(),
                 Err(TryRecvError::Disconnected) => return Err(self.lost_stream()),
             }
         }
+    }
+
+    /// Stop the run when the target routed a message nowhere and retrying cannot help:
+    /// every message of a run has the same exchange and routing key, so the rest would go
+    /// nowhere too.
+    fn check_routed(&mut self) -> Result<()> {
+        let Some(label) = self.unroutable_target.take() else {
+            return Ok(());
+        };
+        Err(self.target.routes_nowhere(&self.default_key, &label))
     }
 
     fn settle(&mut self, confirm: Confirm) {
@@ -304,12 +337,18 @@ impl Publisher {
             self.pending_bytes -= msg.body.len();
             if let Some((code, why)) = self.returned.remove(&msg.message_id) {
                 // 312 NO_ROUTE: no queue took it, e.g. a classic queue whose node is down.
-                // Like a nack, it is worth trying again while --retry-for lasts.
-                let to = msg.route.routing_key.as_ref().unwrap_or(&self.queue);
-                if code == NO_ROUTE && self.retry_nacks && self.declared.contains(to) {
+                // Like a nack, it is worth trying again while --retry-for lasts, when it went
+                // to a queue this producer declares through the default exchange.
+                let own = msg.route.routing_key.is_some();
+                let to = msg.route.routing_key.as_ref().unwrap_or(&self.default_key);
+                let by_name = own || self.target.exchange_name().is_empty();
+                if code == NO_ROUTE && self.retry_nacks && by_name && self.declared.contains(to) {
                     self.unroutable = Some(to.clone());
                     self.nacked.push(msg);
                 } else {
+                    if code == NO_ROUTE && !own && self.target.exchange.is_some() {
+                        self.unroutable_target.get_or_insert_with(|| msg.label.clone());
+                    }
                     self.report.refused.push((msg.label, why));
                 }
             } else if acked {
@@ -331,13 +370,17 @@ impl Publisher {
         while let Ok(c) = self.confirms.try_recv() {
             self.settle(c);
         }
-        let why = if self.queue.is_empty() {
+        // On a closed channel any call returns why the broker closed it.
+        let exchange = self.target.exchange_name().to_string();
+        let why = if !exchange.is_empty() {
+            self.channel.exchange_declare_passive(exchange.clone()).map(drop)
+        } else if self.queue.is_empty() {
             Ok(())
         } else {
             self.channel.queue_declare_passive(self.queue.clone()).map(drop)
         };
         match why {
-            Err(e) => explain(e, &self.endpoint, "publishing"),
+            Err(e) => self.closed(e),
             Ok(()) => {
                 lost(format!("lost the publisher-confirm stream from {}", self.endpoint.masked()))
             }
@@ -348,7 +391,12 @@ impl Publisher {
         while let Ok(c) = self.confirms.try_recv() {
             self.settle(c);
         }
-        explain(e, &self.endpoint, "publishing")
+        self.closed(e)
+    }
+
+    /// Why the broker closed the channel, in the terms of what the user gave.
+    fn closed(&self, e: amiquip::Error) -> Report {
+        self.target.closed(e, &self.endpoint)
     }
 
     /// Hand back everything not confirmed, in publish order, and the channel (not closed:
@@ -366,38 +414,4 @@ impl Publisher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::take_settled;
-    use std::collections::VecDeque;
-
-    fn pending(tags: &[u64]) -> VecDeque<(u64, u64)> {
-        tags.iter().map(|&t| (t, t)).collect()
-    }
-
-    #[test]
-    fn a_nack_before_a_multiple_ack_stays_a_nack() {
-        let mut p = pending(&[1, 2, 3, 4, 5]);
-        // The broker nacks 2 and 4 at once (queue full), then acks up to 5 with `multiple`.
-        assert_eq!(take_settled(&mut p, 2, false), [2]);
-        assert_eq!(take_settled(&mut p, 4, false), [4]);
-        assert_eq!(take_settled(&mut p, 5, true), [1, 3, 5], "the ack settles only what is left");
-        assert!(p.is_empty());
-    }
-
-    #[test]
-    fn a_confirm_settles_nothing_twice() {
-        let mut p = pending(&[1, 2, 3]);
-        assert_eq!(take_settled(&mut p, 2, true), [1, 2]);
-        assert!(take_settled(&mut p, 2, true).is_empty(), "a repeated multiple ack");
-        assert!(take_settled(&mut p, 1, false).is_empty(), "a late single confirm");
-        assert_eq!(take_settled(&mut p, 9, false), Vec::<u64>::new(), "an unknown tag");
-        assert_eq!(take_settled(&mut p, 3, false), [3]);
-    }
-
-    #[test]
-    fn a_multiple_confirm_stops_at_its_tag() {
-        let mut p = pending(&[3, 4, 7, 8]);
-        assert_eq!(take_settled(&mut p, 5, true), [3, 4]);
-        assert_eq!(p.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [7, 8]);
-    }
-}
+mod tests;

@@ -121,6 +121,36 @@ fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint) -> Report {
     }
 }
 
+/// Check that the exchange `name` exists (a passive declare), before anything is published
+/// to it: publishing to a missing exchange closes the channel only after the publish.
+pub(super) fn check_exchange(channel: &Channel, name: &str, ep: &Endpoint) -> Result<()> {
+    channel.exchange_declare_passive(name).map(drop).map_err(|e| exchange_error(e, name, ep))
+}
+
+/// What to say when the broker closed a channel that publishes to exchange `name`: a missing
+/// exchange (404 "no exchange") or no permission to it are the user's to fix.
+pub(super) fn exchange_error(e: amiquip::Error, name: &str, ep: &Endpoint) -> Report {
+    match e {
+        amiquip::Error::ServerClosedChannel { code: 404, message, .. }
+            if message.contains("no exchange") =>
+        {
+            fatal(format!(
+                "exchange '{name}' does not exist ({}); check --exchange, or declare it first \
+                 (your application, the management UI, or `rabbitmqadmin declare exchange \
+                 name={name} type=topic durable=true`): mqdemo does not create exchanges",
+                ep.scrub(&message)
+            ))
+        }
+        amiquip::Error::ServerClosedChannel { code: 403, message, .. } => fatal(format!(
+            "not allowed to publish to exchange '{name}' ({}); an internal exchange takes \
+             messages only from other exchanges, else check the user's write permission on \
+             the vhost in --url",
+            ep.scrub(&message)
+        )),
+        other => explain(other, ep, &format!("publishing to exchange '{name}'")),
+    }
+}
+
 /// Whether the 404 of a passive declare means there is no such queue (rather than that it
 /// exists on a node that is down: "home node ... is down or inaccessible", or stopping:
 /// "process is stopped by supervisor").

@@ -43,6 +43,45 @@ pub struct ProduceCommon {
     /// deterministic: a repeated or resumed run is dropped as duplicates. Example: --new-ids
     #[arg(long)]
     pub new_ids: bool,
+
+    /// Publish to this exchange (it must exist; mqdemo creates no exchanges and no bindings)
+    /// instead of to --queue through the default exchange. With --exchange, no queue is
+    /// declared unless --queue is given too; '' is the default exchange.
+    /// Example: --exchange amq.topic --routing-key sensors.eu
+    #[arg(long, value_name = "NAME", help_heading = "Exchange, headers and properties")]
+    pub exchange: Option<String>,
+
+    /// Routing key of every message, with --exchange (default: the queue name).
+    /// Example: --routing-key sensors.eu.temperature
+    #[arg(
+        long,
+        alias = "routing_key",
+        value_name = "KEY",
+        help_heading = "Exchange, headers and properties"
+    )]
+    pub routing_key: Option<String>,
+
+    /// Add a header to every message (repeatable). A whole number becomes an integer header,
+    /// true/false a boolean, anything else a string; NAME:TYPE=VALUE picks the type (str, int,
+    /// bool, float), so NAME:str=42 sends the string "42". mqdemo's own headers (source, row,
+    /// sha256, ..., x-mqdemo-*) cannot be set. Example: --header model=v2 --header batch:str=007
+    #[arg(
+        long = "header",
+        value_name = "NAME=VALUE",
+        help_heading = "Exchange, headers and properties"
+    )]
+    pub headers: Vec<String>,
+
+    /// Set an AMQP property on every message (repeatable): priority (0-255), expiration
+    /// (milliseconds), correlation_id, reply_to, type, app_id, user_id, timestamp (Unix
+    /// seconds). message_id, delivery_mode and content_type are mqdemo's wire format.
+    /// Example: --property priority=5 --property expiration=60000
+    #[arg(
+        long = "property",
+        value_name = "NAME=VALUE",
+        help_heading = "Exchange, headers and properties"
+    )]
+    pub properties: Vec<String>,
 }
 
 /// `produce tabular`.

@@ -25,9 +25,12 @@ pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> 
             t.common,
         ),
     };
+    let queue_given = common.queue.is_some();
+    let queue = queue_spec(common.queue.clone(), &common.queue_args, kind)?;
+    let publish = super::publish::publish(&common, &queue, queue_given)?;
     Ok(ProduceConfig {
         kind,
-        queue: queue_spec(common.queue, &common.queue_args, kind)?,
+        queue,
         interval: seconds("--interval", common.interval, true)?,
         publisher: PublisherOptions {
             window: common.confirm_window as usize,
@@ -37,6 +40,7 @@ pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> 
         max_message_size: common.max_message_size,
         run_id: common.new_ids.then(run_id),
         source,
+        publish,
     })
 }
 

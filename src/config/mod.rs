@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod commands;
+mod publish;
 #[cfg(test)]
 mod tests;
 mod urls;
@@ -14,6 +15,7 @@ mod values;
 
 pub use commands::default_publisher;
 use commands::{consume, pipe, produce, request, serve};
+pub use publish::Publish;
 use urls::endpoints;
 pub use urls::split_urls;
 use values::seconds;
@@ -155,6 +157,8 @@ pub struct ProduceConfig {
     pub run_id: Option<String>,
     /// Where the data comes from.
     pub source: Source,
+    /// Exchange, routing key, headers and properties (`--exchange`, `--header`, ...).
+    pub publish: Publish,
 }
 
 /// Producer input.

@@ -34,10 +34,12 @@ pub(crate) use crate::output::Outcome;
 /// Run one producer.
 pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
     let input = Input::open(cfg)?;
-    let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue.name));
-    let producer = Producer::open(
+    let reporter = Reporter::new(!global.quiet, input.progress(), &destination(cfg));
+    let declared = if cfg.publish.declare_queue { vec![cfg.queue.clone()] } else { Vec::new() };
+    let producer = Producer::open_to(
         &global.endpoints,
-        &cfg.queue,
+        &declared,
+        cfg.publish.target.clone(),
         cfg.publisher,
         global.retry,
         Arc::clone(stop),
@@ -60,8 +62,14 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
     let Pump { producer, reporter, skipped, padded_note, .. } = pump;
     let (report, finished) = producer.finish();
     reporter.finish();
-    for (label, why) in &report.refused {
+    for (label, why) in report.refused.iter().take(SHOWN_REFUSED) {
         reporter.warn(&format!("not delivered: {label}: {why}"));
+    }
+    if report.refused.len() > SHOWN_REFUSED {
+        reporter.warn(&format!(
+            "... and {} more not delivered (counted as failed in the summary)",
+            report.refused.len() - SHOWN_REFUSED
+        ));
     }
     if !report.unconfirmed.is_empty() {
         let shown: Vec<&str> = report.unconfirmed.iter().take(5).map(String::as_str).collect();
@@ -86,6 +94,19 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
         note: padded_note,
     };
     Ok(Outcome { summary, error })
+}
+
+/// Refused messages named one by one on stderr; the rest are counted (a run to an exchange
+/// that routes nowhere has a whole confirm window of them).
+const SHOWN_REFUSED: usize = 10;
+
+/// Where the messages go, for the progress bar: `→ queue`, or `→ exchange/key`.
+fn destination(cfg: &ProduceConfig) -> String {
+    let target = &cfg.publish.target;
+    match (&target.exchange, &target.routing_key) {
+        (Some(exchange), Some(key)) => format!("→ {exchange:?}/{key}"),
+        _ => format!("→ {}", cfg.queue.name),
+    }
 }
 
 pub(super) fn too_large(size: u64, max: u64) -> String {

@@ -22,6 +22,7 @@ mod lines;
 mod ml;
 mod model;
 mod proxy;
+mod publish14;
 mod reliability;
 mod secrets;
 mod stage_kit;
