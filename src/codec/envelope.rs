@@ -178,7 +178,7 @@ fn write_field(out: &mut Vec<u8>, f: &Field) {
         Field::Str(s) => write_str(out, s),
         Field::Bytes(b) => {
             out.extend_from_slice(b"{\"base64\":\"");
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(b).as_bytes());
+            base64_into(out, b);
             out.extend_from_slice(b"\"}");
         }
         Field::Array(items) => {
@@ -246,11 +246,23 @@ fn write_body(out: &mut Vec<u8>, content_type: Option<&str>, body: &[u8]) {
         }
         Err(_) => {
             out.extend_from_slice(b"\"body_base64\":\"");
-            out.extend_from_slice(
-                base64::engine::general_purpose::STANDARD.encode(body).as_bytes(),
-            );
+            base64_into(out, body);
             out.push(b'"');
         }
+    }
+}
+
+/// Standard base64 of `bytes` appended to `out`, encoded in place (a large body is not
+/// held a third time).
+fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let start = out.len();
+    let len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.resize(start + len, 0);
+    if engine.encode_slice(bytes, &mut out[start..]).is_err() {
+        // Cannot happen (the room is exactly the encoded length); never write a bad line.
+        out.truncate(start);
+        out.extend_from_slice(engine.encode(bytes).as_bytes());
     }
 }
 
