@@ -108,7 +108,7 @@ pub struct ConsumeTabular {
     pub table: String,
 
     /// Add where each row came from (with --sqlite, or to JSON lines and CSV rows):
-    /// _mq_source (the source header), _mq_row (its data row), _mq_message_id,
+    /// _mq_source (the source header), _mq_row (its data row or text line), _mq_message_id,
     /// _mq_received_at (RFC 3339 UTC) and _mq_correlation_id, null where absent. A message
     /// with a field of one of these names goes to the failed queue.
     /// Example: --sqlite results.db --with-meta

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The fields `--with-meta` adds to every row, in this order: the `source` header, the
-/// row's own data row (the `row` header, plus its place in a batch), the message id, when
+/// row's own data row (the `row` header, plus its place in a batch; for an answer to a
+/// line of a text file, the `line` header), the message id, when
 /// mqdemo received it (RFC 3339, UTC, milliseconds) and the `correlation_id` property.
 /// Each is null where the message has none.
 pub(crate) const COLUMNS: [&str; 5] =
@@ -29,7 +30,7 @@ impl RowMeta {
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         RowMeta {
             source: opt(d.header_str("source")),
-            first_row: d.header_int("row"),
+            first_row: d.header_int("row").or_else(|| d.header_int(crate::codec::text::LINE)),
             message_id: opt(d.assigned_id()),
             received_at: Value::String(rfc3339_millis(u64::try_from(ms).unwrap_or(u64::MAX))),
             correlation_id: opt(d.correlation_id.as_deref()),
@@ -131,6 +132,16 @@ mod tests {
         d.headers.insert("source".into(), HeaderValue::Str("cats/a.png".into()));
         d.headers.insert("row".into(), HeaderValue::Int(7));
         RowMeta::of(&d)
+    }
+
+    #[test]
+    fn a_text_line_is_its_row() {
+        let mut d = Delivery::default();
+        d.headers.insert("line".into(), HeaderValue::Int(4));
+        let mut rows = vec![Map::new()];
+        RowMeta::of(&d).add(&mut rows);
+        assert_eq!(rows[0]["_mq_row"], 4);
+        assert_eq!(rows[0]["_mq_source"], Value::Null);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! real python3 models.
 
 use crate::stage_kit::pipe;
-use crate::support::{TestQueue, data, mqdemo, s, tree};
+use crate::support::{TestQueue, data, mqdemo, s, tree, wait};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Copies of the sample images under names with spaces, unicode and a subdirectory.
 fn image_dir(root: &Path) -> Vec<(String, Vec<u8>)> {
@@ -259,4 +261,41 @@ fn a_model_with_envelope_framing_echoes_each_input_file_name() {
     let want: Vec<(String, u64)> =
         files.iter().map(|(name, bytes)| (name.clone(), bytes.len() as u64)).collect();
     assert_eq!(got, want, "every answer names its own file");
+}
+
+/// `consume --format envelope | head -c 1000`: a closed pipe ends the run with exit 0, and
+/// the envelopes nobody read stay queued.
+#[test]
+fn envelopes_a_pipe_reader_never_read_stay_queued() {
+    let q = TestQueue::new("env-head");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = image_dir(dir.path());
+    for _ in 0..3 {
+        // New ids each time: 3 x 3 distinct messages of over 600 bytes of envelope each.
+        let imgs = dir.path().join("imgs");
+        let args = ["produce", "image", "--directory", s(&imgs), "--queue", &q.name, "--new-ids"];
+        mqdemo(&args).run().expect_code(0);
+    }
+    let total = 3 * files.len() as u32;
+    let mut head = Command::new("head")
+        .args(["-c", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("head runs");
+    let pipe = head.stdin.take().expect("head's stdin");
+    let consumer = Command::new(crate::support::bin_path())
+        .args(["consume", "tabular", "--queue", &q.name, "--format", "envelope"])
+        .args(["--count", &total.to_string()])
+        .env("AMQP_URL", crate::support::url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(pipe))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mqdemo runs");
+    let out = wait(consumer, Duration::from_secs(60));
+    let _ = head.wait();
+    assert_eq!(out.code(), Some(0), "a closed pipe is a normal end: {}", out.stderr);
+    let taken = total - q.depth();
+    assert!(taken <= 2, "{taken} envelopes acked though head read only 1,000 bytes");
 }
