@@ -154,9 +154,11 @@ fn run_case(
         return Err(e.wrap_err(format!("demo: producing {} failed", case.name)));
     }
     let sink = match case.kind {
-        Kind::Tabular => {
-            SinkConfig::Rows { output: Some(out.with_extension("csv")), format: RowFormat::CSV }
-        }
+        Kind::Tabular => SinkConfig::Rows {
+            output: Some(out.with_extension("csv")),
+            format: RowFormat::CSV,
+            with_meta: false,
+        },
         _ => SinkConfig::Directory(out.to_path_buf()),
     };
     let consume_cfg = ConsumeConfig {

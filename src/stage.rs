@@ -7,13 +7,17 @@
 //! duplicates. An input without a message id gets a fresh one instead: repeats from other
 //! producers are data, so its answers never merge with another input's.
 
-use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
+mod glob;
+
+use crate::amqp::{Disposition, Handler, Producer, QueueSpec, delivery_meta};
 use crate::child::{Answer, Blame, Failure, Framing, ModelChild, SETTLE_CAP};
-use crate::codec::{self, Delivery, Message, failed_copy, header_text, unique_id};
+use crate::codec::{self, Delivery, Message, envelope, failed_copy, header_text, unique_id};
 use crate::config::{Global, StageConfig, StageOutput};
 use crate::output::{Progress, Reporter, Summary, link_events};
 use crate::workers::{SeenIds, Workload, drive};
 use color_eyre::eyre::{Result, eyre};
+use glob::glob_match;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -146,6 +150,15 @@ impl<'a> Stage<'a> {
             failures_in_a_row: 0,
             broken: None,
         })
+    }
+
+    /// What the model is handed for `d`: its body, or (--framing envelope) its envelope.
+    fn model_input<'d>(&self, d: &'d Delivery) -> Cow<'d, [u8]> {
+        if self.cfg.envelope {
+            Cow::Owned(envelope::encode(&delivery_meta(d), &d.body))
+        } else {
+            Cow::Borrowed(&d.body)
+        }
     }
 
     /// The messages one answer becomes; their ids derive from `input_id`.
@@ -326,7 +339,7 @@ impl Handler for Stage<'_> {
         if let Err(why) = self.reply_queue(d) {
             self.send_to_failed(d, &input_id, &why)?;
         } else {
-            match self.child.call(&d.body) {
+            match self.child.call(&self.model_input(d)) {
                 Ok(Answer::Output(body)) => {
                     self.failures_in_a_row = 0;
                     self.counts.answered += 1;
@@ -378,22 +391,6 @@ impl Handler for Stage<'_> {
     }
 }
 
-/// Whether `name` matches `pattern`, where `*` matches any run of characters.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else { return false };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 /// The progress bar's text for a stage.
 fn status_text(c: &Counts) -> String {
     let mut text = format!("{} msgs, answered {}", c.messages, c.answered);
@@ -401,22 +398,4 @@ fn status_text(c: &Counts) -> String {
         text.push_str(&format!(", failed {}", c.failed));
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn reply_patterns_match_whole_names() {
-        assert!(glob_match("replies.*", "replies.abc"));
-        assert!(glob_match("replies.*", "replies."));
-        assert!(!glob_match("replies.*", "xreplies.abc"));
-        assert!(glob_match("a*b*c", "a-b-c"));
-        assert!(!glob_match("a*b*c", "a-b-c-d"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exact2"));
-        assert!(glob_match("*", "anything"));
-        assert!(!glob_match("ab*ba", "aba"));
-    }
 }

@@ -10,6 +10,7 @@
 mod consumer;
 mod endpoint;
 mod error;
+mod meta;
 mod prefetch;
 mod producer;
 mod props;
@@ -24,6 +25,7 @@ pub use consumer::{ConsumeLimits, ConsumeOutcome, Disposition, Handler, consume}
 pub(crate) use endpoint::next_amqp_url;
 pub use endpoint::{BadUrl, Endpoint};
 pub use error::{LinkError, LinkFate, START_BROKER_HINT, is_retryable};
+pub use meta::meta as delivery_meta;
 pub use producer::Producer;
 pub use props::properties as wire_properties;
 pub use publisher::{PublishReport, PublisherOptions};

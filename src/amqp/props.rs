@@ -175,6 +175,8 @@ pub(super) fn delivery(d: &mut amiquip::Delivery) -> Delivery {
         redelivered: d.redelivered,
         correlation_id: props.correlation_id().clone(),
         reply_to: props.reply_to().clone(),
+        exchange: std::mem::take(&mut d.exchange),
+        routing_key: std::mem::take(&mut d.routing_key),
         original: Original::default(),
     };
     let original = Original::new(props, property_bytes, header_bytes, header_count);

@@ -66,6 +66,10 @@ pub enum Format {
     /// CSV: a header row from the first message's columns (or, appending to a file that
     /// has one, its header: rows are mapped to its columns).
     Csv,
+    /// One JSON object per message, whatever it holds (images, text, JSON, another
+    /// producer's messages): properties, headers, exchange, routing_key, redelivered, and
+    /// the body as `body` (JSON), `body_text` (UTF-8) or `body_base64`.
+    Envelope,
 }
 
 /// `consume tabular`.
@@ -75,7 +79,8 @@ pub struct ConsumeTabular {
     #[arg(long, default_value = "-", value_name = "FILE|-")]
     pub output: String,
 
-    /// Output format. Example: --format csv
+    /// Output format. `envelope` reads ANY queue, not only rows (see docs/consuming.md).
+    /// Example: --format csv; --queue image_queue --format envelope
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
 
@@ -101,6 +106,14 @@ pub struct ConsumeTabular {
     /// Table for --sqlite (created on first use). Example: --table predictions
     #[arg(long, default_value = "results", value_name = "NAME")]
     pub table: String,
+
+    /// Add where each row came from (with --sqlite, or to JSON lines and CSV rows):
+    /// _mq_source (the source header), _mq_row (its data row or text line), _mq_message_id,
+    /// _mq_received_at (RFC 3339 UTC) and _mq_correlation_id, null where absent. A message
+    /// with a field of one of these names goes to the failed queue.
+    /// Example: --sqlite results.db --with-meta
+    #[arg(long)]
+    pub with_meta: bool,
 
     /// Options every consumer shares.
     #[command(flatten)]

@@ -133,7 +133,8 @@ pub enum ProduceCommand {
 /// `consume <kind>`.
 #[derive(Debug, Subcommand)]
 pub enum ConsumeCommand {
-    /// Rows to stdout (default) or a file, as JSON lines or CSV.
+    /// Rows to stdout (default) or a file, as JSON lines or CSV; or any queue's messages whole
+    /// (properties, headers, body) with --format envelope.
     /// Example: mqdemo consume tabular --count 300 --format csv --output rows.csv
     Tabular(ConsumeTabular),
     /// Image files into a directory, under their relative source paths.

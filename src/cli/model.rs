@@ -21,6 +21,10 @@ pub enum FramingArg {
     Lines,
     /// A 4-byte big-endian length then the bytes, each way (images, any binary body).
     Frames,
+    /// One JSON line per message, its envelope (as `consume tabular --format envelope`
+    /// writes it): properties, headers (headers.source: the input's file) and the body as
+    /// body (JSON), body_text or body_base64; the model answers one line, as with lines.
+    Envelope,
 }
 
 /// The model child and how `pipe` / `serve` consume.
@@ -32,7 +36,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "CMD")]
     pub exec: String,
 
-    /// Body framing on the child's stdin/stdout. Example: --framing frames
+    /// Body framing on the child's stdin/stdout; `envelope` also hands the model the
+    /// message's headers and properties. Example: --framing frames; --framing envelope
     #[arg(long, value_enum, default_value_t = FramingArg::Lines)]
     pub framing: FramingArg,
 

@@ -4,6 +4,7 @@
 //! [`Delivery`] back into data. They never touch the network, the file system or the terminal.
 
 pub mod answer;
+pub mod envelope;
 pub mod failed;
 pub mod file;
 pub mod image;
@@ -169,6 +170,10 @@ pub struct Delivery {
     pub correlation_id: Option<String>,
     /// `reply_to` property, if set.
     pub reply_to: Option<String>,
+    /// The exchange it was published to (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
     /// Every property as it came (for a failed copy); see [`Original`].
     pub original: Original,
 }

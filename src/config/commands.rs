@@ -51,23 +51,35 @@ pub(super) fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> 
                 return Err(UsageError(why));
             }
             let path = t.sqlite.unwrap_or_default();
-            (Kind::Tabular, t.common, SinkConfig::Sqlite { path, table: t.table })
+            let with_meta = t.with_meta;
+            (Kind::Tabular, t.common, SinkConfig::Sqlite { path, table: t.table, with_meta })
         }
         ConsumeCommand::Tabular(t) => {
             let output = (t.output != "-").then(|| PathBuf::from(&t.output));
             let format = match t.format {
-                cli::Format::Jsonl if t.no_header || t.delimiter.is_some() => {
+                cli::Format::Jsonl | cli::Format::Envelope
+                    if t.no_header || t.delimiter.is_some() =>
+                {
                     return Err(UsageError(
                         "--no-header and --delimiter shape CSV output: add --format csv".into(),
                     ));
                 }
+                cli::Format::Envelope if t.with_meta => {
+                    return Err(UsageError(
+                        "--with-meta adds fields to rows; --format envelope already carries \
+                         every property and header: drop --with-meta"
+                            .into(),
+                    ));
+                }
                 cli::Format::Jsonl => RowFormat::Jsonl,
+                cli::Format::Envelope => RowFormat::Envelope,
                 cli::Format::Csv => RowFormat::Csv {
                     delimiter: t.delimiter.as_deref().map(delimiter).transpose()?.unwrap_or(b','),
                     header: !t.no_header,
                 },
             };
-            (Kind::Tabular, t.common, SinkConfig::Rows { output, format })
+            let with_meta = t.with_meta;
+            (Kind::Tabular, t.common, SinkConfig::Rows { output, format, with_meta })
         }
         ConsumeCommand::Image(f) => {
             let dir = f.output_directory.unwrap_or_else(|| "received_images".into());
@@ -168,13 +180,14 @@ pub(super) fn stage(
         exec: m.exec,
         child: crate::child::ChildOptions {
             framing: match m.framing {
-                cli::FramingArg::Lines => crate::child::Framing::Lines,
+                cli::FramingArg::Lines | cli::FramingArg::Envelope => crate::child::Framing::Lines,
                 cli::FramingArg::Frames => crate::child::Framing::Frames,
             },
             timeout: seconds("--exec-timeout", m.exec_timeout, false)?,
             max_answer: usize::try_from(m.max_answer_bytes).unwrap_or(usize::MAX),
             max_stderr_line: usize::try_from(m.max_stderr_line).unwrap_or(usize::MAX),
         },
+        envelope: m.framing == cli::FramingArg::Envelope,
         allow_reply_to: Vec::new(),
         workers: usize::from(m.workers),
         prefetch: m.prefetch,

@@ -78,6 +78,9 @@ pub struct StageConfig {
     pub exec: String,
     /// How the child is run: framing, deadline, size limits.
     pub child: crate::child::ChildOptions,
+    /// `--framing envelope`: the child is handed each message's envelope (a line) instead
+    /// of its body.
+    pub envelope: bool,
     /// Reply-queue name patterns `serve` answers to besides the reply queues it always
     /// allows.
     pub allow_reply_to: Vec<String>,
@@ -217,6 +220,8 @@ pub enum SinkConfig {
         output: Option<PathBuf>,
         /// Row format.
         format: RowFormat,
+        /// Add the `--with-meta` fields to every row.
+        with_meta: bool,
     },
     /// Files into a directory.
     Directory(PathBuf),
@@ -226,6 +231,8 @@ pub enum SinkConfig {
         path: PathBuf,
         /// The table.
         table: String,
+        /// Add the `--with-meta` columns to every row.
+        with_meta: bool,
     },
 }
 
@@ -252,6 +259,8 @@ impl RowFormat {
 pub enum RowFormat {
     /// JSON lines.
     Jsonl,
+    /// One JSON envelope (properties, headers, body) per message, whatever it holds.
+    Envelope,
     /// CSV.
     Csv {
         /// Field separator.

@@ -1,5 +1,6 @@
 //! `consume tabular --sqlite`: rows into an SQLite table, committed before each ack.
 
+use super::meta::{RowMeta, clash};
 use super::{CountingHandler, Counts, Tally};
 use crate::amqp::{Disposition, Handler};
 use crate::codec::{Delivery, tabular, unique_id};
@@ -14,6 +15,8 @@ pub(super) struct DbHandler {
     tally: Tally,
     /// Most memory one message's decoded rows may take (--prefetch-bytes).
     pub(super) decoded_limit: u64,
+    /// --with-meta: each row gets the [`super::meta::COLUMNS`] columns.
+    pub(super) with_meta: bool,
 }
 
 impl DbHandler {
@@ -26,17 +29,24 @@ impl DbHandler {
             db: ResultsDb::open(path, table)?,
             tally: Tally::new(Counts { tabular: true, ..Counts::default() }, reporter),
             decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
+            with_meta: false,
         })
     }
 }
 
 impl Handler for DbHandler {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
-        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
+        let mut rows = match tabular::decode_within(&d.body, self.decoded_limit) {
             Ok(rows) if rows.is_empty() => return Ok(self.tally.failed("empty batch")),
             Ok(rows) => rows,
             Err(e) => return Ok(self.tally.failed(&e.0)),
         };
+        if self.with_meta {
+            if let Some(why) = clash(rows.iter().flat_map(|r| r.keys().map(String::as_str))) {
+                return Ok(self.tally.failed(&why));
+            }
+            RowMeta::of(d).add(&mut rows);
+        }
         if let Some(why) = self.db.refuse(&rows) {
             return Ok(self.tally.failed(&why));
         }

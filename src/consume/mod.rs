@@ -3,6 +3,7 @@
 
 mod db;
 mod keeper;
+mod meta;
 mod rows;
 
 use crate::amqp::{Disposition, Handler};
@@ -35,14 +36,16 @@ pub(crate) fn run(
     let workers = cfg.workers.max(1);
     let mut line_files = None;
     let (mut handlers, shared_rows) = match &cfg.sink {
-        SinkConfig::Rows { output, format } => {
+        SinkConfig::Rows { output, format, with_meta } => {
             let mut rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
             rows.decoded_limit = global.prefetch_bytes;
+            rows.with_meta = *with_meta;
             shared(rows, workers)
         }
-        SinkConfig::Sqlite { path, table } => {
+        SinkConfig::Sqlite { path, table, with_meta } => {
             let mut db = DbHandler::new(path, table, reporter.clone())?;
             db.decoded_limit = global.prefetch_bytes;
+            db.with_meta = *with_meta;
             shared(db, workers)
         }
         SinkConfig::Directory(dir) => {

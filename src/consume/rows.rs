@@ -1,8 +1,10 @@
-//! `consume tabular` to stdout or a file: JSON lines (the objects' own text) or CSV.
+//! `consume tabular` to stdout or a file: JSON lines (the objects' own text), CSV, or one
+//! envelope per message (`--format envelope`: any message, properties and headers too).
 
+use super::meta::{RowMeta, clash, object_keys};
 use super::{CountingHandler, Counts, Tally};
-use crate::amqp::{Disposition, Handler};
-use crate::codec::{Delivery, tabular};
+use crate::amqp::{Disposition, Handler, delivery_meta};
+use crate::codec::{Delivery, envelope, tabular};
 use crate::config::RowFormat;
 use crate::csv_output::{self, CsvOut};
 use crate::output::Reporter;
@@ -11,16 +13,19 @@ use serde_json::{Map, Value};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-/// Rows to stdout or a file, as JSON lines or CSV.
+/// Rows to stdout or a file, as JSON lines or CSV; or envelopes.
 pub(super) struct RowHandler {
     out: RowOut,
     tally: Tally,
     /// Most memory one message's decoded rows may take (--prefetch-bytes).
     pub(super) decoded_limit: u64,
+    /// --with-meta: each row gets the [`super::meta::COLUMNS`] fields.
+    pub(super) with_meta: bool,
 }
 
 enum RowOut {
     Jsonl(BufWriter<Box<dyn Write + Send>>),
+    Envelope(BufWriter<Box<dyn Write + Send>>),
     Csv(Box<CsvOut>),
 }
 
@@ -37,6 +42,7 @@ impl RowHandler {
         };
         let out = match format {
             RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
+            RowFormat::Envelope => RowOut::Envelope(BufWriter::with_capacity(64 * 1024, w)),
             RowFormat::Csv { delimiter, header } => RowOut::Csv(Box::new(CsvOut::new(
                 w,
                 output.map(PathBuf::as_path),
@@ -48,12 +54,13 @@ impl RowHandler {
             out,
             tally: Tally::new(Counts { tabular: true, ..Counts::default() }, reporter),
             decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
+            with_meta: false,
         })
     }
 
     fn write_rows(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
         match &mut self.out {
-            RowOut::Jsonl(w) => {
+            RowOut::Jsonl(w) | RowOut::Envelope(w) => {
                 for row in rows {
                     serde_json::to_writer(&mut *w, row).wrap_err("cannot write rows")?;
                     w.write_all(b"\n").wrap_err("cannot write rows")?;
@@ -64,14 +71,27 @@ impl RowHandler {
         Ok(())
     }
 
-    /// JSON lines, fast path: the objects' own text, one per line.
-    fn write_raw(&mut self, d: &Delivery, objects: &[&str]) -> Result<Disposition> {
+    /// JSON lines, fast path: the objects' own text, one per line (with --with-meta, the
+    /// fields spliced in at the end of each).
+    fn write_raw(
+        &mut self,
+        d: &Delivery,
+        objects: &[&str],
+        meta: Option<&RowMeta>,
+    ) -> Result<Disposition> {
+        if meta.is_some() {
+            let keys: Vec<String> = objects.iter().flat_map(|o| object_keys(o)).collect();
+            if let Some(why) = clash(keys.iter().map(String::as_str)) {
+                return Ok(self.tally.failed(&why));
+            }
+        }
         if self.tally.repeat(d) {
             return Ok(Disposition::Ack);
         }
         if let RowOut::Jsonl(w) = &mut self.out {
-            for o in objects {
-                w.write_all(o.as_bytes())
+            for (i, o) in objects.iter().enumerate() {
+                let spliced = meta.map(|m| m.splice(o, i));
+                w.write_all(spliced.as_deref().unwrap_or(o).as_bytes())
                     .and_then(|()| w.write_all(b"\n"))
                     .wrap_err("cannot write rows")?;
             }
@@ -79,29 +99,51 @@ impl RowHandler {
         Ok(self.tally.stored(d, objects.len() as u64))
     }
 
+    /// `--format envelope`: the whole message as one line, whatever its body.
+    fn write_envelope(&mut self, d: &Delivery) -> Result<Disposition> {
+        if self.tally.repeat(d) {
+            return Ok(Disposition::Ack);
+        }
+        if let RowOut::Envelope(w) = &mut self.out {
+            let line = envelope::encode(&delivery_meta(d), &d.body);
+            w.write_all(&line).and_then(|()| w.write_all(b"\n")).wrap_err("cannot write rows")?;
+        }
+        Ok(self.tally.stored(d, 1))
+    }
+
     /// CSV output: why a message's rows cannot be written under the columns, if so.
     fn unknown_columns(&self, rows: &[Map<String, Value>]) -> Option<String> {
         match &self.out {
             RowOut::Csv(csv) => csv.misfit(rows),
-            RowOut::Jsonl(_) => None,
+            RowOut::Jsonl(_) | RowOut::Envelope(_) => None,
         }
     }
 }
 
 impl Handler for RowHandler {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        if matches!(self.out, RowOut::Envelope(_)) {
+            return self.write_envelope(d);
+        }
+        let meta = self.with_meta.then(|| RowMeta::of(d));
         if matches!(self.out, RowOut::Jsonl(_)) {
             match tabular::raw_objects(&d.body) {
                 Err(e) => return Ok(self.tally.failed(&e.0)),
-                Ok(Some(objects)) => return self.write_raw(d, &objects),
+                Ok(Some(objects)) => return self.write_raw(d, &objects, meta.as_ref()),
                 Ok(None) => {} // pretty-printed: re-serialise below
             }
         }
-        let rows = match tabular::decode_within(&d.body, self.decoded_limit) {
+        let mut rows = match tabular::decode_within(&d.body, self.decoded_limit) {
             Ok(rows) if rows.is_empty() => return Ok(self.tally.failed("empty batch")),
             Ok(rows) => rows,
             Err(e) => return Ok(self.tally.failed(&e.0)),
         };
+        if let Some(m) = &meta {
+            if let Some(why) = clash(rows.iter().flat_map(|r| r.keys().map(String::as_str))) {
+                return Ok(self.tally.failed(&why));
+            }
+            m.add(&mut rows);
+        }
         if let Some(why) = self.unknown_columns(&rows) {
             return Ok(self.tally.failed(&why));
         }
@@ -114,7 +156,7 @@ impl Handler for RowHandler {
 
     fn flush(&mut self) -> Result<()> {
         match &mut self.out {
-            RowOut::Jsonl(w) => w.flush(),
+            RowOut::Jsonl(w) | RowOut::Envelope(w) => w.flush(),
             RowOut::Csv(csv) => csv.flush(),
         }
         .wrap_err("cannot write rows")

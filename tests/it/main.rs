@@ -19,6 +19,7 @@ mod handoff;
 mod interop;
 mod limits;
 mod lines;
+mod meta14;
 mod ml;
 mod model;
 mod proxy;
