@@ -28,4 +28,5 @@ mod stage_kit;
 mod storage;
 mod support;
 mod usage13;
+mod usage14;
 mod wire;
