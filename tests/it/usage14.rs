@@ -224,3 +224,83 @@ fn help_without_a_terminal_and_on_wide_ones_stays_at_100_columns() {
         }
     }
 }
+
+/// The model of docker-compose.yaml's `python-model` config (its `content: |` block).
+fn compose_python_model() -> String {
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yaml"))
+            .expect("docker-compose.yaml");
+    let mut lines = compose.lines().skip_while(|l| l.trim_end() != "  python-model:").skip(1);
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("content: |"),
+        "python-model holds a content block"
+    );
+    let body: Vec<&str> = lines.take_while(|l| l.is_empty() || l.starts_with("      ")).collect();
+    let model: Vec<&str> = body.iter().map(|l| l.get(6..).unwrap_or("")).collect();
+    assert!(model.len() > 3, "the model: {model:?}");
+    model.join("\n") + "\n"
+}
+
+/// mqdemo against the test broker, as in the compose services (the python image's
+/// PYTHONUNBUFFERED=1 included).
+fn compose_like(args: &[&str]) -> Output {
+    let child =
+        clean_command(&[("AMQP_URL", &crate::support::url()), ("PYTHONUNBUFFERED", "1")], args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mqdemo binary starts");
+    wait(child, Duration::from_secs(60))
+}
+
+/// What the stand-in model should answer for the first `n` rows of the sample CSV: the
+/// months among PAY_0, PAY_2..PAY_6 above 0.
+fn late_months(n: usize) -> Vec<(i64, i64)> {
+    let csv =
+        std::fs::read_to_string(crate::support::data("tabular_data.csv")).expect("sample CSV");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let months: Vec<usize> =
+        ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"].map(col).to_vec();
+    lines
+        .take(n)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let late = months.iter().filter(|&&i| fields[i].parse::<i64>().is_ok_and(|v| v > 0));
+            (fields[col("ID")].parse().expect("ID"), late.count() as i64)
+        })
+        .collect()
+}
+
+#[test]
+fn compose_python_model_pipes_rows() {
+    use crate::support::{TestQueue, data, s};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("late_months.py");
+    std::fs::write(&model, compose_python_model()).expect("model written");
+    let rows = TestQueue::new("compose-python-rows");
+    let scores = TestQueue::new("compose-python-scores");
+    let _failed = TestQueue::named(format!("{}.failed", rows.name));
+    let file = data("tabular_data.csv");
+    let produce =
+        ["produce", "tabular", "--file", s(&file), "--queue", &rows.name, "--num-records", "20"];
+    compose_like(&produce).expect_code(0);
+    let exec = format!("python3 {}", quoted(s(&model)));
+    let pipe =
+        ["pipe", "--from", &rows.name, "--to", &scores.name, "--exec", &exec, "--count", "20"];
+    compose_like(&pipe).expect_code(0);
+    let consume = ["consume", "tabular", "--queue", &scores.name, "--count", "20"];
+    let out = compose_like(&consume).expect_code(0);
+    let answers: Vec<(i64, i64)> = out
+        .stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON answer");
+            (v["ID"].as_i64().expect("ID"), v["late_months"].as_i64().expect("late_months"))
+        })
+        .collect();
+    assert_eq!(answers, late_months(20), "the model's answers, in order");
+}
