@@ -115,10 +115,60 @@ pub fn exit_code(result: Result<bool>) -> ExitCode {
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+    if error_backtraces_asked() {
         eprintln!("{err:?}");
     }
     if err.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+}
+
+/// Install how errors and panics are reported; `main` calls it first. An ordinary error is
+/// printed by [`exit_code`] as its chain of messages and nothing else, whatever
+/// RUST_BACKTRACE says: that variable, which many Rust users keep set, is for panics (bugs),
+/// which color-eyre reports with a backtrace. Where an error was made, with its backtrace,
+/// is captured and printed only with RUST_LIB_BACKTRACE=1 (or full), std's variable for the
+/// backtraces of errors. Colour only when stderr is a terminal and NO_COLOR is not set.
+pub fn install_reports() {
+    use color_eyre::config::{HookBuilder, Theme};
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let theme = if colour { Theme::dark() } else { Theme::new() };
+    let hooks = HookBuilder::default()
+        .theme(theme)
+        .panic_section("This is a bug in mqdemo, not a problem with your input: please report it.")
+        .try_into_hooks();
+    let Ok((panic_hook, eyre_hook)) = hooks else { return };
+    panic_hook.install();
+    let _ = if error_backtraces_asked() {
+        eyre_hook.install()
+    } else {
+        color_eyre::eyre::set_hook(Box::new(|_| Box::new(PlainReport)))
+    };
+}
+
+/// RUST_LIB_BACKTRACE asks for the backtraces of errors (std's convention; any value but 0).
+fn error_backtraces_asked() -> bool {
+    std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0")
+}
+
+/// An error report with nothing captured (no backtrace, no span trace, no location): its
+/// `Debug` is the chain of messages, as [`exit_code`] prints it.
+struct PlainReport;
+
+impl color_eyre::eyre::EyreHandler for PlainReport {
+    fn debug(
+        &self,
+        error: &(dyn std::error::Error + 'static),
+        f: &mut std::fmt::Formatter<'_>,
+    ) -> std::fmt::Result {
+        write!(f, "{error}")?;
+        let mut cause = error.source();
+        while let Some(e) = cause {
+            write!(f, "\n  caused by: {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 fn is_broken_pipe(err: &Report) -> bool {

@@ -4,9 +4,8 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Panic reports only; errors are reported by `mqdemo::exit_code` with no backtrace unless
-    // RUST_BACKTRACE asks for one.
-    let _ = color_eyre::config::HookBuilder::default().display_env_section(false).install();
+    // Errors stay one line (`mqdemo::exit_code`); backtraces are for panics.
+    mqdemo::install_reports();
     let cli = mqdemo::cli::Cli::parse();
     mqdemo::exit_code(mqdemo::run(cli))
 }

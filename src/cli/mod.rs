@@ -24,6 +24,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
     name = "mqdemo",
     version,
     about,
+    max_term_width = 100,
     after_help = "Durations (SECS): seconds (0.5) or a number with a unit: 500ms, 5s, 2m, 1h.\n\nExamples:\n  mqdemo demo\n  mqdemo produce tabular --file examples/data/tabular_data.csv\n  mqdemo consume tabular --count 300 > rows.jsonl\n  mqdemo --url-file /run/secrets/amqp_url consume image --idle-timeout 5"
 )]
 pub struct Cli {

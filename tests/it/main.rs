@@ -31,4 +31,5 @@ mod storage;
 mod support;
 mod terminal14;
 mod usage13;
+mod usage14;
 mod wire;
