@@ -112,10 +112,10 @@ impl SeenIds {
         };
         if self.set.insert(id.to_string()) {
             self.order.push_back(id.to_string());
-            if self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
             }
         }
     }

@@ -163,16 +163,15 @@ impl Target {
     /// Why the broker closed a channel publishing to this target, in the terms of what the
     /// user gave (`--property user_id`, `--exchange`).
     pub(super) fn closed(&self, e: amiquip::Error, ep: &Endpoint) -> Report {
-        if let amiquip::Error::ServerClosedChannel { code: 406, message, .. } = &e {
-            if let Some(user) = &self.properties.user_id {
-                if message.contains("user_id") {
-                    return fatal(format!(
-                        "--property user_id={user}: RabbitMQ accepts only the name of the user \
+        if let amiquip::Error::ServerClosedChannel { code: 406, message, .. } = &e
+            && let Some(user) = &self.properties.user_id
+            && message.contains("user_id")
+        {
+            return fatal(format!(
+                "--property user_id={user}: RabbitMQ accepts only the name of the user \
                          mqdemo logs in as ({}); drop it, or log in as {user} in --url",
-                        ep.scrub(message)
-                    ));
-                }
-            }
+                ep.scrub(message)
+            ));
         }
         match self.exchange_name() {
             "" => explain(e, ep, "publishing"),

@@ -254,15 +254,15 @@ impl ModelChild {
     /// A child that exited between messages is restarted (this message is not to blame),
     /// unless it never answered anything: then the model cannot start at all.
     fn ensure_running(&mut self) -> Result<(), Failure> {
-        if let Some(run) = self.running.as_ref() {
-            if exited_within(&run.process, Duration::ZERO) {
-                if self.answered == 0 {
-                    let mut f = self.failed("it exited before its first message", false);
-                    f.blame = Blame::Model;
-                    return Err(f);
-                }
-                self.end_running(Some(Duration::ZERO));
+        if let Some(run) = self.running.as_ref()
+            && exited_within(&run.process, Duration::ZERO)
+        {
+            if self.answered == 0 {
+                let mut f = self.failed("it exited before its first message", false);
+                f.blame = Blame::Model;
+                return Err(f);
             }
+            self.end_running(Some(Duration::ZERO));
         }
         if self.running.is_none() {
             self.running =

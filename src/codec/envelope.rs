@@ -232,12 +232,10 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 /// `"body":JSON`, `"body_text":"..."` or `"body_base64":"..."` (see the module docs).
 fn write_body(out: &mut Vec<u8>, content_type: Option<&str>, body: &[u8]) {
     let text = content_type.is_some_and(is_text);
-    if !text {
-        if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
-            out.extend_from_slice(b"\"body\":");
-            one_line_json(out, raw.get());
-            return;
-        }
+    if !text && let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
+        out.extend_from_slice(b"\"body\":");
+        one_line_json(out, raw.get());
+        return;
     }
     match std::str::from_utf8(body) {
         Ok(s) => {

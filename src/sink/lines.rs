@@ -205,11 +205,11 @@ impl Assembly {
     /// back here, or the file would stay staged for good with nothing left in the queue.
     fn complete(&mut self, key: &str, line: u64) -> Result<Added> {
         let r = self.try_complete(key, line);
-        if r.is_err() {
-            if let Some(s) = self.files.get_mut(key) {
-                s.have.remove(line);
-                s.pending.retain(|n| *n != line);
-            }
+        if r.is_err()
+            && let Some(s) = self.files.get_mut(key)
+        {
+            s.have.remove(line);
+            s.pending.retain(|n| *n != line);
         }
         r
     }

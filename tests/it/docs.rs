@@ -77,13 +77,13 @@ fn check(file: &str) -> usize {
         if argv.first().map(String::as_str) != Some("mqdemo") || argv.len() < 2 {
             continue;
         }
-        if let Err(e) = Cli::try_parse_from(&argv) {
-            if !matches!(
+        if let Err(e) = Cli::try_parse_from(&argv)
+            && !matches!(
                 e.kind(),
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
-                panic!("{file}: `{}` does not parse:\n{e}", argv.join(" "));
-            }
+            )
+        {
+            panic!("{file}: `{}` does not parse:\n{e}", argv.join(" "));
         }
         checked += 1;
     }

@@ -21,10 +21,10 @@ impl Recent {
     pub(super) fn insert(&mut self, key: String) {
         if self.set.insert(key.clone()) {
             self.order.push_back(key);
-            if self.order.len() > DONE_CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
+            if self.order.len() > DONE_CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
             }
         }
     }
@@ -50,10 +50,10 @@ impl RangeSet {
             return false;
         }
         let mut start = n;
-        if let Some((s, e)) = self.ranges.range(..n).next_back() {
-            if *e == n {
-                start = *s;
-            }
+        if let Some((s, e)) = self.ranges.range(..n).next_back()
+            && *e == n
+        {
+            start = *s;
         }
         let end = match self.ranges.remove(&(n + 1)) {
             Some(e) => e,
