@@ -110,6 +110,12 @@ impl ModelChild {
         Ok(())
     }
 
+    /// Whether the model sits waiting for input (every task of its tree blocked on a
+    /// read, a pipe or a child) while mqdemo waits for its answer.
+    fn waits_for_input(&self) -> bool {
+        self.running.as_ref().and_then(|r| waiting::quiescent(r.process.id())) == Some(true)
+    }
+
     fn spawn(&mut self) -> Result<Running> {
         let mut command = Command::new("sh");
         command
@@ -122,6 +128,10 @@ impl ModelChild {
             .stderr(Stdio::piped());
         for name in SECRET_ENV {
             command.env_remove(name);
+        }
+        // A Python model's print() reaches the pipe at once (unless the user set otherwise).
+        if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+            command.env("PYTHONUNBUFFERED", "1");
         }
         let mut process = command
             .spawn()
@@ -273,13 +283,20 @@ impl ModelChild {
 
     fn expired(&mut self, e: Expired, doing: &str) -> Failure {
         match e {
-            Expired::Timeout => self.failed(
-                &format!(
-                    "no answer within {:.0} s (--exec-timeout; it was {doing})",
-                    self.options.timeout.as_secs_f64()
-                ),
-                true,
-            ),
+            Expired::Timeout => {
+                let hint = if doing == "answering" && self.waits_for_input() {
+                    BUFFERING_HINT
+                } else {
+                    ""
+                };
+                self.failed(
+                    &format!(
+                        "no answer within {:.0} s (--exec-timeout; it was {doing}){hint}",
+                        self.options.timeout.as_secs_f64()
+                    ),
+                    true,
+                )
+            }
             Expired::Stopped => {
                 let mut f = self.failed(
                     &format!(
@@ -365,6 +382,12 @@ impl ModelChild {
 
 /// How long a child whose stdin closed (or that closed its stdout) may take to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Said when a model times out while it waits for input: its answer is most likely
+/// sitting in its own output buffer (stdout to a pipe is block-buffered by default).
+const BUFFERING_HINT: &str = "; it is waiting for input, so its answer may be stuck in its \
+     output buffer: make it flush each answer line (Python: print(..., flush=True) or \
+     PYTHONUNBUFFERED=1, which mqdemo sets; awk: fflush(); jq: --unbuffered; sed: -u; \
+     Node: process.stdout.write; others: stdbuf -oL CMD)";
 /// Settles in a row that reach the cap after which a child's answers are no longer held.
 const SETTLE_GIVE_UP: u32 = 3;
 /// Checks for a quiet model made with a yield in between before sleeping between them.

@@ -236,3 +236,39 @@ fn summary_json_is_one_object_for_scripts() {
         out.stderr
     );
 }
+
+/// A model whose answer sits in its own stdout buffer (awk to a pipe) times out with a
+/// hint naming the fix; a Python model that never flushes is not caught by it, since
+/// mqdemo sets PYTHONUNBUFFERED.
+#[test]
+fn a_model_that_buffers_its_output_gets_the_fix_named() {
+    let input = TestQueue::new("tty-buffered-in");
+    let output = TestQueue::new("tty-buffered-out");
+    input.publish_raw(
+        br#"{"x":1}"#,
+        amiquip::AmqpProperties::default().with_message_id("b1".into()),
+    );
+    let pipe = |exec: &str| {
+        let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", exec];
+        mqdemo(
+            &[&args[..], &["--count", "1", "--exec-timeout", "1", "--idle-timeout", "20"]].concat(),
+        )
+    };
+    // mawk and gawk both block-buffer their output to a pipe.
+    let out = pipe("awk '{ print }'").run().expect_code(1);
+    assert!(out.stderr.contains("no answer within 1 s"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("fflush()") && out.stderr.contains("stdbuf -oL"),
+        "no hint: {}",
+        out.stderr
+    );
+    // The message went to the failed queue with the hint in its reason; put it back.
+    let failed = TestQueue::named(format!("{}.failed", input.name));
+    assert_eq!(failed.depth(), 1);
+    let copy = failed.get().expect("the failed copy");
+    input.publish_raw(&copy.body, amiquip::AmqpProperties::default().with_message_id("b1".into()));
+    let py = "python3 -c 'import sys\nfor line in sys.stdin: print(line.strip())'";
+    let out = pipe(py).run().expect_code(0);
+    assert!(out.stderr.contains("answered 1"), "{}", out.stderr);
+    assert_eq!(output.depth(), 1);
+}
