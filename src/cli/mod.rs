@@ -69,7 +69,8 @@ pub struct GlobalArgs {
     /// After a lost connection, keep reconnecting (backoff with jitter, next --url each time)
     /// for up to SECS; 0 fails at once. The first connection of a run is never retried.
     /// Producers also keep re-publishing what the broker nacks or returns unroutable for up
-    /// to SECS of nothing but refusals (with 0: refused messages fail at once).
+    /// to SECS of nothing but refusals (with 0: refused messages fail at once; through
+    /// --exchange, a message no binding routes stops the run at once).
     /// Example: --retry-for 60
     #[arg(long, global = true, default_value_t = 300.0, value_parser = secs, value_name = "SECS")]
     pub retry_for: f64,
