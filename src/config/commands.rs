@@ -5,17 +5,23 @@ use super::*;
 
 pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
     let (kind, source, common) = match cmd {
-        ProduceCommand::Tabular(t) => (
-            Kind::Tabular,
-            Source::Csv {
+        ProduceCommand::Tabular(t) => {
+            if t.repeat && is_stdin(&t.file) {
+                return Err(UsageError(
+                    "--repeat with --file -: stdin can be read only once; save the rows to a \
+                     file and give --file PATH --repeat, or drop --repeat"
+                        .into(),
+                ));
+            }
+            let source = Source::Csv {
                 file: t.file,
                 num_records: t.num_records,
                 batch_size: t.batch_size,
                 repeat: t.repeat,
                 format: csv_format(&t.csv, t.common.max_message_size)?,
-            },
-            t.common,
-        ),
+            };
+            (Kind::Tabular, source, t.common)
+        }
         ProduceCommand::Image(i) => {
             (Kind::Image, Source::Files { directory: i.directory, split_lines: false }, i.common)
         }

@@ -11,7 +11,7 @@
 use crate::amqp::Producer;
 use crate::codec::Kind;
 use crate::config::{CsvFormat, Global, ProduceConfig, Source};
-use crate::csv_input::CsvInput;
+use crate::csv_input::{Opening, Rows};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use color_eyre::eyre::{Result, WrapErr, bail};
 use files::Listing;
@@ -33,7 +33,7 @@ pub(crate) use crate::output::Outcome;
 
 /// Run one producer.
 pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
-    let input = Input::open(cfg)?;
+    let input = Input::open(cfg, stop)?;
     let reporter = Reporter::new(!global.quiet, input.progress(), &format!("→ {}", cfg.queue.name));
     let producer = Producer::open(
         &global.endpoints,
@@ -109,15 +109,16 @@ pub(super) fn too_large(size: u64, max: u64) -> String {
 
 /// The checked input of a run, with everything reading it needs: matched once, here.
 enum Input {
-    Csv {
-        /// The file, open, its header read (the first pass reads it).
-        input: Box<CsvInput>,
-        /// Its size, for progress.
-        size: u64,
+    Rows {
+        /// The input, open, its header or first object read (the first pass reads it).
+        input: Box<Rows>,
+        /// Its size, for progress (None: stdin).
+        size: Option<u64>,
         /// Where it is, to open it again for --repeat.
         file: PathBuf,
         format: CsvFormat,
         limits: RowLimits,
+        stop: Arc<AtomicBool>,
     },
     Files {
         root: PathBuf,
@@ -130,21 +131,22 @@ enum Input {
 impl Input {
     /// Check the whole input before connecting, so a bad path (or a CSV whose header cannot
     /// be used) fails at once.
-    fn open(cfg: &ProduceConfig) -> Result<Input> {
+    fn open(cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Input> {
         match &cfg.source {
             Source::Csv { file, num_records, batch_size, repeat, format } => {
-                let (input, size) = CsvInput::open_regular(file, format)?;
+                let (input, size) = Rows::open(file, format, &Opening { regular: true, stop })?;
                 let limits = RowLimits {
                     num_records: *num_records,
                     batch_size: *batch_size,
                     repeat: *repeat,
                 };
-                Ok(Input::Csv {
+                Ok(Input::Rows {
                     input: Box::new(input),
                     size,
                     file: file.clone(),
                     format: *format,
                     limits,
+                    stop: Arc::clone(stop),
                 })
             }
             Source::Files { directory, split_lines } => {
@@ -169,15 +171,16 @@ impl Input {
 
     fn progress(&self) -> Progress {
         match self {
-            Input::Csv { size, .. } => Progress::Bytes(*size),
+            Input::Rows { size: Some(size), .. } => Progress::Bytes(*size),
+            Input::Rows { size: None, .. } => Progress::Open,
             Input::Files { listing, .. } => Progress::Items(listing.files.len() as u64),
         }
     }
 
     fn stream(self, pump: &mut Pump<'_>) -> Result<()> {
         match self {
-            Input::Csv { input, file, format, limits, .. } => {
-                tabular::stream_csv(*input, &file, &format, limits, pump)
+            Input::Rows { input, file, format, limits, stop, .. } => {
+                tabular::stream_rows(*input, (&file, &format), limits, &stop, pump)
             }
             Input::Files { root, listing, kind, split_lines } => {
                 for (shown, why) in &listing.skipped {
