@@ -123,12 +123,34 @@ pub struct CsvReadArgs {
     pub encoding: Option<String>,
 }
 
+/// Which files under --directory are sent (produce image, produce text).
+#[derive(Debug, Args)]
+pub struct FileSelectArgs {
+    /// Send only files matching GLOB (repeatable: any one matching is enough). A GLOB without
+    /// `/` matches the file name at any depth (`*.png`); one with `/` matches the path under
+    /// --directory (`train/**/*.jpg`, `*` stays within one directory). Case-sensitive; `{a,b}`
+    /// and `[ab]` work. Files left out are counted and named, and do not fail the run.
+    /// Example: --include '*.png'
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Also send hidden files and look in hidden directories (names starting with `.`, such
+    /// as .DS_Store or .git), which are left out by default (as fd and ripgrep do).
+    /// Example: --hidden
+    #[arg(long)]
+    pub hidden: bool,
+}
+
 /// `produce image`.
 #[derive(Debug, Args)]
 pub struct ProduceImage {
     /// Directory searched recursively for image files. Example: --directory examples/data/images
     #[arg(long, default_value = "images_data", value_name = "DIR")]
     pub directory: PathBuf,
+
+    /// Which files are sent.
+    #[command(flatten)]
+    pub select: FileSelectArgs,
 
     /// Options every producer shares.
     #[command(flatten)]
@@ -156,6 +178,10 @@ pub struct ProduceText {
     /// Example: --split line
     #[arg(long, value_enum, default_value_t = Split::File)]
     pub split: Split,
+
+    /// Which files are sent.
+    #[command(flatten)]
+    pub select: FileSelectArgs,
 
     /// Options every producer shares.
     #[command(flatten)]

@@ -23,13 +23,16 @@ pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> 
             (Kind::Tabular, source, t.common)
         }
         ProduceCommand::Image(i) => {
-            (Kind::Image, Source::Files { directory: i.directory, split_lines: false }, i.common)
+            let filter = FileFilter::new(&i.select.include, i.select.hidden)?;
+            let source = Source::Files { directory: i.directory, split_lines: false, filter };
+            (Kind::Image, source, i.common)
         }
-        ProduceCommand::Text(t) => (
-            Kind::Text,
-            Source::Files { directory: t.directory, split_lines: t.split == cli::Split::Line },
-            t.common,
-        ),
+        ProduceCommand::Text(t) => {
+            let filter = FileFilter::new(&t.select.include, t.select.hidden)?;
+            let split_lines = t.split == cli::Split::Line;
+            let source = Source::Files { directory: t.directory, split_lines, filter };
+            (Kind::Text, source, t.common)
+        }
     };
     Ok(ProduceConfig {
         kind,

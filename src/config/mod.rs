@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod commands;
+mod filter;
 #[cfg(test)]
 mod tests;
 mod urls;
@@ -14,6 +15,7 @@ mod values;
 
 pub use commands::default_publisher;
 use commands::{consume, pipe, produce, request, serve};
+pub use filter::{FileFilter, is_hidden};
 use urls::endpoints;
 pub use urls::split_urls;
 use values::seconds;
@@ -199,6 +201,8 @@ pub enum Source {
         directory: PathBuf,
         /// One message per line (text only).
         split_lines: bool,
+        /// Which files are sent (`--include`, `--hidden`).
+        filter: FileFilter,
     },
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
         run_id: cfg.run_id.clone(),
     };
     let started = pump.started;
+    let left_out = input.left_out();
     let streamed = input.stream(&mut pump);
     let Pump { producer, reporter, skipped, padded_note, .. } = pump;
     let (report, finished) = producer.finish();
@@ -84,6 +85,7 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
         failed_to: None,
         extra: [
             padded_note,
+            left_out,
             if report.republished > 0 {
                 format!("re-published {} (same message ids)", report.republished)
             } else {
@@ -149,7 +151,7 @@ impl Input {
                     stop: Arc::clone(stop),
                 })
             }
-            Source::Files { directory, split_lines } => {
+            Source::Files { directory, split_lines, filter } => {
                 let meta = std::fs::metadata(directory).wrap_err_with(|| {
                     format!(
                         "cannot read directory {}; check the --directory path",
@@ -161,11 +163,20 @@ impl Input {
                 }
                 Ok(Input::Files {
                     root: directory.clone(),
-                    listing: files::list_files(directory)?,
+                    listing: files::list_files(directory, filter)?,
                     kind: cfg.kind,
                     split_lines: *split_lines,
                 })
             }
+        }
+    }
+
+    /// What a directory input leaves out on purpose, for the summary ("excluded 3 by
+    /// --include, ignored 2 hidden"); empty when nothing is.
+    fn left_out(&self) -> String {
+        match self {
+            Input::Files { listing, .. } => listing.summary_note(),
+            Input::Rows { .. } => String::new(),
         }
     }
 
@@ -183,6 +194,7 @@ impl Input {
                 tabular::stream_rows(*input, (&file, &format), limits, &stop, pump)
             }
             Input::Files { root, listing, kind, split_lines } => {
+                listing.warn_left_out(&pump.reporter);
                 for (shown, why) in &listing.skipped {
                     pump.skip(shown, why);
                 }
