@@ -1,5 +1,6 @@
-//! `produce image` / `produce text`: a directory walk (regular files only) and whole files
-//! read and encoded ahead of the publisher, within a byte budget.
+//! `produce image` / `produce text`: a directory walk (regular files only; hidden entries
+//! and files no --include glob matches left out, counted) and whole files read and encoded
+//! ahead of the publisher, within a byte budget.
 
 use super::lines::send_lines;
 use super::pump::Pump;

@@ -1,11 +1,12 @@
-//! Producers: CSV rows or files -> codec -> confirmed publishing, with progress.
+//! Producers: rows (CSV or JSON lines, a file or stdin) or files -> codec -> confirmed
+//! publishing, with progress.
 //!
 //! A bad item inside the input (malformed row, non-image, non-UTF-8 text, too large) is
 //! skipped, named on stderr and counted; a bad whole input stops the run before anything is
 //! sent. Only messages the broker confirmed count as produced.
 //!
-//! [`pump`] hands messages to the publisher; [`tabular`] reads CSV rows (and batches them);
-//! [`files`] lists a directory and reads whole files ahead; [`lines`] sends a text file
+//! [`pump`] hands messages to the publisher; [`tabular`] publishes rows (and batches them);
+//! [`files`] lists a directory (--include, hidden entries) and reads whole files ahead; [`lines`] sends a text file
 //! line by line.
 
 use crate::amqp::Producer;
