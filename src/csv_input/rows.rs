@@ -207,8 +207,10 @@ fn choose(
     shown: &str,
 ) -> Result<(Box<dyn Read + Send>, bool)> {
     let named = if is_stdin(file) { None } else { sniff::by_name(file) };
-    // Another --encoding: the bytes mean other things, and only CSV takes one.
-    let (raw, first): (Box<dyn Read + Send>, Option<u8>) = if format.encoding.is_none() {
+    // UTF-16 (--encoding utf-16le): a `{` byte would not mean `{`; look only when ASCII
+    // bytes mean ASCII (UTF-8, latin1, shift_jis, ...).
+    let ascii = format.encoding.is_none_or(|e| e.is_ascii_compatible());
+    let (raw, first): (Box<dyn Read + Send>, Option<u8>) = if ascii {
         let (replay, first) = sniff::first_byte(raw, format.skip_rows)
             .wrap_err_with(|| format!("cannot read {shown}; check the --file path"))?;
         (Box::new(replay), first)
@@ -225,7 +227,8 @@ fn choose(
         return Err(eyre!(
             "{shown}: its first line starts with `{{`, as JSON lines do, but it is read as CSV \
              ({because}); read it with --format jsonl (CSV would make each line one garbage \
-             column). Nothing was sent"
+             column), or, if lines before the CSV header start with `{{`, skip them with \
+             --skip-rows N. Nothing was sent"
         ));
     }
     if let (true, Some(flag)) = (jsonl, format.csv_flag) {

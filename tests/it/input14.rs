@@ -234,6 +234,12 @@ fn csv_only_flags_on_json_lines_are_usage_errors() {
         let out = mqdemo(&[&base[..], extra].concat()).run().expect_code(2);
         assert!(out.first_error_line().contains(&format!("drop {flag}")), "{}", out.stderr);
     }
+    // Detected from the content (a name that says nothing), with a CSV-only flag.
+    let txt = dir.path().join("y.txt");
+    std::fs::write(&txt, "{\"a\":1}\n").expect("write");
+    let args = ["--url", DEAD_URL, "produce", "tabular", "--file", s(&txt), "--encoding", "latin1"];
+    let out = mqdemo(&args).run().expect_code(2);
+    assert!(out.first_error_line().contains("drop --encoding"), "{}", out.stderr);
     // --skip-rows applies to JSON lines.
     let q = TestQueue::new("i14-jsonl-skip");
     std::fs::write(&file, "exported by tool x\n{\"a\":1}\n").expect("write");
