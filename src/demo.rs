@@ -130,10 +130,16 @@ fn run_case(
             repeat: false,
             format: crate::config::CsvFormat::default(),
         },
-        Kind::Image => Source::Files { directory: data.join("images"), split_lines: false },
-        Kind::Text => {
-            Source::Files { directory: data.join("texts"), split_lines: case.split_lines }
-        }
+        Kind::Image => Source::Files {
+            directory: data.join("images"),
+            split_lines: false,
+            filter: crate::config::FileFilter::default(),
+        },
+        Kind::Text => Source::Files {
+            directory: data.join("texts"),
+            split_lines: case.split_lines,
+            filter: crate::config::FileFilter::default(),
+        },
     };
     let produce_cfg = ProduceConfig {
         kind: case.kind,

@@ -1,16 +1,16 @@
-//! `request`: the client of `serve`. Sends CSV rows as requests (up to --concurrency in
-//! flight), matches replies by correlation id, writes one line per row in request order
+//! `request`: the client of `serve`. Sends rows (CSV or JSON lines, from a file or stdin)
+//! as requests (up to --concurrency in flight), matches replies by correlation id, writes one line per row in request order
 //! (the answer, or a JSON error object: the server's reason, a timeout, a row that could
 //! not be sent), and reports latency percentiles. Any failure fails the run.
 
 use crate::amqp::{Received, RpcClient, with_client};
-use crate::codec::tabular;
 use crate::config::{Global, RequestConfig};
-use crate::csv_input::{self, CsvInput, Next};
+use crate::csv_input::{self, Item, Opening, Rows};
 use crate::output::{Progress, Reporter, Summary};
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,11 +27,10 @@ struct Pending {
 pub(crate) fn run(
     global: &Global,
     cfg: &RequestConfig,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     stdout: Box<dyn Write + Send>,
 ) -> Result<Outcome> {
-    let mut rdr = CsvInput::open(&cfg.file, &cfg.format)?;
-    let encoder = rdr.encoder();
+    let (mut rdr, _) = Rows::open(&cfg.file, &cfg.format, &Opening { regular: false, stop })?;
     let out: Box<dyn Write + Send> = match &cfg.output {
         None => stdout,
         Some(path) => Box::new(crate::csv_output::append(path)?.file),
@@ -52,7 +51,7 @@ pub(crate) fn run(
     };
     let started = Instant::now();
     let result = with_client(&global.endpoints, &cfg.queue, |client| {
-        run.exchange(client, &encoder, &mut rdr, cfg, stop, &reporter)
+        run.exchange(client, &mut rdr, cfg, stop, &reporter)
     });
     reporter.finish();
     let flushed = run.out.flush().wrap_err("cannot write replies");
@@ -99,13 +98,12 @@ impl Run {
     fn exchange(
         &mut self,
         client: &mut RpcClient<'_>,
-        encoder: &tabular::Encoder,
-        rdr: &mut CsvInput,
+        rdr: &mut Rows,
         cfg: &RequestConfig,
         stop: &AtomicBool,
         reporter: &Reporter,
     ) -> Result<()> {
-        let mut record = csv::StringRecord::new();
+        let mut object = Vec::new();
         let mut seq = 0u64;
         let mut more = true;
         loop {
@@ -121,9 +119,14 @@ impl Run {
                     more = false;
                     break;
                 }
-                match rdr.read(&mut record)? {
-                    Next::End => more = false,
-                    Next::Bad { line, why } => {
+                let item = match rdr.next(&mut object) {
+                    // A signal while waiting on stdin: handled at the top of the loop.
+                    Err(_) if stop.load(Ordering::SeqCst) => break,
+                    other => other?,
+                };
+                match item {
+                    Item::End => more = false,
+                    Item::Bad { line, why } => {
                         // Skipped and named, as `produce` does; the replies so far are kept,
                         // and its place in the output holds an error line.
                         let what = bad_row(rdr, seq, line, &why);
@@ -133,22 +136,11 @@ impl Run {
                         self.ready.insert(seq, Some(error_line(&format!("line {line}"), &what)));
                         self.write_ready()?;
                     }
-                    Next::Row(line) => {
-                        let mut msg = match encoder.encode_row(&record, seq + 1) {
-                            Ok(msg) => msg,
-                            Err(e) => {
-                                let what = bad_row(rdr, seq, line, &e.0);
-                                reporter.warn(&format!("skipped {what}"));
-                                self.skipped += 1;
-                                seq += 1;
-                                let err = error_line(&format!("line {line}"), &what);
-                                self.ready.insert(seq, Some(err));
-                                self.write_ready()?;
-                                continue;
-                            }
-                        };
+                    Item::Row { row, padded, .. } => {
+                        let body = std::mem::take(&mut object);
+                        let mut msg = rdr.encoder().encode_object(body, row);
                         seq += 1;
-                        self.padded += u64::from(encoder.is_short(&record));
+                        self.padded += u64::from(padded);
                         // Each request is its own event: two clients sending the same row
                         // must not look like one redelivered message to the server.
                         let id = format!("{}{seq}", self.prefix);
@@ -240,14 +232,14 @@ fn error_line(request: &str, why: &str) -> Vec<u8> {
     serde_json::json!({ "error": why, "request": request }).to_string().into_bytes()
 }
 
-/// A row `request` cannot send: named, with the fix when it is the first row.
-fn bad_row(rdr: &CsvInput, sent: u64, line: u64, why: &str) -> String {
-    let hint = match (sent, why) {
-        (_, csv_input::NOT_UTF8) => format!("; {}", csv_input::encoding_hint()),
-        (0, _) => format!("; {}", csv_input::header_hint(rdr.header_line())),
+/// A row `request` cannot send: named, with the fix when it is the first row of a CSV.
+fn bad_row(rdr: &Rows, sent: u64, line: u64, why: &str) -> String {
+    let hint = match (sent, why, rdr.csv_header_line()) {
+        (_, csv_input::NOT_UTF8, _) => format!("; {}", csv_input::encoding_hint()),
+        (0, _, Some(header)) => format!("; {}", csv_input::header_hint(header)),
         _ => String::new(),
     };
-    format!("{} line {line}: {why}{hint}", rdr.source)
+    format!("{} line {line}: {why}{hint}", rdr.source())
 }
 
 fn epoch_nanos() -> u128 {

@@ -109,8 +109,8 @@ pub enum Command {
     /// same correlation_id (and to --results-queue).
     /// Example: mqdemo serve --queue predict_requests --exec 'python3 model.py' --results-queue predictions
     Serve(ServeArgs),
-    /// Client of `serve`: send CSV rows as requests, print the replies (one per line) and the
-    /// latency percentiles. Example: mqdemo request --queue predict_requests --file rows.csv
+    /// Client of `serve`: send CSV rows or JSON lines as requests, print the replies (one per
+    /// line) and the latency percentiles. Example: mqdemo request --queue predict_requests --file rows.csv
     Request(RequestArgs),
     /// Run produce -> consume -> verify for all three kinds on built-in sample data, against
     /// the configured broker, on fresh queues that are deleted afterwards.
@@ -121,7 +121,7 @@ pub enum Command {
 /// `produce <kind>`.
 #[derive(Debug, Subcommand)]
 pub enum ProduceCommand {
-    /// One JSON message per CSV row (or per --batch-size rows).
+    /// One JSON message per CSV row or JSON line (or per --batch-size rows), from a file or stdin.
     /// Example: mqdemo produce tabular --file examples/data/tabular_data.csv --num-records 100
     Tabular(ProduceTabular),
     /// One message per image file under a directory (recursive), bytes untouched.

@@ -135,10 +135,11 @@ pub struct RequestArgs {
     #[arg(long, visible_alias = "queue-name", alias = "queue_name", default_value = DEFAULT_REQUEST_QUEUE, value_name = "NAME")]
     pub queue: String,
 
-    /// CSV file whose rows are sent as requests (typed JSON, as `produce tabular` sends;
-    /// read with the same --no-header, --skip-rows, --delimiter and --encoding).
+    /// CSV or JSON lines file whose rows are sent as requests, or - for stdin (read as
+    /// `produce tabular` reads it: typed CSV values, JSON objects as they are; the same
+    /// --format detection, --no-header, --skip-rows, --delimiter and --encoding).
     /// Example: --file examples/data/tabular_data.csv
-    #[arg(long, value_name = "PATH.csv")]
+    #[arg(long, value_name = "PATH|-")]
     pub file: PathBuf,
 
     /// Send only the first N rows. Example: --num-records 100
@@ -163,7 +164,7 @@ pub struct RequestArgs {
     #[command(flatten)]
     pub queue_args: QueueArgs,
 
-    /// How to read the CSV file (last: its help heading covers what follows it).
+    /// How to read the rows (last: its help heading covers what follows it).
     #[command(flatten)]
     pub csv: CsvReadArgs,
 }

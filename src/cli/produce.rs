@@ -87,8 +87,10 @@ pub struct ProduceCommon {
 /// `produce tabular`.
 #[derive(Debug, Args)]
 pub struct ProduceTabular {
-    /// CSV file (with a header row unless --no-header). Example: --file examples/data/tabular_data.csv
-    #[arg(long, value_name = "PATH.csv")]
+    /// CSV file (with a header row unless --no-header) or JSON lines file (one object per
+    /// line; see --format), or - to read stdin, publishing rows as they arrive (source header
+    /// `stdin`). Example: --file examples/data/tabular_data.csv
+    #[arg(long, value_name = "PATH|-")]
     pub file: PathBuf,
 
     /// Stop after N data rows. Example: --num-records 1000
@@ -100,7 +102,8 @@ pub struct ProduceTabular {
     pub batch_size: u64,
 
     /// Loop over the file forever (a continuous stream for demos); combine with
-    /// --num-records or --interval. Example: --repeat --interval 0.1
+    /// --num-records or --interval. Not with --file - (stdin is read once).
+    /// Example: --repeat --interval 0.1
     #[arg(long)]
     pub repeat: bool,
 
@@ -108,9 +111,18 @@ pub struct ProduceTabular {
     #[command(flatten)]
     pub common: ProduceCommon,
 
-    /// How to read the CSV file (last: its help heading covers what follows it).
+    /// How to read the rows (last: its help heading covers what follows it).
     #[command(flatten)]
     pub csv: CsvReadArgs,
+}
+
+/// The input formats of `produce tabular` and `request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Comma-separated values (or --delimiter), a header row unless --no-header.
+    Csv,
+    /// JSON lines (NDJSON): one JSON object per line, sent as it is; blank lines skipped.
+    Jsonl,
 }
 
 /// How to read a CSV file as people really have it (produce tabular, request).
@@ -119,16 +131,22 @@ pub struct ProduceTabular {
 /// and named. A header that repeats a column name, an empty file, or a quote that is never
 /// closed is an error naming the file and line.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Reading the CSV")]
+#[command(next_help_heading = "Reading the rows (CSV or JSON lines)")]
 pub struct CsvReadArgs {
+    /// Input format. Default: detected, from the name (*.jsonl, *.ndjson, *.json-lines: JSON
+    /// lines; *.csv, *.tsv: CSV), else from the content (first non-blank byte `{`: JSON
+    /// lines). --no-header, --delimiter and --encoding are for CSV only. Example: --format jsonl
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<InputFormat>,
+
     /// The file has no header row: every row is data, and columns are named by position
     /// "0", "1", "2", ... (as pandas' header=None). Example: --no-header
     #[arg(long)]
     pub no_header: bool,
 
     /// Skip the first N lines, e.g. a metadata line before the data (scikit-learn's
-    /// breast_cancer.csv: --skip-rows 1 --no-header). Line numbers in messages still count
-    /// them. Example: --skip-rows 1
+    /// breast_cancer.csv: --skip-rows 1 --no-header); JSON lines too. Line numbers in messages
+    /// still count them. Example: --skip-rows 1
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub skip_rows: u64,
 
@@ -144,12 +162,34 @@ pub struct CsvReadArgs {
     pub encoding: Option<String>,
 }
 
+/// Which files under --directory are sent (produce image, produce text).
+#[derive(Debug, Args)]
+pub struct FileSelectArgs {
+    /// Send only files matching GLOB (repeatable: any one matching is enough). A GLOB without
+    /// `/` matches the file name at any depth (`*.png`); one with `/` matches the path under
+    /// --directory (`train/**/*.jpg`, `*` stays within one directory). Case-sensitive; `{a,b}`
+    /// and `[ab]` work. Files left out are counted and named, and do not fail the run.
+    /// Example: --include '*.png'
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Also send hidden files and look in hidden directories (names starting with `.`, such
+    /// as .DS_Store or .git), which are left out by default (as fd and ripgrep do).
+    /// Example: --hidden
+    #[arg(long)]
+    pub hidden: bool,
+}
+
 /// `produce image`.
 #[derive(Debug, Args)]
 pub struct ProduceImage {
     /// Directory searched recursively for image files. Example: --directory examples/data/images
     #[arg(long, default_value = "images_data", value_name = "DIR")]
     pub directory: PathBuf,
+
+    /// Which files are sent.
+    #[command(flatten)]
+    pub select: FileSelectArgs,
 
     /// Options every producer shares.
     #[command(flatten)]
@@ -177,6 +217,10 @@ pub struct ProduceText {
     /// Example: --split line
     #[arg(long, value_enum, default_value_t = Split::File)]
     pub split: Split,
+
+    /// Which files are sent.
+    #[command(flatten)]
+    pub select: FileSelectArgs,
 
     /// Options every producer shares.
     #[command(flatten)]

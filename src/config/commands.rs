@@ -5,25 +5,34 @@ use super::*;
 
 pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> {
     let (kind, source, common) = match cmd {
-        ProduceCommand::Tabular(t) => (
-            Kind::Tabular,
-            Source::Csv {
+        ProduceCommand::Tabular(t) => {
+            if t.repeat && is_stdin(&t.file) {
+                return Err(UsageError(
+                    "--repeat with --file -: stdin can be read only once; save the rows to a \
+                     file and give --file PATH --repeat, or drop --repeat"
+                        .into(),
+                ));
+            }
+            let source = Source::Csv {
                 file: t.file,
                 num_records: t.num_records,
                 batch_size: t.batch_size,
                 repeat: t.repeat,
                 format: csv_format(&t.csv, t.common.max_message_size)?,
-            },
-            t.common,
-        ),
-        ProduceCommand::Image(i) => {
-            (Kind::Image, Source::Files { directory: i.directory, split_lines: false }, i.common)
+            };
+            (Kind::Tabular, source, t.common)
         }
-        ProduceCommand::Text(t) => (
-            Kind::Text,
-            Source::Files { directory: t.directory, split_lines: t.split == cli::Split::Line },
-            t.common,
-        ),
+        ProduceCommand::Image(i) => {
+            let filter = FileFilter::new(&i.select.include, i.select.hidden)?;
+            let source = Source::Files { directory: i.directory, split_lines: false, filter };
+            (Kind::Image, source, i.common)
+        }
+        ProduceCommand::Text(t) => {
+            let filter = FileFilter::new(&t.select.include, t.select.hidden)?;
+            let split_lines = t.split == cli::Split::Line;
+            let source = Source::Files { directory: t.directory, split_lines, filter };
+            (Kind::Text, source, t.common)
+        }
     };
     let queue_given = common.queue.is_some();
     let queue = queue_spec(common.queue.clone(), &common.queue_args, kind)?;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod commands;
+mod filter;
 mod publish;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,7 @@ mod values;
 
 pub use commands::default_publisher;
 use commands::{consume, pipe, produce, request, serve};
+pub use filter::{FileFilter, is_hidden};
 pub use publish::Publish;
 use urls::endpoints;
 pub use urls::split_urls;
@@ -113,7 +115,7 @@ pub enum StageOutput {
 pub struct RequestConfig {
     /// Queue the server consumes.
     pub queue: QueueSpec,
-    /// CSV rows to send.
+    /// The rows to send (CSV or JSON lines; `-` is stdin).
     pub file: PathBuf,
     /// Only the first N rows.
     pub num_records: Option<u64>,
@@ -123,13 +125,35 @@ pub struct RequestConfig {
     pub timeout: Duration,
     /// Replies appended to this file; None = stdout.
     pub output: Option<PathBuf>,
-    /// How to read the CSV.
+    /// How to read the rows.
     pub format: CsvFormat,
 }
 
-/// How to read a CSV file (`--no-header`, `--skip-rows`, `--delimiter`, `--encoding`).
+/// Whether a `--file` argument means stdin (`-`).
+pub fn is_stdin(file: &std::path::Path) -> bool {
+    file.as_os_str() == "-"
+}
+
+/// What the rows of `produce tabular` and `request` are (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsFormat {
+    /// From the file name, else from the first non-blank byte (`{`: JSON lines).
+    Detect,
+    /// CSV.
+    Csv,
+    /// JSON lines: one object per line.
+    Jsonl,
+}
+
+/// How to read the rows: `--format`, and for CSV `--no-header`, `--skip-rows`,
+/// `--delimiter`, `--encoding` (`--skip-rows` applies to JSON lines too).
 #[derive(Debug, Clone, Copy)]
 pub struct CsvFormat {
+    /// CSV, JSON lines, or detected.
+    pub rows: RowsFormat,
+    /// The first CSV-only flag given (`--no-header`, `--delimiter`, `--encoding`), if any:
+    /// refused when the input turns out to be JSON lines.
+    pub csv_flag: Option<&'static str>,
     /// The first row (after the skipped lines) names the columns; else they are named by
     /// position, "0", "1", ...
     pub header: bool,
@@ -167,9 +191,9 @@ pub struct ProduceConfig {
 /// Producer input.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A CSV file.
+    /// A CSV or JSON lines file, or stdin (`-`).
     Csv {
-        /// The file.
+        /// The file (`-`: stdin).
         file: PathBuf,
         /// Stop after this many data rows.
         num_records: Option<u64>,
@@ -186,6 +210,8 @@ pub enum Source {
         directory: PathBuf,
         /// One message per line (text only).
         split_lines: bool,
+        /// Which files are sent (`--include`, `--hidden`).
+        filter: FileFilter,
     },
 }
 
@@ -237,9 +263,11 @@ pub enum SinkConfig {
 }
 
 impl Default for CsvFormat {
-    /// A CSV file with a header, `,`, UTF-8, rows up to the default message size.
+    /// Detected; as CSV, a header, `,`, UTF-8; rows up to the default message size.
     fn default() -> Self {
         CsvFormat {
+            rows: RowsFormat::Detect,
+            csv_flag: None,
             header: true,
             skip_rows: 0,
             delimiter: b',',

@@ -85,3 +85,37 @@ fn csv_delimiters_and_encodings() {
         SinkConfig::Rows { format: RowFormat::Csv { delimiter: b'\t', header: true }, .. }
     ));
 }
+
+#[test]
+fn rows_format_and_the_csv_only_flags_are_checked() {
+    let format = |args: &[&str]| -> Result<CsvFormat, UsageError> {
+        let mut all = vec!["produce", "tabular", "--file", "x"];
+        all.extend_from_slice(args);
+        match config(&all)?.action {
+            Action::Produce(ProduceConfig { source: Source::Csv { format, .. }, .. }) => Ok(format),
+            _ => panic!("produce tabular"),
+        }
+    };
+    let detected = format(&[]).expect("plain");
+    assert_eq!((detected.rows, detected.csv_flag), (RowsFormat::Detect, None));
+    let tsv = format(&["--delimiter", "tab", "--no-header"]).expect("csv flags");
+    assert_eq!((tsv.rows, tsv.csv_flag), (RowsFormat::Detect, Some("--no-header")));
+    assert_eq!(format(&["--format", "csv"]).expect("csv").rows, RowsFormat::Csv);
+    let jsonl = format(&["--format", "jsonl", "--skip-rows", "2"]).expect("skip-rows is fine");
+    assert_eq!((jsonl.rows, jsonl.skip_rows), (RowsFormat::Jsonl, 2));
+    for flag in [&["--no-header"][..], &["--delimiter", ";"], &["--encoding", "latin1"]] {
+        let err = format(&[&["--format", "jsonl"][..], flag].concat()).expect_err("csv only");
+        assert!(err.0.starts_with(flag[0]) && err.0.contains(&format!("drop {}", flag[0])));
+    }
+}
+
+#[test]
+fn stdin_is_read_once_so_repeat_is_refused_and_globs_are_checked() {
+    let err = config(&["produce", "tabular", "--file", "-", "--repeat"]).expect_err("repeat");
+    assert!(err.0.starts_with("--repeat with --file -"), "{}", err.0);
+    assert!(config(&["produce", "tabular", "--file", "-"]).is_ok());
+    let err = config(&["produce", "image", "--include", "a{b"]).expect_err("bad glob");
+    assert!(err.0.starts_with("--include \"a{b\""), "{}", err.0);
+    let err = config(&["produce", "text", "--include", "*.txt", "--include", "["]).expect_err("[");
+    assert!(err.0.starts_with("--include \"[\""), "{}", err.0);
+}

@@ -6,7 +6,27 @@ pub(super) fn csv_format(
     a: &cli::CsvReadArgs,
     max_row_bytes: u64,
 ) -> Result<CsvFormat, UsageError> {
+    let csv_flag = [
+        (a.no_header, "--no-header"),
+        (a.delimiter != ",", "--delimiter"),
+        (a.encoding.is_some(), "--encoding"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag));
+    let rows = match a.format {
+        None => RowsFormat::Detect,
+        Some(cli::InputFormat::Csv) => RowsFormat::Csv,
+        Some(cli::InputFormat::Jsonl) => RowsFormat::Jsonl,
+    };
+    if let (RowsFormat::Jsonl, Some(flag)) = (rows, csv_flag) {
+        return Err(UsageError(format!(
+            "{flag} with --format jsonl: {flag} shapes CSV, and JSON lines objects name their \
+             own fields; drop {flag} (--skip-rows works for JSON lines)"
+        )));
+    }
     Ok(CsvFormat {
+        rows,
+        csv_flag,
         header: !a.no_header,
         skip_rows: a.skip_rows,
         delimiter: delimiter(&a.delimiter)?,

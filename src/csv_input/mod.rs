@@ -14,14 +14,21 @@ use csv::StringRecord;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod decode;
 mod guard;
+mod jsonl;
+mod piped;
+mod rows;
+mod sniff;
 #[cfg(test)]
 mod tests;
+
+pub use piped::STOPPED;
+pub use rows::{Item, Opening, Rows, STDIN_SOURCE};
 
 use decode::{Counted, decode};
 use guard::{Guard, GuardError};
@@ -39,7 +46,8 @@ const BUFFER: usize = 256 * 1024;
 
 /// An open CSV file, its header read and checked.
 pub struct CsvInput {
-    path: PathBuf,
+    /// How the input is named in messages (its path, or `stdin`).
+    shown: String,
     /// The file's base name (the `source` header of its messages).
     pub source: String,
     rdr: csv::Reader<Guard<Box<dyn Read + Send>>>,
@@ -70,17 +78,6 @@ pub enum Next {
 }
 
 impl CsvInput {
-    /// [`CsvInput::open`] for a file that must be a regular one (`produce tabular`, which
-    /// reads it again for --repeat and shows progress against its size), with that size. A
-    /// directory, FIFO or device is refused before it is opened (a FIFO would block).
-    pub fn open_regular(path: &Path, format: &CsvFormat) -> Result<(CsvInput, u64)> {
-        let meta = std::fs::metadata(path).wrap_err_with(|| cannot_read(path))?;
-        if !meta.is_file() {
-            bail!("{} is not a file; --file needs a CSV file", path.display());
-        }
-        Ok((CsvInput::open(path, format)?, meta.len()))
-    }
-
     /// Open `path`, skip --skip-rows lines, read the header (or, with --no-header, the first
     /// row) and refuse repeated column names. Errors name the file and the fix.
     pub fn open(path: &Path, format: &CsvFormat) -> Result<CsvInput> {
@@ -91,7 +88,19 @@ impl CsvInput {
         }
         let raw_bytes = Arc::new(AtomicU64::new(0));
         let counted = Counted { inner: file, n: Arc::clone(&raw_bytes) };
-        let decoded = decode(counted, format.encoding).wrap_err_with(|| cannot_read(path))?;
+        let named = Named { shown: path.display().to_string(), source: source_name(path) };
+        CsvInput::from_reader(Box::new(counted), named, format, raw_bytes)
+    }
+
+    /// [`CsvInput::open`] on bytes already opened (a file, stdin), counted in `raw_bytes`.
+    pub(crate) fn from_reader(
+        raw: Box<dyn Read + Send>,
+        named: Named,
+        format: &CsvFormat,
+        raw_bytes: Arc<AtomicU64>,
+    ) -> Result<CsvInput> {
+        let decoded = decode(raw, format.encoding)
+            .wrap_err_with(|| format!("cannot read {}; check the --file path", named.shown))?;
         let guard = Guard::new(decoded, format.delimiter, format.skip_rows, format.max_row_bytes);
         let rdr = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -99,12 +108,9 @@ impl CsvInput {
             .delimiter(format.delimiter)
             .buffer_capacity(BUFFER)
             .from_reader(guard);
-        let source = path
-            .file_name()
-            .map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned());
         let mut input = CsvInput {
-            path: path.to_path_buf(),
-            source,
+            shown: named.shown,
+            source: named.source,
             rdr,
             columns: Vec::new(),
             first: None,
@@ -167,7 +173,7 @@ impl CsvInput {
         };
         Err(eyre!(
             "{}: {what}: {why}. The file is read wrongly as a whole: {hint}. Nothing was sent",
-            self.path.display()
+            self.shown
         ))
     }
 
@@ -178,7 +184,7 @@ impl CsvInput {
             Next::Bad { line, why } => {
                 return Err(eyre!(
                     "{} line {line}: the {} is {why}: {}",
-                    self.path.display(),
+                    self.shown,
                     if format.header { "header" } else { "first row" },
                     encoding_hint()
                 ));
@@ -187,14 +193,14 @@ impl CsvInput {
                 return Err(eyre!(
                     "{}: nothing is left after the {n} lines --skip-rows {n} drops; lower \
                      --skip-rows",
-                    self.path.display(),
+                    self.shown,
                     n = format.skip_rows
                 ));
             }
             Next::End => {
                 return Err(eyre!(
                     "{} is empty: no header row and no data{}; check the --file path",
-                    self.path.display(),
+                    self.shown,
                     if format.skip_rows > 0 { " after the lines --skip-rows skips" } else { "" }
                 ));
             }
@@ -206,7 +212,7 @@ impl CsvInput {
                 "{} line {line}: the first row holds NUL characters, as UTF-16 text read as \
                  UTF-8 does; if the file is UTF-16 without a byte-order mark, use --encoding \
                  {}",
-                self.path.display(),
+                self.shown,
                 if be { "utf-16be" } else { "utf-16le" }
             ));
         }
@@ -218,7 +224,7 @@ impl CsvInput {
                     "{} line {line}: the header repeats column names: {}; their values would \
                      overwrite each other. Rename them, or use --no-header if line {line} is \
                      data, not a header (columns are then named 0, 1, 2, ...)",
-                    self.path.display(),
+                    self.shown,
                     describe_duplicates(&dups)
                 ));
             }
@@ -275,7 +281,7 @@ impl CsvInput {
     }
 
     fn fatal(&self, io: &io::Error) -> Report {
-        let name = self.path.display();
+        let name = &self.shown;
         match io.get_ref().and_then(|e| e.downcast_ref::<GuardError>()) {
             Some(GuardError::Unterminated { line }) => eyre!(
                 "{name} line {line}: a quoted field starts on this line and is never closed \
@@ -346,9 +352,22 @@ pub fn encoding_hint() -> &'static str {
      (or windows-1252, iso-8859-15, utf-16le)"
 }
 
-/// The error of a CSV file that cannot be opened: it names the file and the flag.
+/// An input's names: as shown in messages, and as its messages' `source` header.
+pub(crate) struct Named {
+    /// Its path, or `stdin`.
+    pub(crate) shown: String,
+    /// The file's base name, or `stdin`.
+    pub(crate) source: String,
+}
+
+/// The `source` header of a file's rows: its base name.
+pub(crate) fn source_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| "data.csv".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The error of an input file that cannot be opened: it names the file and the flag.
 fn cannot_read(path: &Path) -> String {
-    format!("cannot read CSV file {}; check the --file path", path.display())
+    format!("cannot read {}; check the --file path", path.display())
 }
 
 /// The fix for rows wider than the header, when no row fitted it.

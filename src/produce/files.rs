@@ -1,11 +1,14 @@
-//! `produce image` / `produce text`: a directory walk (regular files only) and whole files
-//! read and encoded ahead of the publisher, within a byte budget.
+//! `produce image` / `produce text`: a directory walk (regular files only; hidden entries
+//! and files no --include glob matches left out, counted) and whole files read and encoded
+//! ahead of the publisher, within a byte budget.
 
 use super::lines::send_lines;
 use super::pump::Pump;
 use super::too_large;
 use crate::codec::{Kind, Message, image, text};
-use color_eyre::eyre::{Result, WrapErr};
+use crate::config::{FileFilter, is_hidden};
+use crate::output::Reporter;
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,34 +17,140 @@ use std::sync::{Condvar, Mutex};
 use walkdir::WalkDir;
 
 /// What a directory walk found: regular files, sorted, with their `/`-separated relative
-/// paths; and what it skips, as (shown name, why), in the order met.
+/// paths; what it skips as bad items, as (shown name, why), in the order met; and what it
+/// leaves out on purpose (`--include`, hidden entries), which is no failure.
 pub(super) struct Listing {
     pub(super) files: Vec<(PathBuf, String)>,
     pub(super) skipped: Vec<(String, String)>,
+    /// Files no `--include` glob matches.
+    pub(super) excluded: LeftOut,
+    /// Hidden files and directories (without `--hidden`); a directory counts once.
+    pub(super) hidden: LeftOut,
+}
+
+/// Entries left out on purpose: counted, the first few named (a folder of 100,000 files
+/// gives one line, not 100,000).
+#[derive(Default)]
+pub(super) struct LeftOut {
+    pub(super) count: u64,
+    first: Vec<String>,
+}
+
+/// Entries named in a [`LeftOut`] line.
+const NAMED: usize = 5;
+
+impl LeftOut {
+    fn add(&mut self, shown: String) {
+        self.count += 1;
+        if self.first.len() < NAMED {
+            self.first.push(shown);
+        }
+    }
+
+    /// "a.txt, b/c.csv and 3 more".
+    pub(super) fn names(&self) -> String {
+        let shown = self.first.join(", ");
+        match self.count.saturating_sub(self.first.len() as u64) {
+            0 => shown,
+            more => format!("{shown} and {more} more"),
+        }
+    }
 }
 
 /// Walk `root` without following symlinks. Only regular files are sent: a symlink (to a
 /// file, a directory, or nothing), a FIFO, a socket or a device is skipped and named, never
-/// opened (a FIFO nobody writes to would block the producer for good).
-pub(super) fn list_files(root: &Path) -> Result<Listing> {
-    let mut listing = Listing { files: Vec::new(), skipped: Vec::new() };
-    for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
+/// opened (a FIFO nobody writes to would block the producer for good). Hidden entries are
+/// left out (a hidden directory is not entered) unless `--hidden`; then `--include`.
+pub(super) fn list_files(root: &Path, filter: &FileFilter) -> Result<Listing> {
+    let mut listing = Listing {
+        files: Vec::new(),
+        skipped: Vec::new(),
+        excluded: LeftOut::default(),
+        hidden: LeftOut::default(),
+    };
+    let mut walk = WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter();
+    while let Some(entry) = walk.next() {
         let entry = entry.wrap_err_with(|| format!("cannot list {}", root.display()))?;
         let kind = entry.file_type();
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+        let source =
+            parts.map(|p| p.join("/")).unwrap_or_else(|| rel.to_string_lossy().into_owned());
+        if entry.depth() > 0 && !filter.hidden && is_hidden(entry.file_name()) {
+            if kind.is_dir() {
+                walk.skip_current_dir();
+                listing.hidden.add(format!("{source}/"));
+            } else {
+                listing.hidden.add(source);
+            }
+            continue;
+        }
         if kind.is_dir() {
+            continue;
+        }
+        if !filter.includes(&source, &entry.file_name().to_string_lossy()) {
+            listing.excluded.add(source);
             continue;
         }
         if !kind.is_file() {
             listing.skipped.push((entry.path().display().to_string(), not_regular(kind)));
             continue;
         }
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-        let source =
-            parts.map(|p| p.join("/")).unwrap_or_else(|| rel.to_string_lossy().into_owned());
         listing.files.push((entry.path().to_path_buf(), source));
     }
+    check_matched(root, filter, &listing)?;
     Ok(listing)
+}
+
+impl Listing {
+    /// One line each for the files `--include` leaves out and the hidden entries, naming
+    /// the first few.
+    pub(super) fn warn_left_out(&self, reporter: &Reporter) {
+        if self.excluded.count > 0 {
+            reporter.warn(&format!(
+                "excluded {} file(s) matching no --include glob: {}",
+                self.excluded.count,
+                self.excluded.names()
+            ));
+        }
+        if self.hidden.count > 0 {
+            reporter.warn(&format!(
+                "ignored {} hidden entr{} (name starting with `.`; --hidden sends them): {}",
+                self.hidden.count,
+                if self.hidden.count == 1 { "y" } else { "ies" },
+                self.hidden.names()
+            ));
+        }
+    }
+
+    /// "excluded 3 by --include, ignored 2 hidden" for the summary; empty when none.
+    pub(super) fn summary_note(&self) -> String {
+        let mut parts = Vec::new();
+        if self.excluded.count > 0 {
+            parts.push(format!("excluded {} by --include", self.excluded.count));
+        }
+        if self.hidden.count > 0 {
+            parts.push(format!("ignored {} hidden", self.hidden.count));
+        }
+        parts.join(", ")
+    }
+}
+
+/// `--include` that matches none of the files there: most likely a mistyped glob (they are
+/// case-sensitive), so it is an error rather than a run that sends nothing.
+fn check_matched(root: &Path, filter: &FileFilter, listing: &Listing) -> Result<()> {
+    if !listing.files.is_empty() || !listing.skipped.is_empty() || listing.excluded.count == 0 {
+        return Ok(());
+    }
+    let globs: Vec<String> = filter.patterns().iter().map(|g| format!("--include {g:?}")).collect();
+    Err(eyre!(
+        "{} matches none of the {} file(s) under {} (such as {}); globs are case-sensitive, \
+         and one without `/` matches the file name: e.g. --include '*.png'",
+        globs.join(" "),
+        listing.excluded.count,
+        root.display(),
+        listing.excluded.names()
+    ))
 }
 
 /// Why a directory entry that is not a regular file is not sent.

@@ -1,17 +1,18 @@
-//! Producers: CSV rows or files -> codec -> confirmed publishing, with progress.
+//! Producers: rows (CSV or JSON lines, a file or stdin) or files -> codec -> confirmed
+//! publishing, with progress.
 //!
 //! A bad item inside the input (malformed row, non-image, non-UTF-8 text, too large) is
 //! skipped, named on stderr and counted; a bad whole input stops the run before anything is
 //! sent. Only messages the broker confirmed count as produced.
 //!
-//! [`pump`] hands messages to the publisher; [`tabular`] reads CSV rows (and batches them);
-//! [`files`] lists a directory and reads whole files ahead; [`lines`] sends a text file
+//! [`pump`] hands messages to the publisher; [`tabular`] publishes rows (and batches them);
+//! [`files`] lists a directory (--include, hidden entries) and reads whole files ahead; [`lines`] sends a text file
 //! line by line.
 
 use crate::amqp::Producer;
 use crate::codec::Kind;
 use crate::config::{CsvFormat, Global, ProduceConfig, Source};
-use crate::csv_input::CsvInput;
+use crate::csv_input::{Opening, Rows};
 use crate::output::{Progress, Reporter, Summary, human_bytes, link_events};
 use color_eyre::eyre::{Result, WrapErr, bail};
 use files::Listing;
@@ -33,7 +34,7 @@ pub(crate) use crate::output::Outcome;
 
 /// Run one producer.
 pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
-    let input = Input::open(cfg)?;
+    let input = Input::open(cfg, stop)?;
     let reporter = Reporter::new(!global.quiet, input.progress(), &destination(cfg));
     let declared = if cfg.publish.declare_queue { vec![cfg.queue.clone()] } else { Vec::new() };
     let producer = Producer::open_to(
@@ -58,6 +59,7 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
         run_id: cfg.run_id.clone(),
     };
     let started = pump.started;
+    let left_out = input.left_out();
     let streamed = input.stream(&mut pump);
     let Pump { producer, reporter, skipped, padded_note, .. } = pump;
     let (report, finished) = producer.finish();
@@ -91,7 +93,11 @@ pub(crate) fn run(global: &Global, cfg: &ProduceConfig, stop: &Arc<AtomicBool>) 
         failed: (report.refused.len() + report.unconfirmed.len()) as u64,
         failed_to: None,
         counts: vec![("re-published", report.republished)],
-        note: padded_note,
+        note: [padded_note, left_out]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     Ok(Outcome { summary, error })
 }
@@ -120,15 +126,16 @@ pub(super) fn too_large(size: u64, max: u64) -> String {
 
 /// The checked input of a run, with everything reading it needs: matched once, here.
 enum Input {
-    Csv {
-        /// The file, open, its header read (the first pass reads it).
-        input: Box<CsvInput>,
-        /// Its size, for progress.
-        size: u64,
+    Rows {
+        /// The input, open, its header or first object read (the first pass reads it).
+        input: Box<Rows>,
+        /// Its size, for progress (None: stdin).
+        size: Option<u64>,
         /// Where it is, to open it again for --repeat.
         file: PathBuf,
         format: CsvFormat,
         limits: RowLimits,
+        stop: Arc<AtomicBool>,
     },
     Files {
         root: PathBuf,
@@ -141,24 +148,25 @@ enum Input {
 impl Input {
     /// Check the whole input before connecting, so a bad path (or a CSV whose header cannot
     /// be used) fails at once.
-    fn open(cfg: &ProduceConfig) -> Result<Input> {
+    fn open(cfg: &ProduceConfig, stop: &Arc<AtomicBool>) -> Result<Input> {
         match &cfg.source {
             Source::Csv { file, num_records, batch_size, repeat, format } => {
-                let (input, size) = CsvInput::open_regular(file, format)?;
+                let (input, size) = Rows::open(file, format, &Opening { regular: true, stop })?;
                 let limits = RowLimits {
                     num_records: *num_records,
                     batch_size: *batch_size,
                     repeat: *repeat,
                 };
-                Ok(Input::Csv {
+                Ok(Input::Rows {
                     input: Box::new(input),
                     size,
                     file: file.clone(),
                     format: *format,
                     limits,
+                    stop: Arc::clone(stop),
                 })
             }
-            Source::Files { directory, split_lines } => {
+            Source::Files { directory, split_lines, filter } => {
                 let meta = std::fs::metadata(directory).wrap_err_with(|| {
                     format!(
                         "cannot read directory {}; check the --directory path",
@@ -170,7 +178,7 @@ impl Input {
                 }
                 Ok(Input::Files {
                     root: directory.clone(),
-                    listing: files::list_files(directory)?,
+                    listing: files::list_files(directory, filter)?,
                     kind: cfg.kind,
                     split_lines: *split_lines,
                 })
@@ -178,19 +186,34 @@ impl Input {
         }
     }
 
+    /// What a directory input leaves out on purpose, for the summary ("excluded 3 by
+    /// --include, ignored 2 hidden"); empty when nothing is.
+    fn left_out(&self) -> String {
+        match self {
+            Input::Files { listing, .. } => listing.summary_note(),
+            Input::Rows { .. } => String::new(),
+        }
+    }
+
     fn progress(&self) -> Progress {
         match self {
-            Input::Csv { size, .. } => Progress::Bytes(*size),
+            // --num-records: the rows left are known; else the bytes of a file.
+            Input::Rows { limits: RowLimits { num_records: Some(n), .. }, .. } => {
+                Progress::Items(*n)
+            }
+            Input::Rows { size: Some(size), .. } => Progress::Bytes(*size),
+            Input::Rows { size: None, .. } => Progress::Open,
             Input::Files { listing, .. } => Progress::Items(listing.files.len() as u64),
         }
     }
 
     fn stream(self, pump: &mut Pump<'_>) -> Result<()> {
         match self {
-            Input::Csv { input, file, format, limits, .. } => {
-                tabular::stream_csv(*input, &file, &format, limits, pump)
+            Input::Rows { input, file, format, limits, stop, .. } => {
+                tabular::stream_rows(*input, (&file, &format), limits, &stop, pump)
             }
             Input::Files { root, listing, kind, split_lines } => {
+                listing.warn_left_out(&pump.reporter);
                 for (shown, why) in &listing.skipped {
                     pump.skip(shown, why);
                 }

@@ -1,12 +1,15 @@
-//! `produce tabular`: CSV rows, one message each or `--batch-size` to a message, over
-//! one or more passes (`--repeat`).
+//! `produce tabular`: rows (CSV or JSON lines, from a file or stdin), one message each or
+//! `--batch-size` to a message, over one or more passes (`--repeat`). Each row is published
+//! as soon as it is read: a slow pipe is never held back until its end.
 
 use super::pump::Pump;
 use crate::codec::{Message, tabular};
 use crate::config::CsvFormat;
-use crate::csv_input::{self, CsvInput, Next};
+use crate::csv_input::{self, Item, Opening, Rows};
 use color_eyre::eyre::Result;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 #[derive(Clone, Copy)]
 pub(super) struct RowLimits {
@@ -15,23 +18,23 @@ pub(super) struct RowLimits {
     pub(super) repeat: bool,
 }
 
-pub(super) fn stream_csv(
-    first: CsvInput,
-    path: &Path,
-    format: &CsvFormat,
+/// Stream the rows of `first` (and, with --repeat, of `path` opened again for each pass).
+pub(super) fn stream_rows(
+    first: Rows,
+    (path, format): (&Path, &CsvFormat),
     limits: RowLimits,
+    stop: &Arc<AtomicBool>,
     pump: &mut Pump<'_>,
 ) -> Result<()> {
     let mut read = 0u64;
     let mut input = first;
-    let mut rows = CsvRows::default();
+    let mut rows = RowState::default();
     for pass in 0.. {
         if pass > 0 {
-            input = CsvInput::open(path, format)?;
+            input = Rows::open(path, format, &Opening { regular: true, stop })?.0;
         }
-        let mut encoder = input.encoder();
-        encoder.set_pass(pass);
-        let more = rows.pass(&mut input, &encoder, limits, &mut read, pump);
+        input.set_pass(pass);
+        let more = rows.pass(&mut input, limits, &mut read, pump);
         pump.padded_note = padded_note(rows.padded);
         if !more? || !limits.repeat || read == 0 {
             break;
@@ -48,76 +51,79 @@ pub(super) fn padded_note(padded: u64) -> String {
     }
 }
 
-/// State of the CSV reading across passes.
+/// State of the reading across passes.
 #[derive(Default)]
-struct CsvRows {
+struct RowState {
     /// Short rows padded with nulls.
     padded: u64,
     /// The --encoding hint was given once.
     hinted_encoding: bool,
 }
 
-impl CsvRows {
-    /// One pass over the file; Ok(false) when the run must stop (limit reached or signal).
+impl RowState {
+    /// One pass over the input; Ok(false) when the run must stop (limit reached or signal).
     fn pass(
         &mut self,
-        input: &mut CsvInput,
-        encoder: &tabular::Encoder,
+        input: &mut Rows,
         limits: RowLimits,
         read: &mut u64,
         pump: &mut Pump<'_>,
     ) -> Result<bool> {
-        let mut record = csv::StringRecord::new();
+        let mut object = Vec::new();
         let mut batch = Batch::default();
-        let mut row = 0u64;
         loop {
             if limits.num_records.is_some_and(|n| *read >= n) {
-                batch.flush(encoder, pump)?;
+                batch.flush(input.encoder(), pump)?;
                 return Ok(false);
             }
-            let (line, encoded) = match input.read(&mut record) {
+            let (line, sent) = match input.next(&mut object) {
                 Err(e) => {
-                    batch.flush(encoder, pump)?;
-                    return Err(e);
+                    batch.flush(input.encoder(), pump)?;
+                    // A signal while waiting on stdin ends the run as a signal does.
+                    return if pump.keep_going() { Err(e) } else { Ok(false) };
                 }
-                Ok(Next::End) => return batch.flush(encoder, pump),
-                Ok(Next::Bad { line, why }) => (line, Err(why)),
-                Ok(Next::Row(line)) => {
-                    row += 1;
-                    let short = encoder.is_short(&record);
-                    let encoded = if limits.batch_size == 1 {
-                        encoder.encode_row(&record, row).map(Some)
+                Ok(Item::End) => return batch.flush(input.encoder(), pump),
+                Ok(Item::Bad { line, why }) => (line, Err(why)),
+                Ok(Item::Row { line, row, padded }) => {
+                    self.padded += u64::from(padded);
+                    if limits.batch_size == 1 {
+                        let msg = input.encoder().encode_object(std::mem::take(&mut object), row);
+                        (line, Ok(Some(msg)))
                     } else {
-                        batch.add(encoder, &record, row).map(|()| None)
-                    };
-                    self.padded += u64::from(encoded.is_ok() && short);
-                    (line, encoded.map_err(|e| e.0))
+                        batch.add_object(&object, row);
+                        (line, Ok(None))
+                    }
                 }
             };
             *read += 1;
-            let keep = match encoded {
+            let keep = match sent {
                 Err(why) => self.skip(input, line, why, pump),
                 Ok(Some(msg)) => pump.send(msg)?,
-                Ok(None) if batch.rows >= limits.batch_size => batch.flush(encoder, pump)?,
+                Ok(None) if batch.rows >= limits.batch_size => {
+                    batch.flush(input.encoder(), pump)?
+                }
                 Ok(None) => true,
             };
-            pump.reporter.set_position(input.bytes_read());
+            pump.reporter.set_position(match limits.num_records {
+                Some(_) => *read,
+                None => input.bytes_read(),
+            });
             if !keep {
-                batch.flush(encoder, pump)?;
+                batch.flush(input.encoder(), pump)?;
                 return Ok(false);
             }
         }
     }
 
     /// Skip a row that cannot be sent, named (the first non-UTF-8 one with the fix).
-    fn skip(&mut self, input: &CsvInput, line: u64, why: String, pump: &mut Pump<'_>) -> bool {
+    fn skip(&mut self, input: &Rows, line: u64, why: String, pump: &mut Pump<'_>) -> bool {
         let why = if why == csv_input::NOT_UTF8 && !self.hinted_encoding {
             self.hinted_encoding = true;
             format!("{why}; {}", csv_input::encoding_hint())
         } else {
             why
         };
-        pump.skip(&format!("{} line {line}", input.source), &why);
+        pump.skip(&format!("{} line {line}", input.source()), &why);
         pump.keep_going()
     }
 }
@@ -131,23 +137,14 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    pub(super) fn add(
-        &mut self,
-        encoder: &tabular::Encoder,
-        record: &csv::StringRecord,
-        row: u64,
-    ) -> Result<(), tabular::RowError> {
-        let mark = self.body.len();
+    /// Add one row, already written as a JSON object.
+    pub(super) fn add_object(&mut self, object: &[u8], row: u64) {
         self.body.push(if self.rows == 0 { b'[' } else { b',' });
-        if let Err(e) = encoder.write_object(record, &mut self.body) {
-            self.body.truncate(mark);
-            return Err(e);
-        }
+        self.body.extend_from_slice(object);
         if self.rows == 0 {
             self.first_row = row;
         }
         self.rows += 1;
-        Ok(())
     }
 
     /// The batch as one message (a JSON array of its rows), leaving it empty; None when it

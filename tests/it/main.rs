@@ -16,6 +16,7 @@ mod failed;
 mod faults;
 mod flows;
 mod handoff;
+mod input14;
 mod interop;
 mod limits;
 mod lines;

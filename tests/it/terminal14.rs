@@ -272,3 +272,21 @@ fn a_model_that_buffers_its_output_gets_the_fix_named() {
     assert!(out.stderr.contains("answered 1"), "{}", out.stderr);
     assert_eq!(output.depth(), 1);
 }
+
+/// `produce --num-records N` counts the rows towards N on the bar (not the file's bytes).
+#[test]
+fn the_producer_bar_counts_rows_towards_num_records() {
+    let q = TestQueue::new("tty-num-records");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = csv_rows(dir.path(), "rows.csv", 1..=1000);
+    let (master, slave) = pty(80);
+    let args =
+        ["produce", "tabular", "--file", s(&csv), "--queue", &q.name, "--num-records", "150"];
+    let child = mqdemo(&args).spawn_with_stderr(Stdio::from(slave));
+    let (raw, code) = screen(master, child, Duration::from_secs(60));
+    assert_eq!(code, 0, "{raw}");
+    let lines = drawn_lines(&raw);
+    assert!(lines.iter().any(|l| l.contains("/150 ")), "rows towards 150: {lines:#?}");
+    assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
+    assert_eq!(q.depth(), 150);
+}

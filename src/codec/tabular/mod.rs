@@ -171,6 +171,12 @@ impl Encoder {
         Ok(self.message(body, row, None))
     }
 
+    /// A message for one row already written as a JSON object: a CSV row by
+    /// [`Encoder::write_object`], or a JSON lines object as it was given.
+    pub fn encode_object(&self, body: Vec<u8>, row: u64) -> Message {
+        self.message(body, row, None)
+    }
+
     /// A message for a batch already written as a JSON array by the caller
     /// (`[` + objects joined by `,` + `]`).
     pub fn encode_batch(&self, body: Vec<u8>, first_row: u64, rows: u64) -> Message {
