@@ -39,17 +39,18 @@ use std::sync::Arc;
 pub fn run(cli: cli::Cli) -> Result<bool> {
     let config = Config::from_cli(cli)?;
     let stop = signals::install()?;
+    let started = std::time::Instant::now();
     let outcome = match &config.action {
-        Action::Produce(p) => produce::run(&config.global, p, &stop)?,
+        Action::Produce(p) => produce::run(&config.global, p, &stop),
         Action::Consume(c) => {
             let stdout = stdout::Handoff::new(std::io::stdout(), Arc::clone(&stop));
             let stdout: Box<dyn Write + Send> = Box::new(stdout);
-            consume::run(&config.global, c, &stop, stdout)?
+            consume::run(&config.global, c, &stop, stdout)
         }
-        Action::Stage(s) => stage::run(&config.global, s, &stop)?,
+        Action::Stage(s) => stage::run(&config.global, s, &stop),
         Action::Request(r) => {
             let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
-            request::run(&config.global, r, &stop, stdout)?
+            request::run(&config.global, r, &stop, stdout)
         }
         Action::Demo => {
             let verdict = demo::run(&config.global, &stop)?;
@@ -59,7 +60,34 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
             return Ok(verdict.ok);
         }
     };
-    finish(&config, outcome.summary, outcome.error)
+    match outcome {
+        Ok(outcome) => finish(&config, outcome.summary, outcome.error),
+        // Stopped before it began (no broker, a missing file): the JSON summary still says
+        // so, never leaving an earlier run's in place.
+        Err(error) => {
+            if let Some(path) = &config.global.summary_json {
+                let summary = output::Summary {
+                    verb: verb(&config.action),
+                    elapsed: started.elapsed(),
+                    ..output::Summary::default()
+                };
+                let _ = write_summary_json(path, &summary, Some(&error));
+            }
+            Err(error)
+        }
+    }
+}
+
+/// What the summary says a command did.
+fn verb(action: &Action) -> &'static str {
+    match action {
+        Action::Produce(_) => "produced",
+        Action::Consume(_) => "consumed",
+        Action::Stage(s) if matches!(s.output, config::StageOutput::Queue(_)) => "piped",
+        Action::Stage(_) => "served",
+        Action::Request(_) => "requested",
+        Action::Demo => "demo",
+    }
 }
 
 /// Print the summary line (and write the JSON summary); the run's error, or whether it was
@@ -85,7 +113,8 @@ fn write_summary_json(
     summary: &output::Summary,
     error: Option<&Report>,
 ) -> Result<()> {
-    let first_line = error.map(|e| e.to_string());
+    // A reader closing stdout (`| head`) ends the run with exit 0: not an error here either.
+    let first_line = error.filter(|e| !is_broken_pipe(e)).map(|e| e.to_string());
     let mut line = summary.json(first_line.as_deref()).to_string();
     line.push('\n');
     if path.as_os_str() == "-" {

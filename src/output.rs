@@ -285,6 +285,7 @@ impl Summary {
         for (name, n) in &self.counts {
             obj.insert(name.replace([' ', '-'], "_"), (*n).into());
         }
+        obj.insert("note".into(), Some(self.note.as_str()).filter(|n| !n.is_empty()).into());
         obj.insert("error".into(), error.into());
         serde_json::Value::Object(obj)
     }

@@ -10,6 +10,13 @@ const UNITS: [(&str, f64); 5] =
 /// forms that are accepted (clap prints the error after the flag's name).
 pub fn secs(given: &str) -> Result<f64, String> {
     let text = given.trim();
+    // A plain number is seconds, in any spelling Rust reads (`1e3` included).
+    if let Ok(v) = text.parse::<f64>()
+        && v.is_finite()
+        && v >= 0.0
+    {
+        return Ok(v);
+    }
     let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let scale = match unit.trim() {
@@ -35,6 +42,7 @@ mod tests {
         assert_eq!(secs("5"), Ok(5.0));
         assert_eq!(secs("0.25"), Ok(0.25));
         assert_eq!(secs("0"), Ok(0.0));
+        assert_eq!(secs("1e3"), Ok(1000.0), "plain numbers keep every spelling they had");
     }
 
     #[test]
@@ -49,7 +57,8 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_the_accepted_forms() {
-        for bad in ["", "s", "-1", "-1s", "5x", "5 minutes", "inf", "NaN", "1e999", "5s5"] {
+        for bad in ["", "s", "-1", "-1s", "5x", "5 minutes", "inf", "NaN", "1e999", "5s5", "1e3s5"]
+        {
             let err = secs(bad).expect_err(bad);
             assert!(err.contains("500ms, 5s, 2m"), "{bad}: {err}");
         }

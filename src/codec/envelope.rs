@@ -232,7 +232,10 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 /// `"body":JSON`, `"body_text":"..."` or `"body_base64":"..."` (see the module docs).
 fn write_body(out: &mut Vec<u8>, content_type: Option<&str>, body: &[u8]) {
     let text = content_type.is_some_and(is_text);
-    if !text && let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
+    if !text
+        && nesting(body) <= MAX_BODY_NESTING
+        && let Ok(raw) = serde_json::from_slice::<&RawValue>(body)
+    {
         out.extend_from_slice(b"\"body\":");
         one_line_json(out, raw.get());
         return;
@@ -272,6 +275,33 @@ fn is_text(content_type: &str) -> bool {
 /// Valid JSON `json` on one line: as it is when it has no line break, else without the
 /// whitespace between its tokens (a line break can only be such whitespace: inside a JSON
 /// string it is escaped). Numbers and strings keep their exact text.
+/// The deepest a JSON body may nest to be written as JSON: serde_json's and Python's
+/// readers stop at about 128 and 1,000 levels, so a deeper body goes as text (or base64):
+/// a reader must always be able to read the line.
+const MAX_BODY_NESTING: usize = 128;
+
+/// How deep `json`'s arrays and objects nest (brackets inside strings not counted); only
+/// an upper bound for text that is not JSON.
+fn nesting(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &b in json {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn one_line_json(out: &mut Vec<u8>, json: &str) {
     if !json.contains(['\n', '\r']) {
         out.extend_from_slice(json.as_bytes());

@@ -347,6 +347,9 @@ impl Config {
 fn summary_json_fits(global: &Global, action: &Action) -> Result<(), UsageError> {
     let Some(path) = &global.summary_json else { return Ok(()) };
     let stdout = path.as_os_str() == "-";
+    if !stdout {
+        summary_json_path_is_free(path, action)?;
+    }
     let clash = match action {
         Action::Demo => Some("demo prints its own table; run produce and consume for counters"),
         Action::Consume(c) if stdout && matches!(c.sink, SinkConfig::Rows { output: None, .. }) => {
@@ -361,4 +364,43 @@ fn summary_json_fits(global: &Global, action: &Action) -> Result<(), UsageError>
         Some(fix) => Err(UsageError(format!("--summary-json {}: {fix}", path.display()))),
         None => Ok(()),
     }
+}
+
+/// A `--summary-json FILE` is written over at the end: never one of the run's own input or
+/// output files (it would replace the rows just stored), and in a directory that exists
+/// (found now, not after the whole run).
+fn summary_json_path_is_free(path: &std::path::Path, action: &Action) -> Result<(), UsageError> {
+    let data: Vec<&PathBuf> = match action {
+        Action::Produce(p) => match &p.source {
+            Source::Csv { file, .. } => vec![file],
+            Source::Files { .. } => Vec::new(),
+        },
+        Action::Consume(c) => match &c.sink {
+            SinkConfig::Rows { output, .. } => output.iter().collect(),
+            SinkConfig::Sqlite { path, .. } => vec![path],
+            SinkConfig::Directory(_) => Vec::new(),
+        },
+        Action::Request(r) => std::iter::once(&r.file).chain(r.output.iter()).collect(),
+        Action::Stage(_) | Action::Demo => Vec::new(),
+    };
+    let same = |other: &PathBuf| match (path.canonicalize(), other.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => path == other.as_path(),
+    };
+    if let Some(clash) = data.into_iter().find(|d| same(d)) {
+        return Err(UsageError(format!(
+            "--summary-json {}: that is the run's own data file ({}); name another file",
+            path.display(),
+            clash.display()
+        )));
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent.is_some_and(|dir| !dir.is_dir()) || path.is_dir() {
+        return Err(UsageError(format!(
+            "--summary-json {}: no such directory to write it in (or it is a directory); \
+             check the path",
+            path.display()
+        )));
+    }
+    Ok(())
 }

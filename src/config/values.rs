@@ -104,7 +104,12 @@ pub(super) fn queue_name(name: String) -> Result<String, UsageError> {
 }
 
 pub(super) fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, UsageError> {
-    let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0)) && value < 1e9;
+    if value.is_finite() && value >= 1e9 {
+        return Err(UsageError(format!(
+            "{flag}: {value} s is too long; give at most 999999999 s (about 31 years)"
+        )));
+    }
+    let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
     if !ok {
         let want = if zero_ok { "0 or more" } else { "more than 0" };
         return Err(UsageError(format!("{flag} {value}: must be a number of seconds, {want}")));

@@ -91,10 +91,12 @@ pub(crate) fn clash<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Strin
 }
 
 /// The keys of one JSON object's text (which is valid JSON), for [`clash`].
-pub(crate) fn object_keys(object: &str) -> Vec<String> {
+pub(crate) fn object_keys(object: &str) -> Result<Vec<String>, String> {
     serde_json::from_str::<std::collections::HashMap<String, &RawValue>>(object)
         .map(|m| m.into_keys().collect())
-        .unwrap_or_default()
+        // A key no JSON reader takes (a lone surrogate `\ud800`) cannot be checked against
+        // the meta names, so the row is not stored with a guess.
+        .map_err(|e| format!("its keys cannot be read ({e}), so --with-meta cannot add its fields"))
 }
 
 /// `unix_ms` as RFC 3339 in UTC with milliseconds: `2026-03-01T12:00:00.123Z` (sorts as
@@ -181,9 +183,16 @@ mod tests {
     fn a_field_named_like_a_meta_column_clashes() {
         assert!(clash(["a", "b"]).is_none());
         assert!(clash(["a", "_MQ_Source"]).is_some_and(|w| w.contains("_MQ_Source")));
-        let keys = object_keys(r#"{"_mq_row": 1, "x\u0041": 2}"#);
+        let keys = object_keys(r#"{"_mq_row": 1, "x\u0041": 2}"#).expect("keys");
         assert!(
             keys.contains(&"xA".to_string()) && clash(keys.iter().map(String::as_str)).is_some()
         );
+    }
+
+    #[test]
+    fn keys_no_reader_takes_are_an_error_not_an_empty_list() {
+        // Passed the clash check before: {"\ud800":1,"_mq_source":"fake"} gave two _mq_source.
+        let why = object_keys(r#"{"\ud800":1,"_mq_source":"fake"}"#).expect_err("lone surrogate");
+        assert!(why.contains("--with-meta"), "{why}");
     }
 }

@@ -80,7 +80,12 @@ impl RowHandler {
         meta: Option<&RowMeta>,
     ) -> Result<Disposition> {
         if meta.is_some() {
-            let keys: Vec<String> = objects.iter().flat_map(|o| object_keys(o)).collect();
+            let keys: Result<Vec<Vec<String>>, String> =
+                objects.iter().map(|o| object_keys(o)).collect();
+            let keys = match keys {
+                Ok(keys) => keys.concat(),
+                Err(why) => return Ok(self.tally.failed(&why)),
+            };
             if let Some(why) = clash(keys.iter().map(String::as_str)) {
                 return Ok(self.tally.failed(&why));
             }

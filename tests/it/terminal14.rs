@@ -290,3 +290,67 @@ fn the_producer_bar_counts_rows_towards_num_records() {
     assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
     assert_eq!(q.depth(), 150);
 }
+
+/// --summary-json never writes over the run's own data (it replaced the rows just stored,
+/// an SQLite database or the input CSV: data loss), and a run that stops before it begins
+/// still writes ok:false, never leaving an earlier run's ok:true.
+#[test]
+fn summary_json_spares_the_data_and_tells_of_a_run_that_never_began() {
+    let q = TestQueue::new("tty-summary-clash");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = csv_rows(dir.path(), "rows.csv", 1..=5);
+    let before = std::fs::read(&csv).expect("csv");
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"kept\":1}\n").expect("rows");
+    for args in [
+        vec![
+            "produce",
+            "tabular",
+            "--file",
+            s(&csv),
+            "--queue",
+            &q.name,
+            "--summary-json",
+            s(&csv),
+        ],
+        vec![
+            "consume",
+            "tabular",
+            "--queue",
+            &q.name,
+            "--output",
+            s(&rows),
+            "--summary-json",
+            s(&rows),
+        ],
+        vec![
+            "consume",
+            "tabular",
+            "--queue",
+            &q.name,
+            "--sqlite",
+            s(&rows),
+            "--summary-json",
+            s(&rows),
+        ],
+    ] {
+        let out = mqdemo(&args).run().expect_code(2);
+        assert!(out.first_error_line().contains("the run's own data file"), "{}", out.stderr);
+    }
+    assert_eq!(std::fs::read(&csv).expect("csv"), before);
+    assert_eq!(std::fs::read_to_string(&rows).expect("rows"), "{\"kept\":1}\n");
+    assert_eq!(q.depth(), 0, "nothing ran");
+    // A run that cannot reach its broker replaces the last summary with its failure.
+    let summary = dir.path().join("run.json");
+    std::fs::write(&summary, "{\"ok\":true}\n").expect("old summary");
+    let args =
+        ["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "produce", "tabular", "--file", s(&csv)];
+    mqdemo(&[&args[..], &["--queue", &q.name, "--summary-json", s(&summary)]].concat())
+        .run()
+        .expect_code(1);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("written")).expect("json");
+    assert_eq!(j["ok"], false, "{j}");
+    assert!(j["error"].as_str().is_some_and(|e| !e.is_empty()), "{j}");
+    assert_eq!(j["messages"], 0);
+}

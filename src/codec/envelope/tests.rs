@@ -168,3 +168,18 @@ proptest! {
         prop_assert_eq!(v["body"].clone(), want);
     }
 }
+
+#[test]
+fn a_body_nested_deeper_than_readers_take_goes_as_text() {
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    assert_eq!(nesting(deep.as_bytes()), 5000);
+    assert_eq!(nesting(br#"{"a":"[[[[","b":[{"c":"\"]"}]}"#), 3);
+    let mut out = Vec::new();
+    write_body(&mut out, Some("application/json"), deep.as_bytes());
+    let line = String::from_utf8(out).expect("utf-8");
+    assert!(line.starts_with("\"body_text\":"), "{}", &line[..40]);
+    let mut out = Vec::new();
+    let shallow = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    write_body(&mut out, Some("application/json"), shallow.as_bytes());
+    assert!(out.starts_with(b"\"body\":["));
+}
