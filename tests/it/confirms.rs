@@ -50,7 +50,9 @@ impl Drainer {
                         consumer.ack(d).expect("ack");
                     }
                     Ok(_) => break,
-                    Err(_) if flag.load(Ordering::SeqCst) => break,
+                    // Done only once the queue holds nothing ready: a pause in deliveries
+                    // on a loaded machine is not the end of the queue.
+                    Err(_) if flag.load(Ordering::SeqCst) && ready(&ch, &name) == 0 => break,
                     Err(_) => {}
                 }
             }
@@ -67,6 +69,11 @@ impl Drainer {
         self.done.store(true, Ordering::SeqCst);
         self.handle.join().expect("drainer thread")
     }
+}
+
+/// Messages ready in `queue` (not counting those delivered and unacked); 0 once it is gone.
+fn ready(ch: &amiquip::Channel, queue: &str) -> u32 {
+    ch.queue_declare_passive(queue).map_or(0, |q| q.declared_message_count().unwrap_or(0))
 }
 
 /// A queue bounded to 100 messages by policy, so producers need no extra arguments.
