@@ -47,7 +47,10 @@ pub(super) fn produce(cmd: ProduceCommand) -> Result<ProduceConfig, UsageError> 
             confirm_timeout: seconds("--confirm-timeout", common.confirm_timeout, false)?,
         },
         max_message_size: common.max_message_size,
-        run_id: common.new_ids.then(run_id),
+        // Rows from stdin have no file to tell one stream from another: their ids are new
+        // to the run (as --new-ids), so a second, different stream is never taken for
+        // repeats of the first; within the run, re-published rows keep their ids.
+        run_id: (common.new_ids || reads_stdin(&source)).then(run_id),
         source,
         publish,
     })
@@ -228,6 +231,11 @@ pub(super) fn request(r: cli::RequestArgs) -> Result<RequestConfig, UsageError> 
 }
 
 /// An id for this run: the time in nanoseconds and the process id.
+/// Whether a producer reads its rows from stdin (`--file -`).
+fn reads_stdin(source: &Source) -> bool {
+    matches!(source, Source::Csv { file, .. } if file.as_os_str() == "-")
+}
+
 pub(super) fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -40,6 +40,8 @@ impl FileFilter {
         let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
         for given in patterns {
             let glob = normalise(given)?;
+            // `./x` or `/x` names the top of --directory (as rsync reads a leading `/`).
+            let anchored = given.starts_with("./") || given.starts_with('/');
             let compiled = GlobBuilder::new(&glob)
                 .literal_separator(true)
                 .backslash_escape(true)
@@ -51,7 +53,7 @@ impl FileFilter {
                         e.kind()
                     ))
                 })?;
-            if glob.contains('/') {
+            if glob.contains('/') || anchored {
                 paths.add(compiled);
             } else {
                 names.add(compiled);
@@ -159,5 +161,16 @@ mod tests {
         use std::ffi::OsStr;
         assert!(is_hidden(OsStr::new(".DS_Store")) && is_hidden(OsStr::new(".git")));
         assert!(!is_hidden(OsStr::new("a.png")) && !is_hidden(OsStr::new("")));
+    }
+
+    #[test]
+    fn a_leading_dot_slash_or_slash_anchors_at_the_top() {
+        // Matched at every depth before: './*.txt' sent train/c.txt too.
+        for glob in ["./*.txt", "/*.txt"] {
+            let f = filter(&[glob]);
+            assert!(f.includes("a.txt", "a.txt"), "{glob}");
+            assert!(!f.includes("train/c.txt", "c.txt"), "{glob}");
+        }
+        assert!(filter(&["*.txt"]).includes("train/c.txt", "c.txt"));
     }
 }

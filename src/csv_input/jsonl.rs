@@ -109,7 +109,7 @@ impl JsonLines {
                 continue;
             }
             let line = self.line;
-            if len > self.max + 1 {
+            if len > self.max.saturating_add(1) {
                 out.clear();
                 let why = format!(
                     "a line of {len} bytes, over the {} byte limit (--max-message-size)",

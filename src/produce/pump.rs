@@ -28,6 +28,20 @@ pub(super) struct Pump<'a> {
 
 impl Pump<'_> {
     /// Publish; Ok(false) when the run should stop reading input (signal).
+    /// Publish rows already taken from the input, even after a stop signal (no pause).
+    pub(super) fn send_held(&mut self, mut msg: Message) -> Result<()> {
+        if let Some(run) = &self.run_id {
+            msg.message_id = crate::codec::run_message_id(run, &msg.message_id);
+        }
+        if msg.body.len() as u64 > self.max_size {
+            self.skip(&msg.label, &too_large(msg.body.len() as u64, self.max_size));
+            return Ok(());
+        }
+        self.producer.publish(msg)?;
+        self.sent += 1;
+        Ok(())
+    }
+
     pub(super) fn send(&mut self, mut msg: Message) -> Result<bool> {
         if let Some(run) = &self.run_id {
             msg.message_id = crate::codec::run_message_id(run, &msg.message_id);

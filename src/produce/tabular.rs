@@ -161,10 +161,13 @@ impl Batch {
     }
 
     /// Publish the batch if it holds rows; Ok(false) on a signal.
+    /// Send the rows held; after a stop signal too, since they were already read (from
+    /// stdin they could not be read again): the run ends once they are confirmed.
     fn flush(&mut self, encoder: &tabular::Encoder, pump: &mut Pump<'_>) -> Result<bool> {
         match self.take(encoder) {
             None => Ok(pump.keep_going()),
-            Some(msg) => pump.send(msg),
+            Some(msg) if pump.keep_going() => pump.send(msg),
+            Some(msg) => pump.send_held(msg).map(|()| false),
         }
     }
 }
