@@ -17,6 +17,7 @@ pub(crate) mod consume;
 pub mod csv_input;
 pub(crate) mod csv_output;
 pub(crate) mod demo;
+pub(crate) mod failed_cmd;
 mod files;
 pub(crate) mod output;
 pub(crate) mod produce;
@@ -57,6 +58,13 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
             writeln!(std::io::stdout(), "{}", verdict.text)
                 .wrap_err("cannot write the demo's table to stdout")?;
             return Ok(verdict.ok);
+        }
+        Action::Failed(f) => {
+            let done = failed_cmd::run(&config.global, f, &stop, Box::new(std::io::stdout()))?;
+            if !config.global.quiet && !done.error.as_ref().is_some_and(is_broken_pipe) {
+                eprintln!("{}", done.summary);
+            }
+            return done.error.map_or(Ok(done.clean), Err);
         }
     };
     finish(&config, outcome.summary, outcome.error)

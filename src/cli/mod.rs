@@ -108,6 +108,10 @@ pub enum Command {
     /// the configured broker, on fresh queues that are deleted afterwards.
     /// Example: mqdemo demo
     Demo,
+    /// Failed messages: show them (with why they failed) or requeue them once fixed.
+    /// Example: mqdemo failed show alicpp_records.failed
+    #[command(subcommand)]
+    Failed(FailedCommand),
 }
 
 /// `produce <kind>`.
@@ -174,11 +178,13 @@ pub enum QueueTypeArg {
 }
 
 mod consume;
+mod failed;
 mod model;
 mod produce;
 #[cfg(test)]
 mod tests;
 
 pub use consume::*;
+pub use failed::*;
 pub use model::*;
 pub use produce::*;

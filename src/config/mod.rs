@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod commands;
+mod failed;
 #[cfg(test)]
 mod tests;
 mod urls;
@@ -14,6 +15,7 @@ mod values;
 
 pub use commands::default_publisher;
 use commands::{consume, pipe, produce, request, serve};
+pub use failed::{FAILED_SUFFIX, FailedAction, FailedConfig};
 use urls::endpoints;
 pub use urls::split_urls;
 use values::seconds;
@@ -59,6 +61,8 @@ pub enum Action {
     Request(RequestConfig),
     /// `demo`.
     Demo,
+    /// `failed show|requeue`.
+    Failed(FailedConfig),
 }
 
 /// A `pipe` or `serve` run.
@@ -287,6 +291,7 @@ impl Config {
             Command::Serve(sv) => Action::Stage(serve(sv)?),
             Command::Request(r) => Action::Request(request(r)?),
             Command::Demo => Action::Demo,
+            Command::Failed(f) => Action::Failed(failed::failed(f)?),
         };
         Ok(Config { global, action })
     }
