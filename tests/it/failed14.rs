@@ -203,6 +203,33 @@ fn show_marks_messages_from_elsewhere_and_never_prints_their_control_characters(
     );
 }
 
+/// Released with a nack, 20,000 held messages kept the queue busy for 18 s after the last
+/// was shown (the queue's cost grows with the square of the count); a closed channel gives
+/// them back in milliseconds.
+#[test]
+fn show_gives_a_long_listing_back_at_once() {
+    let q = TestQueue::new("show-release");
+    let n = 20_000;
+    fill(&q, n);
+    let mut child = mqdemo(&["failed", "show", &q.name, "--count", "100000"]).spawn();
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let mut shown = 0;
+    while shown < n {
+        let line = lines.next().expect("an entry");
+        shown += usize::from(line.contains("reason:"));
+    }
+    let last_shown = std::time::Instant::now();
+    let out = wait(child, DEADLINE);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        last_shown.elapsed() < Duration::from_secs(3),
+        "released in {:?}",
+        last_shown.elapsed()
+    );
+    assert_eq!(q.depth() as usize, n);
+}
+
 #[test]
 fn show_into_a_closed_pipe_exits_0_and_leaves_every_message() {
     let q = TestQueue::new("show-head");
