@@ -61,7 +61,8 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
         }
         Action::Failed(f) => {
             let done = failed_cmd::run(&config.global, f, &stop, Box::new(std::io::stdout()))?;
-            if !config.global.quiet && !done.error.as_ref().is_some_and(is_broken_pipe) {
+            let broken_pipe = done.error.as_ref().is_some_and(is_broken_pipe);
+            if !config.global.quiet && !broken_pipe && !done.summary.is_empty() {
                 eprintln!("{}", done.summary);
             }
             return done.error.map_or(Ok(done.clean), Err);

@@ -21,7 +21,7 @@ use std::sync::atomic::AtomicBool;
 
 /// How a `failed` run ended.
 pub(crate) struct Done {
-    /// The summary line for stderr.
+    /// The summary line for stderr (empty: none, the error says it all).
     pub summary: String,
     /// Nothing failed.
     pub clean: bool,

@@ -65,7 +65,8 @@ pub(super) fn run(
     reporter.finish();
     // Whatever was taken and not acked (refused, or unconfirmed when the run stopped) goes
     // back where it was.
-    if let Err(e) = browser.release() {
+    let released = browser.release();
+    if let (None, Err(e)) = (&error, released) {
         reporter.warn(&format!(
             "could not release the messages not requeued ({e}); the broker puts them back in \
              {from} as the connection closes"

@@ -44,7 +44,9 @@ pub(super) fn run(
     }
     let mut out = BufWriter::new(out);
     let listed = list(&mut browser, view, stop, &mut out);
-    if let Err(e) = browser.release() {
+    let released = browser.release();
+    // After a failed read the connection is usually gone, and its error says why.
+    if let (Ok(_), Err(e)) = (&listed, released) {
         reporter.warn(&format!(
             "could not release the messages shown ({e}); the broker puts them back in {queue} \
              as the connection closes"
@@ -64,6 +66,7 @@ pub(super) fn run(
     let depth = u64::from(info.messages);
     let summary = match shown {
         0 if error.is_none() => format!("mqdemo: no failed messages in {queue}"),
+        0 => String::new(), // the error says it all
         _ => {
             let more = match depth.saturating_sub(shown) {
                 0 => String::new(),
