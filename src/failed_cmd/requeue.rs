@@ -181,3 +181,23 @@ fn refusal(label: &str, why: &str, mv: &Move<'_>) -> Report {
         mv.from
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved(n: u64) -> Move<'static> {
+        Move { from: "q.failed", to: "q", limit: 5, moved: n, batch: Vec::new() }
+    }
+
+    #[test]
+    fn the_summary_says_how_many_moved_and_how_many_are_left() {
+        assert_eq!(summary(&moved(5), 5, false), "mqdemo: requeued 5 messages from q.failed to q");
+        assert_eq!(
+            summary(&moved(2), 5, false),
+            "mqdemo: requeued 2 messages from q.failed to q; 3 left in q.failed"
+        );
+        assert!(summary(&moved(2), 5, true).ends_with("; stopped by a signal, 3 left in q.failed"));
+        assert_eq!(summary(&moved(0), 0, false), "mqdemo: no failed messages in q.failed");
+    }
+}
