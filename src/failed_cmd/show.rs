@@ -57,26 +57,37 @@ pub(super) fn run(
         Err((seen, e)) => (seen, Some(e)),
     };
     if let Some(n) = seen.most_deliveries {
-        reporter.warn(&format!(
-            "{queue} is a quorum queue: RabbitMQ counts each message shown as delivered once              more (x-delivery-count, now up to {}), and drops or dead-letters one delivered              more often than its x-delivery-limit (mqdemo gives the failed queue of a quorum              queue its --delivery-limit, 20 by default): requeue them rather than show them              again and again",
-            n + 1
-        ));
+        reporter.warn(&quorum_warning(queue, n + 1));
     }
-    let shown = seen.shown;
-    let depth = u64::from(info.messages);
-    let summary = match shown {
-        0 if error.is_none() => format!("mqdemo: no failed messages in {queue}"),
-        0 => String::new(), // the error says it all
-        _ => {
-            let more = match depth.saturating_sub(shown) {
-                0 => String::new(),
-                n if stop.load(Ordering::SeqCst) => format!("; stopped by a signal, {n} not shown"),
-                n => format!("; {n} more not shown (--count {})", view.count),
-            };
-            format!("mqdemo: showed {shown} of {depth} messages in {queue} (all left there){more}")
-        }
+    let summary = match (seen.shown, &error) {
+        (0, Some(_)) => String::new(), // the error says it all
+        (shown, _) => summary(queue, shown, u64::from(info.messages), view.count, stop),
     };
     Ok(Done { summary, clean: error.is_none(), error })
+}
+
+/// The summary line: how many were shown, of how many, and that they are all still there.
+fn summary(queue: &str, shown: u64, depth: u64, count: u64, stop: &AtomicBool) -> String {
+    if shown == 0 {
+        return format!("mqdemo: no failed messages in {queue}");
+    }
+    let more = match depth.saturating_sub(shown) {
+        0 => String::new(),
+        n if stop.load(Ordering::SeqCst) => format!("; stopped by a signal, {n} not shown"),
+        n => format!("; {n} more not shown (--count {count})"),
+    };
+    format!("mqdemo: showed {shown} of {depth} messages in {queue} (all left there){more}")
+}
+
+/// What a look at a quorum queue costs its messages (`deliveries`: the most now).
+fn quorum_warning(queue: &str, deliveries: u64) -> String {
+    format!(
+        "{queue} is a quorum queue: RabbitMQ counts each message shown as delivered once more \
+         (x-delivery-count, now up to {deliveries}), and drops or dead-letters one delivered \
+         more often than its x-delivery-limit (mqdemo gives the failed queue of a quorum queue \
+         its --delivery-limit, 20 by default): requeue them rather than show them again and \
+         again"
+    )
 }
 
 /// What [`list`] saw.
@@ -173,7 +184,8 @@ fn preview(body: &[u8], max: usize) -> (String, &'static str, bool) {
 /// An entry for people: what it is, why it failed, where it came from, a body preview.
 fn text(e: &Value, with_body: bool) -> String {
     let s = |k: &str| e[k].as_str().map(printable);
-    let id = s("message_id").unwrap_or_else(|| "(no message id)".into());
+    let id = s("message_id").filter(|id| !id.is_empty());
+    let id = id.unwrap_or_else(|| "(no message id)".into());
     let mut what = vec![id];
     if let Some(source) = plain(&e["source"]) {
         what.push(source);
