@@ -60,7 +60,8 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
             return Ok(verdict.ok);
         }
         Action::Failed(f) => {
-            let done = failed_cmd::run(&config.global, f, &stop, Box::new(std::io::stdout()))?;
+            let stdout = stdout::Handoff::new(std::io::stdout(), Arc::clone(&stop));
+            let done = failed_cmd::run(&config.global, f, &stop, Box::new(stdout))?;
             let broken_pipe = done.error.as_ref().is_some_and(is_broken_pipe);
             if !config.global.quiet && !broken_pipe && !done.summary.is_empty() {
                 eprintln!("{}", done.summary);

@@ -244,6 +244,32 @@ fn show_into_a_closed_pipe_exits_0_and_leaves_every_message() {
     wait_until(DEADLINE, "every message back", || q.depth() == 2_000);
 }
 
+/// A reader that stops reading (`| less`, paused) must not keep show from ending on
+/// SIGTERM, nor the messages from going back.
+#[test]
+fn sigterm_ends_a_show_whose_reader_stalls() {
+    let q = TestQueue::new("show-stall");
+    fill(&q, 3_000);
+    let mut child = mqdemo(&["failed", "show", &q.name, "--count", "5000"]).spawn();
+    let stdout = child.stdout.take().expect("stdout");
+    wait_until(DEADLINE, "the pipe to fill", || {
+        rustix::io::ioctl_fionread(&stdout).is_ok_and(|n| n >= 60_000)
+    });
+    let pid = child.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "show did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(stdout);
+    assert_eq!(status.code(), Some(1), "stopped with its output unread");
+    assert_eq!(q.depth(), 3_000);
+}
+
 #[test]
 fn requeue_puts_them_back_as_sent_and_they_are_stored_once_the_cause_is_fixed() {
     let q = TestQueue::new("requeue-fixed");
