@@ -231,6 +231,25 @@ fn show_gives_a_long_listing_back_at_once() {
 }
 
 #[test]
+fn show_names_other_consumers_and_skips_what_they_hold() {
+    let q = TestQueue::new("show-others");
+    fill(&q, 5);
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    ch.qos(0, 1, false).expect("qos");
+    let queue = ch.queue_declare_passive(q.name.clone()).expect("queue");
+    let consumer = queue.consume(amiquip::ConsumerOptions::default()).expect("consume");
+    let held = consumer.receiver().recv_timeout(DEADLINE).expect("a delivery");
+    assert!(matches!(held, amiquip::ConsumerMessage::Delivery(_)));
+    let out = mqdemo(&["failed", "show", &q.name]).run().expect_code(0);
+    assert!(out.stderr.contains(&format!("1 consumer(s) on {}", q.name)), "{}", out.stderr);
+    assert_eq!(out.stdout.matches("reason:").count(), 4, "the held one is not shown");
+    assert!(out.stdout.starts_with("1. f1 "), "{}", out.stdout);
+    let _ = conn.close();
+    wait_until(DEADLINE, "the held message back", || q.depth() == 5);
+}
+
+#[test]
 fn show_into_a_closed_pipe_exits_0_and_leaves_every_message() {
     let q = TestQueue::new("show-head");
     fill(&q, 2_000);
