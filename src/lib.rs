@@ -17,6 +17,7 @@ pub(crate) mod consume;
 pub mod csv_input;
 pub(crate) mod csv_output;
 pub(crate) mod demo;
+pub(crate) mod failed_cmd;
 mod files;
 pub(crate) mod output;
 pub(crate) mod produce;
@@ -59,6 +60,15 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
                 .wrap_err("cannot write the demo's table to stdout")?;
             return Ok(verdict.ok);
         }
+        Action::Failed(f) => {
+            let stdout = stdout::Handoff::new(std::io::stdout(), Arc::clone(&stop));
+            let done = failed_cmd::run(&config.global, f, &stop, Box::new(stdout))?;
+            let broken_pipe = done.error.as_ref().is_some_and(is_broken_pipe);
+            if !config.global.quiet && !broken_pipe && !done.summary.is_empty() {
+                eprintln!("{}", done.summary);
+            }
+            return done.error.map_or(Ok(done.clean), Err);
+        }
     };
     match outcome {
         Ok(outcome) => finish(&config, outcome.summary, outcome.error),
@@ -87,6 +97,7 @@ fn verb(action: &Action) -> &'static str {
         Action::Stage(_) => "served",
         Action::Request(_) => "requested",
         Action::Demo => "demo",
+        Action::Failed(_) => "failed",
     }
 }
 

@@ -243,8 +243,10 @@ impl<'a> Stage<'a> {
         Ok(())
     }
 
-    /// The input to the failed queue with the reason.
+    /// The input to the failed queue with the reason. Its id is forgotten: requeued once the
+    /// model is fixed (`failed requeue`), it must be answered, not dropped as a repeat.
     fn send_to_failed(&mut self, d: &Delivery, input_id: &str, reason: &str) -> Result<()> {
+        self.seen.forget(d);
         self.reporter.warn(&format!(
             "message {input_id} sent to {}: {}",
             self.cfg.failed.name,

@@ -106,6 +106,15 @@ impl SeenIds {
         d.assigned_id().is_some_and(|id| self.set.contains(id))
     }
 
+    /// Forget `d`'s id: it was not handled after all (it went to the failed queue), so the
+    /// same id coming back (`failed requeue`) is work to do, not a duplicate. (Its place in
+    /// the age order stays until it ages out: O(1), and the memory bound holds.)
+    pub(crate) fn forget(&mut self, d: &Delivery) {
+        if let Some(id) = d.assigned_id() {
+            self.set.remove(id);
+        }
+    }
+
     pub(crate) fn insert(&mut self, d: &Delivery) {
         let Some(id) = d.assigned_id() else {
             return;
@@ -138,5 +147,19 @@ mod tests {
         assert!(!seen.contains(&with_id("a")));
         assert!(seen.contains(&with_id("b")) && seen.contains(&with_id("c")));
         assert!(!seen.contains(&Delivery::default()), "no id, never a duplicate");
+    }
+
+    #[test]
+    fn a_forgotten_id_is_new_again() {
+        let mut seen = SeenIds { capacity: 2, ..SeenIds::default() };
+        seen.insert(&with_id("a"));
+        seen.forget(&with_id("a"));
+        assert!(!seen.contains(&with_id("a")));
+        seen.insert(&with_id("a"));
+        assert!(seen.contains(&with_id("a")), "seen again once handled");
+        for id in ["b", "c", "d"] {
+            seen.insert(&with_id(id));
+        }
+        assert!(seen.set.len() <= 2, "still bounded");
     }
 }

@@ -7,6 +7,7 @@
 //! translates broker errors into what the user should do and what becomes of the connection
 //! ([`error`]). It knows nothing of CSV, images or files.
 
+mod browse;
 mod consumer;
 mod endpoint;
 mod error;
@@ -21,6 +22,7 @@ mod session;
 mod target;
 mod topology;
 
+pub use browse::{Browsed, Browser, DELIVERY_COUNT, Mark};
 pub use consumer::{ConsumeLimits, ConsumeOutcome, Disposition, Handler, consume};
 pub(crate) use endpoint::next_amqp_url;
 pub use endpoint::{BadUrl, Endpoint};

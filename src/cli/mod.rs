@@ -116,6 +116,10 @@ pub enum Command {
     /// the configured broker, on fresh queues that are deleted afterwards.
     /// Example: mqdemo demo
     Demo,
+    /// Failed messages: show them (with why they failed) or requeue them once fixed.
+    /// Example: mqdemo failed show alicpp_records.failed
+    #[command(subcommand)]
+    Failed(FailedCommand),
 }
 
 /// `produce <kind>`.
@@ -184,6 +188,7 @@ pub enum QueueTypeArg {
 
 mod consume;
 mod duration;
+mod failed;
 mod model;
 mod produce;
 #[cfg(test)]
@@ -191,5 +196,6 @@ mod tests;
 
 pub use consume::*;
 pub use duration::secs;
+pub use failed::*;
 pub use model::*;
 pub use produce::*;

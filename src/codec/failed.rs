@@ -105,13 +105,8 @@ impl PartialEq for Original {
 pub fn failed_copy(d: &Delivery, body: Vec<u8>, id: &str, reason: &str, to: &str) -> Message {
     let mut headers = d.headers.clone();
     headers.insert(ERROR_HEADER.into(), HeaderValue::Str(header_text(reason)));
-    let kind = match d.kind.as_deref() {
-        Some("image") => Kind::Image,
-        Some("text") => Kind::Text,
-        _ => Kind::Tabular,
-    };
     let mut msg = Message {
-        kind,
+        kind: kind_of(d),
         content_type: d.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
         message_id: id.to_string(),
         headers,
@@ -138,6 +133,38 @@ pub fn failed_copy(d: &Delivery, body: Vec<u8>, id: &str, reason: &str, to: &str
         msg.original.headers_dropped = true;
     }
     msg
+}
+
+/// A message taken back from a failed queue, as its producer sent it, for queue `to`: the
+/// delivery's properties and headers as they came (the AMQP layer reads them whole and
+/// leaves [`ADDED_HEADERS`] off), under its own message id `id`, so consumers that dedupe by
+/// id still can (a failed message was never stored, so the same id is new to them).
+pub fn requeued_copy(d: &Delivery, body: Vec<u8>, id: &str, to: &str, label: String) -> Message {
+    let mut headers = d.headers.clone();
+    headers.retain(|k, _| !ADDED_HEADERS.contains(&k.as_str()));
+    Message {
+        kind: kind_of(d),
+        content_type: d.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+        message_id: id.to_string(),
+        headers,
+        body,
+        label,
+        route: Route {
+            routing_key: Some(to.to_string()),
+            correlation_id: d.correlation_id.clone(),
+            reply_to: d.reply_to.clone(),
+        },
+        original: d.original.clone(),
+    }
+}
+
+/// The data kind a delivery says it is (tabular when it names none).
+fn kind_of(d: &Delivery) -> Kind {
+    match d.kind.as_deref() {
+        Some("image") => Kind::Image,
+        Some("text") => Kind::Text,
+        _ => Kind::Tabular,
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +209,22 @@ mod tests {
         assert_eq!(msg.headers.get(DROPPED_HEADER), Some(&HeaderValue::Int(2)));
         assert!(msg.original.headers_dropped());
         assert_eq!(msg.oversized_properties(), None);
+    }
+
+    #[test]
+    fn a_requeued_copy_is_the_failed_message_without_the_failure() {
+        let failed = failed_copy(&delivery(), b"x".to_vec(), "m1", "not JSON", "q.failed");
+        let mut d = delivery();
+        d.headers = failed.headers;
+        d.headers.insert(DROPPED_HEADER.into(), HeaderValue::Int(2));
+        let msg = requeued_copy(&d, b"x".to_vec(), "m1", "q", "failed message m1".into());
+        assert_eq!(msg.message_id, "m1", "the same id: consumers' dedupe still works");
+        assert_eq!(msg.route.routing_key.as_deref(), Some("q"));
+        assert_eq!(msg.route.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(msg.kind, Kind::Text);
+        assert_eq!(msg.content_type, "text/plain");
+        assert_eq!(msg.headers.keys().collect::<Vec<_>>(), ["source"]);
+        assert_eq!(msg.label, "failed message m1");
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod tabular;
 pub mod text;
 
 pub use answer::{answer, answer_kind, error_reply};
-pub use failed::{ADDED_HEADERS, DROPPED_HEADER, ERROR_HEADER, Original, failed_copy};
+pub use failed::{
+    ADDED_HEADERS, DROPPED_HEADER, ERROR_HEADER, Original, failed_copy, requeued_copy,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 

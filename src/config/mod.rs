@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod commands;
+mod failed;
 mod filter;
 mod publish;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod values;
 
 pub use commands::default_publisher;
 use commands::{consume, pipe, produce, request, serve};
+pub use failed::{FAILED_SUFFIX, FailedAction, FailedConfig};
 pub use filter::{FileFilter, is_hidden};
 pub use publish::Publish;
 use urls::endpoints;
@@ -65,6 +67,8 @@ pub enum Action {
     Request(RequestConfig),
     /// `demo`.
     Demo,
+    /// `failed show|requeue`.
+    Failed(FailedConfig),
 }
 
 /// A `pipe` or `serve` run.
@@ -336,6 +340,7 @@ impl Config {
             Command::Serve(sv) => Action::Stage(serve(sv)?),
             Command::Request(r) => Action::Request(request(r)?),
             Command::Demo => Action::Demo,
+            Command::Failed(f) => Action::Failed(failed::failed(f)?),
         };
         summary_json_fits(&global, &action)?;
         Ok(Config { global, action })
@@ -352,6 +357,7 @@ fn summary_json_fits(global: &Global, action: &Action) -> Result<(), UsageError>
     }
     let clash = match action {
         Action::Demo => Some("demo prints its own table; run produce and consume for counters"),
+        Action::Failed(_) => Some("failed show|requeue print their own summary line, not counters"),
         Action::Consume(c) if stdout && matches!(c.sink, SinkConfig::Rows { output: None, .. }) => {
             Some("stdout carries the rows: give a file, or consume with --output FILE")
         }
@@ -381,7 +387,7 @@ fn summary_json_path_is_free(path: &std::path::Path, action: &Action) -> Result<
             SinkConfig::Directory(_) => Vec::new(),
         },
         Action::Request(r) => std::iter::once(&r.file).chain(r.output.iter()).collect(),
-        Action::Stage(_) | Action::Demo => Vec::new(),
+        Action::Stage(_) | Action::Demo | Action::Failed(_) => Vec::new(),
     };
     let same = |other: &PathBuf| match (path.canonicalize(), other.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,

@@ -13,6 +13,7 @@ mod errors;
 mod escape;
 mod examples;
 mod failed;
+mod failed14;
 mod faults;
 mod flows;
 mod handoff;
