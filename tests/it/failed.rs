@@ -1,6 +1,7 @@
 //! Every consumer keeps what it cannot use: the message goes, as it came plus the reason, to
 //! a failed queue (default `<queue>.failed`), confirmed before the original is acked.
 
+use crate::support::header_of as header;
 use crate::support::{TestQueue, consume_files, mqdemo};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 
@@ -22,10 +23,6 @@ fn foreign_props(id: &str) -> AmqpProperties {
         .with_correlation_id("corr-1".into())
         .with_expiration("600000".into())
         .with_headers(h)
-}
-
-fn header<'a>(d: &'a amiquip::Delivery, name: &str) -> Option<&'a AmqpValue> {
-    d.properties.headers().as_ref().and_then(|h| h.get(name))
 }
 
 fn error_of(d: &amiquip::Delivery) -> String {

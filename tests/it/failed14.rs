@@ -4,6 +4,7 @@
 //! confirmed, so they are stored once the cause is fixed. Real broker, real binary.
 
 use crate::stage_kit::pipe;
+use crate::support::queue_exists as exists;
 use crate::support::{TestQueue, connect, mqdemo, s, wait, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
 use serde_json::Value;
@@ -51,15 +52,6 @@ fn drain(q: &TestQueue) -> Vec<amiquip::Delivery> {
 
 fn ids(ds: &[amiquip::Delivery]) -> Vec<String> {
     ds.iter().map(|d| d.properties.message_id().clone().unwrap_or_default()).collect()
-}
-
-/// Whether a queue exists (a passive declare; never creates it).
-fn exists(name: &str) -> bool {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    let found = ch.queue_declare_passive(name).is_ok();
-    let _ = conn.close();
-    found
 }
 
 /// `n` messages published straight into a failed queue on one connection, each with an

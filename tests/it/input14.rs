@@ -2,6 +2,7 @@
 //! JSON lines in (detected or `--format jsonl`, with the refusals), `request` on JSON lines,
 //! and `produce image|text --include GLOB` with hidden files left out by default.
 
+use crate::support::header;
 use crate::support::{TestQueue, bin_path, count_after, data, mqdemo, s, url, wait, wait_until};
 use amiquip::AmqpValue;
 use std::io::Write;
@@ -37,14 +38,6 @@ fn with_stdin(args: &[&str], input: &[u8]) -> crate::support::Output {
     stdin.write_all(input).expect("write stdin");
     drop(stdin);
     wait(child, Duration::from_secs(60))
-}
-
-fn header<'a>(d: &'a amiquip::Delivery, name: &str) -> &'a AmqpValue {
-    d.properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .unwrap_or_else(|| panic!("header {name} missing"))
 }
 
 /// Every message in the queue, taken off it: (body, source, row, message id).

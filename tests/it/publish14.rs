@@ -1,6 +1,8 @@
 //! Issue 14, item 4: publishing like a RabbitMQ user: `produce --exchange --routing-key
 //! --header --property`, against exchanges and bindings made here with a plain AMQP client.
 
+use crate::support::header_of as header;
+use crate::support::queue_exists as exists;
 use crate::support::{TestQueue, connect, data, mqdemo, s, url, wait_until};
 use amiquip::{AmqpValue, ExchangeDeclareOptions, ExchangeType, FieldTable};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,19 +49,6 @@ impl Drop for TestExchange {
     fn drop(&mut self) {
         self.delete();
     }
-}
-
-/// Whether queue `name` exists (a passive declare).
-fn exists(name: &str) -> bool {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    let found = ch.queue_declare_passive(name).is_ok();
-    let _ = conn.close();
-    found
-}
-
-fn header<'a>(d: &'a amiquip::Delivery, name: &str) -> Option<&'a AmqpValue> {
-    d.properties.headers().as_ref().and_then(|h| h.get(name))
 }
 
 /// `produce tabular` of the sample's first `rows` rows with `extra` arguments.

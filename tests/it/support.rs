@@ -501,3 +501,22 @@ impl Peak {
         peak
     }
 }
+
+/// A header of a delivery, if it has it.
+pub fn header_of<'a>(d: &'a amiquip::Delivery, name: &str) -> Option<&'a amiquip::AmqpValue> {
+    d.properties.headers().as_ref().and_then(|h| h.get(name))
+}
+
+/// A header the delivery must have.
+pub fn header<'a>(d: &'a amiquip::Delivery, name: &str) -> &'a amiquip::AmqpValue {
+    header_of(d, name).unwrap_or_else(|| panic!("header {name} missing"))
+}
+
+/// Whether queue `name` exists (a passive declare; never creates it).
+pub fn queue_exists(name: &str) -> bool {
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    let found = ch.queue_declare_passive(name).is_ok();
+    let _ = conn.close();
+    found
+}

@@ -1,15 +1,8 @@
 //! Wire format version 1, read back with a plain AMQP client.
 
+use crate::support::header;
 use crate::support::{TestQueue, data, mqdemo, produce_sample, s};
 use amiquip::AmqpValue;
-
-fn header<'a>(d: &'a amiquip::Delivery, name: &str) -> &'a AmqpValue {
-    d.properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .unwrap_or_else(|| panic!("header {name} missing"))
-}
 
 fn assert_common(d: &amiquip::Delivery, kind: &str, content_type: &str) {
     let p = &d.properties;
