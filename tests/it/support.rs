@@ -520,3 +520,20 @@ pub fn queue_exists(name: &str) -> bool {
     let _ = conn.close();
     found
 }
+
+/// Wait for `child` to exit within `deadline` (its output read elsewhere, or not piped);
+/// kill it and fail past the deadline.
+pub fn exit_within(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mqdemo still running after {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

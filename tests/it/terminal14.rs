@@ -36,17 +36,7 @@ fn screen(master: OwnedFd, mut child: std::process::Child, deadline: Duration) -
         }
         all
     });
-    let start = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code().unwrap_or(-1);
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            panic!("mqdemo did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = crate::support::exit_within(&mut child, deadline).code().unwrap_or(-1);
     let bytes = reader.join().expect("reader");
     (String::from_utf8_lossy(&bytes).into_owned(), code)
 }

@@ -8,7 +8,7 @@ use mqdemo::cli::Cli;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -22,18 +22,7 @@ fn run_to_file(env: &[(&str, &str)], args: &[&str], stderr_file: &Path) -> Outpu
         .stderr(Stdio::from(file))
         .spawn()
         .expect("mqdemo binary starts");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mqdemo {args:?} still running after {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = crate::support::exit_within(&mut child, DEADLINE);
     let stderr = std::fs::read_to_string(stderr_file).expect("stderr file read");
     Output { status, stdout: String::new(), stderr }
 }
