@@ -27,29 +27,18 @@ pub(super) struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    /// Publish; Ok(false) when the run should stop reading input (signal).
     /// Publish rows already taken from the input, even after a stop signal (no pause).
-    pub(super) fn send_held(&mut self, mut msg: Message) -> Result<()> {
-        if let Some(run) = &self.run_id {
-            msg.message_id = crate::codec::run_message_id(run, &msg.message_id);
+    pub(super) fn send_held(&mut self, msg: Message) -> Result<()> {
+        if let Some(msg) = self.sendable(msg) {
+            self.producer.publish(msg)?;
+            self.sent += 1;
         }
-        if msg.body.len() as u64 > self.max_size {
-            self.skip(&msg.label, &too_large(msg.body.len() as u64, self.max_size));
-            return Ok(());
-        }
-        self.producer.publish(msg)?;
-        self.sent += 1;
         Ok(())
     }
 
-    pub(super) fn send(&mut self, mut msg: Message) -> Result<bool> {
-        if let Some(run) = &self.run_id {
-            msg.message_id = crate::codec::run_message_id(run, &msg.message_id);
-        }
-        if msg.body.len() as u64 > self.max_size {
-            self.skip(&msg.label, &too_large(msg.body.len() as u64, self.max_size));
-            return Ok(self.keep_going());
-        }
+    /// Publish; Ok(false) when the run should stop reading input (signal).
+    pub(super) fn send(&mut self, msg: Message) -> Result<bool> {
+        let Some(msg) = self.sendable(msg) else { return Ok(self.keep_going()) };
         if self.sent > 0 && !self.interval.is_zero() {
             self.pause();
         }
@@ -60,6 +49,19 @@ impl Pump<'_> {
         self.sent += 1;
         self.show_status();
         Ok(self.keep_going())
+    }
+
+    /// The message with its run's id (--new-ids, stdin); None when it is too large to send
+    /// (skipped and named).
+    fn sendable(&mut self, mut msg: Message) -> Option<Message> {
+        if let Some(run) = &self.run_id {
+            msg.message_id = crate::codec::run_message_id(run, &msg.message_id);
+        }
+        if msg.body.len() as u64 > self.max_size {
+            self.skip(&msg.label, &too_large(msg.body.len() as u64, self.max_size));
+            return None;
+        }
+        Some(msg)
     }
 
     /// "12,000 msgs (4.1 MiB) confirmed, 8,100 msg/s" on the progress bar.
