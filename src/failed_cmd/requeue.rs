@@ -6,6 +6,7 @@
 //! The run takes at most the messages the failed queue held when it started: a message that
 //! fails again while this runs comes back behind them and is not taken a second time.
 
+use super::show::printable;
 use super::{Done, no_failed_queue};
 use crate::amqp::{Browser, DELIVERY_COUNT, Mark, Producer};
 use crate::codec::{ADDED_HEADERS, DROPPED_HEADER, requeued_copy, unique_id};
@@ -59,7 +60,9 @@ pub(super) fn run(
     let mut mv = Move { from, to, limit, moved: 0, batch: Vec::new() };
     let reporter = Reporter::new(!global.quiet, Progress::Open, &format!("{from} → {to}"));
     let error = match limit {
-        0 => None,
+        // Nothing to move, as far as the depth says; one look still finds a queue that
+        // cannot be read a message at a time (a stream reports depth 0).
+        0 => browser.get().err(),
         _ => move_all(global, &mut browser, &mut mv, stop, &reporter).err(),
     };
     reporter.finish();
@@ -130,13 +133,16 @@ fn take(
         let d = &mut b.delivery;
         // A message from elsewhere may have no id: it gets one of its own (never merged).
         let id = d.assigned_id().map_or_else(unique_id, str::to_string);
+        // Named on a terminal: its control characters shown, never acted on.
+        let shown = printable(&id);
         if let Some(n) = b.headers.get(DROPPED_HEADER) {
+            let n = printable(&n.to_string());
             reporter.warn(&format!(
-                "message {id} lost {n} of its headers when it failed (they did not fit beside \
+                "message {shown} lost {n} of its headers when it failed (they did not fit beside \
                  the reason); it is requeued without them"
             ));
         }
-        let label = format!("failed message {id} (#{taken} of {})", mv.from);
+        let label = format!("failed message {shown} (#{taken} of {})", mv.from);
         let body = std::mem::take(&mut d.body);
         producer.publish(requeued_copy(d, body, &id, mv.to, label.clone()))?;
         mv.batch.push((label, b.mark));

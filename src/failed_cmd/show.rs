@@ -234,7 +234,7 @@ fn plain(v: &Value) -> Option<String> {
 
 /// `s` safe for a terminal: line breaks, tabs, control characters (escape sequences) and
 /// bidirectional overrides shown as escapes instead of acted on.
-fn printable(s: &str) -> String {
+pub(super) fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

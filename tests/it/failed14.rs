@@ -507,3 +507,50 @@ fn requeue_right_after_show_takes_every_message() {
     assert!(out.stderr.ends_with(&want), "{}", out.stderr);
     assert_eq!((q.depth(), other.depth()), (0, 3_000));
 }
+
+/// A message id is named on stderr with its control characters escaped, never acted on
+/// (an id holding `ESC [31m` and an OSC title sequence reached the terminal raw).
+#[test]
+fn requeue_names_a_hostile_message_id_escaped() {
+    let q = TestQueue::new("requeue-hostile-id");
+    q.publish_raw(b"{}", AmqpProperties::default().with_message_id("seed".into()));
+    let _ = q.get();
+    let failed = TestQueue::named(format!("{}.failed", q.name));
+    let mut headers = FieldTable::new();
+    headers.insert("x-mqdemo-dropped-headers".into(), AmqpValue::LongString("3".into()));
+    let id = "id\u{1b}[31mRED\u{1b}]0;pwn\u{7}\u{202e}";
+    failed.publish_raw(
+        b"{}",
+        AmqpProperties::default().with_message_id(id.into()).with_headers(headers),
+    );
+    let out = mqdemo(&["failed", "requeue", &failed.name]).run().expect_code(0);
+    assert!(!out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{7}'), "{:?}", out.stderr);
+    assert!(out.stderr.contains("id\\u{1b}[31mRED"), "named, escaped: {}", out.stderr);
+    let back = q.get().expect("requeued");
+    assert_eq!(back.properties.message_id().as_deref(), Some(id), "the id itself is kept");
+}
+
+/// A stream reports depth 0 to a declare: requeue said "no failed messages" and exited 0
+/// with every message still there; it must say it cannot read a stream, as show does.
+#[test]
+fn requeue_of_a_stream_says_it_cannot_read_it() {
+    let q = TestQueue::new("requeue-stream");
+    q.publish_raw(b"{}", AmqpProperties::default().with_message_id("seed".into()));
+    let _ = q.get();
+    let stream = TestQueue::named(format!("{}.failed", q.name));
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    let mut args = FieldTable::new();
+    args.insert("x-queue-type".into(), AmqpValue::LongString("stream".into()));
+    let options = QueueDeclareOptions { durable: true, arguments: args, ..Default::default() };
+    ch.queue_declare(stream.name.clone(), options).expect("declare a stream");
+    ch.basic_publish(
+        "",
+        Publish::with_properties(b"{}", stream.name.clone(), AmqpProperties::default()),
+    )
+    .expect("publish");
+    let _ = conn.close();
+    let out = mqdemo(&["failed", "requeue", &stream.name]).run().expect_code(1);
+    assert!(out.first_error_line().contains("stream"), "{}", out.stderr);
+    assert_eq!(q.depth(), 0, "nothing moved");
+}
