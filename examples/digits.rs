@@ -29,6 +29,8 @@ use std::process::{Command, ExitCode};
 
 /// The Python side: requirements.txt, model.py, write_images.py, digits_split.py.
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/digits");
+/// The model child's script.
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/digits/model.py");
 /// Inputs per model call.
 const BATCH: &str = "32";
 /// The check's bar on the held-out digits.
@@ -65,7 +67,7 @@ fn orchestrate() -> Res<bool> {
 
     let work = tempfile::tempdir()?;
     let images = work.path().join("images");
-    let mut write = Command::new(&python);
+    let mut write = python_command(&python);
     write.arg(Path::new(DIR).join("write_images.py")).arg(&images);
     common::run(write, "python examples/digits/write_images.py")?;
     let expected = labelled_images(&images)?;
@@ -78,54 +80,38 @@ fn orchestrate() -> Res<bool> {
     )?;
     println!("  produce: {}", produced.summary());
 
-    let model =
-        format!("{} {}", quote(&python.to_string_lossy()), quote(&format!("{DIR}/model.py")));
     let count = expected.len().to_string();
-    let piped = common::run(
-        env.mqdemo(&[
-            "pipe",
-            "--from",
-            &images_q,
-            "--to",
-            &answers_q,
-            "--framing",
-            "frames",
-            "--batch-size",
-            BATCH,
-            "--exec",
-            &model,
-            "--count",
-            &count,
-            "--idle-timeout",
-            "20",
-        ]),
-        "mqdemo pipe",
-    )?;
-    println!("  pipe:    {}", piped.summary());
-
+    println!("  pipe:    {}", pipe(&env, &images_q, &answers_q, &python, &count)?.summary());
     let db = work.path().join("results.db");
-    let db_arg = db.to_string_lossy();
-    let consumed = common::run(
-        env.mqdemo(&[
-            "consume",
-            "tabular",
-            "--queue",
-            &answers_q,
-            "--sqlite",
-            &db_arg,
-            "--table",
-            TABLE,
-            "--with-meta",
-            "--count",
-            &count,
-            "--idle-timeout",
-            "10",
-        ]),
-        "mqdemo consume tabular --sqlite",
-    )?;
-    println!("  consume: {}", consumed.summary());
+    println!("  consume: {}", consume(&env, &answers_q, &db, &count)?.summary());
 
     Ok(check(&expected, &read_answers(&db)?))
+}
+
+/// `mqdemo pipe` of `count` images through model.py, `BATCH` per model call.
+fn pipe(env: &Env, from: &str, to: &str, python: &Path, count: &str) -> Res<common::Output> {
+    let model = format!("{} {}", quote(&python.to_string_lossy()), quote(MODEL));
+    let mut cmd = env.mqdemo(&["pipe", "--from", from, "--to", to, "--framing", "frames"]);
+    cmd.args(["--batch-size", BATCH, "--exec", &model, "--count", count]);
+    cmd.args(["--idle-timeout", "20"]);
+    // The model's imports stay out of examples/digits/ (no __pycache__ there).
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    common::run(cmd, "mqdemo pipe")
+}
+
+/// `mqdemo consume tabular --sqlite db --with-meta` of `count` answers.
+fn consume(env: &Env, queue: &str, db: &Path, count: &str) -> Res<common::Output> {
+    let mut cmd = env.mqdemo(&["consume", "tabular", "--queue", queue, "--sqlite"]);
+    cmd.arg(db).args(["--table", TABLE, "--with-meta", "--count", count]);
+    cmd.args(["--idle-timeout", "10"]);
+    common::run(cmd, "mqdemo consume tabular --sqlite")
+}
+
+/// The venv's Python, writing no `__pycache__` into examples/digits/.
+fn python_command(python: &Path) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
 }
 
 /// DIGITS_VENV, else `digits-venv` in the target directory this example was built in.
