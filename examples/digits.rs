@@ -96,7 +96,12 @@ fn pipe(env: &Env, from: &str, to: &str, python: &Path, count: &str) -> Res<comm
     cmd.args(["--idle-timeout", "20"]);
     // The model's imports stay out of examples/digits/ (no __pycache__ there).
     cmd.env("PYTHONDONTWRITEBYTECODE", "1");
-    common::run(cmd, "mqdemo pipe")
+    let out = common::run(cmd, "mqdemo pipe")?;
+    // model.py's own log (pipe shows the model's stderr): its training, and its calls.
+    for line in out.stderr.lines().filter_map(|l| l.split_once("digits model: ")) {
+        println!("  model:   {}", line.1);
+    }
+    Ok(out)
 }
 
 /// `mqdemo consume tabular --sqlite db --with-meta` of `count` answers.

@@ -130,7 +130,7 @@ def main():
         write_batch(stdout, classify(model, frames))
         batches += 1
         inputs += len(frames)
-    log(f"stdin closed after {inputs} inputs in {batches} batches")
+    log(f"answered {inputs} inputs in {batches} batches (one predict call each); stdin closed")
 
 
 if __name__ == "__main__":
