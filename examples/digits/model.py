@@ -24,7 +24,7 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.svm import SVC
 
@@ -99,7 +99,7 @@ def classify(model, frames):
             with Image.open(io.BytesIO(frame)) as picture:
                 rows.append(digits_split.features(picture))
             places.append(i)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except Exception as e:  # any picture Pillow cannot read fails that input alone
             reason = f"not a picture Pillow can read ({len(frame)} bytes, {type(e).__name__})"
             answers[i] = json.dumps({"error": reason}).encode()
     if rows:
@@ -143,3 +143,5 @@ if __name__ == "__main__":
     except BrokenPipeError:
         log("mqdemo closed stdout")
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
