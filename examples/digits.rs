@@ -61,7 +61,7 @@ fn orchestrate() -> Res<bool> {
     let venv_dir = venv_dir(&env);
     let (python, made) = venv::ready(&venv_dir, &Path::new(DIR).join("requirements.txt"))?;
     match made {
-        venv::Made::Reused => println!("  venv:    {} (reused)", venv_dir.display()),
+        venv::Made::Reused => println!("  venv:    {} (reused)", shown(&venv_dir).display()),
         venv::Made::Installed(took) => println!("  venv:    made in {:.1} s", took.as_secs_f64()),
     }
 
@@ -129,6 +129,12 @@ fn venv_dir(env: &Env) -> PathBuf {
     target
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
         .join("digits-venv")
+}
+
+/// `path` relative to the current directory when it is under it (as `cargo run` prints).
+fn shown(path: &Path) -> &Path {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    path.strip_prefix(&cwd).unwrap_or(path)
 }
 
 /// `(file name, label)` of every `test_<i>_label<d>.png` write_images.py wrote, sorted.
