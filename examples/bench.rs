@@ -99,7 +99,12 @@ fn main() -> Res<()> {
             table.push(case()?);
         }
     }
-    print_table(&table, &env);
+    if !table.is_empty() {
+        print_table(&table, &env);
+    }
+    if only.as_deref().is_none_or(|w| "pipe batch".contains(w)) {
+        pipe_batching(&env, &csv)?;
+    }
     Ok(())
 }
 
@@ -701,6 +706,120 @@ fn files(env: &Env, kind: &str, dir: &Path, produce: bool, workers: usize) -> Re
             "files verified byte for byte".into()
         },
     })
+}
+
+// ---------- micro-batching ----------
+
+/// A model with a fixed cost of 5 ms per call (`--framing json-batch`): answers each input
+/// with its row and logs each call's batch size. `cost` 0 gives the pipe's own ceiling.
+const BATCH_MODEL: &str = r#"
+import json, sys, time
+cost, log = float(sys.argv[1]), open(sys.argv[2], "a")
+for line in sys.stdin:
+    batch = json.loads(line)
+    if cost: time.sleep(cost)
+    log.write(f"{len(batch)}\n"); log.flush()
+    print(json.dumps([{"row": r, "score": 0.5} for r in batch]), flush=True)
+"#;
+
+/// `pipe --framing json-batch` with a 5 ms model at --batch-size 64 and 1, and at 64 with a
+/// model that costs nothing (the pipe's ceiling on this broker), alternated in one run;
+/// prints msg/s, the ratio, the target and the batch-fill histogram.
+fn pipe_batching(env: &Env, csv: &Path) -> Res<()> {
+    let rows = if env.quick { 2_000 } else { 20_000 };
+    let (from, to) = (
+        format!("bench-batch-in-{}", std::process::id()),
+        format!("bench-batch-out-{}", std::process::id()),
+    );
+    let model = env.dir.join("batch_model.py");
+    std::fs::write(&model, BATCH_MODEL)?;
+    let configs: [(&str, u16, &str); 3] = [
+        ("5 ms model, --batch-size 64", 64, "0.005"),
+        ("5 ms model, --batch-size 1", 1, "0.005"),
+        ("0 ms model, --batch-size 64 (ceiling)", 64, "0"),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut fill: Vec<usize> = Vec::new();
+    let count = rows.to_string();
+    for _ in 0..env.runs {
+        for (i, (_, batch, cost)) in configs.iter().enumerate() {
+            reset(&env.url, &from)?;
+            reset(&env.url, &to)?;
+            let produced = Command::new(&env.mqdemo)
+                .args(["--url", &env.url, "--quiet", "produce", "tabular", "--file"])
+                .arg(csv)
+                .args(["--queue", &from, "--num-records", &count])
+                .output()?;
+            if !produced.status.success() {
+                return Err(
+                    format!("produce: {}", String::from_utf8_lossy(&produced.stderr)).into()
+                );
+            }
+            let log = env.dir.join(format!("batches-{i}.log"));
+            let _ = std::fs::remove_file(&log);
+            let exec = format!("python3 {} {cost} {}", model.display(), log.display());
+            let out = Command::new(&env.mqdemo)
+                .args([
+                    "--url",
+                    &env.url,
+                    "pipe",
+                    "--from",
+                    &from,
+                    "--to",
+                    &to,
+                    "--framing",
+                    "json-batch",
+                ])
+                .args(["--batch-size", &batch.to_string(), "--count", &count, "--exec", &exec])
+                .output()?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let summary = stderr
+                .lines()
+                .find(|l| l.starts_with("mqdemo: piped"))
+                .ok_or_else(|| format!("pipe failed: {stderr}"))?;
+            let seconds: f64 = summary
+                .split(" in ")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|t| t.parse().ok())
+                .ok_or("no seconds in the pipe's summary")?;
+            expect_depth(&env.url, &to, rows as u32, "pipe")?;
+            rates[i].push(rows as f64 / seconds);
+            if i == 0 {
+                let sizes = std::fs::read_to_string(&log)?;
+                fill.extend(sizes.lines().filter_map(|l| l.parse::<usize>().ok()));
+            }
+        }
+    }
+    reset(&env.url, &from)?;
+    reset(&env.url, &to)?;
+    reset(&env.url, &format!("{from}.failed"))?;
+    let med: Vec<Option<f64>> = rates.into_iter().map(median).collect();
+    println!();
+    println!("| pipe --framing json-batch, {rows} rows | msg/s (median of {}) |", env.runs);
+    println!("|---|---|");
+    for ((name, _, _), m) in configs.iter().zip(&med) {
+        println!("| {name} | {} |", fmt(*m));
+    }
+    let ideal = med[2].map(|c| c.min(64.0 / 0.005));
+    println!();
+    println!(
+        "batched / unbatched: {} (target >= 20x); batched / min(ceiling, 64 / 5 ms = 12800): {} (target >= 0.8x)",
+        ratio(med[0], med[1]),
+        ratio(med[0], ideal)
+    );
+    let buckets: [(&str, std::ops::RangeInclusive<usize>); 5] =
+        [("1", 1..=1), ("2-15", 2..=15), ("16-31", 16..=31), ("32-63", 32..=63), ("64", 64..=64)];
+    let calls = fill.len().max(1);
+    let hist: Vec<String> = buckets
+        .iter()
+        .map(|(name, r)| {
+            let n = fill.iter().filter(|s| r.contains(s)).count();
+            format!("{name}: {n} ({:.0}%)", 100.0 * n as f64 / calls as f64)
+        })
+        .collect();
+    println!("batch fill at --batch-size 64 (model calls by batch size): {}", hist.join(", "));
+    Ok(())
 }
 
 // ---------- output ----------

@@ -12,7 +12,10 @@ mod glob;
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec, delivery_meta};
 use crate::child::{Answer, Blame, Failure, Framing, ModelChild, SETTLE_CAP};
 use crate::codec::batch::{self, BatchAnswer};
-use crate::codec::{self, Delivery, Message, envelope, failed_copy, header_text, unique_id};
+use crate::codec::{
+    self, DEADLINE_HEADER, Deadline, Delivery, Message, envelope, failed_copy, header_text,
+    unique_id,
+};
 use crate::config::{Global, StageConfig, StageOutput};
 use crate::output::{Progress, Reporter, Summary, link_events};
 use crate::workers::{SeenIds, Workload, drive};
@@ -74,8 +77,10 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
     let mut not_delivered = 0;
     for stage in stages {
         let c = stage.counts;
-        total.messages += c.messages;
-        total.bytes += c.bytes;
+        // Held in a batch the run stopped before (a signal, a failure): they stay queued.
+        let unhandled: Vec<&Delivery> = stage.batch.iter().map(|h| &h.d).collect();
+        total.messages += c.messages - unhandled.len() as u64 - stage.stuck as u64;
+        total.bytes += c.bytes - unhandled.iter().map(|d| d.body.len() as u64).sum::<u64>();
         total.answered += c.answered;
         total.silent += c.silent;
         total.failed += c.failed;
@@ -127,8 +132,9 @@ struct Stage<'a> {
     batch: Vec<Held>,
     /// When the oldest message of `batch` came.
     batch_started: Option<Instant>,
-    /// A batch stopped the run unhandled: nothing more may be acked (an ack would cover it).
-    abandoned: bool,
+    /// Messages of a batch that stopped the run: never handled, so never acked (they count
+    /// as held, and come back with the nack or the channel's close).
+    stuck: usize,
 }
 
 /// A message taken into a micro-batch, not yet handed to the model.
@@ -170,7 +176,7 @@ impl<'a> Stage<'a> {
             broken: None,
             batch: Vec::new(),
             batch_started: None,
-            abandoned: false,
+            stuck: 0,
         })
     }
 
@@ -343,7 +349,26 @@ impl<'a> Stage<'a> {
         if !matches!(self.cfg.output, StageOutput::Replies { .. }) {
             return false;
         }
-        codec::deadline(&d.headers).is_some_and(|due| codec::now_millis() > due)
+        match codec::deadline(&d.headers) {
+            Deadline::At(due) => codec::now_millis() > due,
+            Deadline::None => false,
+            Deadline::Bad(value) => {
+                let id = d.assigned_id().unwrap_or("without an id");
+                self.reporter.warn(&format!(
+                    "request {}: {DEADLINE_HEADER} {value} is not a Unix time in milliseconds \
+                     (request --timeout sets it); served as if it had no deadline",
+                    header_text(id)
+                ));
+                false
+            }
+        }
+    }
+
+    /// `serve`: whether the answer to `d` would come after its deadline (checked again
+    /// after the model call; a bad deadline was warned about before it).
+    fn late(&self, d: &Delivery) -> bool {
+        matches!(self.cfg.output, StageOutput::Replies { .. })
+            && matches!(codec::deadline(&d.headers), Deadline::At(due) if codec::now_millis() > due)
     }
 
     /// A request past its deadline: acked unanswered (its client has given up), counted, and
@@ -369,13 +394,13 @@ impl<'a> Stage<'a> {
     }
 
     /// Hand the held batch to the model and publish its answers. A batch that stops the run
-    /// leaves the stage abandoned: nothing more is acked, so its messages stay queued.
+    /// stays unacked: `stuck` keeps it counted as held.
     fn run_batch(&mut self) -> Result<()> {
         let held = std::mem::take(&mut self.batch);
         self.batch_started = None;
         let result = self.answer_batch(&held);
         if result.is_err() {
-            self.abandoned = true;
+            self.stuck += held.len();
         }
         let c = self.counts;
         self.reporter.status(|| status_text(&c));
@@ -455,7 +480,7 @@ impl<'a> Stage<'a> {
         for ((d, input_id), answer) in inputs.into_iter().zip(answers) {
             match answer {
                 BatchAnswer::Nothing => self.counts.silent += 1,
-                BatchAnswer::Output(_) if self.past_deadline(d) => self.expire(d, input_id)?,
+                BatchAnswer::Output(_) if self.late(d) => self.expire(d, input_id)?,
                 BatchAnswer::Output(body) => {
                     self.counts.answered += 1;
                     self.publish_answers(d, input_id, body)?;
@@ -478,6 +503,13 @@ impl Handler for Stage<'_> {
             return Ok(Disposition::Ack);
         }
         if let Some(why) = &self.broken {
+            if why.contains("--max-answer-bytes") {
+                return Err(eyre!(
+                    "--exec {:?}: {why}; stopping with the rest of the messages in {}",
+                    self.cfg.exec,
+                    self.cfg.input.name
+                ));
+            }
             // A model that writes to stdout besides its answers would do it again: every
             // further answer would be at risk of going to the wrong input.
             return Err(eyre!(
@@ -494,10 +526,12 @@ impl Handler for Stage<'_> {
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
         if self.batching() {
-            // Acked with the rest once the batch is answered (`holding` keeps the ack back).
+            // Acked with the rest once the batch is answered (`held` keeps the ack back).
             self.batch.push(Held { d: std::mem::take(d), input_id });
-            let started = *self.batch_started.get_or_insert_with(Instant::now);
-            if self.batch.len() >= self.cfg.batch || started.elapsed() >= self.cfg.batch_wait {
+            self.batch_started.get_or_insert_with(Instant::now);
+            // A partial batch goes when it is due (`idle`): the consumer wakes it then, once
+            // no delivery it has already received is waiting, so what came is taken along.
+            if self.batch.len() >= self.cfg.batch {
                 self.run_batch()?;
             }
             return Ok(Disposition::Ack);
@@ -509,7 +543,7 @@ impl Handler for Stage<'_> {
             self.send_to_failed(d, &input_id, &why)?;
         } else {
             match self.child.call(&self.model_input(d)) {
-                Ok(Answer::Output(_)) if self.past_deadline(d) => {
+                Ok(Answer::Output(_)) if self.late(d) => {
                     self.failures_in_a_row = 0;
                     self.expire(d, &input_id)?;
                 }
@@ -535,8 +569,12 @@ impl Handler for Stage<'_> {
         Ok(Disposition::Ack)
     }
 
-    fn holding(&self) -> bool {
-        !self.batch.is_empty()
+    fn held(&self) -> usize {
+        self.batch.len() + self.stuck
+    }
+
+    fn complete(&mut self) -> Result<()> {
+        if self.batch.is_empty() { Ok(()) } else { self.run_batch() }
     }
 
     fn due(&self) -> Option<Instant> {
@@ -544,6 +582,7 @@ impl Handler for Stage<'_> {
     }
 
     fn dropped(&mut self) {
+        self.stuck = 0;
         for h in std::mem::take(&mut self.batch) {
             self.seen.forget(&h.d);
             self.counts.messages -= 1;
@@ -570,15 +609,6 @@ impl Handler for Stage<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.abandoned {
-            return Err(eyre!(
-                "a batch stopped the run unanswered; its messages stay in {}",
-                self.cfg.input.name
-            ));
-        }
-        if !self.batch.is_empty() {
-            self.run_batch()?;
-        }
         for (label, why) in self.producer.flush()? {
             if label.starts_with(REPLY_LABEL) {
                 // The client went away (its reply queue is gone): nothing to deliver to.

@@ -38,16 +38,20 @@ pub trait Handler {
     fn idle(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Whether the handler holds deliveries it has not handled yet (a micro-batch filling
-    /// up): no ack is sent meanwhile (an ack covers every delivery before it), unless the
-    /// run ends, when `flush` must handle them first.
-    fn holding(&self) -> bool {
-        false
+    /// How many of the newest deliveries the handler holds without having handled them yet
+    /// (a micro-batch filling up). They are not acked (an ack covers every delivery before
+    /// it): the consumer acks only up to the newest handled one.
+    fn held(&self) -> usize {
+        0
     }
     /// When what the handler holds is due (its `idle` handles it then): the consumer waits
     /// no longer than this for the next delivery.
     fn due(&self) -> Option<Instant> {
         None
+    }
+    /// The run ends (--count, --idle-timeout): handle what is held now.
+    fn complete(&mut self) -> Result<()> {
+        Ok(())
     }
     /// The channel was lost: the deliveries the handler holds will come again, so it lets
     /// go of them without handling them.
@@ -98,6 +102,9 @@ struct ConsumeState<'a> {
     queue: &'a str,
     /// The newest handled delivery not yet acked: one `ack_multiple` covers all before it.
     last: Option<amiquip::Delivery>,
+    /// Deliveries the handler holds unhandled (`Handler::held`), oldest first: all newer
+    /// than `last`.
+    held: std::collections::VecDeque<amiquip::Delivery>,
     unacked: u64,
     ack_every: u64,
     outcome: ConsumeOutcome,
@@ -174,7 +181,7 @@ impl<'a> ConsumeState<'a> {
                 Ok(ConsumerMessage::Delivery(d)) => {
                     if !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
-                        return Ok(Flow::Done);
+                        return self.finish(handler).map(|()| Flow::Done);
                     }
                     self.delivered(d, handler)?;
                 }
@@ -182,7 +189,7 @@ impl<'a> ConsumeState<'a> {
                 Ok(other) => return Err(self.ended(other)),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.stopped(limits) {
-                        return Ok(Flow::Done);
+                        return self.finish(handler).map(|()| Flow::Done);
                     }
                     self.ack_pending(handler)?;
                 }
@@ -265,19 +272,21 @@ impl<'a> ConsumeState<'a> {
                 }
                 Ok(other) => return Err(self.ended(other)),
                 Err(RecvTimeoutError::Timeout) => {
-                    if !handler.holding() {
-                        self.ack_pending(handler)?;
+                    self.ack_pending(handler)?;
+                    if let Err(e) = handler.idle() {
+                        // What was handled before stays handled.
+                        self.sync_held(handler);
+                        let _ = self.ack_pending(handler);
+                        return Err(e);
                     }
-                    handler.idle()?;
                     // A batch that came due is handled now: ack it.
-                    if !handler.holding() {
-                        self.ack_pending(handler)?;
-                    }
+                    self.sync_held(handler);
+                    self.ack_pending(handler)?;
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
             }
         }
-        self.ack_pending(handler).map(|()| Flow::Done)
+        self.finish(handler).map(|()| Flow::Done)
     }
 
     fn delivered(&mut self, mut d: amiquip::Delivery, handler: &mut dyn Handler) -> Result<()> {
@@ -285,20 +294,21 @@ impl<'a> ConsumeState<'a> {
         let size = d.body.len() as u64;
         self.largest = Some(self.largest.map_or(size, |l| l.max(size)));
         let mut ours = delivery(&mut d);
-        match handler.handle(&mut ours) {
-            Ok(Disposition::Ack) => {
-                self.last = Some(d);
-                self.unacked += 1;
-                // Before a change of prefetch the ack waits: a sink may block in flush (a
-                // pipe's reader), and the next deliveries should not wait for it.
-                if self.unacked >= self.ack_every
-                    && self.wanted() == self.prefetch
-                    && !handler.holding()
-                {
-                    self.ack_pending(handler)?;
-                }
-                Ok(())
+        let result = handler.handle(&mut ours);
+        if matches!(result, Ok(Disposition::Ack)) {
+            self.held.push_back(d);
+            self.sync_held(handler);
+            // Before a change of prefetch the ack waits: a sink may block in flush (a
+            // pipe's reader), and the next deliveries should not wait for it.
+            if self.unacked >= self.ack_every && self.wanted() == self.prefetch {
+                self.ack_pending(handler)?;
             }
+            return Ok(());
+        }
+        // What the handler still holds (or failed to handle) is older than `d`: it comes
+        // back with it (the nack below), or when the channel closes.
+        self.sync_held(handler);
+        match result {
             Ok(Disposition::Reject(_)) => {
                 self.ack_pending(handler)?;
                 d.reject(self.channel, false)
@@ -311,7 +321,33 @@ impl<'a> ConsumeState<'a> {
                 let _ = d.nack(self.channel, true);
                 Err(e)
             }
+            Ok(Disposition::Ack) => Ok(()),
         }
+    }
+
+    /// The deliveries the handler no longer holds are handled: the newest becomes `last`.
+    fn sync_held(&mut self, handler: &dyn Handler) {
+        while self.held.len() > handler.held() {
+            if let Some(d) = self.held.pop_front() {
+                self.last = Some(d);
+                self.unacked += 1;
+            }
+        }
+    }
+
+    /// The run ends: what the handler holds is handled now (unless a signal or another
+    /// worker's failure stopped the run: then it stays unacked, and comes again), and
+    /// everything handled is acked.
+    fn finish(&mut self, handler: &mut dyn Handler) -> Result<()> {
+        if !self.outcome.interrupted && !self.held.is_empty() {
+            let completed = handler.complete();
+            self.sync_held(handler);
+            if let Err(e) = completed {
+                let _ = self.ack_pending(handler);
+                return Err(e);
+            }
+        }
+        self.ack_pending(handler)
     }
 
     fn ack_pending(&mut self, handler: &mut dyn Handler) -> Result<()> {
@@ -447,6 +483,7 @@ fn consume_once(
         endpoint: &ep,
         queue,
         last: None,
+        held: std::collections::VecDeque::new(),
         unacked: 0,
         ack_every: 1,
         outcome: ConsumeOutcome::default(),

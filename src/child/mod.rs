@@ -189,7 +189,7 @@ impl ModelChild {
             }
             // Made whole by the caller (`codec::batch::frames_request`).
             Framing::FrameBatch(_) => [body, b""],
-            Framing::Lines => {
+            Framing::Lines | Framing::LineBatch => {
                 line = one_line(body).ok_or_else(|| {
                     Failure::new(
                         "the body has a line break and is not JSON; use --framing frames",
@@ -293,7 +293,7 @@ impl ModelChild {
                 };
                 self.failed(
                     &format!(
-                        "no answer within {:.0} s (--exec-timeout; it was {doing}){hint}",
+                        "no answer within {} s (--exec-timeout; it was {doing}){hint}",
                         self.options.timeout.as_secs_f64()
                     ),
                     true,

@@ -126,7 +126,7 @@ pub(super) fn read_answers(
             "its output ended inside an answer ({} bytes with no {})",
             buf.len(),
             match framing {
-                Framing::Lines => "line break",
+                Framing::Lines | Framing::LineBatch => "line break",
                 Framing::Frames => "complete frame",
                 Framing::FrameBatch(_) => "complete batch of frames",
             }
@@ -143,16 +143,16 @@ enum Split {
 /// The answer at the head of `buf`, if whole.
 fn split(buf: &[u8], framing: Framing, max: usize, scanned: &mut usize) -> Split {
     match framing {
-        Framing::Lines => match memchr::memchr(b'\n', &buf[*scanned..]) {
+        Framing::Lines | Framing::LineBatch => match memchr::memchr(b'\n', &buf[*scanned..]) {
             Some(i) => {
                 let end = *scanned + i;
                 if end > max {
-                    return too_long(end, max);
+                    return too_long(end, max, framing);
                 }
                 let body = if end > 0 && buf[end - 1] == b'\r' { end - 1 } else { end };
                 Split::Answer { body: 0..body, used: end + 1 }
             }
-            None if buf.len() > max => too_long(buf.len(), max),
+            None if buf.len() > max => too_long(buf.len(), max, framing),
             None => {
                 *scanned = buf.len();
                 Split::Need
@@ -179,11 +179,18 @@ fn split(buf: &[u8], framing: Framing, max: usize, scanned: &mut usize) -> Split
     }
 }
 
-fn too_long(n: usize, max: usize) -> Split {
-    Split::TooLong(format!(
-        "it wrote {n}+ bytes without a line break, over --max-answer-bytes {max} (one answer \
-         per line; print logs to stderr)"
-    ))
+fn too_long(n: usize, max: usize, framing: Framing) -> Split {
+    Split::TooLong(match framing {
+        Framing::LineBatch => format!(
+            "its answer line to a batch reached {n}+ bytes, over --max-answer-bytes {max}, which \
+             bounds the whole line of a json-batch answer: raise --max-answer-bytes or lower \
+             --batch-size"
+        ),
+        _ => format!(
+            "it wrote {n}+ bytes without a line break, over --max-answer-bytes {max} (one answer \
+             per line; print logs to stderr)"
+        ),
+    })
 }
 
 /// Show the child's stderr on ours, line by line, each cut to `max_line` bytes; keep the

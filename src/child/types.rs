@@ -7,6 +7,9 @@ use std::time::Duration;
 pub enum Framing {
     /// One line each way (JSON rows).
     Lines,
+    /// `--framing json-batch`: one line each way, as `Lines`, but a line carries a whole
+    /// batch (so --max-answer-bytes bounds the batch's answer line).
+    LineBatch,
     /// Length-prefixed frames (any bytes: images).
     Frames,
     /// `--framing frames --batch-size N` (N > 1): a 4-byte count, then that many frames,

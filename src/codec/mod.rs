@@ -67,12 +67,44 @@ pub type Headers = BTreeMap<String, HeaderValue>;
 /// (`request --timeout` sets it; `serve` does not answer a request past it).
 pub const DEADLINE_HEADER: &str = "x-mqdemo-deadline";
 
-/// A request's deadline ([`DEADLINE_HEADER`]), if it has one.
-pub fn deadline(headers: &Headers) -> Option<i64> {
-    match headers.get(DEADLINE_HEADER) {
+/// A request's deadline, as its [`DEADLINE_HEADER`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deadline {
+    /// No such header.
+    None,
+    /// Unix time in milliseconds.
+    At(i64),
+    /// A value that cannot be a Unix time in milliseconds (seconds, negative, not a number):
+    /// the request is served as if it had none, with a warning showing the value.
+    Bad(String),
+}
+
+/// Earliest plausible deadline: 2001-09-09 in Unix milliseconds. A smaller number is most
+/// likely seconds (1.8e9 s is 1970-01-21 in milliseconds), or not a time at all.
+const EARLIEST_DEADLINE_MS: i64 = 1_000_000_000_000;
+/// Latest plausible deadline (about the year 5138 in milliseconds).
+const LATEST_DEADLINE_MS: i64 = 100_000_000_000_000;
+
+/// A request's deadline ([`DEADLINE_HEADER`]): an integer, or a decimal string (fractions of
+/// a millisecond are dropped).
+pub fn deadline(headers: &Headers) -> Deadline {
+    let ms = match headers.get(DEADLINE_HEADER) {
+        None => return Deadline::None,
         Some(HeaderValue::Int(ms)) => Some(*ms),
-        Some(HeaderValue::Str(s)) => s.trim().parse().ok(),
-        None => None,
+        Some(HeaderValue::Str(s)) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| {
+                s.parse::<f64>().ok().filter(|f| f.is_finite() && f.abs() < 1e18).map(|f| f as i64)
+            })
+        }
+    };
+    match ms {
+        Some(ms) if (EARLIEST_DEADLINE_MS..=LATEST_DEADLINE_MS).contains(&ms) => Deadline::At(ms),
+        _ => Deadline::Bad(match headers.get(DEADLINE_HEADER) {
+            Some(HeaderValue::Int(ms)) => ms.to_string(),
+            Some(HeaderValue::Str(s)) => format!("{:?}", header_text(s)),
+            None => String::new(),
+        }),
     }
 }
 

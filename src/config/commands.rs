@@ -203,9 +203,8 @@ pub(super) fn stage(
         exec: m.exec,
         child: crate::child::ChildOptions {
             framing: match m.framing {
-                cli::FramingArg::Lines | cli::FramingArg::Envelope | cli::FramingArg::JsonBatch => {
-                    crate::child::Framing::Lines
-                }
+                cli::FramingArg::Lines | cli::FramingArg::Envelope => crate::child::Framing::Lines,
+                cli::FramingArg::JsonBatch => crate::child::Framing::LineBatch,
                 cli::FramingArg::Frames if batch > 1 => crate::child::Framing::FrameBatch(batch),
                 cli::FramingArg::Frames => crate::child::Framing::Frames,
             },

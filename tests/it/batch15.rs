@@ -472,3 +472,132 @@ fn expired_requests_skip_the_model_and_go_to_the_given_failed_queue() {
     assert_eq!(default_failed.depth(), 0);
     assert_eq!(q.depth(), 0);
 }
+
+// ---- found by attacking the above ----
+
+/// A batch that stops the run (the third failed call in a row) left every unacked message
+/// queued, including those already answered or copied to the failed queue: 40 queued after
+/// 16 answers and 16 failed copies, so id-less inputs were answered twice. Now only the
+/// batch that stopped the run stays.
+#[test]
+fn a_batch_that_stops_the_run_leaves_only_itself_queued() {
+    let from = TestQueue::new("jb-stop-in");
+    let to = TestQueue::new("jb-stop-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(40);
+    publish_indexed(&from, &inputs, None);
+    // Two good calls, then one answer too few, every time.
+    let model = "python3 -c 'import sys, json\nn = 0\nfor l in sys.stdin:\n    \
+                 b = json.loads(l)\n    n += 1\n    \
+                 print(json.dumps(b if n <= 2 else b[1:], separators=(\",\", \":\")), flush=True)'";
+    let out = pipe(
+        &from,
+        &to,
+        model,
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "8",
+            "--batch-wait",
+            "2s",
+            "--idle-timeout",
+            "3",
+        ],
+    )
+    .run();
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("failed on 3 calls in a row"), "{}", out.stderr);
+    assert_eq!(to.depth(), 16, "{}", out.stderr);
+    assert_eq!(failed.depth(), 16, "{}", out.stderr);
+    assert_eq!(from.depth(), 8, "only the batch that stopped the run stays:\n{}", out.stderr);
+}
+
+/// In json-batch, --max-answer-bytes bounds the whole answer line: a legitimate batch over
+/// it was blamed on logs printed to stdout. The error now names the limit and the fix.
+#[test]
+fn a_batch_answer_over_max_answer_bytes_names_the_limit_and_the_fix() {
+    let from = TestQueue::new("jb-fat-in");
+    let to = TestQueue::new("jb-fat-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    publish_indexed(&from, &rows(8), None);
+    let model = "python3 -c 'import sys, json\nfor l in sys.stdin:\n    \
+                 print(json.dumps([{\"pad\": \"x\" * 200} for r in json.loads(l)]), flush=True)'";
+    let out = pipe(
+        &from,
+        &to,
+        model,
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "8",
+            "--batch-wait",
+            "1s",
+            "--max-answer-bytes",
+            "1000",
+            "--idle-timeout",
+            "2",
+        ],
+    )
+    .run();
+    assert_ne!(out.code(), Some(0));
+    assert!(
+        out.stderr.contains("raise --max-answer-bytes or lower --batch-size"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("print logs to stderr"), "{}", out.stderr);
+}
+
+/// A deadline that cannot be Unix milliseconds (seconds, negative, text) was taken as long
+/// past, and the request dropped without a word. Now it is served, with a warning.
+#[test]
+fn a_deadline_that_is_not_unix_milliseconds_is_served_with_a_warning() {
+    let q = TestQueue::new("dl-bad");
+    let results = TestQueue::new("dl-bad-results");
+    let _failed = TestQueue::named(format!("{}.failed", q.name));
+    let in_a_minute_in_seconds = now_ms() / 1000 + 60;
+    publish_request(&q, br#"{"a":0}"#, in_a_minute_in_seconds, 0);
+    publish_request(&q, br#"{"a":1}"#, -5, 1);
+    let out = mqdemo(&[
+        "serve",
+        "--queue",
+        &q.name,
+        "--results-queue",
+        &results.name,
+        "--exec",
+        "cat",
+        "--count",
+        "2",
+    ])
+    .run()
+    .expect_code(0);
+    assert_eq!(results.depth(), 2, "{}", out.stderr);
+    assert!(!out.stderr.contains("expired"), "{}", out.stderr);
+    let warned = out.stderr.matches("is not a Unix time in milliseconds").count();
+    assert_eq!(warned, 2, "{}", out.stderr);
+}
+
+/// --batch-wait 0 handed the model batches of 1 even with many messages already received;
+/// now a due batch takes along what has come.
+#[test]
+fn batch_wait_zero_still_takes_what_has_already_come() {
+    let from = TestQueue::new("jb-zero-in");
+    let to = TestQueue::new("jb-zero-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls");
+    publish_indexed(&from, &rows(200), None);
+    pipe(
+        &from,
+        &to,
+        &logging_echo(&log),
+        &["--framing", "json-batch", "--batch-size", "16", "--batch-wait", "0", "--count", "200"],
+    )
+    .run()
+    .expect_code(0);
+    let sizes = batch_sizes(&log);
+    assert_eq!(sizes.iter().sum::<usize>(), 200);
+    assert!(sizes.len() < 100, "mostly batches of one: {sizes:?}");
+}
