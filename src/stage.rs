@@ -260,6 +260,7 @@ impl<'a> Stage<'a> {
             &self.cfg.failed.name,
         ))?;
         self.counts.failed += 1;
+        crate::metrics::failed();
         Ok(())
     }
 
@@ -320,6 +321,7 @@ impl Handler for Stage<'_> {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
         if self.seen.contains(d) {
             self.counts.duplicates += 1;
+            crate::metrics::duplicate();
             return Ok(Disposition::Ack);
         }
         if let Some(why) = &self.broken {
@@ -341,7 +343,10 @@ impl Handler for Stage<'_> {
         if let Err(why) = self.reply_queue(d) {
             self.send_to_failed(d, &input_id, &why)?;
         } else {
-            match self.child.call(&self.model_input(d)) {
+            let called = Instant::now();
+            let answer = self.child.call(&self.model_input(d));
+            crate::metrics::model_call(called.elapsed(), 1);
+            match answer {
                 Ok(Answer::Output(body)) => {
                     self.failures_in_a_row = 0;
                     self.counts.answered += 1;
