@@ -4,6 +4,7 @@
 //! not be sent), and reports latency percentiles. Any failure fails the run.
 
 use crate::amqp::{Received, RpcClient, with_client};
+use crate::codec::{DEADLINE_HEADER, HeaderValue, now_millis};
 use crate::config::{Global, RequestConfig};
 use crate::csv_input::{self, Item, Opening, Rows};
 use crate::output::{Progress, Reporter, Summary};
@@ -146,8 +147,14 @@ impl Run {
                         let id = format!("{}{seq}", self.prefix);
                         msg.message_id = id.clone();
                         msg.route.correlation_id = Some(id.clone());
+                        // serve does not answer it past the time this client waits for it.
+                        let ttl = i64::try_from(cfg.timeout.as_millis()).unwrap_or(i64::MAX);
+                        msg.headers.insert(
+                            DEADLINE_HEADER.into(),
+                            HeaderValue::Int(now_millis().saturating_add(ttl)),
+                        );
                         let label = msg.label.clone();
-                        client.send(msg)?;
+                        client.send(msg, cfg.timeout)?;
                         self.pending.insert(id, Pending { seq, sent: Instant::now(), label });
                     }
                 }
@@ -199,7 +206,7 @@ impl Run {
         for c in late {
             if let Some(p) = self.pending.remove(&c) {
                 let why = format!(
-                    "no reply within {:.0} s (--timeout); is `mqdemo serve` running on this queue?",
+                    "no reply within {} s (--timeout); is `mqdemo serve` running on this queue?",
                     timeout.as_secs_f64()
                 );
                 self.ready.insert(p.seq, Some(error_line(&p.label, &why)));

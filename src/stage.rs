@@ -11,6 +11,7 @@ mod glob;
 
 use crate::amqp::{Disposition, Handler, Producer, QueueSpec, delivery_meta};
 use crate::child::{Answer, Blame, Failure, Framing, ModelChild, SETTLE_CAP};
+use crate::codec::batch::{self, BatchAnswer};
 use crate::codec::{self, Delivery, Message, envelope, failed_copy, header_text, unique_id};
 use crate::config::{Global, StageConfig, StageOutput};
 use crate::output::{Progress, Reporter, Summary, link_events};
@@ -29,6 +30,8 @@ const MAX_FAILURES_IN_A_ROW: u32 = 3;
 const REPLY_LABEL: &str = "reply to ";
 /// Reply queues `serve` always answers to: direct reply-to and server-named queues.
 const REPLY_QUEUE_PREFIXES: [&str; 2] = ["amq.rabbitmq.reply-to", "amq.gen-"];
+/// The reason a request past its deadline carries to `--failed-queue`.
+const DEADLINE_PASSED: &str = "deadline passed";
 
 pub(crate) use crate::output::Outcome;
 
@@ -41,6 +44,8 @@ struct Counts {
     silent: u64,
     failed: u64,
     duplicates: u64,
+    /// Requests past their deadline (`serve`): not answered.
+    expired: u64,
     /// Summed over workers only.
     restarts: u64,
 }
@@ -75,6 +80,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         total.silent += c.silent;
         total.failed += c.failed;
         total.duplicates += c.duplicates;
+        total.expired += c.expired;
         total.restarts += stage.child.starts.saturating_sub(1);
         let (report, closed) = stage.close();
         not_delivered += report.unconfirmed.len() as u64;
@@ -96,6 +102,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         counts: vec![
             ("answered", total.answered),
             ("no answer", total.silent),
+            ("expired", total.expired),
             ("duplicates", total.duplicates),
             ("model restarts", total.restarts),
         ],
@@ -116,6 +123,18 @@ struct Stage<'a> {
     /// Why the model cannot be trusted with more input (it wrote to stdout out of turn):
     /// the run stops at the next message, which stays queued.
     broken: Option<String>,
+    /// The micro-batch filling up (`--batch-size`), oldest first.
+    batch: Vec<Held>,
+    /// When the oldest message of `batch` came.
+    batch_started: Option<Instant>,
+    /// A batch stopped the run unhandled: nothing more may be acked (an ack would cover it).
+    abandoned: bool,
+}
+
+/// A message taken into a micro-batch, not yet handed to the model.
+struct Held {
+    d: Delivery,
+    input_id: String,
 }
 
 impl<'a> Stage<'a> {
@@ -149,6 +168,9 @@ impl<'a> Stage<'a> {
             counts: Counts::default(),
             failures_in_a_row: 0,
             broken: None,
+            batch: Vec::new(),
+            batch_started: None,
+            abandoned: false,
         })
     }
 
@@ -163,7 +185,7 @@ impl<'a> Stage<'a> {
 
     /// The messages one answer becomes; their ids derive from `input_id`.
     fn answers(&self, d: &Delivery, input_id: &str, body: Vec<u8>) -> Vec<Message> {
-        let binary = self.cfg.child.framing == Framing::Frames;
+        let binary = matches!(self.cfg.child.framing, Framing::Frames | Framing::FrameBatch(_));
         let answer = |to: &str, label| codec::answer(d, input_id, body.clone(), binary, to, label);
         match &self.cfg.output {
             StageOutput::Queue(q) => vec![answer(&q.name, format!("answer to {input_id}"))],
@@ -274,41 +296,174 @@ impl<'a> Stage<'a> {
         self.producer.publish(msg)
     }
 
-    /// The child failed on the input in hand: stop the run (a broken model or a signal: the
-    /// input stays queued) or send it to the failed queue.
-    fn child_failed(&mut self, d: &Delivery, input_id: &str, f: Failure) -> Result<()> {
+    /// The child failed on `inputs` (one message, or a batch): stop the run (a broken model
+    /// or a signal: the inputs stay queued) or send them to the failed queue.
+    fn child_failed(&mut self, inputs: &[(&Delivery, &str)], f: Failure) -> Result<()> {
         self.failures_in_a_row += 1;
+        let stays = match inputs {
+            [(_, id)] => format!("message {id} stays in {}", self.cfg.input.name),
+            _ => format!("the batch's {} messages stay in {}", inputs.len(), self.cfg.input.name),
+        };
         match f.blame {
             Blame::Model => {
                 return Err(eyre!(
-                    "--exec {:?} cannot run: {}; fix the command (the message stays in {})",
+                    "--exec {:?} cannot run: {}; fix the command ({stays})",
                     self.cfg.exec,
                     f.reason,
-                    self.cfg.input.name
                 ));
             }
             Blame::Stopped => {
                 return Err(eyre!(
-                    "--exec {:?} was {}; message {input_id} stays in {}",
+                    "--exec {:?} was {}; {stays}",
                     self.cfg.exec,
                     f.reason.trim_start_matches("the --exec child failed: "),
-                    self.cfg.input.name
                 ));
             }
             Blame::Message => {}
         }
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
             return Err(eyre!(
-                "--exec {:?} failed on {} messages in a row, the last time: {}; stopping \
-                 (the message stays in {}); fix the model and run again",
+                "--exec {:?} failed on {} {} in a row, the last time: {}; stopping ({stays}); \
+                 fix the model and run again",
                 self.cfg.exec,
                 self.failures_in_a_row,
+                if self.cfg.batch > 1 || self.cfg.json_batch { "calls" } else { "messages" },
                 f.reason,
-                self.cfg.input.name
             ));
         }
-        self.send_to_failed(d, input_id, &f.reason)?;
-        self.reply_error(d, input_id, &f.reason)
+        for (d, input_id) in inputs {
+            self.send_to_failed(d, input_id, &f.reason)?;
+            self.reply_error(d, input_id, &f.reason)?;
+        }
+        Ok(())
+    }
+
+    /// `serve`: whether request `d` is past the deadline its client set
+    /// (`x-mqdemo-deadline`, Unix milliseconds; `request --timeout` sets it).
+    fn past_deadline(&self, d: &Delivery) -> bool {
+        if !matches!(self.cfg.output, StageOutput::Replies { .. }) {
+            return false;
+        }
+        codec::deadline(&d.headers).is_some_and(|due| codec::now_millis() > due)
+    }
+
+    /// A request past its deadline: acked unanswered (its client has given up), counted, and
+    /// copied to `--failed-queue` when one was given.
+    fn expire(&mut self, d: &Delivery, input_id: &str) -> Result<()> {
+        self.counts.expired += 1;
+        if self.cfg.failed_given {
+            self.seen.forget(d);
+            self.producer.publish(failed_copy(
+                d,
+                d.body.clone(),
+                input_id,
+                DEADLINE_PASSED,
+                &self.cfg.failed.name,
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the stage hands the model micro-batches.
+    fn batching(&self) -> bool {
+        self.cfg.batch > 1 || self.cfg.json_batch
+    }
+
+    /// Hand the held batch to the model and publish its answers. A batch that stops the run
+    /// leaves the stage abandoned: nothing more is acked, so its messages stay queued.
+    fn run_batch(&mut self) -> Result<()> {
+        let held = std::mem::take(&mut self.batch);
+        self.batch_started = None;
+        let result = self.answer_batch(&held);
+        if result.is_err() {
+            self.abandoned = true;
+        }
+        let c = self.counts;
+        self.reporter.status(|| status_text(&c));
+        result
+    }
+
+    fn answer_batch(&mut self, held: &[Held]) -> Result<()> {
+        // What goes to the model: requests it may answer, each in the framing's shape.
+        let mut todo: Vec<(&Held, Vec<u8>)> = Vec::with_capacity(held.len());
+        for h in held {
+            if self.past_deadline(&h.d) {
+                self.expire(&h.d, &h.input_id)?;
+            } else if let Err(why) = self.reply_queue(&h.d) {
+                self.send_to_failed(&h.d, &h.input_id, &why)?;
+            } else if !self.cfg.json_batch {
+                todo.push((h, Vec::new()));
+            } else {
+                match batch::json_item(&h.d.body, h.d.content_type.as_deref()) {
+                    Ok(item) => todo.push((h, item)),
+                    Err(why) => {
+                        self.send_to_failed(&h.d, &h.input_id, &why)?;
+                        self.reply_error(&h.d, &h.input_id, &why)?;
+                    }
+                }
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let inputs: Vec<(&Delivery, &str)> = todo
+            .iter()
+            .map(|(h, _)| {
+                let h: &Held = h;
+                (&h.d, h.input_id.as_str())
+            })
+            .collect();
+        let request = if self.cfg.json_batch {
+            let items: Vec<&[u8]> = todo.iter().map(|(_, i)| i.as_slice()).collect();
+            Ok(batch::json_request(&items))
+        } else {
+            let bodies: Vec<&[u8]> = todo.iter().map(|(h, _)| h.d.body.as_slice()).collect();
+            batch::frames_request(&bodies)
+        };
+        let answered = request.map_err(|why| Failure::new(why, Blame::Message)).and_then(|req| {
+            let bytes = match self.child.call(&req)? {
+                Answer::Output(bytes) => bytes,
+                Answer::Nothing => Vec::new(),
+            };
+            let parsed = if self.cfg.json_batch {
+                batch::json_answers(&bytes, todo.len())
+            } else {
+                batch::frames_answers(&bytes, todo.len())
+            };
+            parsed.map_err(|why| {
+                Failure::new(format!("the --exec child failed: {why}"), Blame::Message)
+            })
+        });
+        let answers = match answered {
+            Ok(answers) => answers,
+            Err(f) => {
+                if f.out_of_turn {
+                    self.broken = Some(f.reason.clone());
+                }
+                return self.child_failed(&inputs, f);
+            }
+        };
+        self.failures_in_a_row = 0;
+        // One settle for the batch: its answers came as one.
+        if let Err(f) = self.child.settled(SETTLE_CAP) {
+            self.broken = Some(f.reason.clone());
+            for (d, input_id) in &inputs {
+                self.send_to_failed(d, input_id, &f.reason)?;
+                self.reply_error(d, input_id, &f.reason)?;
+            }
+            return Ok(());
+        }
+        for ((d, input_id), answer) in inputs.into_iter().zip(answers) {
+            match answer {
+                BatchAnswer::Nothing => self.counts.silent += 1,
+                BatchAnswer::Output(_) if self.past_deadline(d) => self.expire(d, input_id)?,
+                BatchAnswer::Output(body) => {
+                    self.counts.answered += 1;
+                    self.publish_answers(d, input_id, body)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn close(mut self) -> (crate::amqp::PublishReport, Result<()>) {
@@ -340,13 +495,29 @@ impl Handler for Stage<'_> {
         self.seen.insert(d);
         self.counts.messages += 1;
         self.counts.bytes += d.body.len() as u64;
-        if let Err(why) = self.reply_queue(d) {
+        if self.batching() {
+            // Acked with the rest once the batch is answered (`holding` keeps the ack back).
+            self.batch.push(Held { d: std::mem::take(d), input_id });
+            let started = *self.batch_started.get_or_insert_with(Instant::now);
+            if self.batch.len() >= self.cfg.batch || started.elapsed() >= self.cfg.batch_wait {
+                self.run_batch()?;
+            }
+            return Ok(Disposition::Ack);
+        }
+        if self.past_deadline(d) {
+            // Its client has given up: no reply (it would come late), no model call.
+            self.expire(d, &input_id)?;
+        } else if let Err(why) = self.reply_queue(d) {
             self.send_to_failed(d, &input_id, &why)?;
         } else {
             let called = Instant::now();
             let answer = self.child.call(&self.model_input(d));
             crate::metrics::model_call(called.elapsed(), 1);
             match answer {
+                Ok(Answer::Output(_)) if self.past_deadline(d) => {
+                    self.failures_in_a_row = 0;
+                    self.expire(d, &input_id)?;
+                }
                 Ok(Answer::Output(body)) => {
                     self.failures_in_a_row = 0;
                     self.counts.answered += 1;
@@ -360,7 +531,7 @@ impl Handler for Stage<'_> {
                     if f.out_of_turn {
                         self.broken = Some(f.reason.clone());
                     }
-                    self.child_failed(d, &input_id, f)?;
+                    self.child_failed(&[(d, &input_id)], f)?;
                 }
             }
         }
@@ -369,7 +540,27 @@ impl Handler for Stage<'_> {
         Ok(Disposition::Ack)
     }
 
+    fn holding(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.batch_started.map(|t| t + self.cfg.batch_wait)
+    }
+
+    fn dropped(&mut self) {
+        for h in std::mem::take(&mut self.batch) {
+            self.seen.forget(&h.d);
+            self.counts.messages -= 1;
+            self.counts.bytes -= h.d.body.len() as u64;
+        }
+        self.batch_started = None;
+    }
+
     fn idle(&mut self) -> Result<()> {
+        if self.due().is_some_and(|due| Instant::now() >= due) {
+            self.run_batch()?;
+        }
         let c = self.counts;
         self.reporter.catch_up(|| status_text(&c));
         match self.child.check_alive() {
@@ -384,6 +575,15 @@ impl Handler for Stage<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
+        if self.abandoned {
+            return Err(eyre!(
+                "a batch stopped the run unanswered; its messages stay in {}",
+                self.cfg.input.name
+            ));
+        }
+        if !self.batch.is_empty() {
+            self.run_batch()?;
+        }
         for (label, why) in self.producer.flush()? {
             if label.starts_with(REPLY_LABEL) {
                 // The client went away (its reply queue is gone): nothing to deliver to.

@@ -38,6 +38,20 @@ pub trait Handler {
     fn idle(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Whether the handler holds deliveries it has not handled yet (a micro-batch filling
+    /// up): no ack is sent meanwhile (an ack covers every delivery before it), unless the
+    /// run ends, when `flush` must handle them first.
+    fn holding(&self) -> bool {
+        false
+    }
+    /// When what the handler holds is due (its `idle` handles it then): the consumer waits
+    /// no longer than this for the next delivery.
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+    /// The channel was lost: the deliveries the handler holds will come again, so it lets
+    /// go of them without handling them.
+    fn dropped(&mut self) {}
 }
 
 /// When the consumer loop stops.
@@ -237,6 +251,10 @@ impl<'a> ConsumeState<'a> {
             // With stored-but-unacked deliveries, wait only briefly: a busy stream is acked
             // (and its sink flushed) in batches, a quiet one within a few milliseconds.
             let wait = if self.unacked > 0 { wait.min(ACK_DELAY) } else { wait };
+            let wait = match handler.due() {
+                Some(due) => wait.min(due.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
                     if !self.take(limits) {
@@ -250,8 +268,14 @@ impl<'a> ConsumeState<'a> {
                 }
                 Ok(other) => return Err(self.ended(other)),
                 Err(RecvTimeoutError::Timeout) => {
-                    self.ack_pending(handler)?;
+                    if !handler.holding() {
+                        self.ack_pending(handler)?;
+                    }
                     handler.idle()?;
+                    // A batch that came due is handled now: ack it.
+                    if !handler.holding() {
+                        self.ack_pending(handler)?;
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
             }
@@ -271,7 +295,10 @@ impl<'a> ConsumeState<'a> {
                 self.unacked += 1;
                 // Before a change of prefetch the ack waits: a sink may block in flush (a
                 // pipe's reader), and the next deliveries should not wait for it.
-                if self.unacked >= self.ack_every && self.wanted() == self.prefetch {
+                if self.unacked >= self.ack_every
+                    && self.wanted() == self.prefetch
+                    && !handler.holding()
+                {
                     self.ack_pending(handler)?;
                 }
                 Ok(())
@@ -381,6 +408,8 @@ pub fn consume(
         };
         let error = discard(session, error, true);
         connected.set(false);
+        // Whatever the handler still holds was not acked: it comes again.
+        handler.dropped();
         if limits.stop.load(Ordering::SeqCst) {
             return Ok((total, Err(error)));
         }

@@ -87,15 +87,17 @@ pub fn with_client<T>(
 }
 
 impl RpcClient<'_> {
-    /// Publish `msg` as a request (its route's correlation id set by the caller).
-    pub fn send(&mut self, mut msg: Message) -> Result<()> {
+    /// Publish `msg` as a request (its route's correlation id set by the caller) that
+    /// expires (AMQP `expiration`) after `ttl`: the client stops waiting for it then.
+    pub fn send(&mut self, mut msg: Message, ttl: Duration) -> Result<()> {
         msg.route.reply_to = Some(self.reply_queue.clone());
+        let ms = ttl.as_millis().max(1);
         let publish = Publish {
             body: &msg.body,
             routing_key: self.queue.clone(),
             mandatory: true,
             immediate: false,
-            properties: properties(&msg),
+            properties: properties(&msg).with_expiration(ms.to_string()),
         };
         self.channel
             .basic_publish("", publish)

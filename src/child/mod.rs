@@ -187,6 +187,8 @@ impl ModelChild {
                     .to_be_bytes();
                 [&len, body]
             }
+            // Made whole by the caller (`codec::batch::frames_request`).
+            Framing::FrameBatch(_) => [body, b""],
             Framing::Lines => {
                 line = one_line(body).ok_or_else(|| {
                     Failure::new(

@@ -4,6 +4,7 @@
 //! stdin under a deadline that a stop signal shortens.
 
 use super::Framing;
+use crate::codec::batch::FramesSplit;
 use crossbeam_channel::Sender;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -127,6 +128,7 @@ pub(super) fn read_answers(
             match framing {
                 Framing::Lines => "line break",
                 Framing::Frames => "complete frame",
+                Framing::FrameBatch(_) => "complete batch of frames",
             }
         )));
     }
@@ -169,6 +171,11 @@ fn split(buf: &[u8], framing: Framing, max: usize, scanned: &mut usize) -> Split
             }
             Split::Answer { body: 4..4 + n, used: 4 + n }
         }
+        Framing::FrameBatch(count) => match crate::codec::batch::frames_split(buf, count, max) {
+            FramesSplit::Need => Split::Need,
+            FramesSplit::TooLong(why) => Split::TooLong(why),
+            FramesSplit::Whole(used) => Split::Answer { body: 0..used, used },
+        },
     }
 }
 

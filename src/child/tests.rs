@@ -90,6 +90,18 @@ fn frames_carry_any_bytes() {
 }
 
 #[test]
+fn a_frame_batch_is_one_call_and_one_answer() {
+    let mut c = child("cat", Framing::FrameBatch(3), T);
+    let big: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let req = crate::codec::batch::frames_request(&[b"a", &big, b""]).expect("request");
+    assert_eq!(c.call(&req).expect("answer"), Answer::Output(req.clone()));
+    // More answers than the batch holds break the framing: the child is stopped.
+    let mut c = child("cat", Framing::FrameBatch(2), T);
+    let f = c.call(&req).expect_err("three answers to a batch of at most two");
+    assert!(f.reason.contains("more than a batch holds"), "{}", f.reason);
+}
+
+#[test]
 fn a_crash_fails_the_message_with_the_reason_and_the_next_call_restarts() {
     let mut c = child(
         r#"while IFS= read -r l; do if [ "$l" = boom ]; then echo "ValueError: boom" >&2; exit 3; fi; echo ok; done"#,

@@ -9,6 +9,9 @@ pub enum Framing {
     Lines,
     /// Length-prefixed frames (any bytes: images).
     Frames,
+    /// `--framing frames --batch-size N` (N > 1): a 4-byte count, then that many frames,
+    /// each way (the request comes whole from `codec::batch::frames_request`); at most N.
+    FrameBatch(usize),
 }
 
 /// What the child answered.
@@ -44,7 +47,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub(super) fn new(reason: impl Into<String>, blame: Blame) -> Failure {
+    pub(crate) fn new(reason: impl Into<String>, blame: Blame) -> Failure {
         Failure { reason: reason.into(), blame, out_of_turn: false }
     }
 }

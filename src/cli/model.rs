@@ -14,6 +14,9 @@ pub const DEFAULT_MAX_STDERR_LINE: u64 = 8 * 1024;
 /// Default seconds a model child may take to answer one message.
 pub const DEFAULT_EXEC_TIMEOUT_SECS: f64 = 60.0;
 
+/// Default seconds the oldest message of a batch waits for more.
+pub const DEFAULT_BATCH_WAIT_SECS: f64 = 0.01;
+
 /// How message bodies and answers are delimited on the model child's stdin/stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FramingArg {
@@ -21,6 +24,10 @@ pub enum FramingArg {
     Lines,
     /// A 4-byte big-endian length then the bytes, each way (images, any binary body).
     Frames,
+    /// Micro-batches (with --batch-size): one line holding a JSON array of up to N inputs (a
+    /// JSON body as it is, a text body as a JSON string); the model answers one line holding
+    /// a JSON array of exactly as many answers, in order, null for "no output".
+    JsonBatch,
     /// One JSON line per message, its envelope (as `consume tabular --format envelope`
     /// writes it): properties, headers (headers.source: the input's file) and the body as
     /// body (JSON), body_text or body_base64; the model answers one line, as with lines.
@@ -40,6 +47,17 @@ pub struct ModelArgs {
     /// message's headers and properties. Example: --framing frames; --framing envelope
     #[arg(long, value_enum, default_value_t = FramingArg::Lines)]
     pub framing: FramingArg,
+
+    /// Inputs handed to the model in one call (json-batch, or frames: a 4-byte count, then
+    /// the frames, both ways); the inputs are acked once all their answers are confirmed.
+    /// The prefetch is raised to at least twice N. Example: --batch-size 64
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=10_000), value_name = "N")]
+    pub batch_size: u16,
+
+    /// Longest a message waits for its batch to fill before the batch is handed to the model
+    /// as it is (fractional seconds). Example: --batch-wait 0.05
+    #[arg(long, default_value_t = DEFAULT_BATCH_WAIT_SECS, value_parser = super::secs, value_name = "SECS")]
+    pub batch_wait: f64,
 
     /// Seconds the child may take for one message; past it the child is restarted and the
     /// message goes to the failed queue. Example: --exec-timeout 10

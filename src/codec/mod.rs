@@ -4,6 +4,7 @@
 //! [`Delivery`] back into data. They never touch the network, the file system or the terminal.
 
 pub mod answer;
+pub mod batch;
 pub mod envelope;
 pub mod failed;
 pub mod file;
@@ -61,6 +62,26 @@ pub enum HeaderValue {
 
 /// Headers by name.
 pub type Headers = BTreeMap<String, HeaderValue>;
+
+/// Header of a request: when its client stops waiting for the answer, in Unix milliseconds
+/// (`request --timeout` sets it; `serve` does not answer a request past it).
+pub const DEADLINE_HEADER: &str = "x-mqdemo-deadline";
+
+/// A request's deadline ([`DEADLINE_HEADER`]), if it has one.
+pub fn deadline(headers: &Headers) -> Option<i64> {
+    match headers.get(DEADLINE_HEADER) {
+        Some(HeaderValue::Int(ms)) => Some(*ms),
+        Some(HeaderValue::Str(s)) => s.trim().parse().ok(),
+        None => None,
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// A message ready to publish: everything but the publisher-owned properties
 /// (`delivery_mode`, `app_id`, `timestamp`).

@@ -169,6 +169,7 @@ pub(super) fn stage(
     m: cli::ModelArgs,
 ) -> Result<StageConfig, UsageError> {
     let input = queue_spec(Some(input), &m.queue_args, Kind::Tabular)?;
+    let failed_given = m.failed_queue.is_some();
     let failed_name = m.failed_queue.unwrap_or_else(|| format!("{}.failed", input.name));
     let failed = failed_spec(failed_name, &input)?;
     let clash = match &output {
@@ -185,6 +186,16 @@ pub(super) fn stage(
         return Err(UsageError("--exec: give the command that runs your model".into()));
     }
     let idle_timeout = m.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
+    let batch = usize::from(m.batch_size);
+    if batch > 1 && matches!(m.framing, cli::FramingArg::Lines | cli::FramingArg::Envelope) {
+        return Err(UsageError(format!(
+            "--batch-size {batch}: needs --framing json-batch (a JSON array of inputs per line) \
+             or --framing frames (a count, then the frames); lines and envelope hand the model \
+             one message per call"
+        )));
+    }
+    // The next batch arrives while one is answered and confirmed.
+    let prefetch = m.prefetch.max(u16::try_from(batch * 2).unwrap_or(u16::MAX));
     Ok(StageConfig {
         input,
         output,
@@ -192,7 +203,10 @@ pub(super) fn stage(
         exec: m.exec,
         child: crate::child::ChildOptions {
             framing: match m.framing {
-                cli::FramingArg::Lines | cli::FramingArg::Envelope => crate::child::Framing::Lines,
+                cli::FramingArg::Lines | cli::FramingArg::Envelope | cli::FramingArg::JsonBatch => {
+                    crate::child::Framing::Lines
+                }
+                cli::FramingArg::Frames if batch > 1 => crate::child::Framing::FrameBatch(batch),
                 cli::FramingArg::Frames => crate::child::Framing::Frames,
             },
             timeout: seconds("--exec-timeout", m.exec_timeout, false)?,
@@ -200,9 +214,13 @@ pub(super) fn stage(
             max_stderr_line: usize::try_from(m.max_stderr_line).unwrap_or(usize::MAX),
         },
         envelope: m.framing == cli::FramingArg::Envelope,
+        batch,
+        json_batch: m.framing == cli::FramingArg::JsonBatch,
+        batch_wait: seconds("--batch-wait", m.batch_wait, true)?,
+        failed_given,
         allow_reply_to: Vec::new(),
         workers: usize::from(m.workers),
-        prefetch: m.prefetch,
+        prefetch,
         count: m.count,
         idle_timeout,
         publisher: default_publisher(),

@@ -90,6 +90,15 @@ pub struct StageConfig {
     /// `--framing envelope`: the child is handed each message's envelope (a line) instead
     /// of its body.
     pub envelope: bool,
+    /// Inputs per model call: 1 = one at a time, as the framing says; more (or `json_batch`)
+    /// = micro-batches (`codec::batch`).
+    pub batch: usize,
+    /// `--framing json-batch`: the model gets a JSON array of inputs per call.
+    pub json_batch: bool,
+    /// Longest the oldest message of a batch waits for the batch to fill.
+    pub batch_wait: Duration,
+    /// `--failed-queue` was given: `serve` also sends requests past their deadline there.
+    pub failed_given: bool,
     /// Reply-queue name patterns `serve` answers to besides the reply queues it always
     /// allows.
     pub allow_reply_to: Vec<String>,

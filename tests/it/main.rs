@@ -4,6 +4,7 @@
 mod attacks;
 mod attacks11;
 mod attacks11b;
+mod batch15;
 mod broker;
 mod cluster;
 mod confirms;

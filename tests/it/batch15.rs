@@ -1,0 +1,474 @@
+//! Issue 15, items 1 and 2: micro-batches (`pipe`/`serve --batch-size N`, `--framing
+//! json-batch` and batched `frames`) and request deadlines (`request --timeout` sets
+//! `expiration` and `x-mqdemo-deadline`; `serve` never answers a request past it). Real
+//! broker, real binary, real model processes.
+
+use crate::stage_kit::{drain, header_int, header_str, pipe, publish_indexed, rows, shifted};
+use crate::support::{TestQueue, connect, mqdemo, s, wait_until};
+use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const RUN: Duration = Duration::from_secs(60);
+
+/// A json-batch model that echoes each input as its answer and appends the size of every
+/// batch it was handed to `log` (one line per call).
+fn logging_echo(log: &Path) -> String {
+    format!(
+        "python3 -c 'import sys, json\nfor l in sys.stdin:\n    b = json.loads(l)\n    \
+         open(\"{}\", \"a\").write(str(len(b)) + \"\\n\")\n    print(json.dumps(b, separators=(\",\", \":\")), flush=True)'",
+        s(log)
+    )
+}
+
+fn batch_sizes(log: &Path) -> Vec<usize> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().expect("a batch size"))
+        .collect()
+}
+
+/// Every input answered once, with its own answer, and nothing left behind.
+fn assert_all_answered_once(answers: &[amiquip::Delivery], inputs: &[Vec<u8>], stderr: &str) {
+    let bad = shifted(answers, inputs);
+    assert!(bad.is_empty(), "answers given to the wrong input: {bad:?}\n{stderr}");
+    let mut ks: Vec<i64> = answers.iter().filter_map(|a| header_int(a, "k")).collect();
+    ks.sort_unstable();
+    let want: Vec<i64> = (0..inputs.len() as i64).collect();
+    assert_eq!(ks, want, "every input answered exactly once\n{stderr}");
+}
+
+#[test]
+fn json_batches_fill_up_to_the_batch_size_and_answer_every_row_once() {
+    let from = TestQueue::new("jb-in");
+    let to = TestQueue::new("jb-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls");
+    let inputs = rows(300);
+    publish_indexed(&from, &inputs, None);
+    let out = pipe(
+        &from,
+        &to,
+        &logging_echo(&log),
+        &["--framing", "json-batch", "--batch-size", "16", "--batch-wait", "1s", "--count", "300"],
+    )
+    .run()
+    .expect_code(0);
+    let answers = drain(&to);
+    assert_all_answered_once(&answers, &inputs, &out.stderr);
+    let sizes = batch_sizes(&log);
+    assert_eq!(sizes.iter().sum::<usize>(), 300, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 16), "a batch over --batch-size: {sizes:?}");
+    // With 300 messages queued and a second to fill, batches are full.
+    assert!(sizes.iter().filter(|&&n| n == 16).count() >= 17, "batches not filled: {sizes:?}");
+    assert_eq!(from.depth(), 0);
+    assert!(out.stderr.contains("answered 300"), "{}", out.stderr);
+}
+
+/// A batch that cannot fill is handed over once its oldest message has waited --batch-wait,
+/// not when the run ends.
+#[test]
+fn a_batch_that_cannot_fill_goes_to_the_model_after_the_batch_wait() {
+    let from = TestQueue::new("jb-wait-in");
+    let to = TestQueue::new("jb-wait-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls");
+    let exec = logging_echo(&log);
+    let run = pipe(
+        &from,
+        &to,
+        &exec,
+        &["--framing", "json-batch", "--batch-size", "64", "--batch-wait", "200ms"],
+    )
+    .watch();
+    let inputs = rows(5);
+    // Once the consumer is up (its queue declared), five messages: a batch of 64 never fills.
+    wait_until(RUN, "the pipe's consumer", || {
+        std::process::Command::new("rabbitmqctl")
+            .args(["list_consumers", "-q"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&from.name))
+    });
+    let sent = Instant::now();
+    publish_indexed(&from, &inputs, None);
+    wait_until(RUN, "five answers", || to.depth() == 5);
+    let took = sent.elapsed();
+    run.signal("TERM");
+    let out = run.finish(RUN);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(took >= Duration::from_millis(150), "answered before the batch wait: {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(batch_sizes(&log).iter().sum::<usize>(), 5);
+    assert_all_answered_once(&drain(&to), &inputs, &out.stderr);
+}
+
+/// A wrong answer count, or an answer that is not JSON, fails the whole batch: every input
+/// of it goes to the failed queue with the reason; the other batches are answered.
+#[test]
+fn a_wrong_answer_count_or_bad_json_fails_the_whole_batch() {
+    let from = TestQueue::new("jb-bad-in");
+    let to = TestQueue::new("jb-bad-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let mut inputs = rows(40);
+    inputs[5] = br#"{"i":5,"drop":true}"#.to_vec();
+    inputs[25] = br#"{"i":25,"garble":true}"#.to_vec();
+    publish_indexed(&from, &inputs, None);
+    // Batches of 10 (all 40 are queued before the run): [0..10) answers one short,
+    // [20..30) answers garbage, the others echo.
+    let model = "python3 -c 'import sys, json\nfor l in sys.stdin:\n    b = json.loads(l)\n    \
+                 if any(r.get(\"drop\") for r in b): b = b[1:]\n    \
+                 if any(r.get(\"garble\") for r in b): print(\"[{oops\", flush=True); continue\n    \
+                 print(json.dumps(b, separators=(\",\", \":\")), flush=True)'";
+    let out = pipe(
+        &from,
+        &to,
+        model,
+        &["--framing", "json-batch", "--batch-size", "10", "--batch-wait", "2s", "--count", "40"],
+    )
+    .run();
+    assert_eq!(out.code(), Some(1), "failed inputs make exit 1: {}", out.stderr);
+    let answers = drain(&to);
+    let failures = drain(&failed);
+    assert_eq!(answers.len(), 20, "{}", out.stderr);
+    assert!(shifted(&answers, &inputs).is_empty());
+    assert_eq!(failures.len(), 20, "{}", out.stderr);
+    let mut failed_ks: Vec<i64> = failures.iter().filter_map(|f| header_int(f, "k")).collect();
+    failed_ks.sort_unstable();
+    let want: Vec<i64> = (0..10).chain(20..30).collect();
+    assert_eq!(failed_ks, want);
+    let reasons: Vec<String> =
+        failures.iter().filter_map(|f| header_str(f, "x-mqdemo-error")).collect();
+    assert!(reasons.iter().any(|r| r.contains("9 answers to a batch of 10")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("not a JSON array")), "{reasons:?}");
+    for f in &failures {
+        assert_eq!(f.body, inputs[header_int(f, "k").expect("k") as usize], "kept unchanged");
+    }
+    assert_eq!(from.depth(), 0);
+}
+
+/// Batched frames: a count, then the frames, both ways; a binary body goes through
+/// untouched and a zero-length answer frame means no output.
+#[test]
+fn frame_batches_carry_binary_bodies_and_count_both_ways() {
+    let from = TestQueue::new("fb-in");
+    let to = TestQueue::new("fb-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let mut inputs: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i, 0, 255, b'\n', i]).collect();
+    inputs[7] = vec![]; // answered with nothing
+    publish_indexed(&from, &inputs, None);
+    // Echo every frame (an empty one stays empty: no output); log each batch's count.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls");
+    let model = format!(
+        "python3 -c 'import sys, struct\ni, o = sys.stdin.buffer, sys.stdout.buffer\n\
+         def rd(n):\n    b = i.read(n)\n    if len(b) < n: sys.exit(0)\n    return b\n\
+         while True:\n    (k,) = struct.unpack(\">I\", rd(4))\n    \
+         fs = [rd(struct.unpack(\">I\", rd(4))[0]) for _ in range(k)]\n    \
+         open(\"{}\", \"a\").write(str(k) + \"\\n\")\n    o.write(struct.pack(\">I\", k))\n    \
+         [o.write(struct.pack(\">I\", len(f)) + f) for f in fs]\n    o.flush()'",
+        s(&log)
+    );
+    let out = pipe(
+        &from,
+        &to,
+        &model,
+        &["--framing", "frames", "--batch-size", "8", "--batch-wait", "1s", "--count", "50"],
+    )
+    .run()
+    .expect_code(0);
+    let answers = drain(&to);
+    assert_eq!(answers.len(), 49, "{}", out.stderr);
+    assert!(shifted(&answers, &inputs).is_empty(), "binary bodies unchanged, in order");
+    assert!(out.stderr.contains("no answer 1"), "{}", out.stderr);
+    assert_eq!(failed.depth(), 0);
+    let sizes = batch_sizes(&log);
+    assert_eq!(sizes.iter().sum::<usize>(), 50);
+    assert!(sizes.iter().all(|&n| n <= 8) && sizes.contains(&8), "{sizes:?}");
+
+    // The same shape answered with one frame too few fails the batch.
+    publish_indexed(&from, &inputs[..4], None);
+    let short = "python3 -c 'import sys, struct\ni, o = sys.stdin.buffer, sys.stdout.buffer\n\
+                 while True:\n    h = i.read(4)\n    if len(h) < 4: break\n    \
+                 (k,) = struct.unpack(\">I\", h)\n    \
+                 fs = [i.read(struct.unpack(\">I\", i.read(4))[0]) for _ in range(k)]\n    \
+                 o.write(struct.pack(\">I\", k - 1))\n    \
+                 [o.write(struct.pack(\">I\", len(f)) + f) for f in fs[1:]]\n    o.flush()'";
+    let out = pipe(
+        &from,
+        &to,
+        short,
+        &["--framing", "frames", "--batch-size", "4", "--batch-wait", "1s", "--count", "4"],
+    )
+    .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert_eq!(to.depth(), 0, "nothing of a failed batch is published");
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 4, "{}", out.stderr);
+    let why = header_str(&failures[0], "x-mqdemo-error").unwrap_or_default();
+    assert!(why.contains("3 frames to a batch of 4"), "{why}");
+}
+
+/// A batch's inputs are acked only once their answers are confirmed: killed while the model
+/// works on a batch, mqdemo leaves every input of it in the queue.
+#[test]
+fn a_batch_in_the_model_when_mqdemo_is_killed_stays_queued() {
+    let from = TestQueue::new("jb-kill-in");
+    let to = TestQueue::new("jb-kill-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let took = dir.path().join("took");
+    let inputs = rows(12);
+    publish_indexed(&from, &inputs, None);
+    // The model says it has the batch, then takes its time (its pid kept, to end it).
+    let model = format!(
+        "echo $$ > {took}.pid; while read l; do echo got > {took}; sleep 30; echo \"$l\"; done",
+        took = s(&took)
+    );
+    let run = pipe(
+        &from,
+        &to,
+        &model,
+        &["--framing", "json-batch", "--batch-size", "12", "--batch-wait", "5s"],
+    )
+    .watch();
+    wait_until(RUN, "the model to take the batch", || took.exists());
+    run.signal("KILL");
+    let _ = run.finish(RUN);
+    if let Ok(pid) = std::fs::read_to_string(dir.path().join("took.pid")) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", pid.trim())])
+            .status();
+        let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+    wait_until(RUN, "every input back in the queue", || from.depth() == 12);
+    assert_eq!(to.depth(), 0);
+}
+
+/// --workers 2: each worker batches on its own, and every message is answered once.
+#[test]
+fn workers_batch_on_their_own_and_answer_every_message_once() {
+    let from = TestQueue::new("jb-workers-in");
+    let to = TestQueue::new("jb-workers-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls");
+    let inputs = rows(400);
+    publish_indexed(&from, &inputs, None);
+    let out = pipe(
+        &from,
+        &to,
+        &logging_echo(&log),
+        &["--framing", "json-batch", "--batch-size", "32", "--workers", "2", "--count", "400"],
+    )
+    .run()
+    .expect_code(0);
+    assert_all_answered_once(&drain(&to), &inputs, &out.stderr);
+    let sizes = batch_sizes(&log);
+    assert_eq!(sizes.iter().sum::<usize>(), 400);
+    assert!(sizes.iter().all(|&n| n <= 32), "{sizes:?}");
+}
+
+/// --count with batches: exactly N inputs are taken; the rest stay queued.
+#[test]
+fn count_stops_a_batching_pipe_after_exactly_n_inputs() {
+    let from = TestQueue::new("jb-count-in");
+    let to = TestQueue::new("jb-count-out");
+    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let inputs = rows(100);
+    publish_indexed(&from, &inputs, None);
+    let out = pipe(
+        &from,
+        &to,
+        "cat",
+        &["--framing", "json-batch", "--batch-size", "16", "--count", "50"],
+    )
+    .run()
+    .expect_code(0);
+    assert_eq!(to.depth(), 50, "{}", out.stderr);
+    assert_eq!(from.depth(), 50);
+}
+
+#[test]
+fn batch_size_needs_a_batch_framing() {
+    for framing in ["lines", "envelope"] {
+        let out = mqdemo(&[
+            "pipe",
+            "--from",
+            "x-bs-in",
+            "--to",
+            "x-bs-out",
+            "--exec",
+            "cat",
+            "--framing",
+            framing,
+            "--batch-size",
+            "8",
+        ])
+        .run()
+        .expect_code(2);
+        let first = out.first_error_line();
+        assert!(first.contains("--batch-size 8") && first.contains("json-batch"), "{first}");
+    }
+    let out = mqdemo(&["serve", "--exec", "cat", "--batch-size", "0"]).run().expect_code(2);
+    assert!(out.stderr.contains("--batch-size"), "{}", out.stderr);
+}
+
+// ---- deadlines ----
+
+fn publish_request(q: &TestQueue, body: &[u8], deadline_ms: i64, k: i64) {
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
+        .expect("declare");
+    let mut h = FieldTable::new();
+    h.insert("x-mqdemo-deadline".into(), AmqpValue::LongLongInt(deadline_ms));
+    h.insert("k".into(), AmqpValue::LongLongInt(k));
+    let props = AmqpProperties::default()
+        .with_headers(h)
+        .with_message_id(format!("{}-req-{k}", q.name))
+        .with_correlation_id(format!("c{k}"))
+        .with_content_type("application/json".to_string());
+    ch.basic_publish("", Publish::with_properties(body, q.name.clone(), props)).expect("publish");
+    let _ = ch.close();
+    let _ = conn.close();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The issue's case: a model that takes 1 s per call, 20 requests with --timeout 0.5 and
+/// --concurrency 20: the model is called for at most a few, every request is reported as
+/// timed out, no answer arrives late, and the queue ends empty.
+#[test]
+fn serve_does_not_compute_requests_whose_client_gave_up() {
+    let q = TestQueue::new("dl-req");
+    let results = TestQueue::new("dl-results");
+    let _failed = TestQueue::named(format!("{}.failed", q.name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = dir.path().join("calls");
+    let csv = dir.path().join("r.csv");
+    let mut text = String::from("id,v\n");
+    for i in 0..20 {
+        text.push_str(&format!("{i},{}\n", i * 2));
+    }
+    std::fs::write(&csv, text).expect("csv");
+    let model = format!("while read l; do echo x >> {}; sleep 1; echo \"$l\"; done", s(&calls));
+    let serve =
+        mqdemo(&["serve", "--queue", &q.name, "--results-queue", &results.name, "--exec", &model])
+            .watch();
+    wait_until(RUN, "serve's consumer", || {
+        std::process::Command::new("rabbitmqctl")
+            .args(["list_consumers", "-q"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&q.name))
+    });
+    let out = mqdemo(&[
+        "request",
+        "--queue",
+        &q.name,
+        "--file",
+        s(&csv),
+        "--timeout",
+        "0.5",
+        "--concurrency",
+        "20",
+    ])
+    .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let timeouts = out.stdout.lines().filter(|l| l.contains("no reply within 0.5 s")).count();
+    assert_eq!(timeouts, 20, "every request reported as timed out:\n{}", out.stdout);
+    // Give serve time to drain what it holds, then stop it.
+    wait_until(RUN, "the request queue to empty", || q.depth() == 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    serve.signal("TERM");
+    let served = serve.finish(RUN);
+    assert_eq!(served.code(), Some(0), "{}", served.stderr);
+    let called = std::fs::read_to_string(&calls).unwrap_or_default().lines().count();
+    assert!(called <= 3, "the model computed {called} expired requests:\n{}", served.stderr);
+    assert_eq!(results.depth(), 0, "an answer was sent after its deadline");
+    assert_eq!(q.depth(), 0);
+}
+
+/// `request --timeout` sets the AMQP expiration and x-mqdemo-deadline on each request.
+#[test]
+fn request_timeout_sets_expiration_and_the_deadline_header() {
+    let q = TestQueue::new("dl-props");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("r.csv");
+    std::fs::write(&csv, "id\n1\n").expect("csv");
+    let before = now_ms();
+    let req =
+        mqdemo(&["request", "--queue", &q.name, "--file", s(&csv), "--timeout", "20"]).watch();
+    wait_until(RUN, "the request in the queue", || q.depth() == 1);
+    let d = q.get().expect("the request");
+    req.signal("TERM");
+    let _ = req.finish(RUN);
+    assert_eq!(d.properties.expiration().as_deref(), Some("20000"));
+    let deadline = header_int(&d, "x-mqdemo-deadline").expect("deadline header");
+    assert!(deadline >= before + 20_000 && deadline <= now_ms() + 20_000, "{deadline}");
+}
+
+/// A request already past its deadline is never handed to the model; with --failed-queue
+/// it is kept there with the reason, and nothing is answered (in batches too).
+#[test]
+fn expired_requests_skip_the_model_and_go_to_the_given_failed_queue() {
+    for batched in [false, true] {
+        let q = TestQueue::new("dl-exp");
+        let results = TestQueue::new("dl-exp-results");
+        let failed = TestQueue::new("dl-exp-failed");
+        let default_failed = TestQueue::named(format!("{}.failed", q.name));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let calls = dir.path().join("calls");
+        let now = now_ms();
+        publish_request(&q, br#"{"a":0}"#, now - 1000, 0);
+        publish_request(&q, br#"{"a":1}"#, now + 600_000, 1);
+        publish_request(&q, br#"{"a":2}"#, now - 5, 2);
+        let model = format!("while read l; do echo x >> {}; echo \"$l\"; done", s(&calls));
+        let mut args = vec![
+            "serve",
+            "--queue",
+            &q.name,
+            "--results-queue",
+            &results.name,
+            "--failed-queue",
+            &failed.name,
+            "--exec",
+            &model,
+            "--count",
+            "3",
+        ];
+        if batched {
+            args.extend(["--framing", "json-batch", "--batch-size", "4", "--batch-wait", "1s"]);
+        }
+        let out = mqdemo(&args).run().expect_code(0);
+        assert!(out.stderr.contains("expired 2"), "{}", out.stderr);
+        let answers = drain(&results);
+        assert_eq!(answers.len(), 1, "{}", out.stderr);
+        assert_eq!(header_int(&answers[0], "k"), Some(1));
+        let called = std::fs::read_to_string(&calls).unwrap_or_default().lines().count();
+        assert_eq!(called, 1, "batched={batched}");
+        let kept = drain(&failed);
+        assert_eq!(kept.len(), 2);
+        for k in &kept {
+            assert_eq!(header_str(k, "x-mqdemo-error").as_deref(), Some("deadline passed"));
+        }
+        assert_eq!(default_failed.depth(), 0);
+        assert_eq!(q.depth(), 0);
+    }
+    // Without --failed-queue an expired request is acked and counted, not kept.
+    let q = TestQueue::new("dl-drop");
+    let default_failed = TestQueue::named(format!("{}.failed", q.name));
+    publish_request(&q, br#"{"a":0}"#, now_ms() - 1000, 0);
+    let out = mqdemo(&["serve", "--queue", &q.name, "--exec", "cat", "--count", "1"])
+        .run()
+        .expect_code(0);
+    assert!(out.stderr.contains("expired 1"), "{}", out.stderr);
+    assert_eq!(default_failed.depth(), 0);
+    assert_eq!(q.depth(), 0);
+}
