@@ -55,7 +55,6 @@ struct Input {
     acked: Counter,
     duplicate: Counter,
     failed: Counter,
-    #[allow(dead_code, reason = "counted once serve checks request deadlines (issue 15)")]
     expired: Counter,
     in_flight: Gauge,
 }
@@ -310,7 +309,6 @@ pub(crate) fn failed() {
 }
 
 /// A request's deadline passed before the model was called for it.
-#[allow(dead_code, reason = "called once serve checks request deadlines (issue 15)")]
 pub(crate) fn expired() {
     if let Some(m) = input() {
         m.expired.inc();

@@ -351,6 +351,7 @@ impl<'a> Stage<'a> {
     /// copied to `--failed-queue` when one was given.
     fn expire(&mut self, d: &Delivery, input_id: &str) -> Result<()> {
         self.counts.expired += 1;
+        crate::metrics::expired();
         if self.cfg.failed_given {
             self.seen.forget(d);
             self.producer.publish(failed_copy(
@@ -421,7 +422,10 @@ impl<'a> Stage<'a> {
             batch::frames_request(&bodies)
         };
         let answered = request.map_err(|why| Failure::new(why, Blame::Message)).and_then(|req| {
-            let bytes = match self.child.call(&req)? {
+            let called = Instant::now();
+            let answer = self.child.call(&req);
+            crate::metrics::model_call(called.elapsed(), todo.len());
+            let bytes = match answer? {
                 Answer::Output(bytes) => bytes,
                 Answer::Nothing => Vec::new(),
             };

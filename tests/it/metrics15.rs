@@ -111,6 +111,24 @@ fn metrics15_consume_counts_equal_its_summary() {
 
 #[test]
 fn metrics15_pipe_counts_equal_its_summary() {
+    let text = pipe_run(&[]);
+    assert_eq!(value(&text, "mqdemo_model_call_seconds_count"), Some(300.0), "{text}");
+    assert_eq!(value(&text, "mqdemo_batch_size_bucket{le=\"1\"}"), Some(300.0), "{text}");
+}
+
+#[test]
+fn metrics15_batched_pipe_counts_calls_and_batch_sizes() {
+    // `cat` echoes the JSON array line: as many answers as inputs, in order.
+    let text = pipe_run(&["--framing", "json-batch", "--batch-size", "50", "--batch-wait", "1"]);
+    let calls = value(&text, "mqdemo_model_call_seconds_count").unwrap_or(0.0);
+    assert_eq!(value(&text, "mqdemo_batch_size_count"), Some(calls), "{text}");
+    assert_eq!(value(&text, "mqdemo_batch_size_sum"), Some(300.0), "{text}");
+    assert!((6.0..300.0).contains(&calls), "batches of up to 50: {calls} calls\n{text}");
+}
+
+/// `pipe --exec cat` with `extra` over the 300 sample rows, scraped until every input is
+/// acked; checks the counts against the summary and returns the last scrape.
+fn pipe_run(extra: &[&str]) -> String {
     let input = TestQueue::new("metrics15-pipe-in");
     let output = TestQueue::new("metrics15-pipe-out");
     let _failed = TestQueue::named(format!("{}.failed", input.name));
@@ -118,7 +136,7 @@ fn metrics15_pipe_counts_equal_its_summary() {
     let json = dir.path().join("summary.json");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let run = mqdemo(&[
+    let args = [
         "pipe",
         "--from",
         &input.name,
@@ -130,8 +148,8 @@ fn metrics15_pipe_counts_equal_its_summary() {
         &addr,
         "--summary-json",
         s(&json),
-    ])
-    .watch();
+    ];
+    let run = mqdemo(&[&args[..], extra].concat()).watch();
     wait_until(DEADLINE, "/ready 200", || http_get(port, "/ready").is_some_and(|r| r.0 == 200));
     produce_sample(&input, &["-q"]).run().expect_code(0);
     let mut text = String::new();
@@ -149,9 +167,8 @@ fn metrics15_pipe_counts_equal_its_summary() {
     assert_eq!(counter(&text, "messages_published", &output.name), answered, "{text}");
     assert_eq!(counter(&text, "messages_confirmed", &output.name), answered, "{text}");
     assert_eq!(counter(&text, "messages_failed", &input.name), 0, "{text}");
-    assert_eq!(value(&text, "mqdemo_model_call_seconds_count"), Some(300.0), "{text}");
-    assert_eq!(value(&text, "mqdemo_batch_size_bucket{le=\"1\"}"), Some(300.0), "{text}");
     assert_eq!(output.depth(), 300);
+    text
 }
 
 #[test]
@@ -237,4 +254,39 @@ fn metrics15_a_taken_port_stops_the_run_before_a_message_is_taken() {
     }
     assert_eq!(q.depth(), 5, "every message still queued");
     assert!(!crate::support::queue_exists(&never.name), "pipe declared nothing");
+}
+
+#[test]
+fn metrics15_serve_counts_expired_requests() {
+    let q = TestQueue::new("metrics15-serve");
+    let _failed = TestQueue::named(format!("{}.failed", q.name));
+    let results = TestQueue::new("metrics15-results");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("summary.json");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["serve", "--queue", &q.name, "--results-queue", &results.name, "--exec", "cat"];
+    let more = ["--metrics-addr", &addr, "--summary-json", s(&json)];
+    let run = mqdemo(&[&args[..], &more].concat()).watch();
+    wait_until(DEADLINE, "/ready 200", || http_get(port, "/ready").is_some_and(|r| r.0 == 200));
+    // Two requests whose client gave up long ago, and one still wanted.
+    for (id, deadline) in [("old-1", 1), ("old-2", 1), ("new", i64::MAX)] {
+        let mut h = amiquip::FieldTable::new();
+        h.insert("x-mqdemo-deadline".into(), amiquip::AmqpValue::LongLongInt(deadline));
+        q.publish_raw(br#"{"x":1}"#, props(id).with_headers(h));
+    }
+    let mut text = String::new();
+    wait_until(DEADLINE, "3 requests acked in /metrics", || {
+        text = scrape(port);
+        counter(&text, "messages_acked", &q.name) == 3
+    });
+    run.signal("TERM");
+    run.finish(DEADLINE).expect_code(0);
+    let sum = summary(&json);
+    assert_eq!(sum["expired"], 2, "{sum}");
+    assert_eq!(counter(&text, "requests_expired", &q.name), 2, "{text}");
+    assert_eq!(counter(&text, "messages_confirmed", &results.name), 1, "{text}");
+    assert_eq!(value(&text, "mqdemo_model_call_seconds_count"), Some(1.0), "{text}");
+    // No reply_to: no series of its own, and the shared one untouched.
+    assert_eq!(counter(&text, "messages_published", "(reply_to)"), 0, "{text}");
 }
