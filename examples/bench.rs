@@ -92,6 +92,7 @@ fn main() -> Res<()> {
         ("produce text", Box::new(|| files(&env, "text", &texts, true, 1))),
         ("consume text", Box::new(|| files(&env, "text", &texts, false, 1))),
         ("consume text workers", Box::new(|| files(&env, "text", &texts, false, 4))),
+        ("consume tabular metrics", Box::new(|| consume_metrics(&env, &csv))),
     ];
     let mut table = Vec::new();
     for (name, case) in &cases {
@@ -604,6 +605,94 @@ fn consume_tabular(env: &Env, csv: &Path, batch: usize) -> Res<Row> {
         rss_kb: Some(rss),
         note: format!("{msgs} messages, {} rows written", env.rows),
     })
+}
+
+/// `consume tabular` with `--metrics-addr` against without (issue 15: within 3%): the same
+/// messages, runs alternated (which goes first swaps each pair), /metrics scraped every
+/// 250 ms while a run with it goes on (Prometheus' default is every 15 s).
+fn consume_metrics(env: &Env, csv: &Path) -> Res<Row> {
+    let q = format!("bench-metrics-{}", std::process::id());
+    let bodies = rows_messages(csv, 1)?;
+    let msgs = bodies.len();
+    let out = env.dir.join("metrics-rows.jsonl");
+    let pairs = if env.quick { 1 } else { env.runs.max(5) };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut with, mut without, mut scrapes, mut rss) = (vec![], vec![], 0, 0);
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for metered in order {
+            reset(&env.url, &q)?;
+            ceiling_publish(&env.url, &q, &bodies)?;
+            let _ = std::fs::remove_file(&out);
+            let count = msgs.to_string();
+            let mut args = vec!["consume", "tabular", "--queue", &q, "--count", &count];
+            args.extend(["--output", out.to_str().ok_or("path")?, "--prefetch", "1000"]);
+            if metered {
+                args.extend(["--metrics-addr", &addr]);
+            }
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let (r, scraped) = std::thread::scope(|s| {
+                let scraper = s.spawn(|| scrape_until(port, &done));
+                let r = mqdemo(env, &args);
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                (r, scraper.join().unwrap_or(0))
+            });
+            let r = r?;
+            if r.messages != msgs as u64 {
+                return Err(format!("mqdemo consumed {} of {msgs}", r.messages).into());
+            }
+            expect_depth(&env.url, &q, 0, "mqdemo consume")?;
+            rss = rss.max(r.rss_kb.unwrap_or(0));
+            if metered {
+                scrapes += scraped;
+                with.push(env.rows as f64 / r.seconds);
+            } else {
+                without.push(env.rows as f64 / r.seconds);
+            }
+        }
+    }
+    reset(&env.url, &q)?;
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        format!("{}-{}", fmt(Some(lo)), fmt(Some(hi)))
+    };
+    let spreads = format!("runs with {}, without {}", spread(&with), spread(&without));
+    let (with, without) = (median(with), median(without));
+    Ok(Row {
+        case: "consume tabular to a file, --metrics-addr (vs without)".into(),
+        unit: "rows/s",
+        ceiling: None,
+        mqdemo: with,
+        pika: None,
+        pika_confirm: None,
+        rss_kb: Some(rss),
+        note: format!(
+            "without: {} rows/s; with/without {}; {pairs} alternated pairs ({spreads}); \
+             {scrapes} scrapes of /metrics (every 250 ms)",
+            fmt(without),
+            ratio(with, without)
+        ),
+    })
+}
+
+/// GET /metrics on 127.0.0.1:port every 250 ms until `done`; how many answered 200.
+fn scrape_until(port: u16, done: &std::sync::atomic::AtomicBool) -> usize {
+    use std::io::{Read, Write};
+    let mut ok = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let addr = ([127, 0, 0, 1], port).into();
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            if s.read_to_string(&mut text).is_ok() && text.starts_with("HTTP/1.1 200") {
+                ok += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ok
 }
 
 fn files(env: &Env, kind: &str, dir: &Path, produce: bool, workers: usize) -> Res<Row> {

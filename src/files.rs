@@ -117,7 +117,7 @@ impl FileHandler {
     }
 
     fn duplicate(&mut self, d: &Delivery) -> Disposition {
-        self.tally.counts.duplicates += 1;
+        self.tally.duplicate();
         self.handled(d)
     }
 
@@ -130,7 +130,7 @@ impl FileHandler {
         for stored in group {
             match stored {
                 Stored::Written(_) => self.tally.counts.written += 1,
-                Stored::Duplicate(_) => self.tally.counts.duplicates += 1,
+                Stored::Duplicate(_) => self.tally.duplicate(),
                 Stored::Renamed { wanted, written } => {
                     self.tally.counts.renamed += 1;
                     self.tally.warn(&format!(

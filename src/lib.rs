@@ -19,6 +19,7 @@ pub(crate) mod csv_output;
 pub(crate) mod demo;
 pub(crate) mod failed_cmd;
 mod files;
+pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod produce;
 pub(crate) mod request;
@@ -39,6 +40,10 @@ use std::sync::Arc;
 /// the end with something skipped or failed (the summary says what).
 pub fn run(cli: cli::Cli) -> Result<bool> {
     let config = Config::from_cli(cli)?;
+    if let Some(addr) = config.global.metrics_addr {
+        let (input, outputs) = metered_queues(&config.action);
+        metrics::start(addr, input, &outputs)?;
+    }
     let stop = signals::install()?;
     let started = std::time::Instant::now();
     let outcome = match &config.action {
@@ -85,6 +90,26 @@ pub fn run(cli: cli::Cli) -> Result<bool> {
             }
             Err(error)
         }
+    }
+}
+
+/// The queue a long-running command consumes and those it publishes to: the `queue` labels
+/// of its metrics.
+fn metered_queues(action: &Action) -> (&str, Vec<&str>) {
+    match action {
+        Action::Consume(c) => (&c.queue.name, c.failed.iter().map(|f| f.name.as_str()).collect()),
+        Action::Stage(s) => {
+            let mut out = match &s.output {
+                config::StageOutput::Queue(q) => vec![q.name.as_str()],
+                config::StageOutput::Replies { results } => {
+                    let results = results.iter().map(|r| r.name.as_str());
+                    results.chain([metrics::REPLY_TO_LABEL]).collect()
+                }
+            };
+            out.push(&s.failed.name);
+            (&s.input.name, out)
+        }
+        _ => ("", Vec::new()),
     }
 }
 

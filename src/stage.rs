@@ -288,6 +288,7 @@ impl<'a> Stage<'a> {
             &self.cfg.failed.name,
         ))?;
         self.counts.failed += 1;
+        crate::metrics::failed();
         Ok(())
     }
 
@@ -375,6 +376,7 @@ impl<'a> Stage<'a> {
     /// copied to `--failed-queue` when one was given.
     fn expire(&mut self, d: &Delivery, input_id: &str) -> Result<()> {
         self.counts.expired += 1;
+        crate::metrics::expired();
         if self.cfg.failed_given {
             self.seen.forget(d);
             self.producer.publish(failed_copy(
@@ -445,7 +447,10 @@ impl<'a> Stage<'a> {
             batch::frames_request(&bodies)
         };
         let answered = request.map_err(|why| Failure::new(why, Blame::Message)).and_then(|req| {
-            let bytes = match self.child.call(&req)? {
+            let called = Instant::now();
+            let answer = self.child.call(&req);
+            crate::metrics::model_call(called.elapsed(), todo.len());
+            let bytes = match answer? {
                 Answer::Output(bytes) => bytes,
                 Answer::Nothing => Vec::new(),
             };
@@ -500,6 +505,7 @@ impl Handler for Stage<'_> {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
         if self.seen.contains(d) {
             self.counts.duplicates += 1;
+            crate::metrics::duplicate();
             return Ok(Disposition::Ack);
         }
         if let Some(why) = &self.broken {
@@ -542,7 +548,10 @@ impl Handler for Stage<'_> {
         } else if let Err(why) = self.reply_queue(d) {
             self.send_to_failed(d, &input_id, &why)?;
         } else {
-            match self.child.call(&self.model_input(d)) {
+            let called = Instant::now();
+            let answer = self.child.call(&self.model_input(d));
+            crate::metrics::model_call(called.elapsed(), 1);
+            match answer {
                 Ok(Answer::Output(_)) if self.late(d) => {
                     self.failures_in_a_row = 0;
                     self.expire(d, &input_id)?;

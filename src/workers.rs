@@ -29,6 +29,7 @@ pub(crate) fn drive(
     reporter: &Reporter,
 ) -> Result<(ConsumeOutcome, Option<color_eyre::eyre::Report>)> {
     let (claimed, halt) = (AtomicU64::new(0), AtomicBool::new(false));
+    crate::metrics::expect_workers(handlers.len());
     // --prefetch-bytes bounds the process: each worker holds its share.
     let workers = u64::try_from(handlers.len()).unwrap_or(u64::MAX).max(1);
     let limits = ConsumeLimits {

@@ -130,6 +130,8 @@ impl<'a> ConsumeState<'a> {
         handler: &mut dyn Handler,
     ) -> Result<Receiver<ConsumerMessage>> {
         let ep = self.endpoint;
+        // Up from the first consumer on, through re-consumes for a new prefetch (`/ready`).
+        let mut consuming = crate::metrics::Up::consuming(false);
         loop {
             let prefetch = self.wanted();
             self.channel.qos(0, prefetch, false).map_err(|e| explain(e, ep, "setting QoS"))?;
@@ -139,6 +141,7 @@ impl<'a> ConsumeState<'a> {
                 .channel
                 .basic_consume(self.queue, ConsumerOptions::default())
                 .map_err(|e| explain(e, ep, "starting the consumer"))?;
+            consuming.set(true);
             let flow = self.run(consumer.receiver(), limits, handler).and_then(|flow| match flow {
                 Flow::Done => Ok(Flow::Done),
                 Flow::Resize => self.resize(&consumer, limits, handler),
@@ -291,6 +294,7 @@ impl<'a> ConsumeState<'a> {
 
     fn delivered(&mut self, mut d: amiquip::Delivery, handler: &mut dyn Handler) -> Result<()> {
         self.outcome.received += 1;
+        crate::metrics::received();
         let size = d.body.len() as u64;
         self.largest = Some(self.largest.map_or(size, |l| l.max(size)));
         let mut ours = delivery(&mut d);
@@ -314,6 +318,7 @@ impl<'a> ConsumeState<'a> {
                 d.reject(self.channel, false)
                     .map_err(|e| explain(e, self.endpoint, "rejecting"))?;
                 self.outcome.rejected += 1;
+                crate::metrics::released(1);
                 Ok(())
             }
             Err(e) => {
@@ -357,6 +362,7 @@ impl<'a> ConsumeState<'a> {
         handler.flush()?;
         last.ack_multiple(self.channel).map_err(|e| explain(e, self.endpoint, "acking"))?;
         self.outcome.acked += self.unacked;
+        crate::metrics::acked(self.unacked);
         self.unacked = 0;
         Ok(())
     }
@@ -415,6 +421,7 @@ pub fn consume(
 ) -> Result<(ConsumeOutcome, Result<()>)> {
     // The first connection and declare are checked inputs: failing them stops the run at once.
     let (mut session, mut current) = Session::open_first(endpoints)?;
+    let mut connected = crate::metrics::Up::connected(true);
     let info = session.declare_queue(spec)?;
     on_event(LinkEvent::Queued(info.messages));
     let mut total = ConsumeOutcome::default();
@@ -436,6 +443,7 @@ pub fn consume(
             return Ok((total, Ok(())));
         };
         let error = discard(session, error, true);
+        connected.set(false);
         // Whatever the handler still holds was not acked: it comes again.
         handler.dropped();
         if limits.stop.load(Ordering::SeqCst) {
@@ -448,7 +456,10 @@ pub fn consume(
                 Ok(s)
             });
         match reopened {
-            Ok(s) => session = s,
+            Ok(s) => {
+                session = s;
+                connected.set(true);
+            }
             Err(e) => return Ok((total, Err(e))),
         }
     }
@@ -494,6 +505,8 @@ fn consume_once(
     };
     let result = state.consume(limits, handler);
     let outcome = state.outcome;
+    // Handled but not acked (the connection was lost, or the run stopped): back to the queue.
+    crate::metrics::released(outcome.received.saturating_sub(outcome.acked + outcome.rejected));
     *largest = state.largest;
     let keep_alive = match result {
         Ok(rx) => rx,

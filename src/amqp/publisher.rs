@@ -124,6 +124,8 @@ pub(super) struct Publisher {
     /// A declared queue that some message came back from 312 NO_ROUTE since the last retry.
     pub(super) unroutable: Option<String>,
     pub(super) report: PublishReport,
+    /// Published, confirmed and nacked counts and confirm times (`--metrics-addr`).
+    meter: Option<crate::metrics::Meter>,
 }
 
 impl Publisher {
@@ -145,6 +147,7 @@ impl Publisher {
         let returns = channel.listen_for_returns().map_err(|e| explain(e, &ep, "publishing"))?;
         channel.enable_publisher_confirms().map_err(|e| explain(e, &ep, "publishing"))?;
         let queue = queues.first().map_or_else(String::new, |s| s.name.clone());
+        let declared: Vec<String> = queues.iter().map(|s| s.name.clone()).collect();
         Ok(Publisher {
             channel,
             endpoint: ep,
@@ -152,7 +155,8 @@ impl Publisher {
             queue,
             target: target.clone(),
             unroutable_target: None,
-            declared: queues.iter().map(|s| s.name.clone()).collect(),
+            meter: crate::metrics::Meter::new(&declared),
+            declared,
             confirms,
             returns,
             blocked_rx: session.blocked_notices(),
@@ -193,6 +197,10 @@ impl Publisher {
             properties: self.target.properties(&msg),
         };
         let sent = self.channel.basic_publish(exchange, publish);
+        if let Some(meter) = &mut self.meter {
+            let key = msg.route.routing_key.as_ref().unwrap_or(&self.default_key);
+            meter.published(self.next_tag, key);
+        }
         self.pending_bytes += msg.body.len();
         self.pending.push_back((self.next_tag, msg));
         self.next_tag += 1;
@@ -333,6 +341,10 @@ impl Publisher {
             Confirm::Ack(p) => (p, true),
             Confirm::Nack(p) => (p, false),
         };
+        if let Some(meter) = &mut self.meter {
+            let times = take_settled(&mut meter.sent, payload.delivery_tag, payload.multiple);
+            meter.settled(times, acked);
+        }
         for msg in take_settled(&mut self.pending, payload.delivery_tag, payload.multiple) {
             self.pending_bytes -= msg.body.len();
             if let Some((code, why)) = self.returned.remove(&msg.message_id) {

@@ -89,6 +89,7 @@ pub(super) fn reconnect<T>(
         let ep = &endpoints[*current];
         match connect(ep) {
             Ok(t) => {
+                crate::metrics::reconnected();
                 on_event(LinkEvent::Reconnected { url: ep.masked().to_string() });
                 return Ok(t);
             }

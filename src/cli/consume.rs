@@ -43,6 +43,14 @@ pub struct ConsumeCommon {
     /// Example: --workers 4
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64), value_name = "N")]
     pub workers: u8,
+
+    /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, with health
+    /// checks /ready (200 while connected and consuming, else 503) and /live. Off by
+    /// default; no authentication: keep it on 127.0.0.1 or a private network.
+    /// Example: --metrics-addr 127.0.0.1:9090
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Where messages that cannot be used (not JSON, a column the CSV lacks, a bad sha256, a
     /// row SQLite refuses) go: mqdemo publishes each as it came, plus an x-mqdemo-error
     /// header with the reason, and acks it only once the broker confirmed the copy.

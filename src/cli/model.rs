@@ -102,6 +102,13 @@ pub struct ModelArgs {
     #[arg(long, value_parser = super::secs, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
 
+    /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, with health
+    /// checks /ready (200 while connected and consuming, else 503) and /live. Off by
+    /// default; no authentication: keep it on 127.0.0.1 or a private network.
+    /// Example: --metrics-addr 127.0.0.1:9090
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Queue arguments, for every queue the command declares.
     #[command(flatten)]
     pub queue_args: QueueArgs,

@@ -22,7 +22,7 @@ pub use filter::{FileFilter, is_hidden};
 pub use publish::Publish;
 use urls::endpoints;
 pub use urls::split_urls;
-use values::seconds;
+use values::{metrics_addr, seconds};
 
 /// Bad usage: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub struct Global {
     /// Bytes of message bodies a consumer (consume, pipe, serve) may hold, prefetched and in
     /// hand, over all its workers (`--prefetch-bytes`).
     pub prefetch_bytes: u64,
+    /// Where `/metrics`, `/ready` and `/live` are served (`--metrics-addr`; consume, pipe
+    /// and serve), if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The command to run.
@@ -324,16 +327,19 @@ impl Config {
         let timeout = seconds("--connect-timeout", g.connect_timeout, false)?;
         let endpoints = endpoints(g, timeout)?;
         let retry_for = seconds("--retry-for", g.retry_for, true)?;
-        let prefetch_bytes = match &cli.command {
+        let (prefetch_bytes, metrics) = match &cli.command {
             Command::Consume(
                 ConsumeCommand::Tabular(cli::ConsumeTabular { common, .. })
                 | ConsumeCommand::Image(cli::ConsumeFiles { common, .. })
                 | ConsumeCommand::Text(cli::ConsumeFiles { common, .. }),
-            ) => common.prefetch_bytes,
+            ) => (common.prefetch_bytes, common.metrics_addr.as_deref()),
             Command::Pipe(cli::PipeArgs { model, .. })
-            | Command::Serve(cli::ServeArgs { model, .. }) => model.prefetch_bytes,
-            _ => cli::DEFAULT_PREFETCH_BYTES,
+            | Command::Serve(cli::ServeArgs { model, .. }) => {
+                (model.prefetch_bytes, model.metrics_addr.as_deref())
+            }
+            _ => (cli::DEFAULT_PREFETCH_BYTES, None),
         };
+        let metrics_addr = metrics.map(metrics_addr).transpose()?;
         let summary_json = g.summary_json.clone();
         let global = Global {
             endpoints,
@@ -341,6 +347,7 @@ impl Config {
             quiet: g.quiet,
             summary_json,
             prefetch_bytes,
+            metrics_addr,
         };
         let action = match cli.command {
             Command::Produce(p) => Action::Produce(produce(p)?),

@@ -119,3 +119,22 @@ fn stdin_is_read_once_so_repeat_is_refused_and_globs_are_checked() {
     let err = config(&["produce", "text", "--include", "*.txt", "--include", "["]).expect_err("[");
     assert!(err.0.starts_with("--include \"[\""), "{}", err.0);
 }
+
+#[test]
+fn metrics_addr_is_host_and_port_on_the_long_running_commands() {
+    let global = |args: &[&str]| config(args).map(|c| c.global.metrics_addr);
+    let addr = global(&["consume", "text", "--metrics-addr", "127.0.0.1:9090"]).expect("valid");
+    assert_eq!(addr, Some("127.0.0.1:9090".parse().expect("addr")));
+    let v6 =
+        global(&["pipe", "--from", "a", "--to", "b", "--exec", "cat", "--metrics-addr", "[::1]:9"]);
+    assert_eq!(v6.expect("valid"), Some("[::1]:9".parse().expect("addr")));
+    let named = global(&["serve", "--exec", "cat", "--metrics-addr", "localhost:9090"]);
+    assert!(named.expect("localhost resolves").is_some_and(|a| a.port() == 9090));
+    assert_eq!(global(&["consume", "tabular"]).expect("off by default"), None);
+    for bad in ["9090", ":9090", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:70000", "no such host!:1"]
+    {
+        let err = global(&["consume", "tabular", "--metrics-addr", bad]).expect_err(bad);
+        assert!(err.0.starts_with(&format!("--metrics-addr {bad:?}:")), "{}", err.0);
+        assert!(err.0.contains("e.g. --metrics-addr 127.0.0.1:9090"), "{}", err.0);
+    }
+}

@@ -64,6 +64,34 @@ pub(super) fn encoding(label: &str) -> Result<Option<&'static encoding_rs::Encod
     }
 }
 
+/// `--metrics-addr HOST:PORT`: an IP address or a name that resolves (`localhost`), and a
+/// port other than 0 (a random port nobody could find to scrape).
+pub(super) fn metrics_addr(given: &str) -> Result<std::net::SocketAddr, UsageError> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: &str| {
+        UsageError(format!(
+            "--metrics-addr {given:?}: {why}; give HOST:PORT to listen on, e.g. --metrics-addr \
+             127.0.0.1:9090 (0.0.0.0:9090 for every interface)"
+        ))
+    };
+    let (host, port) = given.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(bad("port 0 would pick a random port, which nobody could scrape"));
+    }
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, port));
+    }
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Ok(addr),
+        _ => Err(bad("the host is neither an IP address nor a name that resolves")),
+    }
+}
+
 pub(super) fn queue_spec(
     given: Option<String>,
     args: &cli::QueueArgs,

@@ -61,7 +61,7 @@ impl Handler for DbHandler {
         };
         if stored == 0 {
             // Every row was already there: a redelivery (the table is the dedupe here).
-            self.tally.counts.duplicates += 1;
+            self.tally.duplicate();
             return Ok(Disposition::Ack);
         }
         Ok(self.tally.stored(d, stored))

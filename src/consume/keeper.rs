@@ -94,6 +94,7 @@ impl Handler for Keeper<'_> {
             Disposition::Reject(why) => why,
             stored => return Ok(stored),
         };
+        crate::metrics::failed();
         let Some(failed) = &mut self.failed else {
             self.reporter.warn(&format!("rejected message {}: {why}", d.id_or_hash()));
             return Ok(Disposition::Reject(why));

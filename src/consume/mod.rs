@@ -212,10 +212,16 @@ impl Tally {
     pub(crate) fn repeat(&mut self, d: &Delivery) -> bool {
         let seen = self.seen.contains(d);
         if seen {
-            self.counts.duplicates += 1;
+            self.duplicate();
             self.reporter.inc(1);
         }
         seen
+    }
+
+    /// A message found stored already (by id, by its rows, or a file of the same content).
+    pub(crate) fn duplicate(&mut self) {
+        self.counts.duplicates += 1;
+        crate::metrics::duplicate();
     }
 
     /// `d` is stored, with `rows` rows: remembered, counted, shown; ack it.

@@ -23,6 +23,7 @@ mod interop;
 mod limits;
 mod lines;
 mod meta14;
+mod metrics15;
 mod ml;
 mod model;
 mod proxy;
