@@ -20,7 +20,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a node may take to become ready (start or restart).
@@ -170,6 +170,43 @@ fn rabbitmq_ids() -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
+/// Private nodes that may run at once in one test process. Booting a node and every
+/// `rabbitmqctl` call start an Erlang VM: with many test threads, a dozen nodes booting at
+/// once on 2 cores push the tests' own deadlines; past this many, a test waits (before its
+/// node boots, so before any of its deadlines start) while lighter tests run.
+const NODE_SLOTS: usize = 4;
+
+/// A claim on `n` of the [`NODE_SLOTS`], given back on drop.
+pub struct NodeSlots {
+    n: usize,
+}
+
+static SLOTS_USED: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+impl NodeSlots {
+    /// Wait until `n` slots are free together, then hold them (all or none, so two
+    /// multi-node claims never hold part each and wait for each other).
+    pub fn take(n: usize) -> NodeSlots {
+        let n = n.min(NODE_SLOTS);
+        let (lock, freed) = &SLOTS_USED;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + n > NODE_SLOTS {
+            used = freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += n;
+        NodeSlots { n }
+    }
+}
+
+impl Drop for NodeSlots {
+    fn drop(&mut self) {
+        let (lock, freed) = &SLOTS_USED;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= self.n;
+        freed.notify_all();
+    }
+}
+
 /// A RabbitMQ node of its own, stopped and deleted (data and logs) on drop.
 pub struct PrivateBroker {
     /// Full Erlang node name, `NAME-PID-N@localhost`.
@@ -181,22 +218,34 @@ pub struct PrivateBroker {
     tls_port: Option<u16>,
     /// OS pid of the node's `beam.smp`, once it has been seen running.
     beam_pid: Mutex<Option<u32>>,
+    /// This node's claim on [`NODE_SLOTS`] (None inside a claim held by its caller);
+    /// dropped after the node has stopped.
+    _slot: Option<NodeSlots>,
 }
 
 impl PrivateBroker {
     /// Start a fresh node named after `name` (plus pid and a counter); panics with the tail
     /// of the node's log if it is not ready within 60 s.
+    /// Waits first while [`NODE_SLOTS`] nodes are running.
     pub fn start(name: &str) -> PrivateBroker {
-        PrivateBroker::launch(name, None)
+        let slot = NodeSlots::take(1);
+        PrivateBroker::launch(name, None, Some(slot))
+    }
+
+    /// Like [`PrivateBroker::start`], for a node counted in a [`NodeSlots`] claim its
+    /// caller holds (e.g. one claim for the three nodes of a cluster).
+    pub fn start_claimed(name: &str, _claim: &NodeSlots) -> PrivateBroker {
+        PrivateBroker::launch(name, None, None)
     }
 
     /// Like [`PrivateBroker::start`], plus a TLS listener (on its own port) presenting
     /// `ca.server_cert`; clients are not asked for certificates.
     pub fn start_tls(name: &str, ca: &TestCa) -> PrivateBroker {
-        PrivateBroker::launch(name, Some(ca))
+        let slot = NodeSlots::take(1);
+        PrivateBroker::launch(name, Some(ca), Some(slot))
     }
 
-    fn launch(name: &str, ca: Option<&TestCa>) -> PrivateBroker {
+    fn launch(name: &str, ca: Option<&TestCa>, slot: Option<NodeSlots>) -> PrivateBroker {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let clean: String =
@@ -232,8 +281,15 @@ impl PrivateBroker {
                 .expect("chown to rabbitmq (are the tests running as root?)");
         }
 
-        let broker =
-            PrivateBroker { node, dir, amqp_port, dist_port, tls_port, beam_pid: Mutex::new(None) };
+        let broker = PrivateBroker {
+            node,
+            dir,
+            amqp_port,
+            dist_port,
+            tls_port,
+            beam_pid: Mutex::new(None),
+            _slot: slot,
+        };
         // From here on a panic drops `broker`, which stops whatever was started.
         broker.boot();
         broker

@@ -7,7 +7,7 @@
 //! joining three nodes costs ~15 s, and each scenario leaves all three nodes running with
 //! its queue deleted, so the next starts from the same state.
 
-use crate::broker::PrivateBroker;
+use crate::broker::{NodeSlots, PrivateBroker};
 use crate::support::{Output, count_after, count_files, csv_rows, mqdemo, s, tree, wait_until};
 use amiquip::{Connection, QueueDeleteOptions};
 use serde_json::Value;
@@ -62,16 +62,22 @@ struct Member {
 pub struct Cluster {
     nodes: Vec<PrivateBroker>,
     up: Cell<[bool; 3]>,
+    /// The three nodes' claim on the private-node slots, given back after they stop.
+    _slots: NodeSlots,
 }
 
 impl Cluster {
     /// Boot three fresh nodes (in parallel), join the second and third to the first, and
     /// wait until every node's `cluster_status` lists all three as running.
     pub fn start(name: &str) -> Cluster {
+        let slots = NodeSlots::take(3);
         let started = Instant::now();
         let booted: Vec<std::thread::Result<PrivateBroker>> = std::thread::scope(|scope| {
+            let slots = &slots;
             let handles: Vec<_> = (0..3)
-                .map(|i| scope.spawn(move || PrivateBroker::start(&format!("{name}{i}"))))
+                .map(|i| {
+                    scope.spawn(move || PrivateBroker::start_claimed(&format!("{name}{i}"), slots))
+                })
                 .collect();
             handles.into_iter().map(|h| h.join()).collect()
         });
@@ -87,7 +93,7 @@ impl Cluster {
             drop(nodes); // stop the nodes that did boot
             std::panic::resume_unwind(panic);
         }
-        let cluster = Cluster { nodes, up: Cell::new([true; 3]) };
+        let cluster = Cluster { nodes, up: Cell::new([true; 3]), _slots: slots };
         cluster.nodes[1].join(&cluster.nodes[0]);
         cluster.nodes[2].join(&cluster.nodes[0]);
         cluster.wait_formed();

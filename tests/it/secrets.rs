@@ -109,7 +109,8 @@ fn help_shows_no_credentials() {
     assert!(out.stdout.contains("--url-file"), "{}", out.stdout);
 }
 
-/// A RabbitMQ user with a password made of every awkward character, deleted on drop.
+/// A RabbitMQ user of its own with a password made of every awkward character, deleted on
+/// drop.
 struct TestUser {
     name: String,
 }
@@ -121,7 +122,10 @@ const AWKWARD_IN_URL: &str = "Qz1%2FQz2,Qz3%3FQz4@Qz5%23Qz6:Qz7%25Qz8%20Qz9";
 
 impl TestUser {
     fn new() -> TestUser {
-        let name = format!("it-secrets-{}", std::process::id());
+        // One user per test: two tests running at once must not add (or delete) the same.
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("it-secrets-{}-{n}", std::process::id());
         let ctl = |args: &[&str]| {
             let status = Command::new("rabbitmqctl").arg("-q").args(args).status();
             assert!(status.is_ok_and(|s| s.success()), "rabbitmqctl {args:?} failed");
