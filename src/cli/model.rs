@@ -50,7 +50,7 @@ pub struct ModelArgs {
 
     /// Inputs handed to the model in one call (json-batch, or frames: a 4-byte count, then
     /// the frames, both ways); the inputs are acked once all their answers are confirmed.
-    /// The prefetch is raised to at least twice N. Example: --batch-size 64
+    /// The prefetch is raised to at least 8 x N. Example: --batch-size 64
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=10_000), value_name = "N")]
     pub batch_size: u16,
 

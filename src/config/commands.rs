@@ -194,8 +194,10 @@ pub(super) fn stage(
              one message per call"
         )));
     }
-    // The next batch arrives while one is answered and confirmed.
-    let prefetch = m.prefetch.max(u16::try_from(batch * 2).unwrap_or(u16::MAX));
+    // The next batches arrive while one is answered, and acks (each waiting for the answers'
+    // confirms) come every few batches, not after each: 8x measured 0.8x of the pipe's own
+    // ceiling with a 5 ms model at --batch-size 64, 2x only 0.7x.
+    let prefetch = m.prefetch.max(u16::try_from(batch * 8).unwrap_or(u16::MAX));
     Ok(StageConfig {
         input,
         output,
