@@ -212,6 +212,16 @@ impl Metrics {
 /// stops the run before it takes a message.
 pub(crate) fn start(addr: SocketAddr, input_queue: &str, outputs: &[&str]) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            return eyre!(
+                "--metrics-addr {addr}: cannot listen there ({e}): {} is not an address of \
+                 this machine; give one of its own, e.g. --metrics-addr 127.0.0.1:{} (or \
+                 0.0.0.0:{} for every interface)",
+                addr.ip(),
+                addr.port(),
+                addr.port()
+            );
+        }
         eyre!(
             "--metrics-addr {addr}: cannot listen there ({e}); give a free port (another \
              process, perhaps another mqdemo, holds this one), e.g. --metrics-addr {}:{}",

@@ -79,7 +79,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         let c = stage.counts;
         // Held in a batch the run stopped before (a signal, a failure): they stay queued.
         let unhandled: Vec<&Delivery> = stage.batch.iter().map(|h| &h.d).collect();
-        total.messages += c.messages - unhandled.len() as u64 - stage.stuck as u64;
+        total.messages += c.messages - unhandled.len() as u64;
         total.bytes += c.bytes - unhandled.iter().map(|d| d.body.len() as u64).sum::<u64>();
         total.answered += c.answered;
         total.silent += c.silent;
@@ -135,6 +135,14 @@ struct Stage<'a> {
     /// Messages of a batch that stopped the run: never handled, so never acked (they count
     /// as held, and come back with the nack or the channel's close).
     stuck: usize,
+}
+
+/// Why a message of a batch is not handed to the model.
+enum Alone {
+    /// Past its deadline (`serve`).
+    Expired,
+    /// To the failed queue for this reason; and (true) an error reply to its client.
+    Failed(String, bool),
 }
 
 /// A message taken into a micro-batch, not yet handed to the model.
@@ -304,11 +312,16 @@ impl<'a> Stage<'a> {
 
     /// The child failed on `inputs` (one message, or a batch): stop the run (a broken model
     /// or a signal: the inputs stay queued) or send them to the failed queue.
-    fn child_failed(&mut self, inputs: &[(&Delivery, &str)], f: Failure) -> Result<()> {
+    fn child_failed(
+        &mut self,
+        inputs: &[(&Delivery, &str)],
+        f: Failure,
+        size: usize,
+    ) -> Result<()> {
         self.failures_in_a_row += 1;
         let stays = match inputs {
-            [(_, id)] => format!("message {id} stays in {}", self.cfg.input.name),
-            _ => format!("the batch's {} messages stay in {}", inputs.len(), self.cfg.input.name),
+            [(_, id)] if size == 1 => format!("message {id} stays in {}", self.cfg.input.name),
+            _ => format!("the batch's {size} messages stay in {}", self.cfg.input.name),
         };
         match f.blame {
             Blame::Model => {
@@ -402,7 +415,10 @@ impl<'a> Stage<'a> {
         self.batch_started = None;
         let result = self.answer_batch(&held);
         if result.is_err() {
+            // Back to the queue, unhandled: not counted as taken.
             self.stuck += held.len();
+            self.counts.messages -= held.len() as u64;
+            self.counts.bytes -= held.iter().map(|h| h.d.body.len() as u64).sum::<u64>();
         }
         let c = self.counts;
         self.reporter.status(|| status_text(&c));
@@ -410,28 +426,44 @@ impl<'a> Stage<'a> {
     }
 
     fn answer_batch(&mut self, held: &[Held]) -> Result<()> {
-        // What goes to the model: requests it may answer, each in the framing's shape.
+        // What goes to the model: requests it may answer, each in the framing's shape. The
+        // others are settled only once the call did not stop the run: a batch that stops it
+        // goes back to the queue whole, so none of it may be in the failed queue already.
         let mut todo: Vec<(&Held, Vec<u8>)> = Vec::with_capacity(held.len());
+        let mut alone: Vec<(&Held, Alone)> = Vec::new();
         for h in held {
             if self.past_deadline(&h.d) {
-                self.expire(&h.d, &h.input_id)?;
+                alone.push((h, Alone::Expired));
             } else if let Err(why) = self.reply_queue(&h.d) {
-                self.send_to_failed(&h.d, &h.input_id, &why)?;
+                alone.push((h, Alone::Failed(why, false)));
             } else if !self.cfg.json_batch {
                 todo.push((h, Vec::new()));
             } else {
                 match batch::json_item(&h.d.body, h.d.content_type.as_deref()) {
                     Ok(item) => todo.push((h, item)),
-                    Err(why) => {
-                        self.send_to_failed(&h.d, &h.input_id, &why)?;
+                    Err(why) => alone.push((h, Alone::Failed(why, true))),
+                }
+            }
+        }
+        if !todo.is_empty() {
+            self.call_batch(&todo, held.len())?;
+        }
+        for (h, why) in alone {
+            match why {
+                Alone::Expired => self.expire(&h.d, &h.input_id)?,
+                Alone::Failed(why, reply) => {
+                    self.send_to_failed(&h.d, &h.input_id, &why)?;
+                    if reply {
                         self.reply_error(&h.d, &h.input_id, &why)?;
                     }
                 }
             }
         }
-        if todo.is_empty() {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// One model call for `todo` (of a batch of `size`), and its answers published.
+    fn call_batch(&mut self, todo: &[(&Held, Vec<u8>)], size: usize) -> Result<()> {
         let inputs: Vec<(&Delivery, &str)> = todo
             .iter()
             .map(|(h, _)| {
@@ -469,7 +501,7 @@ impl<'a> Stage<'a> {
                 if f.out_of_turn {
                     self.broken = Some(f.reason.clone());
                 }
-                return self.child_failed(&inputs, f);
+                return self.child_failed(&inputs, f, size);
             }
         };
         self.failures_in_a_row = 0;
@@ -569,7 +601,7 @@ impl Handler for Stage<'_> {
                     if f.out_of_turn {
                         self.broken = Some(f.reason.clone());
                     }
-                    self.child_failed(&[(d, &input_id)], f)?;
+                    self.child_failed(&[(d, &input_id)], f, 1)?;
                 }
             }
         }

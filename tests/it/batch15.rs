@@ -601,3 +601,39 @@ fn batch_wait_zero_still_takes_what_has_already_come() {
     assert_eq!(sizes.iter().sum::<usize>(), 200);
     assert!(sizes.len() < 100, "mostly batches of one: {sizes:?}");
 }
+
+/// A message of a batch that failed alone (a body json-batch cannot carry) went to the
+/// failed queue at once; when the model call then stopped the run, it stayed queued too,
+/// so a rerun failed it twice, and the summary counted the queued batch as piped.
+#[test]
+fn a_batch_that_stops_the_run_goes_back_whole_and_uncounted() {
+    let from = TestQueue::new("jb-whole-in");
+    let to = TestQueue::new("jb-whole-out");
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let mut inputs = rows(12);
+    inputs[9] = vec![0xff, 0xfe];
+    publish_indexed(&from, &inputs, None);
+    let out = pipe(
+        &from,
+        &to,
+        "while read l; do echo '[]'; done",
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "4",
+            "--batch-wait",
+            "2s",
+            "--idle-timeout",
+            "3",
+        ],
+    )
+    .run();
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("the batch's 4 messages stay"), "{}", out.stderr);
+    let failures = drain(&failed);
+    assert_eq!(failures.len(), 8, "{}", out.stderr);
+    assert!(failures.iter().all(|f| f.body != inputs[9]), "failed and still queued");
+    assert_eq!(from.depth(), 4);
+    assert!(out.stderr.contains("piped 8 messages"), "{}", out.stderr);
+}
