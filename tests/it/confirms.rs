@@ -50,9 +50,15 @@ impl Drainer {
                         consumer.ack(d).expect("ack");
                     }
                     Ok(_) => break,
-                    // Done only once the queue holds nothing ready: a pause in deliveries
-                    // on a loaded machine is not the end of the queue.
-                    Err(_) if flag.load(Ordering::SeqCst) && ready(&ch, &name) == 0 => break,
+                    // Done only once the queue holds nothing, ready or on its way to this
+                    // consumer: a pause in deliveries on a loaded machine is not the end.
+                    Err(_)
+                        if flag.load(Ordering::SeqCst)
+                            && ready(&ch, &name) == 0
+                            && held(&name).unwrap_or(0) == 0 =>
+                    {
+                        break;
+                    }
                     Err(_) => {}
                 }
             }
@@ -68,6 +74,21 @@ impl Drainer {
     fn finish(self) -> HashMap<Vec<u8>, u32> {
         self.done.store(true, Ordering::SeqCst);
         self.handle.join().expect("drainer thread")
+    }
+}
+
+/// Messages in `queue`, ready and delivered-but-unacked (rabbitmqctl: a passive declare
+/// counts only the ready ones, and a delivery on its way would be missed).
+fn held(queue: &str) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "messages"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.split('\t').next() == Some(queue));
+    match line {
+        Some(l) => l.split('\t').nth(1)?.trim().parse().ok(),
+        None => Some(0),
     }
 }
 
