@@ -11,6 +11,21 @@ use std::time::{Duration, Instant};
 
 const RUN: Duration = Duration::from_secs(60);
 
+/// A pipe's input queue, its output queue and its failed queue (`<input>.failed`).
+fn trio(name: &str) -> (TestQueue, TestQueue, TestQueue) {
+    let from = TestQueue::new(&format!("{name}-in"));
+    let to = TestQueue::new(&format!("{name}-out"));
+    let failed = TestQueue::named(format!("{}.failed", from.name));
+    (from, to, failed)
+}
+
+/// A temporary directory and the file in it a model logs its calls to.
+fn call_log() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls");
+    (dir, log)
+}
+
 /// A json-batch model that echoes each input as its answer and appends the size of every
 /// batch it was handed to `log` (one line per call).
 fn logging_echo(log: &Path) -> String {
@@ -41,11 +56,8 @@ fn assert_all_answered_once(answers: &[amiquip::Delivery], inputs: &[Vec<u8>], s
 
 #[test]
 fn json_batches_fill_up_to_the_batch_size_and_answer_every_row_once() {
-    let from = TestQueue::new("jb-in");
-    let to = TestQueue::new("jb-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("calls");
+    let (from, to, _failed) = trio("jb");
+    let (_dir, log) = call_log();
     let inputs = rows(300);
     publish_indexed(&from, &inputs, None);
     let out = pipe(
@@ -71,11 +83,8 @@ fn json_batches_fill_up_to_the_batch_size_and_answer_every_row_once() {
 /// not when the run ends.
 #[test]
 fn a_batch_that_cannot_fill_goes_to_the_model_after_the_batch_wait() {
-    let from = TestQueue::new("jb-wait-in");
-    let to = TestQueue::new("jb-wait-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("calls");
+    let (from, to, _failed) = trio("jb-wait");
+    let (_dir, log) = call_log();
     let exec = logging_echo(&log);
     let run = pipe(
         &from,
@@ -109,9 +118,7 @@ fn a_batch_that_cannot_fill_goes_to_the_model_after_the_batch_wait() {
 /// of it goes to the failed queue with the reason; the other batches are answered.
 #[test]
 fn a_wrong_answer_count_or_bad_json_fails_the_whole_batch() {
-    let from = TestQueue::new("jb-bad-in");
-    let to = TestQueue::new("jb-bad-out");
-    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, failed) = trio("jb-bad");
     let mut inputs = rows(40);
     inputs[5] = br#"{"i":5,"drop":true}"#.to_vec();
     inputs[25] = br#"{"i":25,"garble":true}"#.to_vec();
@@ -153,15 +160,12 @@ fn a_wrong_answer_count_or_bad_json_fails_the_whole_batch() {
 /// untouched and a zero-length answer frame means no output.
 #[test]
 fn frame_batches_carry_binary_bodies_and_count_both_ways() {
-    let from = TestQueue::new("fb-in");
-    let to = TestQueue::new("fb-out");
-    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, failed) = trio("fb");
     let mut inputs: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i, 0, 255, b'\n', i]).collect();
     inputs[7] = vec![]; // answered with nothing
     publish_indexed(&from, &inputs, None);
     // Echo every frame (an empty one stays empty: no output); log each batch's count.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("calls");
+    let (_dir, log) = call_log();
     let model = format!(
         "python3 -c 'import sys, struct\ni, o = sys.stdin.buffer, sys.stdout.buffer\n\
          def rd(n):\n    b = i.read(n)\n    if len(b) < n: sys.exit(0)\n    return b\n\
@@ -215,9 +219,7 @@ fn frame_batches_carry_binary_bodies_and_count_both_ways() {
 /// works on a batch, mqdemo leaves every input of it in the queue.
 #[test]
 fn a_batch_in_the_model_when_mqdemo_is_killed_stays_queued() {
-    let from = TestQueue::new("jb-kill-in");
-    let to = TestQueue::new("jb-kill-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, _failed) = trio("jb-kill");
     let dir = tempfile::tempdir().expect("tempdir");
     let took = dir.path().join("took");
     let inputs = rows(12);
@@ -250,11 +252,8 @@ fn a_batch_in_the_model_when_mqdemo_is_killed_stays_queued() {
 /// --workers 2: each worker batches on its own, and every message is answered once.
 #[test]
 fn workers_batch_on_their_own_and_answer_every_message_once() {
-    let from = TestQueue::new("jb-workers-in");
-    let to = TestQueue::new("jb-workers-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("calls");
+    let (from, to, _failed) = trio("jb-workers");
+    let (_dir, log) = call_log();
     let inputs = rows(400);
     publish_indexed(&from, &inputs, None);
     let out = pipe(
@@ -274,9 +273,7 @@ fn workers_batch_on_their_own_and_answer_every_message_once() {
 /// --count with batches: exactly N inputs are taken; the rest stay queued.
 #[test]
 fn count_stops_a_batching_pipe_after_exactly_n_inputs() {
-    let from = TestQueue::new("jb-count-in");
-    let to = TestQueue::new("jb-count-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, _failed) = trio("jb-count");
     let inputs = rows(100);
     publish_indexed(&from, &inputs, None);
     let out = pipe(
@@ -481,9 +478,7 @@ fn expired_requests_skip_the_model_and_go_to_the_given_failed_queue() {
 /// batch that stopped the run stays.
 #[test]
 fn a_batch_that_stops_the_run_leaves_only_itself_queued() {
-    let from = TestQueue::new("jb-stop-in");
-    let to = TestQueue::new("jb-stop-out");
-    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, failed) = trio("jb-stop");
     let inputs = rows(40);
     publish_indexed(&from, &inputs, None);
     // Two good calls, then one answer too few, every time.
@@ -517,9 +512,7 @@ fn a_batch_that_stops_the_run_leaves_only_itself_queued() {
 /// it was blamed on logs printed to stdout. The error now names the limit and the fix.
 #[test]
 fn a_batch_answer_over_max_answer_bytes_names_the_limit_and_the_fix() {
-    let from = TestQueue::new("jb-fat-in");
-    let to = TestQueue::new("jb-fat-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, _failed) = trio("jb-fat");
     publish_indexed(&from, &rows(8), None);
     let model = "python3 -c 'import sys, json\nfor l in sys.stdin:\n    \
                  print(json.dumps([{\"pad\": \"x\" * 200} for r in json.loads(l)]), flush=True)'";
@@ -583,11 +576,8 @@ fn a_deadline_that_is_not_unix_milliseconds_is_served_with_a_warning() {
 /// now a due batch takes along what has come.
 #[test]
 fn batch_wait_zero_still_takes_what_has_already_come() {
-    let from = TestQueue::new("jb-zero-in");
-    let to = TestQueue::new("jb-zero-out");
-    let _failed = TestQueue::named(format!("{}.failed", from.name));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("calls");
+    let (from, to, _failed) = trio("jb-zero");
+    let (_dir, log) = call_log();
     publish_indexed(&from, &rows(200), None);
     pipe(
         &from,
@@ -607,9 +597,7 @@ fn batch_wait_zero_still_takes_what_has_already_come() {
 /// so a rerun failed it twice, and the summary counted the queued batch as piped.
 #[test]
 fn a_batch_that_stops_the_run_goes_back_whole_and_uncounted() {
-    let from = TestQueue::new("jb-whole-in");
-    let to = TestQueue::new("jb-whole-out");
-    let failed = TestQueue::named(format!("{}.failed", from.name));
+    let (from, to, failed) = trio("jb-whole");
     let mut inputs = rows(12);
     inputs[9] = vec![0xff, 0xfe];
     publish_indexed(&from, &inputs, None);
