@@ -55,7 +55,7 @@ impl Drainer {
                     Err(_)
                         if flag.load(Ordering::SeqCst)
                             && ready(&ch, &name) == 0
-                            && held(&name).unwrap_or(0) == 0 =>
+                            && crate::support::held(&name).unwrap_or(0) == 0 =>
                     {
                         break;
                     }
@@ -74,21 +74,6 @@ impl Drainer {
     fn finish(self) -> HashMap<Vec<u8>, u32> {
         self.done.store(true, Ordering::SeqCst);
         self.handle.join().expect("drainer thread")
-    }
-}
-
-/// Messages in `queue`, ready and delivered-but-unacked (rabbitmqctl: a passive declare
-/// counts only the ready ones, and a delivery on its way would be missed).
-fn held(queue: &str) -> Option<u64> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name", "messages"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.split('\t').next() == Some(queue));
-    match line {
-        Some(l) => l.split('\t').nth(1)?.trim().parse().ok(),
-        None => Some(0),
     }
 }
 

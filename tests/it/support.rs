@@ -537,3 +537,18 @@ pub fn exit_within(child: &mut Child, deadline: Duration) -> std::process::ExitS
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Messages in `queue`, ready and delivered-but-unacked (rabbitmqctl: a passive declare
+/// counts only the ready ones, and a delivery on its way would be missed).
+pub fn held(queue: &str) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "messages"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.split('\t').next() == Some(queue));
+    match line {
+        Some(l) => l.split('\t').nth(1)?.trim().parse().ok(),
+        None => Some(0),
+    }
+}
