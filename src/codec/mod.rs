@@ -88,23 +88,20 @@ const LATEST_DEADLINE_MS: i64 = 100_000_000_000_000;
 /// A request's deadline ([`DEADLINE_HEADER`]): an integer, or a decimal string (fractions of
 /// a millisecond are dropped).
 pub fn deadline(headers: &Headers) -> Deadline {
-    let ms = match headers.get(DEADLINE_HEADER) {
+    let (ms, shown) = match headers.get(DEADLINE_HEADER) {
         None => return Deadline::None,
-        Some(HeaderValue::Int(ms)) => Some(*ms),
+        Some(HeaderValue::Int(ms)) => (Some(*ms), ms.to_string()),
         Some(HeaderValue::Str(s)) => {
-            let s = s.trim();
-            s.parse::<i64>().ok().or_else(|| {
-                s.parse::<f64>().ok().filter(|f| f.is_finite() && f.abs() < 1e18).map(|f| f as i64)
-            })
+            let t = s.trim();
+            let ms = t.parse::<i64>().ok().or_else(|| {
+                t.parse::<f64>().ok().filter(|f| f.is_finite() && f.abs() < 1e18).map(|f| f as i64)
+            });
+            (ms, format!("{:?}", header_text(s)))
         }
     };
     match ms {
         Some(ms) if (EARLIEST_DEADLINE_MS..=LATEST_DEADLINE_MS).contains(&ms) => Deadline::At(ms),
-        _ => Deadline::Bad(match headers.get(DEADLINE_HEADER) {
-            Some(HeaderValue::Int(ms)) => ms.to_string(),
-            Some(HeaderValue::Str(s)) => format!("{:?}", header_text(s)),
-            None => String::new(),
-        }),
+        _ => Deadline::Bad(shown),
     }
 }
 
@@ -367,6 +364,34 @@ pub(crate) mod tests {
         let cut = header_text(&long);
         assert!(cut.len() <= MAX_HEADER_VALUE && cut.ends_with(" [cut]"), "{}", cut.len());
         assert!(cut.len() > MAX_HEADER_VALUE - 10);
+    }
+
+    #[test]
+    fn deadlines_are_unix_milliseconds_or_told_apart() {
+        let with = |v: HeaderValue| Headers::from([(DEADLINE_HEADER.to_string(), v)]);
+        assert_eq!(deadline(&Headers::new()), Deadline::None);
+        let ms = 1_796_178_694_318;
+        assert_eq!(deadline(&with(HeaderValue::Int(ms))), Deadline::At(ms));
+        assert_eq!(deadline(&with(HeaderValue::Str(format!(" {ms} ")))), Deadline::At(ms));
+        assert_eq!(deadline(&with(HeaderValue::Str(format!("{ms}.5")))), Deadline::At(ms));
+        // Seconds, negative, text, absurdly far: told apart, with the value as given.
+        assert_eq!(
+            deadline(&with(HeaderValue::Int(1_796_178_694))),
+            Deadline::Bad("1796178694".into())
+        );
+        assert_eq!(deadline(&with(HeaderValue::Int(-5))), Deadline::Bad("-5".into()));
+        assert_eq!(
+            deadline(&with(HeaderValue::Int(i64::MAX))),
+            Deadline::Bad(i64::MAX.to_string())
+        );
+        assert_eq!(
+            deadline(&with(HeaderValue::Str("abc".into()))),
+            Deadline::Bad("\"abc\"".into())
+        );
+        assert_eq!(
+            deadline(&with(HeaderValue::Str("1e400".into()))),
+            Deadline::Bad("\"1e400\"".into())
+        );
     }
 
     #[test]
