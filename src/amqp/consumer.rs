@@ -105,6 +105,9 @@ struct ConsumeState<'a> {
     /// Deliveries the handler holds unhandled (`Handler::held`), oldest first: all newer
     /// than `last`.
     held: std::collections::VecDeque<amiquip::Delivery>,
+    /// Set (for the other workers) as soon as the handler fails, before its messages are
+    /// given back: a worker still running must not take them up and fail them again.
+    halt: &'a AtomicBool,
     unacked: u64,
     ack_every: u64,
     outcome: ConsumeOutcome,
@@ -277,6 +280,7 @@ impl<'a> ConsumeState<'a> {
                 Err(RecvTimeoutError::Timeout) => {
                     self.ack_pending(handler)?;
                     if let Err(e) = handler.idle() {
+                        self.halt.store(true, Ordering::SeqCst);
                         // What was handled before stays handled.
                         self.sync_held(handler);
                         let _ = self.ack_pending(handler);
@@ -322,6 +326,7 @@ impl<'a> ConsumeState<'a> {
                 Ok(())
             }
             Err(e) => {
+                self.halt.store(true, Ordering::SeqCst);
                 let _ = self.ack_pending(handler);
                 let _ = d.nack(self.channel, true);
                 Err(e)
@@ -348,6 +353,7 @@ impl<'a> ConsumeState<'a> {
             let completed = handler.complete();
             self.sync_held(handler);
             if let Err(e) = completed {
+                self.halt.store(true, Ordering::SeqCst);
                 let _ = self.ack_pending(handler);
                 return Err(e);
             }
@@ -495,6 +501,7 @@ fn consume_once(
         queue,
         last: None,
         held: std::collections::VecDeque::new(),
+        halt: limits.halt,
         unacked: 0,
         ack_every: 1,
         outcome: ConsumeOutcome::default(),

@@ -624,3 +624,46 @@ fn a_batch_that_stops_the_run_goes_back_whole_and_uncounted() {
     assert_eq!(from.depth(), 4);
     assert!(out.stderr.contains("piped 8 messages"), "{}", out.stderr);
 }
+
+/// With --workers 2, the batch that stopped the run went back to the queue while the other
+/// worker still ran: it took those messages up and failed them (the "stays in" of the
+/// error was not true). The others now halt before the batch is given back, and a partial
+/// batch they hold stays queued.
+#[test]
+fn a_batch_that_stops_the_run_stays_queued_with_workers_too() {
+    let (from, to, failed) = trio("jb-halt");
+    let mut inputs = rows(28);
+    for (k, body) in inputs.iter_mut().enumerate().take(20).skip(8) {
+        *body = format!("{{\"fail\":{k}}}").into_bytes();
+    }
+    publish_indexed(&from, &inputs, None);
+    // Answers one too many whenever a batch holds a failing row.
+    let model = "python3 -c 'import sys, json\nfor l in sys.stdin:\n    b = json.loads(l)\n    \
+                 extra = [None] if any(\"fail\" in r for r in b) else []\n    \
+                 print(json.dumps(b + extra, separators=(\",\", \":\")), flush=True)'";
+    let out = pipe(
+        &from,
+        &to,
+        model,
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "4",
+            "--batch-wait",
+            "500ms",
+            "--workers",
+            "2",
+            "--idle-timeout",
+            "2",
+        ],
+    )
+    .run();
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    let failures = drain(&failed).len();
+    let answered = drain(&to).len();
+    let left = drain(&from).len();
+    assert_eq!(answered + failures + left, 28, "{}", out.stderr);
+    assert!(out.stderr.contains("the batch's 4 messages stay"), "{}", out.stderr);
+    assert!(left >= 4, "the stopping batch was taken up again: {left} left\n{}", out.stderr);
+}
