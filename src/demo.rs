@@ -177,6 +177,7 @@ fn run_case(
         sink,
         // The demo's own data decodes; a message that did not would fail the check below.
         failed: None,
+        stream: None,
     };
     let consumed = consume::run(global, &consume_cfg, stop, Box::new(std::io::sink()))?;
     if let Some(e) = consumed.error {

@@ -9,6 +9,7 @@
 #![warn(unreachable_pub)]
 
 pub mod amqp;
+pub(crate) mod checkpoint;
 pub(crate) mod child;
 pub mod cli;
 pub mod codec;

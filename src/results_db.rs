@@ -57,6 +57,39 @@ pub(crate) enum Stored {
     Refused(String),
 }
 
+/// The table `--checkpoint sqlite` keeps each stream's offset in (the last message whose
+/// rows are committed), updated in the same transaction as the rows.
+const CHECKPOINTS: &str = "_mq_checkpoints";
+
+/// The offset `--checkpoint sqlite` saved for `queue` in the database at `path`; None when
+/// there is none (or no database yet).
+pub(crate) fn saved_offset(path: &Path, queue: &str) -> Result<Option<u64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open(path).wrap_err_with(|| {
+        format!("cannot open SQLite database {}; check the --sqlite path", path.display())
+    })?;
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [CHECKPOINTS],
+            |r| r.get(0),
+        )
+        .wrap_err_with(|| format!("cannot read {}; is it an SQLite database?", path.display()))?;
+    if !exists {
+        return Ok(None);
+    }
+    let sql = format!("SELECT \"offset\" FROM {CHECKPOINTS} WHERE queue = ?1");
+    match conn.query_row(&sql, [queue], |r| r.get::<_, i64>(0)) {
+        Ok(o) => Ok(u64::try_from(o).ok()),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e).wrap_err_with(|| {
+            format!("cannot read the checkpoint of '{queue}' in {}", path.display())
+        }),
+    }
+}
+
 /// An open results table.
 pub(crate) struct ResultsDb {
     conn: Connection,
@@ -212,6 +245,30 @@ impl ResultsDb {
         let values = std::iter::once(Sql::Text(id.to_string())).chain(row.values().map(to_sql));
         let changed = self.conn.prepare_cached(&sql)?.execute(params_from_iter(values))?;
         Ok(changed == 1)
+    }
+
+    /// Save `offset` as stream `queue`'s checkpoint in the transaction the next
+    /// [`ResultsDb::commit`] commits, with the rows.
+    pub(crate) fn checkpoint(&mut self, queue: &str, offset: u64) -> Result<()> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
+            self.in_transaction = true;
+        }
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (queue TEXT PRIMARY KEY NOT NULL, \
+             \"offset\" INTEGER NOT NULL)"
+        );
+        self.conn.execute_batch(&create).wrap_err("cannot create the checkpoint table")?;
+        let upsert = format!(
+            "INSERT INTO {CHECKPOINTS} (queue, \"offset\") VALUES (?1, ?2) \
+             ON CONFLICT(queue) DO UPDATE SET \"offset\" = excluded.\"offset\""
+        );
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached(&upsert)
+            .and_then(|mut s| s.execute(rusqlite::params![queue, offset]))
+            .wrap_err("cannot save the checkpoint")?;
+        Ok(())
     }
 
     /// Make everything inserted so far durable.

@@ -64,15 +64,21 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         .map(|_| Stage::open(global, cfg, stop, reporter.clone()))
         .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
+    let stream = cfg
+        .stream
+        .as_ref()
+        .map(|s| crate::checkpoint::reading(s, &cfg.input.name, None, &reporter))
+        .transpose()?;
     let work = Workload {
         queue: &cfg.input,
         prefetch: cfg.prefetch,
         count: cfg.count,
         idle: cfg.idle_timeout,
+        stream: stream.as_ref(),
     };
     let mut handlers: Vec<&mut (dyn Handler + Send)> =
         stages.iter_mut().map(|s| s as &mut (dyn Handler + Send)).collect();
-    let (_, mut error) = drive(global, &work, stop, &mut handlers, &reporter)?;
+    let (consumed, mut error) = drive(global, &work, stop, &mut handlers, &reporter)?;
     let mut total = Counts::default();
     let mut not_delivered = 0;
     for stage in stages {
@@ -111,7 +117,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
             ("duplicates", total.duplicates),
             ("model restarts", total.restarts),
         ],
-        note: String::new(),
+        note: crate::checkpoint::until_note(consumed.until),
     };
     Ok(Outcome { summary, error })
 }

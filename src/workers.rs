@@ -16,6 +16,8 @@ pub(crate) struct Workload<'a> {
     pub prefetch: u16,
     pub count: Option<u64>,
     pub idle: Option<std::time::Duration>,
+    /// The queue is a stream: where to start and stop.
+    pub stream: Option<&'a amqp::StreamRead>,
 }
 
 /// Run one consumer per handler, each on its own thread, connection and channel, until the
@@ -39,6 +41,7 @@ pub(crate) fn drive(
         claimed: &claimed,
         halt: &halt,
         held_bytes: (global.prefetch_bytes / workers).max(1),
+        stream: work.stream,
     };
     let results: Vec<Result<(ConsumeOutcome, Result<()>)>> = std::thread::scope(|scope| {
         let threads: Vec<_> = handlers
@@ -77,6 +80,7 @@ pub(crate) fn drive(
         outcome.rejected += o.rejected;
         outcome.received += o.received;
         outcome.acked += o.acked;
+        outcome.until = outcome.until.or(o.until);
         if let Err(e) = res {
             error.get_or_insert(e);
         }

@@ -8,6 +8,7 @@ use super::prefetch::prefetch_for;
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::{Session, UNWINDOWED_WRITE_BUFFER};
+use super::stream::{Cursor, StreamRead, position};
 use super::topology::{QueueSpec, no_such_queue, unavailable};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
@@ -56,6 +57,9 @@ pub trait Handler {
     /// The channel was lost: the deliveries the handler holds will come again, so it lets
     /// go of them without handling them.
     fn dropped(&mut self) {}
+    /// Reading a stream: the next `flush` makes every delivery up to this stream offset
+    /// durable (a sink that keeps its checkpoint with its data stores it in that flush).
+    fn covers(&mut self, _offset: u64) {}
 }
 
 /// When the consumer loop stops.
@@ -73,6 +77,8 @@ pub struct ConsumeLimits<'a> {
     /// Bytes of message bodies this worker may hold (prefetched and in hand): the prefetch
     /// is lowered until prefetch x the largest body seen fits (see `prefetch_for`).
     pub held_bytes: u64,
+    /// The queue is a stream: where to start and stop reading it.
+    pub stream: Option<&'a StreamRead>,
 }
 
 /// Why the consumer stopped, and what it saw.
@@ -86,6 +92,8 @@ pub struct ConsumeOutcome {
     pub rejected: u64,
     /// Stopped by a signal.
     pub interrupted: bool,
+    /// Stopped at --until: the stream offset of the first message past it.
+    pub until: Option<u64>,
 }
 
 /// How a consumer's run on one prefetch ended.
@@ -100,11 +108,17 @@ struct ConsumeState<'a> {
     channel: &'a Channel,
     endpoint: &'a Endpoint,
     queue: &'a str,
-    /// The newest handled delivery not yet acked: one `ack_multiple` covers all before it.
-    last: Option<amiquip::Delivery>,
+    /// The newest handled delivery not yet acked (and its stream offset): one
+    /// `ack_multiple` covers all before it.
+    last: Option<(amiquip::Delivery, Option<u64>)>,
     /// Deliveries the handler holds unhandled (`Handler::held`), oldest first: all newer
     /// than `last`.
-    held: std::collections::VecDeque<amiquip::Delivery>,
+    held: std::collections::VecDeque<(amiquip::Delivery, Option<u64>)>,
+    /// Reading a stream: how, and where this consumer is.
+    stream: Option<&'a StreamRead>,
+    cursor: Cursor,
+    /// Where the first consumer on this channel starts reading the stream.
+    start: super::stream::Offset,
     /// Set (for the other workers) as soon as the handler fails, before its messages are
     /// given back: a worker still running must not take them up and fail them again.
     halt: &'a AtomicBool,
@@ -135,14 +149,19 @@ impl<'a> ConsumeState<'a> {
         let ep = self.endpoint;
         // Up from the first consumer on, through re-consumes for a new prefetch (`/ready`).
         let mut consuming = crate::metrics::Up::consuming(false);
+        let mut start = self.start;
         loop {
             let prefetch = self.wanted();
             self.channel.qos(0, prefetch, false).map_err(|e| explain(e, ep, "setting QoS"))?;
             self.prefetch = prefetch;
             self.ack_every = u64::from(prefetch / 2).max(1);
+            let options = match self.stream {
+                Some(_) => ConsumerOptions { arguments: start.arguments(), ..Default::default() },
+                None => ConsumerOptions::default(),
+            };
             let consumer = self
                 .channel
-                .basic_consume(self.queue, ConsumerOptions::default())
+                .basic_consume(self.queue, options)
                 .map_err(|e| explain(e, ep, "starting the consumer"))?;
             consuming.set(true);
             let flow = self.run(consumer.receiver(), limits, handler).and_then(|flow| match flow {
@@ -150,7 +169,9 @@ impl<'a> ConsumeState<'a> {
                 Flow::Resize => self.resize(&consumer, limits, handler),
             });
             match flow {
-                Ok(Flow::Resize) => {} // the cancel is confirmed: dropping it is safe
+                // The cancel is confirmed: dropping it is safe. Every delivery it sent is
+                // handled: a stream is read on from the next one.
+                Ok(Flow::Resize) => start = self.cursor.same_channel(start),
                 Ok(Flow::Done) => {
                     // amiquip answers basic.cancel to us BEFORE it tells the consumer's
                     // receiver; if that receiver is gone by then, its I/O thread dies
@@ -185,7 +206,7 @@ impl<'a> ConsumeState<'a> {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if !self.take(limits) {
+                    if self.past_until(&d)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         return self.finish(handler).map(|()| Flow::Done);
                     }
@@ -267,7 +288,7 @@ impl<'a> ConsumeState<'a> {
             };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if !self.take(limits) {
+                    if self.past_until(&d)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         break;
                     }
@@ -296,15 +317,44 @@ impl<'a> ConsumeState<'a> {
         self.finish(handler).map(|()| Flow::Done)
     }
 
+    /// Reading a stream to --until: whether `d` is past it (the run ends before it).
+    fn past_until(&mut self, d: &amiquip::Delivery) -> Result<bool> {
+        let Some(until) = self.stream.and_then(|s| s.until) else {
+            return Ok(false);
+        };
+        let (offset, timestamp) = position(d);
+        let past = until.reached(offset, timestamp).map_err(fatal)?;
+        if past {
+            self.outcome.until = offset;
+        }
+        Ok(past)
+    }
+
     fn delivered(&mut self, mut d: amiquip::Delivery, handler: &mut dyn Handler) -> Result<()> {
         self.outcome.received += 1;
         crate::metrics::received();
         let size = d.body.len() as u64;
         self.largest = Some(self.largest.map_or(size, |l| l.max(size)));
+        let offset = match self.stream {
+            Some(_) => position(&d).0,
+            None => None,
+        };
+        if let Some(o) = offset {
+            self.cursor.first.get_or_insert(o);
+            self.cursor.received = Some(o);
+        }
         let mut ours = delivery(&mut d);
-        let result = handler.handle(&mut ours);
+        let mut result = handler.handle(&mut ours);
+        if self.stream.is_some()
+            && let Ok(Disposition::Reject(_)) = result
+        {
+            // A stream takes no reject (RabbitMQ closes the connection for one), and drops
+            // nothing anyway: the message is passed over, counted, and stays in the stream.
+            self.outcome.rejected += 1;
+            result = Ok(Disposition::Ack);
+        }
         if matches!(result, Ok(Disposition::Ack)) {
-            self.held.push_back(d);
+            self.held.push_back((d, offset));
             self.sync_held(handler);
             // Before a change of prefetch the ack waits: a sink may block in flush (a
             // pipe's reader), and the next deliveries should not wait for it.
@@ -328,7 +378,10 @@ impl<'a> ConsumeState<'a> {
             Err(e) => {
                 self.halt.store(true, Ordering::SeqCst);
                 let _ = self.ack_pending(handler);
-                let _ = d.nack(self.channel, true);
+                if self.stream.is_none() {
+                    // (A stream keeps it anyway, and takes no nack.)
+                    let _ = d.nack(self.channel, true);
+                }
                 Err(e)
             }
             Ok(Disposition::Ack) => Ok(()),
@@ -362,14 +415,23 @@ impl<'a> ConsumeState<'a> {
     }
 
     fn ack_pending(&mut self, handler: &mut dyn Handler) -> Result<()> {
-        let Some(last) = self.last.take() else {
+        let Some((last, offset)) = self.last.take() else {
             return Ok(());
         };
+        if let Some(o) = offset {
+            handler.covers(o);
+        }
         handler.flush()?;
         last.ack_multiple(self.channel).map_err(|e| explain(e, self.endpoint, "acking"))?;
         self.outcome.acked += self.unacked;
         crate::metrics::acked(self.unacked);
         self.unacked = 0;
+        if let Some(o) = offset {
+            self.cursor.acked = Some(o);
+            if let Some(checkpoint) = self.stream.and_then(|s| s.checkpoint.as_ref()) {
+                checkpoint.save(o)?;
+            }
+        }
         Ok(())
     }
 
@@ -432,6 +494,7 @@ pub fn consume(
     on_event(LinkEvent::Queued(info.messages));
     let mut total = ConsumeOutcome::default();
     let mut largest = None;
+    let mut cursor = Cursor::default();
     loop {
         let left = ConsumeLimits {
             count: limits.count,
@@ -440,9 +503,11 @@ pub fn consume(
             claimed: limits.claimed,
             halt: limits.halt,
             held_bytes: limits.held_bytes,
+            stream: limits.stream,
         };
+        let at = Position { largest: &mut largest, cursor: &mut cursor };
         let (outcome, result) =
-            consume_once(&mut session, &spec.name, prefetch, &left, handler, &mut largest);
+            consume_once(&mut session, &spec.name, prefetch, &left, handler, at);
         total.add(outcome);
         let Err(error) = result else {
             let _ = session.close();
@@ -477,18 +542,26 @@ impl ConsumeOutcome {
         self.acked += o.acked;
         self.rejected += o.rejected;
         self.interrupted |= o.interrupted;
+        self.until = self.until.or(o.until);
     }
 }
 
+/// What a worker keeps across reconnects: the largest body seen, and where it is in a
+/// stream.
+struct Position<'p> {
+    largest: &'p mut Option<u64>,
+    cursor: &'p mut Cursor,
+}
+
 /// One consumer on one channel of `session` (re-consumed when the prefetch changes);
-/// `largest` is the largest body seen so far, kept across reconnects.
+/// `at` is kept across reconnects.
 fn consume_once(
     session: &mut Session,
     queue: &str,
     prefetch: u16,
     limits: &ConsumeLimits<'_>,
     handler: &mut dyn Handler,
-    largest: &mut Option<u64>,
+    at: Position<'_>,
 ) -> (ConsumeOutcome, Result<()>) {
     let ep = session.endpoint().clone();
     let channel = match session.channel() {
@@ -507,14 +580,20 @@ fn consume_once(
         outcome: ConsumeOutcome::default(),
         max_prefetch: prefetch,
         prefetch: 0,
-        largest: *largest,
+        largest: *at.largest,
         held_bytes: limits.held_bytes,
+        stream: limits.stream,
+        cursor: *at.cursor,
+        start: limits
+            .stream
+            .map_or(super::stream::Offset::Next, |s| at.cursor.new_connection(s.start)),
     };
     let result = state.consume(limits, handler);
     let outcome = state.outcome;
     // Handled but not acked (the connection was lost, or the run stopped): back to the queue.
     crate::metrics::released(outcome.received.saturating_sub(outcome.acked + outcome.rejected));
-    *largest = state.largest;
+    *at.largest = state.largest;
+    *at.cursor = state.cursor;
     let keep_alive = match result {
         Ok(rx) => rx,
         Err(e) => {

@@ -17,6 +17,8 @@ pub enum QueueType {
     Classic,
     /// Replicated quorum queue.
     Quorum,
+    /// Append-only stream: read from an offset, kept after it is read.
+    Stream,
 }
 
 /// What a queue should look like. With every option unset the queue is declared durable with
@@ -34,6 +36,10 @@ pub struct QueueSpec {
     /// `x-delivery-limit` for quorum queues: a message redelivered this often is
     /// dead-lettered (or dropped) instead of looping forever.
     pub delivery_limit: Option<u64>,
+    /// `x-max-age` of a stream (`7D`, `12h`: the broker's own units, checked by config).
+    pub max_age: Option<String>,
+    /// `x-max-length-bytes` of a stream: the oldest segments go beyond this size.
+    pub max_length_bytes: Option<u64>,
 }
 
 impl QueueSpec {
@@ -45,7 +51,14 @@ impl QueueSpec {
             dead_letter_queue: None,
             max_length: None,
             delivery_limit: None,
+            max_age: None,
+            max_length_bytes: None,
         }
+    }
+
+    /// Whether the queue is a stream (read from offsets, never nacked).
+    pub fn is_stream(&self) -> bool {
+        self.queue_type == Some(QueueType::Stream)
     }
 
     /// The `x-` arguments these options ask for.
@@ -59,6 +72,7 @@ impl QueueSpec {
             Some(QueueType::Classic) => {
                 put("x-queue-type", AmqpValue::LongString("classic".into()))
             }
+            Some(QueueType::Stream) => put("x-queue-type", AmqpValue::LongString("stream".into())),
             None => {}
         }
         if let Some(dlq) = &self.dead_letter_queue {
@@ -68,6 +82,12 @@ impl QueueSpec {
         if let Some(n) = self.max_length {
             put("x-max-length", AmqpValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)));
             put("x-overflow", AmqpValue::LongString("reject-publish".into()));
+        }
+        if let Some(age) = &self.max_age {
+            put("x-max-age", AmqpValue::LongString(age.clone()));
+        }
+        if let Some(n) = self.max_length_bytes {
+            put("x-max-length-bytes", AmqpValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)));
         }
         if let (Some(QueueType::Quorum), Some(n)) = (self.queue_type, self.delivery_limit) {
             put("x-delivery-limit", AmqpValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)));
@@ -105,7 +125,8 @@ fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint) -> Report {
     match e {
         amiquip::Error::ServerClosedChannel { code: 406, message, .. } => fatal(format!(
             "queue '{queue}' already exists with other settings ({message}); match them with \
-             --queue-type / --dead-letter-queue / --max-length, use another --queue, or delete \
+             --queue-type / --dead-letter-queue / --max-length / --max-age / \
+             --max-length-bytes, use another --queue, or delete \
              it with `rabbitmqctl delete_queue {queue}` if it is yours"
         )),
         amiquip::Error::ServerClosedChannel { code: 403, message, .. } => fatal(format!(
@@ -193,5 +214,22 @@ mod tests {
         assert_eq!(args.get("x-overflow"), Some(&AmqpValue::LongString("reject-publish".into())));
         assert_eq!(args.get("x-max-length"), Some(&AmqpValue::LongLongInt(10)));
         assert_eq!(args.get("x-delivery-limit"), Some(&AmqpValue::LongLongInt(5)));
+    }
+
+    #[test]
+    fn a_stream_gets_its_type_and_retention() {
+        let spec = QueueSpec {
+            queue_type: Some(QueueType::Stream),
+            max_age: Some("7D".into()),
+            max_length_bytes: Some(1_000_000),
+            delivery_limit: Some(20),
+            ..QueueSpec::plain("s")
+        };
+        let args = spec.arguments();
+        assert_eq!(args.get("x-queue-type"), Some(&AmqpValue::LongString("stream".into())));
+        assert_eq!(args.get("x-max-age"), Some(&AmqpValue::LongString("7D".into())));
+        assert_eq!(args.get("x-max-length-bytes"), Some(&AmqpValue::LongLongInt(1_000_000)));
+        assert_eq!(args.get("x-delivery-limit"), None, "quorum only");
+        assert!(spec.is_stream());
     }
 }

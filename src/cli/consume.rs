@@ -3,7 +3,7 @@
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
-use super::{DEFAULT_PREFETCH, DEFAULT_PREFETCH_BYTES, QueueArgs};
+use super::{DEFAULT_PREFETCH, DEFAULT_PREFETCH_BYTES, QueueArgs, StreamArgs};
 
 /// Options every consumer shares.
 #[derive(Debug, Args)]
@@ -16,6 +16,10 @@ pub struct ConsumeCommon {
     /// Queue arguments.
     #[command(flatten)]
     pub queue_args: QueueArgs,
+
+    /// Reading a stream.
+    #[command(flatten)]
+    pub stream: StreamArgs,
 
     /// Stop after N messages. Example: --count 300
     #[arg(long, value_name = "N")]

@@ -156,7 +156,8 @@ pub enum ConsumeCommand {
 /// Queue arguments; with none given the queue is declared durable with no arguments.
 #[derive(Debug, Args)]
 pub struct QueueArgs {
-    /// Declare the queue with this type (x-queue-type). Example: --queue-type quorum
+    /// Declare the queue with this type (x-queue-type). A stream keeps messages after they
+    /// are read, for replays (see --offset). Example: --queue-type quorum
     #[arg(long, value_enum, value_name = "TYPE")]
     pub queue_type: Option<QueueTypeArg>,
 
@@ -175,6 +176,40 @@ pub struct QueueArgs {
     /// instead of redelivering it forever (x-delivery-limit). Example: --delivery-limit 5
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub delivery_limit: u64,
+
+    /// With --queue-type stream: drop segments older than this (x-max-age), a number and
+    /// one of the broker's units Y, M, D, h, m, s. Example: --max-age 7D
+    #[arg(long, value_name = "AGE")]
+    pub max_age: Option<String>,
+
+    /// With --queue-type stream: drop the oldest segments beyond this many bytes
+    /// (x-max-length-bytes). Example: --max-length-bytes 20000000000
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_length_bytes: Option<u64>,
+}
+
+/// Where a reader of a stream starts and stops, and where it keeps its place.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// With --queue-type stream: where to start reading. first, last (the last chunk), next
+    /// (only new messages), an offset N, an RFC 3339 time (the first chunk the broker
+    /// stored at or after it) or a duration back from now (10m, 2h, 1d). Default: next, or
+    /// right after the --checkpoint. Example: --offset first; --offset 2026-12-01T10:00:00Z
+    #[arg(long, value_name = "WHERE")]
+    pub offset: Option<String>,
+
+    /// With --queue-type stream: stop before the first message at this point: an RFC 3339
+    /// time or a duration back from now (compared with each message's timestamp property,
+    /// which mqdemo's producers set), or offset:N. Example: --until 2026-12-01T11:00:00Z
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+
+    /// With --queue-type stream: keep the offset of the last message durably handled in
+    /// FILE (JSON, replaced atomically after each ack), or with --sqlite in the database
+    /// itself (`sqlite`: committed with the rows). A run with a checkpoint starts right
+    /// after it; --offset applies only while there is none. Example: --checkpoint run.ckpt
+    #[arg(long, value_name = "FILE|sqlite")]
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 /// `--queue-type` values.
@@ -184,6 +219,9 @@ pub enum QueueTypeArg {
     Classic,
     /// Replicated quorum queue (needs a durable queue; best on a cluster).
     Quorum,
+    /// Append-only stream (RabbitMQ 3.9+): messages stay after they are read; readers
+    /// start at an --offset.
+    Stream,
 }
 
 mod consume;

@@ -125,6 +125,10 @@ pub struct PipeArgs {
     #[arg(long, value_name = "NAME")]
     pub to: String,
 
+    /// Reading a stream.
+    #[command(flatten)]
+    pub stream: super::StreamArgs,
+
     /// The model child and consuming options.
     #[command(flatten)]
     pub model: ModelArgs,

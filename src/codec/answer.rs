@@ -2,8 +2,8 @@
 //! (or failed on). Ids derive from the input's, so a recomputed answer keeps its id.
 
 use super::{
-    Delivery, ERROR_HEADER, HeaderValue, Headers, Kind, Message, Original, Route, answer_id,
-    header_text, image,
+    Delivery, ERROR_HEADER, HeaderValue, Headers, INPUT_OFFSET_HEADER, Kind, Message, Original,
+    Route, STREAM_OFFSET, answer_id, header_text, image,
 };
 
 /// Headers describing the input body, which an answer does not inherit.
@@ -36,6 +36,9 @@ pub fn answer(
     let (kind, content_type) = answer_kind(&body, binary);
     let mut headers = d.headers.clone();
     headers.retain(|k, _| !BODY_HEADERS.contains(&k.as_str()));
+    if let Some(offset) = headers.remove(STREAM_OFFSET) {
+        headers.insert(INPUT_OFFSET_HEADER.into(), offset);
+    }
     Message {
         kind,
         content_type: content_type.to_string(),

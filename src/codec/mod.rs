@@ -67,6 +67,13 @@ pub type Headers = BTreeMap<String, HeaderValue>;
 /// (`request --timeout` sets it; `serve` does not answer a request past it).
 pub const DEADLINE_HEADER: &str = "x-mqdemo-deadline";
 
+/// The header RabbitMQ puts on each message it delivers from a stream: its offset.
+pub const STREAM_OFFSET: &str = "x-stream-offset";
+
+/// On an answer to a message read from a stream: that message's offset (the answer's own
+/// queue may be a stream too, which gives it an `x-stream-offset` of its own).
+pub const INPUT_OFFSET_HEADER: &str = "x-mqdemo-input-offset";
+
 /// A request's deadline, as its [`DEADLINE_HEADER`] gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deadline {

@@ -1,5 +1,6 @@
 //! Each command's arguments -> its validated config.
 
+use super::stream::stream_config;
 use super::values::{csv_format, delimiter, queue_name, queue_spec, seconds};
 use super::*;
 
@@ -105,6 +106,18 @@ pub(super) fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> 
     let idle_timeout =
         common.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
     let queue = queue_spec(common.queue, &common.queue_args, kind)?;
+    let sqlite = matches!(sink, SinkConfig::Sqlite { .. });
+    let stream = stream_config(&common.stream, &queue, sqlite, now_ms())?;
+    if stream.is_some() {
+        only_one_reader(common.workers)?;
+        if common.no_failed_queue {
+            return Err(UsageError(
+                "--no-failed-queue with a stream: a stream takes no reject (RabbitMQ closes \
+                 the connection); what cannot be used goes to the --failed-queue"
+                    .into(),
+            ));
+        }
+    }
     let failed = match (common.no_failed_queue, common.failed_queue) {
         (true, _) => None,
         (false, Some(name)) => Some(failed_spec(name, &queue)?),
@@ -129,17 +142,40 @@ pub(super) fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> 
         workers: usize::from(common.workers),
         sink,
         failed,
+        stream,
     })
+}
+
+/// A stream gives every consumer all of its messages: competing workers would each handle
+/// every one.
+fn only_one_reader(workers: u8) -> Result<(), UsageError> {
+    if workers > 1 {
+        return Err(UsageError(format!(
+            "--workers {workers} with a stream: every consumer of a stream reads all of it, so              each message would be handled {workers} times; use --workers 1 (or split the work              downstream: pipe the stream into a classic or quorum queue)"
+        )));
+    }
+    Ok(())
+}
+
+/// Now, in Unix milliseconds (times like `--offset 10m` are resolved once, at start).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The failed queue `name` of `input`: durable, of the input's type, no other arguments.
 pub(super) fn failed_spec(name: String, input: &QueueSpec) -> Result<QueueSpec, UsageError> {
     Ok(QueueSpec {
         name: queue_name(name)?,
-        queue_type: input.queue_type,
+        // Failed messages of a stream go to an ordinary queue: they are to be looked at,
+        // fixed and requeued (`mqdemo failed`), not replayed.
+        queue_type: input.queue_type.filter(|t| *t != QueueType::Stream),
         dead_letter_queue: None,
         max_length: None,
         delivery_limit: input.delivery_limit,
+        max_age: None,
+        max_length_bytes: None,
     })
 }
 
@@ -148,7 +184,9 @@ pub(super) fn pipe(p: cli::PipeArgs) -> Result<StageConfig, UsageError> {
     if output.name == p.from {
         return Err(UsageError(format!("--to {}: must differ from --from", p.from)));
     }
-    stage(p.from, StageOutput::Queue(output), p.model)
+    let mut cfg = stage(p.from, StageOutput::Queue(output), p.model)?;
+    cfg.stream = stream_config(&p.stream, &cfg.input, false, now_ms())?;
+    Ok(cfg)
 }
 
 pub(super) fn serve(sv: cli::ServeArgs) -> Result<StageConfig, UsageError> {
@@ -169,6 +207,10 @@ pub(super) fn stage(
     m: cli::ModelArgs,
 ) -> Result<StageConfig, UsageError> {
     let input = queue_spec(Some(input), &m.queue_args, Kind::Tabular)?;
+    if input.is_stream() {
+        only_one_reader(m.workers)?;
+    }
+    let stream = input_stream(&input);
     let failed_given = m.failed_queue.is_some();
     let failed_name = m.failed_queue.unwrap_or_else(|| format!("{}.failed", input.name));
     let failed = failed_spec(failed_name, &input)?;
@@ -225,7 +267,14 @@ pub(super) fn stage(
         count: m.count,
         idle_timeout,
         publisher: default_publisher(),
+        // `serve` reads a stream from `next`; `pipe` sets its flags.
+        stream,
     })
+}
+
+/// A stream read from `next`, with no --until or checkpoint; None for other queues.
+fn input_stream(input: &QueueSpec) -> Option<super::StreamConfig> {
+    input.is_stream().then_some(super::StreamConfig { offset: None, until: None, checkpoint: None })
 }
 
 /// Publisher options where no flag sets them (pipe/serve answers, failed copies).

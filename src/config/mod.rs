@@ -10,6 +10,7 @@ mod commands;
 mod failed;
 mod filter;
 mod publish;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod urls;
@@ -20,12 +21,13 @@ use commands::{consume, pipe, produce, request, serve};
 pub use failed::{FAILED_SUFFIX, FailedAction, FailedConfig};
 pub use filter::{FileFilter, is_hidden};
 pub use publish::Publish;
+pub use stream::{Checkpoint, StreamConfig};
 use urls::endpoints;
 pub use urls::split_urls;
 use values::{metrics_addr, seconds};
 
 /// Bad usage: exit status 2.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
@@ -112,6 +114,8 @@ pub struct StageConfig {
     pub idle_timeout: Option<Duration>,
     /// Confirm window for the answers.
     pub publisher: PublisherOptions,
+    /// The input is a stream: where to start, stop, and keep the place (`pipe`).
+    pub stream: Option<StreamConfig>,
 }
 
 /// Where a stage's answers go.
@@ -251,6 +255,8 @@ pub struct ConsumeConfig {
     /// Where messages that cannot be used go (published as they came, with the reason);
     /// None (--no-failed-queue): rejected without requeue, for the broker to dead-letter.
     pub failed: Option<QueueSpec>,
+    /// The queue is a stream: where to start, stop, and keep the place.
+    pub stream: Option<StreamConfig>,
 }
 
 /// Consumer output.

@@ -113,6 +113,8 @@ fn unused_queue_args(common: &ProduceCommon) -> Result<(), UsageError> {
         ("--queue-type", a.queue_type.is_some()),
         ("--dead-letter-queue", a.dead_letter_queue.is_some()),
         ("--max-length", a.max_length.is_some()),
+        ("--max-age", a.max_age.is_some()),
+        ("--max-length-bytes", a.max_length_bytes.is_some()),
     ];
     match given.iter().find(|(_, set)| *set) {
         Some((flag, _)) => Err(UsageError(format!(

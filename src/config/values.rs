@@ -102,6 +102,7 @@ pub(super) fn queue_spec(
     if dead_letter_queue.as_ref() == Some(&name) {
         return Err(UsageError(format!("--dead-letter-queue {name}: must differ from --queue")));
     }
+    super::stream::check_queue_args(args, args.queue_type == Some(cli::QueueTypeArg::Stream))?;
     if args.max_length == Some(0) {
         return Err(UsageError("--max-length 0: a queue must hold at least 1 message".into()));
     }
@@ -110,10 +111,13 @@ pub(super) fn queue_spec(
         queue_type: args.queue_type.map(|t| match t {
             cli::QueueTypeArg::Classic => QueueType::Classic,
             cli::QueueTypeArg::Quorum => QueueType::Quorum,
+            cli::QueueTypeArg::Stream => QueueType::Stream,
         }),
         dead_letter_queue,
         max_length: args.max_length,
         delivery_limit: Some(args.delivery_limit),
+        max_age: args.max_age.clone(),
+        max_length_bytes: args.max_length_bytes,
     })
 }
 

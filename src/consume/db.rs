@@ -17,6 +17,12 @@ pub(super) struct DbHandler {
     pub(super) decoded_limit: u64,
     /// --with-meta: each row gets the [`super::meta::COLUMNS`] columns.
     pub(super) with_meta: bool,
+    /// Reading a stream: --with-meta adds the stream offset.
+    pub(super) stream: bool,
+    /// `--checkpoint sqlite`: the stream whose offset is committed with the rows.
+    pub(super) checkpoint: Option<String>,
+    /// The stream offset the next commit covers.
+    covered: Option<u64>,
 }
 
 impl DbHandler {
@@ -30,6 +36,9 @@ impl DbHandler {
             tally: Tally::new(Counts { tabular: true, ..Counts::default() }, reporter),
             decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
             with_meta: false,
+            stream: false,
+            checkpoint: None,
+            covered: None,
         })
     }
 }
@@ -45,7 +54,7 @@ impl Handler for DbHandler {
             if let Some(why) = clash(rows.iter().flat_map(|r| r.keys().map(String::as_str))) {
                 return Ok(self.tally.failed(&why));
             }
-            RowMeta::of(d).add(&mut rows);
+            RowMeta::of(d, self.stream).add(&mut rows);
         }
         if let Some(why) = self.db.refuse(&rows) {
             return Ok(self.tally.failed(&why));
@@ -68,7 +77,14 @@ impl Handler for DbHandler {
     }
 
     fn flush(&mut self) -> Result<()> {
+        if let (Some(queue), Some(offset)) = (&self.checkpoint, self.covered.take()) {
+            self.db.checkpoint(queue, offset)?;
+        }
         self.db.commit()
+    }
+
+    fn covers(&mut self, offset: u64) {
+        self.covered = Some(offset);
     }
 }
 

@@ -109,18 +109,23 @@ impl Handler for Keeper<'_> {
         Ok(Disposition::Ack)
     }
 
+    /// The failed copies are confirmed first, then the sink is made durable: a sink that
+    /// keeps a stream checkpoint with its data (`--checkpoint sqlite`) must not move it past
+    /// a message whose copy the broker has not confirmed.
     fn flush(&mut self) -> Result<()> {
-        self.inner.flush()?;
-        let Some(producer) = self.failed.as_mut().and_then(|f| f.producer.as_mut()) else {
-            return Ok(());
-        };
-        match producer.flush()?.into_iter().next() {
-            None => Ok(()),
-            Some((label, why)) => Err(eyre!(
+        if let Some(producer) = self.failed.as_mut().and_then(|f| f.producer.as_mut())
+            && let Some((label, why)) = producer.flush()?.into_iter().next()
+        {
+            return Err(eyre!(
                 "{label} was refused by the broker ({why}); stopping without acking it (it \
                  stays in the queue)"
-            )),
+            ));
         }
+        self.inner.flush()
+    }
+
+    fn covers(&mut self, offset: u64) {
+        self.inner.covers(offset);
     }
 
     fn idle(&mut self) -> Result<()> {

@@ -14,6 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(crate) const COLUMNS: [&str; 5] =
     ["_mq_source", "_mq_row", "_mq_message_id", "_mq_received_at", "_mq_correlation_id"];
 
+/// Reading a stream, `--with-meta` adds this field after [`COLUMNS`]: the message's stream
+/// offset (the broker's `x-stream-offset` header).
+pub(crate) const STREAM_OFFSET_COLUMN: &str = "_mq_stream_offset";
+
 /// What `--with-meta` adds to the rows of one message.
 pub(crate) struct RowMeta {
     source: Value,
@@ -21,11 +25,13 @@ pub(crate) struct RowMeta {
     message_id: Value,
     received_at: Value,
     correlation_id: Value,
+    /// Reading a stream: the offset (null if the broker gave none).
+    stream_offset: Option<Value>,
 }
 
 impl RowMeta {
-    /// The metadata of `d`, received now.
-    pub(crate) fn of(d: &Delivery) -> RowMeta {
+    /// The metadata of `d`, received now; `stream`: it came from a stream.
+    pub(crate) fn of(d: &Delivery, stream: bool) -> RowMeta {
         let opt = |s: Option<&str>| s.map_or(Value::Null, |s| Value::String(s.to_string()));
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         RowMeta {
@@ -34,11 +40,15 @@ impl RowMeta {
             message_id: opt(d.assigned_id()),
             received_at: Value::String(rfc3339_millis(u64::try_from(ms).unwrap_or(u64::MAX))),
             correlation_id: opt(d.correlation_id.as_deref()),
+            stream_offset: stream.then(|| {
+                d.header_int(crate::codec::STREAM_OFFSET).map_or(Value::Null, Value::from)
+            }),
         }
     }
 
-    /// The fields for row `index` (0-based) of the message, in [`COLUMNS`] order.
-    fn fields(&self, index: usize) -> [(&'static str, Value); 5] {
+    /// The fields for row `index` (0-based) of the message, in [`COLUMNS`] order (and the
+    /// stream offset last).
+    fn fields(&self, index: usize) -> Vec<(&'static str, Value)> {
         let row = self
             .first_row
             .and_then(|r| i64::try_from(index).ok().and_then(|i| r.checked_add(i)))
@@ -50,12 +60,15 @@ impl RowMeta {
             (COLUMNS[3], self.received_at.clone()),
             (COLUMNS[4], self.correlation_id.clone()),
         ]
+        .into_iter()
+        .chain(self.stream_offset.clone().map(|o| (STREAM_OFFSET_COLUMN, o)))
+        .collect()
     }
 
     /// Add the fields to each row (rows of a batch numbered from the `row` header).
     pub(crate) fn add(&self, rows: &mut [Map<String, Value>]) {
         for (i, row) in rows.iter_mut().enumerate() {
-            row.extend(self.fields(i).map(|(k, v)| (k.to_string(), v)));
+            row.extend(self.fields(i).into_iter().map(|(k, v)| (k.to_string(), v)));
         }
     }
 
@@ -82,7 +95,9 @@ impl RowMeta {
 /// Why rows with these keys cannot take the metadata fields (a key already named like one,
 /// in any letter case: SQLite column names ignore it), or None.
 pub(crate) fn clash<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    keys.into_iter().find(|k| COLUMNS.iter().any(|c| c.eq_ignore_ascii_case(k))).map(|k| {
+    let named =
+        |k: &str| COLUMNS.iter().chain([&STREAM_OFFSET_COLUMN]).any(|c| c.eq_ignore_ascii_case(k));
+    keys.into_iter().find(|k| named(k)).map(|k| {
         format!(
             "the row has a {k:?} field, but --with-meta adds a field of that name; rename the \
              field, or consume without --with-meta"
@@ -133,7 +148,7 @@ mod tests {
         let mut d = Delivery { message_id: Some("m1".into()), ..Delivery::default() };
         d.headers.insert("source".into(), HeaderValue::Str("cats/a.png".into()));
         d.headers.insert("row".into(), HeaderValue::Int(7));
-        RowMeta::of(&d)
+        RowMeta::of(&d, false)
     }
 
     #[test]
@@ -141,7 +156,7 @@ mod tests {
         let mut d = Delivery::default();
         d.headers.insert("line".into(), HeaderValue::Int(4));
         let mut rows = vec![Map::new()];
-        RowMeta::of(&d).add(&mut rows);
+        RowMeta::of(&d, false).add(&mut rows);
         assert_eq!(rows[0]["_mq_row"], 4);
         assert_eq!(rows[0]["_mq_source"], Value::Null);
     }

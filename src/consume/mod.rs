@@ -8,7 +8,7 @@ mod rows;
 
 use crate::amqp::{Disposition, Handler};
 use crate::codec::Delivery;
-use crate::config::{ConsumeConfig, Global, SinkConfig};
+use crate::config::{Checkpoint, ConsumeConfig, Global, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, link_events, rate_text};
 use crate::workers::{SeenIds, Workload, drive};
 use color_eyre::eyre::{Result, eyre};
@@ -40,12 +40,17 @@ pub(crate) fn run(
             let mut rows = RowHandler::new(output.as_ref(), *format, stdout, reporter.clone())?;
             rows.decoded_limit = global.prefetch_bytes;
             rows.with_meta = *with_meta;
+            rows.stream = cfg.stream.is_some();
             shared(rows, workers)
         }
         SinkConfig::Sqlite { path, table, with_meta } => {
             let mut db = DbHandler::new(path, table, reporter.clone())?;
             db.decoded_limit = global.prefetch_bytes;
             db.with_meta = *with_meta;
+            db.stream = cfg.stream.is_some();
+            if cfg.stream.as_ref().is_some_and(|s| s.checkpoint == Some(Checkpoint::Sqlite)) {
+                db.checkpoint = Some(cfg.queue.name.clone());
+            }
             shared(db, workers)
         }
         SinkConfig::Directory(dir) => {
@@ -61,11 +66,21 @@ pub(crate) fn run(
     let started = Instant::now();
     let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
         keepers.iter_mut().map(|k| k as &mut (dyn Handler + Send)).collect();
+    let sqlite = match &cfg.sink {
+        SinkConfig::Sqlite { path, .. } => Some(path.as_path()),
+        _ => None,
+    };
+    let stream = cfg
+        .stream
+        .as_ref()
+        .map(|s| crate::checkpoint::reading(s, &cfg.queue.name, sqlite, &reporter))
+        .transpose()?;
     let workload = Workload {
         queue: &cfg.queue,
         prefetch: cfg.prefetch,
         count: cfg.count,
         idle: cfg.idle_timeout,
+        stream: stream.as_ref(),
     };
     let (outcome, mut error) = drive(global, &workload, stop, &mut dyn_handlers, &reporter)?;
     let mut kept = 0;
@@ -94,7 +109,7 @@ pub(crate) fn run(
             _ => format!("{kept} sent to {}", f.name),
         }),
         counts: counts.named(),
-        note: String::new(),
+        note: crate::checkpoint::until_note(outcome.until),
     };
     Ok(Outcome { summary, error })
 }
@@ -127,6 +142,12 @@ impl Handler for SharedRows {
 
     fn flush(&mut self) -> Result<()> {
         self.lock()?.flush()
+    }
+
+    fn covers(&mut self, offset: u64) {
+        if let Ok(mut sink) = self.lock() {
+            sink.covers(offset);
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub(super) struct RowHandler {
     pub(super) decoded_limit: u64,
     /// --with-meta: each row gets the [`super::meta::COLUMNS`] fields.
     pub(super) with_meta: bool,
+    /// Reading a stream: --with-meta adds the stream offset.
+    pub(super) stream: bool,
 }
 
 enum RowOut {
@@ -55,6 +57,7 @@ impl RowHandler {
             tally: Tally::new(Counts { tabular: true, ..Counts::default() }, reporter),
             decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
             with_meta: false,
+            stream: false,
         })
     }
 
@@ -130,7 +133,7 @@ impl Handler for RowHandler {
         if matches!(self.out, RowOut::Envelope(_)) {
             return self.write_envelope(d);
         }
-        let meta = self.with_meta.then(|| RowMeta::of(d));
+        let meta = self.with_meta.then(|| RowMeta::of(d, self.stream));
         if matches!(self.out, RowOut::Jsonl(_)) {
             match tabular::raw_objects(&d.body) {
                 Err(e) => return Ok(self.tally.failed(&e.0)),

@@ -29,6 +29,7 @@ mod model;
 mod proxy;
 mod publish14;
 mod reliability;
+mod replay16;
 mod secrets;
 mod stage_kit;
 mod storage;

@@ -1,0 +1,154 @@
+//! `--checkpoint FILE`: the offset of the last stream message durably handled, kept in a
+//! small JSON file (`{"queue":"events","offset":1234}`) that is replaced atomically (a
+//! temporary file, fsync, rename, fsync of the directory) after each ack.
+
+use crate::amqp::{Checkpointer, Offset, StreamRead};
+use crate::config::{Checkpoint, StreamConfig};
+use crate::output::Reporter;
+use color_eyre::eyre::{Result, WrapErr, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A checkpoint file for one queue.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointFile {
+    path: PathBuf,
+    queue: String,
+}
+
+impl CheckpointFile {
+    pub(crate) fn new(path: &Path, queue: &str) -> CheckpointFile {
+        CheckpointFile { path: path.to_path_buf(), queue: queue.to_string() }
+    }
+
+    /// The offset saved, or None when there is no file yet.
+    pub(crate) fn load(&self) -> Result<Option<u64>> {
+        let shown = self.path.display();
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).wrap_err(format!(
+                    "cannot read checkpoint {shown}; check --checkpoint and the file's permissions"
+                ));
+            }
+        };
+        let saved = serde_json::from_slice::<serde_json::Value>(&text).ok();
+        let field = |k: &str| saved.as_ref().and_then(|v| v.get(k).cloned());
+        let (Some(queue), Some(offset)) = (
+            field("queue").and_then(|q| q.as_str().map(str::to_string)),
+            field("offset").and_then(|o| o.as_u64()),
+        ) else {
+            bail!(
+                "checkpoint {shown} is not a checkpoint mqdemo wrote (it holds no queue and \
+                 offset); give another --checkpoint, or delete it to start from --offset"
+            );
+        };
+        if queue != self.queue {
+            bail!(
+                "checkpoint {shown} belongs to queue '{queue}', not '{}'; give each stream its \
+                 own --checkpoint file",
+                self.queue
+            );
+        }
+        Ok(Some(offset))
+    }
+
+    /// Replace the file with `offset`, durably.
+    pub(crate) fn save(&self, offset: u64) -> Result<()> {
+        let shown = self.path.display();
+        let text = serde_json::json!({ "queue": self.queue, "offset": offset }).to_string();
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            std::fs::File::open(&dir)?.sync_all()
+        };
+        write().wrap_err(format!(
+            "cannot write checkpoint {shown}; check that its directory exists and is writable \
+             (the messages are acked: a rerun starts from the checkpoint before)"
+        ))
+    }
+}
+
+impl Checkpointer for CheckpointFile {
+    fn save(&self, offset: u64) -> Result<()> {
+        CheckpointFile::save(self, offset)
+    }
+}
+
+/// How a run reads stream `queue`: from right after its checkpoint if it has one, else from
+/// --offset (default `next`), to --until, saving to its checkpoint file (if any) after each
+/// ack. `sqlite`: the --sqlite database (where `--checkpoint sqlite` lives).
+pub(crate) fn reading(
+    cfg: &StreamConfig,
+    queue: &str,
+    sqlite: Option<&Path>,
+    reporter: &Reporter,
+) -> Result<StreamRead> {
+    let (saved, place, file) = match (&cfg.checkpoint, sqlite) {
+        (Some(Checkpoint::File(path)), _) => {
+            let file = CheckpointFile::new(path, queue);
+            (file.load()?, path.display().to_string(), Some(file))
+        }
+        (Some(Checkpoint::Sqlite), Some(db)) => {
+            (crate::results_db::saved_offset(db, queue)?, db.display().to_string(), None)
+        }
+        _ => (None, String::new(), None),
+    };
+    let start = match saved {
+        Some(o) => {
+            let given =
+                if cfg.offset.is_some() { " (--offset is for a run with none)" } else { "" };
+            reporter.warn(&format!(
+                "resuming '{queue}' at offset {} from the checkpoint in {place}{given}",
+                o.saturating_add(1)
+            ));
+            Offset::At(o.saturating_add(1))
+        }
+        None => cfg.offset.unwrap_or(Offset::Next),
+    };
+    let checkpoint = file.map(|f| Box::new(f) as Box<dyn Checkpointer>);
+    Ok(StreamRead { start, until: cfg.until, checkpoint })
+}
+
+/// The summary's note when a run stopped at --until: where.
+pub(crate) fn until_note(stopped_at: Option<u64>) -> String {
+    stopped_at.map_or_else(String::new, |o| format!("stopped at --until, before offset {o}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_for_its_queue_only() {
+        let dir = std::env::temp_dir().join(format!("mqdemo-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test file");
+        let path = dir.join("run.ckpt");
+        let c = CheckpointFile::new(&path, "events");
+        assert_eq!(c.load().expect("test file"), None);
+        c.save(41).expect("test file");
+        c.save(42).expect("test file");
+        assert_eq!(c.load().expect("test file"), Some(42));
+        let other = CheckpointFile::new(&path, "other").load().expect_err("refused");
+        assert!(format!("{other}").contains("belongs to queue 'events'"), "{other}");
+        std::fs::write(&path, b"garbage").expect("test file");
+        let bad = c.load().expect_err("refused");
+        assert!(format!("{bad}").contains("not a checkpoint"), "{bad}");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("test file").collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left");
+        std::fs::remove_dir_all(&dir).expect("test file");
+    }
+}
