@@ -93,6 +93,7 @@ fn main() -> Res<()> {
         ("consume text", Box::new(|| files(&env, "text", &texts, false, 1))),
         ("consume text workers", Box::new(|| files(&env, "text", &texts, false, 4))),
         ("consume tabular metrics", Box::new(|| consume_metrics(&env, &csv))),
+        ("replay stream", Box::new(|| replay_stream(&env, &csv))),
     ];
     let mut table = Vec::new();
     for (name, case) in &cases {
@@ -233,9 +234,20 @@ fn expect_depth(url: &str, queue: &str, want: u32, who: &str) -> Res<()> {
 /// The same messages mqdemo sends (body and properties), persistent, to a durable queue,
 /// confirms pipelined over a window of 1024: what the client library can do at best.
 fn ceiling_publish(url: &str, queue: &str, msgs: &[Message]) -> Res<Duration> {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ceiling_publish_to(url, queue, durable, msgs)
+}
+
+/// [`ceiling_publish`] to a queue declared with `options` (a stream, say).
+fn ceiling_publish_to(
+    url: &str,
+    queue: &str,
+    options: QueueDeclareOptions,
+    msgs: &[Message],
+) -> Res<Duration> {
     let mut conn = Connection::insecure_open(url)?;
     let ch = conn.open_channel(None)?;
-    ch.queue_declare(queue, QueueDeclareOptions { durable: true, ..Default::default() })?;
+    ch.queue_declare(queue, options)?;
     let confirms = ch.listen_for_publisher_confirms()?;
     ch.enable_publisher_confirms()?;
     let mut smoother = ConfirmSmoother::new();
@@ -288,13 +300,24 @@ enum Sink<'a> {
 
 /// Prefetch 1000, one multiple-ack per 100 messages (and at the end), after the sink.
 fn ceiling_consume(url: &str, queue: &str, count: usize, sink: Sink<'_>) -> Res<(Duration, u64)> {
+    ceiling_consume_with(url, queue, ConsumerOptions::default(), count, sink)
+}
+
+/// [`ceiling_consume`] with these consumer options (a stream offset, say).
+fn ceiling_consume_with(
+    url: &str,
+    queue: &str,
+    options: ConsumerOptions,
+    count: usize,
+    sink: Sink<'_>,
+) -> Res<(Duration, u64)> {
     use std::io::Write;
     // From before connecting, as mqdemo's consume timing is.
     let started = Instant::now();
     let mut conn = Connection::insecure_open(url)?;
     let ch = conn.open_channel(None)?;
     ch.qos(0, 1000, false)?;
-    let consumer = ch.basic_consume(queue, ConsumerOptions::default())?;
+    let consumer = ch.basic_consume(queue, options)?;
     let mut lines = match sink {
         Sink::Lines(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
         Sink::Files(d) => {
@@ -344,13 +367,15 @@ struct Run {
     seconds: f64,
     messages: u64,
     rss_kb: Option<u64>,
+    /// User + system CPU seconds (what the machine's other load changes least).
+    cpu: Option<f64>,
 }
 
 /// Run mqdemo under /usr/bin/time; seconds and messages from its summary line.
 fn mqdemo(env: &Env, args: &[&str]) -> Res<Run> {
     let out = Command::new("/usr/bin/time")
         .arg("-f")
-        .arg("RSS_KB=%M")
+        .arg("RSS_KB=%M\nCPU_S=%U %S")
         .arg(&env.mqdemo)
         .arg("--url")
         .arg(&env.url)
@@ -373,7 +398,11 @@ fn mqdemo(env: &Env, args: &[&str]) -> Res<Run> {
     let seconds = number_after(" in ").ok_or("no seconds")?;
     let rss_kb =
         stderr.lines().find_map(|l| l.strip_prefix("RSS_KB=")).and_then(|v| v.trim().parse().ok());
-    Ok(Run { seconds, messages, rss_kb })
+    let cpu = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("CPU_S="))
+        .and_then(|v| v.split_whitespace().map(|x| x.parse::<f64>().ok()).sum::<Option<f64>>());
+    Ok(Run { seconds, messages, rss_kb, cpu })
 }
 
 /// Run a pika script; it prints {"messages", "bytes", "seconds"}.
@@ -392,6 +421,7 @@ fn pika(env: &Env, script: &str, args: &[&str]) -> Res<Option<Run>> {
         seconds: v["seconds"].as_f64().ok_or("seconds")?,
         messages: v["messages"].as_u64().ok_or("messages")?,
         rss_kb: None,
+        cpu: None,
     }))
 }
 
@@ -619,6 +649,7 @@ fn consume_metrics(env: &Env, csv: &Path) -> Res<Row> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
     let (mut with, mut without, mut scrapes, mut rss) = (vec![], vec![], 0, 0);
+    let (mut cpu_with, mut cpu_without) = (vec![], vec![]);
     for pair in 0..pairs {
         let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for metered in order {
@@ -644,11 +675,14 @@ fn consume_metrics(env: &Env, csv: &Path) -> Res<Row> {
             }
             expect_depth(&env.url, &q, 0, "mqdemo consume")?;
             rss = rss.max(r.rss_kb.unwrap_or(0));
+            let cpu = r.cpu.ok_or("no CPU time from /usr/bin/time")?;
             if metered {
                 scrapes += scraped;
                 with.push(env.rows as f64 / r.seconds);
+                cpu_with.push(cpu);
             } else {
                 without.push(env.rows as f64 / r.seconds);
+                cpu_without.push(cpu);
             }
         }
     }
@@ -659,6 +693,7 @@ fn consume_metrics(env: &Env, csv: &Path) -> Res<Row> {
     };
     let spreads = format!("runs with {}, without {}", spread(&with), spread(&without));
     let (with, without) = (median(with), median(without));
+    let (cpu_with, cpu_without) = (median(cpu_with), median(cpu_without));
     Ok(Row {
         case: "consume tabular to a file, --metrics-addr (vs without)".into(),
         unit: "rows/s",
@@ -668,10 +703,82 @@ fn consume_metrics(env: &Env, csv: &Path) -> Res<Row> {
         pika_confirm: None,
         rss_kb: Some(rss),
         note: format!(
-            "without: {} rows/s; with/without {}; {pairs} alternated pairs ({spreads}); \
-             {scrapes} scrapes of /metrics (every 250 ms)",
+            "without: {} rows/s; with/without {}; CPU s with {:.3}, without {:.3} ({} of \
+             without's rate); {pairs} alternated pairs ({spreads}); {scrapes} scrapes of \
+             /metrics (every 250 ms)",
             fmt(without),
-            ratio(with, without)
+            ratio(with, without),
+            cpu_with.unwrap_or(0.0),
+            cpu_without.unwrap_or(0.0),
+            ratio(cpu_without, cpu_with)
+        ),
+    })
+}
+
+/// Replaying a stream of the rows (one message each) to a file from `first` (issue 16:
+/// >= 0.9x): the raw amiquip stream consumer (prefetch 1000, `x-stream-offset: first`, the
+/// same JSON-lines sink) against `consume tabular --queue-type stream --offset first`, on the
+/// same stream, runs alternated (which goes first swaps each pair).
+fn replay_stream(env: &Env, csv: &Path) -> Res<Row> {
+    let q = format!("bench-replay-{}", std::process::id());
+    let bodies = rows_messages(csv, 1)?;
+    let msgs = bodies.len();
+    reset(&env.url, &q)?;
+    let mut stream = amiquip::FieldTable::new();
+    stream.insert("x-queue-type".into(), amiquip::AmqpValue::LongString("stream".into()));
+    let options = QueueDeclareOptions { durable: true, arguments: stream, ..Default::default() };
+    ceiling_publish_to(&env.url, &q, options, &bodies)?;
+    let (out, raw_out) = (env.dir.join("replay.jsonl"), env.dir.join("replay-raw.jsonl"));
+    let (mut raw, mut mq, mut rss) = (vec![], vec![], 0);
+    for pair in 0..env.runs {
+        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for ours in order {
+            if ours {
+                let _ = std::fs::remove_file(&out);
+                let count = msgs.to_string();
+                let mut args = vec!["consume", "tabular", "--queue", &q, "--queue-type"];
+                args.extend(["stream", "--offset", "first", "--count", &count, "--prefetch"]);
+                args.extend(["1000", "--output", out.to_str().ok_or("path")?]);
+                let r = mqdemo(env, &args)?;
+                if r.messages != msgs as u64 {
+                    return Err(format!("mqdemo replayed {} of {msgs}", r.messages).into());
+                }
+                rss = rss.max(r.rss_kb.unwrap_or(0));
+                mq.push(env.rows as f64 / r.seconds);
+            } else {
+                let mut first = amiquip::FieldTable::new();
+                let at = amiquip::AmqpValue::LongString("first".into());
+                first.insert("x-stream-offset".into(), at);
+                let options = ConsumerOptions { arguments: first, ..Default::default() };
+                let (t, _) =
+                    ceiling_consume_with(&env.url, &q, options, msgs, Sink::Lines(&raw_out))?;
+                raw.push(env.rows as f64 / t.as_secs_f64());
+            }
+        }
+    }
+    let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    if lines(&out) != msgs || lines(&raw_out) != msgs {
+        return Err(format!(
+            "replay wrote {} and {} lines of {msgs}",
+            lines(&out),
+            lines(&raw_out)
+        )
+        .into());
+    }
+    reset(&env.url, &q)?;
+    let (raw, mq) = (median(raw), median(mq));
+    Ok(Row {
+        case: "replay a stream from first to a file".into(),
+        unit: "rows/s",
+        ceiling: raw,
+        mqdemo: mq,
+        pika: None,
+        pika_confirm: None,
+        rss_kb: Some(rss),
+        note: format!(
+            "{msgs} messages, {} alternated pairs; mqdemo/raw {}",
+            env.runs,
+            ratio(mq, raw)
         ),
     })
 }
