@@ -36,9 +36,12 @@ enum Phase {
     Answer { bytes: Vec<u8>, sent: usize },
 }
 
+/// One client's connection.
 struct Conn {
     stream: TcpStream,
+    /// When it was accepted: the oldest is closed first.
     accepted: Instant,
+    /// When it is closed, whatever its phase.
     deadline: Instant,
     phase: Phase,
 }
