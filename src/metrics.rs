@@ -229,7 +229,9 @@ pub(crate) fn start(addr: SocketAddr, input_queue: &str, outputs: &[&str]) -> Re
             addr.port().wrapping_add(1).max(1024)
         )
     })?;
-    let server = tiny_http::Server::from_listener(listener, None)
+    // The server polls: an accept must never block it.
+    listener
+        .set_nonblocking(true)
         .map_err(|e| eyre!("--metrics-addr {addr}: cannot serve HTTP there ({e})"))?;
     let metrics = METRICS.get_or_init(|| Metrics::new(input_queue));
     for queue in outputs {
@@ -237,24 +239,9 @@ pub(crate) fn start(addr: SocketAddr, input_queue: &str, outputs: &[&str]) -> Re
     }
     std::thread::Builder::new()
         .name("metrics-http".into())
-        .spawn(move || serve(&server, metrics))
+        .spawn(move || http::serve(&listener, &|get, target| route(get, target, metrics)))
         .map_err(|e| eyre!("--metrics-addr {addr}: cannot start the HTTP thread ({e})"))?;
     Ok(())
-}
-
-/// Answer requests until the process ends.
-fn serve(server: &tiny_http::Server, metrics: &Metrics) {
-    for request in server.incoming_requests() {
-        let get = matches!(request.method(), tiny_http::Method::Get | tiny_http::Method::Head);
-        let (status, content_type, body) = route(get, request.url(), metrics);
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-        {
-            response.add_header(h);
-        }
-        // A client that went away is its own problem.
-        let _ = request.respond(response);
-    }
 }
 
 /// Content type of `/metrics`: the Prometheus text format, version 0.0.4.
@@ -463,5 +450,6 @@ impl Meter {
     }
 }
 
+mod http;
 #[cfg(test)]
 mod tests;

@@ -293,3 +293,172 @@ fn metrics15_serve_counts_expired_requests() {
     // No reply_to: no series of its own, and the shared one untouched.
     assert_eq!(counter(&text, "messages_published", "(reply_to)"), 0, "{text}");
 }
+
+// The endpoint against hostile clients: whatever one client does, a scrape of /live by
+// another answers at once, and the server's threads, memory and descriptors stay bounded.
+
+/// How long a scrape may take while a hostile client is at work.
+const PROMPT: Duration = Duration::from_secs(2);
+
+/// `GET path` that must answer within `within` (connect, send and read): the status.
+fn status_within(port: u16, path: &str, within: Duration) -> Option<u16> {
+    let started = std::time::Instant::now();
+    let addr = ([127, 0, 0, 1], port).into();
+    let mut stream = TcpStream::connect_timeout(&addr, within).ok()?;
+    stream.set_read_timeout(Some(within)).ok()?;
+    stream.set_write_timeout(Some(within)).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response);
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    (started.elapsed() <= within).then_some(status)
+}
+
+/// Assert /live answers 200 within PROMPT.
+fn assert_live(port: u16, during: &str) {
+    assert_eq!(status_within(port, "/live", PROMPT), Some(200), "/live within {PROMPT:?} {during}");
+}
+
+/// A `consume tabular` run with `--metrics-addr` on `port`, ready.
+struct Target {
+    q: TestQueue,
+    port: u16,
+    run: crate::support::Watched,
+    _dir: tempfile::TempDir,
+}
+
+/// `consume tabular` with `--metrics-addr` on a free port, run by `wrapper` (or directly),
+/// once /ready answers 200.
+fn hostile_target(name: &str, wrapper: &[&str]) -> Target {
+    let q = TestQueue::new(name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let out = dir.path().join("rows.jsonl");
+    let args = ["consume", "tabular", "--queue", &q.name, "--output", s(&out)];
+    let args = [&args[..], &["--metrics-addr", &addr]].concat();
+    let run = if wrapper.is_empty() {
+        mqdemo(&args)
+    } else {
+        crate::support::mqdemo_under(wrapper, &args)
+    }
+    .watch();
+    wait_until(DEADLINE, "/ready 200", || http_get(port, "/ready").is_some_and(|r| r.0 == 200));
+    Target { q, port, run, _dir: dir }
+}
+
+impl Target {
+    /// Stop the run with SIGTERM: it exits 0 (no failed message).
+    fn stop(self) {
+        self.run.signal("TERM");
+        self.run.finish(DEADLINE).expect_code(0);
+    }
+}
+
+/// `n` connections to `port` (each may fail once the server is out of descriptors).
+fn connections(port: u16, n: usize) -> Vec<TcpStream> {
+    let addr = ([127, 0, 0, 1], port).into();
+    let patience = Duration::from_millis(250);
+    (0..n).filter_map(|_| TcpStream::connect_timeout(&addr, patience).ok()).collect()
+}
+
+/// The process's thread count.
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status.lines().find(|l| l.starts_with("Threads:")).expect("Threads line");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("thread count")
+}
+
+#[test]
+fn metrics15_idle_connections_past_the_open_file_limit_leave_live_answering() {
+    // 64 descriptors: more than the process (about 13) and the server's 16 connections
+    // hold; 24: fewer, so the server's own accepts fail with EMFILE.
+    for limit in [64, 24] {
+        let nofile = format!("--nofile={limit}:{limit}");
+        let t = hostile_target("metrics15-fds", &["prlimit", &nofile, "--"]);
+        let (q, port) = (&t.q, t.port);
+        // Far more than the process's descriptors, held open and silent.
+        let idle = connections(port, 200);
+        assert!(idle.len() > 64, "only {} connections made", idle.len());
+        assert_live(port, &format!("with 200 idle connections and {limit} descriptors"));
+        // The run itself still works: rows are consumed and counted.
+        produce_sample(q, &["--num-records", "5", "-q"]).run().expect_code(0);
+        wait_until(DEADLINE, "5 rows acked in /metrics", || {
+            counter(&scrape(port), "messages_acked", &q.name) == 5
+        });
+        drop(idle);
+        let more = connections(port, 200);
+        assert_live(port, "after a second wave of idle connections");
+        drop(more);
+        t.stop();
+    }
+}
+
+#[test]
+fn metrics15_a_client_that_never_reads_its_answers_stalls_nothing() {
+    let t = hostile_target("metrics15-noread", &[]);
+    let port = t.port;
+    let mut hog = connections(port, 1).pop().expect("a connection");
+    hog.set_write_timeout(Some(PROMPT)).expect("write timeout");
+    // 10,000 pipelined scrapes (tens of MB of answers), none of them read.
+    let requests = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(10_000);
+    let _ = hog.write_all(requests.as_bytes()); // refused or timed out: either is fine
+    assert_live(port, "while a client does not read its answers");
+    assert_live(port, "again");
+    drop(hog);
+    t.stop();
+}
+
+#[test]
+fn metrics15_an_endless_header_is_refused_without_growing_memory() {
+    let t = hostile_target("metrics15-header", &[]);
+    let (port, pid) = (t.port, t.run.id());
+    let rss = || crate::support::status_kib(pid, "VmRSS:").expect("VmRSS") * 1024;
+    let before = rss();
+    let mut hog = connections(port, 1).pop().expect("a connection");
+    hog.set_write_timeout(Some(Duration::from_millis(200))).expect("write timeout");
+    hog.write_all(b"GET /live HTTP/1.1\r\nX-Endless: ").expect("request line");
+    let chunk = vec![b'a'; 64 * 1024];
+    let limit = 64 << 20;
+    let (mut sent, started) = (0usize, std::time::Instant::now());
+    // Until the server cuts it off, or has taken `limit` bytes (within a minute).
+    let refused = loop {
+        if sent >= limit || started.elapsed() > DEADLINE {
+            break false;
+        }
+        match hog.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    let grown = rss().saturating_sub(before);
+    assert!(refused, "the server took {sent} bytes of one header line");
+    assert!(grown < 16 << 20, "resident memory grew by {grown} bytes");
+    assert_live(port, "after an endless header");
+    t.stop();
+}
+
+#[test]
+fn metrics15_slow_clients_take_no_thread_each_nor_block_live() {
+    let t = hostile_target("metrics15-slowloris", &[]);
+    let (port, pid) = (t.port, t.run.id());
+    let before = threads(pid);
+    let mut slow = connections(port, 100);
+    let mut most = before;
+    // Each sends its request a byte at a time, never finishing, for two seconds.
+    for byte in b"GET /live HTTP/1.1\r\nX-Slow: ".iter().take(8) {
+        for s in &mut slow {
+            let _ = s.write_all(&[*byte]);
+        }
+        std::thread::sleep(Duration::from_millis(250)); // the pace of the attack
+        most = most.max(threads(pid));
+    }
+    assert!(most <= before, "{before} threads before, {most} with 100 slow clients");
+    assert_live(port, "with 100 slow clients connected");
+    drop(slow);
+    t.stop();
+}

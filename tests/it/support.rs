@@ -202,6 +202,20 @@ pub fn mqdemo(args: &[&str]) -> Mqdemo {
     Mqdemo { cmd }
 }
 
+/// The binary run by `wrapper` (e.g. `["prlimit", "--nofile=64:64", "--"]`: a program
+/// that execs its arguments, so the child's pid is mqdemo's).
+pub fn mqdemo_under(wrapper: &[&str], args: &[&str]) -> Mqdemo {
+    let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+    let mut cmd = Command::new(program);
+    cmd.args(wrapper_args)
+        .arg(bin_path())
+        .args(args)
+        .env("AMQP_URL", url())
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    Mqdemo { cmd }
+}
+
 impl Mqdemo {
     /// Start without waiting.
     pub fn spawn(mut self) -> Child {
