@@ -730,8 +730,10 @@ fn replay_stream(env: &Env, csv: &Path) -> Res<Row> {
     ceiling_publish_to(&env.url, &q, options, &bodies)?;
     let (out, raw_out) = (env.dir.join("replay.jsonl"), env.dir.join("replay-raw.jsonl"));
     let (mut raw, mut mq, mut rss) = (vec![], vec![], 0);
+    let (mut raw_cpu, mut mq_cpu, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..env.runs {
         let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        let (mut ours_rate, mut raw_rate) = (0.0, 0.0);
         for ours in order {
             if ours {
                 let _ = std::fs::remove_file(&out);
@@ -744,17 +746,23 @@ fn replay_stream(env: &Env, csv: &Path) -> Res<Row> {
                     return Err(format!("mqdemo replayed {} of {msgs}", r.messages).into());
                 }
                 rss = rss.max(r.rss_kb.unwrap_or(0));
-                mq.push(env.rows as f64 / r.seconds);
+                ours_rate = env.rows as f64 / r.seconds;
+                mq.push(ours_rate);
+                mq_cpu.push(r.cpu.ok_or("no CPU time from /usr/bin/time")?);
             } else {
                 let mut first = amiquip::FieldTable::new();
                 let at = amiquip::AmqpValue::LongString("first".into());
                 first.insert("x-stream-offset".into(), at);
                 let options = ConsumerOptions { arguments: first, ..Default::default() };
+                let cpu = self_cpu();
                 let (t, _) =
                     ceiling_consume_with(&env.url, &q, options, msgs, Sink::Lines(&raw_out))?;
-                raw.push(env.rows as f64 / t.as_secs_f64());
+                raw_cpu.push(self_cpu() - cpu);
+                raw_rate = env.rows as f64 / t.as_secs_f64();
+                raw.push(raw_rate);
             }
         }
+        pairs.push(ours_rate / raw_rate);
     }
     let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
     if lines(&out) != msgs || lines(&raw_out) != msgs {
@@ -767,6 +775,9 @@ fn replay_stream(env: &Env, csv: &Path) -> Res<Row> {
     }
     reset(&env.url, &q)?;
     let (raw, mq) = (median(raw), median(mq));
+    let (raw_cpu, mq_cpu) = (median(raw_cpu).unwrap_or(0.0), median(mq_cpu).unwrap_or(0.0));
+    let pair_ratio = median(pairs.clone()).unwrap_or(0.0);
+    let pairs: Vec<String> = pairs.iter().map(|r| format!("{r:.2}")).collect();
     Ok(Row {
         case: "replay a stream from first to a file".into(),
         unit: "rows/s",
@@ -776,11 +787,23 @@ fn replay_stream(env: &Env, csv: &Path) -> Res<Row> {
         pika_confirm: None,
         rss_kb: Some(rss),
         note: format!(
-            "{msgs} messages, {} alternated pairs; mqdemo/raw {}",
+            "{msgs} messages, {} alternated pairs; median of the pairs' ratios {pair_ratio:.2}x \
+             ({}); CPU s mqdemo {mq_cpu:.2}, raw {raw_cpu:.2}",
             env.runs,
-            ratio(mq, raw)
+            pairs.join(", ")
         ),
     })
+}
+
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat (clock
+/// ticks of 1/100 s).
+fn self_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end at its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: Vec<f64> =
+        rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse().ok()).collect();
+    ticks.iter().sum::<f64>() / 100.0
 }
 
 /// GET /metrics on 127.0.0.1:port every 250 ms until `done`; how many answered 200.
