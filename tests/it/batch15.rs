@@ -4,7 +4,7 @@
 //! broker, real binary, real model processes.
 
 use crate::stage_kit::{drain, header_int, header_str, pipe, publish_indexed, rows, shifted};
-use crate::support::{TestQueue, connect, mqdemo, s, wait_until};
+use crate::support::{TestQueue, connect, held, mqdemo, s, wait_until};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -666,4 +666,48 @@ fn a_batch_that_stops_the_run_stays_queued_with_workers_too() {
     assert_eq!(answered + failures + left, 28, "{}", out.stderr);
     assert!(out.stderr.contains("the batch's 4 messages stay"), "{}", out.stderr);
     assert!(left >= 4, "the stopping batch was taken up again: {left} left\n{}", out.stderr);
+}
+
+/// A repeat of an earlier message (same id) arriving while a batch fills is acked at once
+/// by the stage, without a model call. The consumer acks up to the newest delivery the stage
+/// no longer holds, so the repeat must count as held with the batch: else the oldest
+/// message of the batch is acked unanswered, and a kill then loses it.
+#[test]
+fn a_repeat_arriving_while_a_batch_fills_does_not_get_the_batch_acked() {
+    let (from, to, _failed) = trio("riders");
+    let (_dir, log) = call_log();
+    let props = |id: &str| AmqpProperties::default().with_message_id(id.to_string());
+    from.publish_raw(br#"{"n":1}"#, props("a"));
+    from.publish_raw(br#"{"n":2}"#, props("c"));
+    let exec = logging_echo(&log);
+    let run = mqdemo(&[
+        "pipe",
+        "--from",
+        &from.name,
+        "--to",
+        &to.name,
+        "--framing",
+        "json-batch",
+        "--batch-size",
+        "2",
+        "--batch-wait",
+        "60",
+        "--exec",
+        &exec,
+    ])
+    .watch();
+    wait_until(Duration::from_secs(30), "the first batch is answered", || to.depth() == 2);
+    from.publish_raw(br#"{"n":3}"#, props("b"));
+    wait_until(Duration::from_secs(10), "b is taken into a batch", || from.depth() == 0);
+    from.publish_raw(br#"{"n":1}"#, props("a"));
+    wait_until(Duration::from_secs(10), "the repeat is delivered", || from.depth() == 0);
+    // An ack of b, if one comes, comes within milliseconds (the consumer acks when idle).
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline && held(&from.name) == Some(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.signal("KILL");
+    let _ = run.finish(Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "b and the repeat back in the queue", || from.depth() == 2);
+    assert_eq!(batch_sizes(&log), vec![2], "b was never answered");
 }
