@@ -406,3 +406,36 @@ fn a_stream_whose_node_restarted_is_not_explained_as_a_classic_queue() {
     assert!(!line.contains("classic queue"), "a stream explained as a classic queue: {line}");
     assert!(!line.contains("--queue-type quorum"), "the wrong fix for a stream: {line}");
 }
+
+/// Defect: a checkpointed run that received nothing (e.g. `--idle-timeout` on a quiet
+/// stream) saves no checkpoint, so the next run starts at `next` again (the default
+/// --offset) and silently skips everything written between the two runs (exit 0). Either
+/// the first run refuses to start without an explicit --offset, or the second run gets
+/// every row written after the first one began.
+#[test]
+fn a_checkpointed_run_that_received_nothing_does_not_lose_the_rows_written_after_it() {
+    let q = TestQueue::new("emptyckpt16");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    let ckpt = dir.join("run.ckpt");
+    // The stream exists (a row from before any run: not expected).
+    produce_file(&q, &rows(dir, "old.csv", &[(0, "old")]), &[]);
+    let mut read = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    read.extend(["--idle-timeout", "2"]);
+    let first = mqdemo(&read).run();
+    if first.code() == Some(2) {
+        assert!(first.stderr.contains("--offset"), "{}", first.stderr);
+        return;
+    }
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    produce_file(&q, &rows(dir, "new.csv", &[(1, "a"), (2, "b"), (3, "c")]), &[]);
+    let second = mqdemo(&read).run();
+    assert_eq!(
+        ids(&second.stdout),
+        vec![1, 2, 3],
+        "rows written between two checkpointed runs skipped (first run saved no checkpoint: \
+         {}):\n{}",
+        ckpt.exists(),
+        second.stderr
+    );
+}
