@@ -4,6 +4,7 @@
 mod attacks;
 mod attacks11;
 mod attacks11b;
+mod attacks16;
 mod batch15;
 mod broker;
 mod cluster;
