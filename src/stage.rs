@@ -141,6 +141,10 @@ struct Stage<'a> {
     /// Messages of a batch that stopped the run: never handled, so never acked (they count
     /// as held, and come back with the nack or the channel's close).
     stuck: usize,
+    /// Repeats (ids seen before) that came while a batch filled: done with, but held with
+    /// the batch, since the consumer acks up to the newest delivery the stage no longer
+    /// holds, and the batch's own messages are older.
+    riders: usize,
 }
 
 /// Why a message of a batch is not handed to the model.
@@ -191,6 +195,7 @@ impl<'a> Stage<'a> {
             batch: Vec::new(),
             batch_started: None,
             stuck: 0,
+            riders: 0,
         })
     }
 
@@ -418,11 +423,12 @@ impl<'a> Stage<'a> {
     /// stays unacked: `stuck` keeps it counted as held.
     fn run_batch(&mut self) -> Result<()> {
         let held = std::mem::take(&mut self.batch);
+        let riders = std::mem::take(&mut self.riders);
         self.batch_started = None;
         let result = self.answer_batch(&held);
         if result.is_err() {
             // Back to the queue, unhandled: not counted as taken.
-            self.stuck += held.len();
+            self.stuck += held.len() + riders;
             self.counts.messages -= held.len() as u64;
             self.counts.bytes -= held.iter().map(|h| h.d.body.len() as u64).sum::<u64>();
         }
@@ -544,6 +550,9 @@ impl Handler for Stage<'_> {
         if self.seen.contains(d) {
             self.counts.duplicates += 1;
             crate::metrics::duplicate();
+            if !self.batch.is_empty() {
+                self.riders += 1;
+            }
             return Ok(Disposition::Ack);
         }
         if let Some(why) = &self.broken {
@@ -617,7 +626,7 @@ impl Handler for Stage<'_> {
     }
 
     fn held(&self) -> usize {
-        self.batch.len() + self.stuck
+        self.batch.len() + self.riders + self.stuck
     }
 
     fn complete(&mut self) -> Result<()> {
@@ -630,6 +639,7 @@ impl Handler for Stage<'_> {
 
     fn dropped(&mut self) {
         self.stuck = 0;
+        self.riders = 0;
         for h in std::mem::take(&mut self.batch) {
             self.seen.forget(&h.d);
             self.counts.messages -= 1;
