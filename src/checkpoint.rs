@@ -21,8 +21,9 @@ impl CheckpointFile {
         CheckpointFile { path: path.to_path_buf(), queue: queue.to_string() }
     }
 
-    /// The offset saved, or None when there is no file yet.
-    pub(crate) fn load(&self) -> Result<Option<u64>> {
+    /// Where a run resumes (right after the offset saved, or where the first run started
+    /// when it acked nothing yet), or None when there is no file yet.
+    pub(crate) fn load(&self) -> Result<Option<Offset>> {
         let shown = self.path.display();
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -35,10 +36,15 @@ impl CheckpointFile {
         };
         let saved = serde_json::from_slice::<serde_json::Value>(&text).ok();
         let field = |k: &str| saved.as_ref().and_then(|v| v.get(k).cloned());
-        let (Some(queue), Some(offset)) = (
-            field("queue").and_then(|q| q.as_str().map(str::to_string)),
-            field("offset").and_then(|o| o.as_u64()),
-        ) else {
+        let resume = match (field("offset"), field("since"), field("from")) {
+            (Some(o), _, _) => o.as_u64().map(|o| Offset::At(o.saturating_add(1))),
+            (None, Some(t), _) => t.as_u64().map(Offset::Time),
+            (None, None, Some(f)) => (f.as_str() == Some("first")).then_some(Offset::First),
+            (None, None, None) => None,
+        };
+        let (Some(queue), Some(resume)) =
+            (field("queue").and_then(|q| q.as_str().map(str::to_string)), resume)
+        else {
             bail!(
                 "checkpoint {shown} is not a checkpoint mqdemo wrote (it holds no queue and \
                  offset); give another --checkpoint, or delete it to start from --offset"
@@ -51,13 +57,34 @@ impl CheckpointFile {
                 self.queue
             );
         }
-        Ok(Some(offset))
+        Ok(Some(resume))
+    }
+
+    /// A first run starts at `start` (nothing acked yet): save where a rerun starts if this
+    /// one acks nothing (it may end quietly, or be killed before its first ack), so that
+    /// what is written meanwhile is not skipped. `next` and `last` become the time now.
+    pub(crate) fn save_start(&self, start: Offset) -> Result<()> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let now = now.map_or(0, |d| d.as_secs());
+        let form = match start {
+            Offset::First | Offset::At(0) => serde_json::json!({ "from": "first" }),
+            Offset::At(n) => serde_json::json!({ "offset": n - 1 }),
+            Offset::Time(t) => serde_json::json!({ "since": t }),
+            Offset::Next | Offset::Last => serde_json::json!({ "since": now }),
+        };
+        let mut form = form;
+        form["queue"] = serde_json::Value::from(self.queue.as_str());
+        self.write(&form.to_string())
     }
 
     /// Replace the file with `offset`, durably.
     pub(crate) fn save(&self, offset: u64) -> Result<()> {
+        self.write(&serde_json::json!({ "queue": self.queue, "offset": offset }).to_string())
+    }
+
+    /// Replace the file with `text`, durably.
+    fn write(&self, text: &str) -> Result<()> {
         let shown = self.path.display();
-        let text = serde_json::json!({ "queue": self.queue, "offset": offset }).to_string();
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -103,29 +130,50 @@ pub(crate) fn reading(
             (file.load()?, path.display().to_string(), Some(file))
         }
         (Some(Checkpoint::Sqlite), Some(db)) => {
-            (crate::results_db::saved_offset(db, queue)?, db.display().to_string(), None)
+            let saved = crate::results_db::saved_offset(db, queue)?;
+            (saved.map(|o| Offset::At(o.saturating_add(1))), db.display().to_string(), None)
         }
         _ => (None, String::new(), None),
     };
     let start = match saved {
-        Some(o) => {
+        Some(resume) => {
             let given =
                 if cfg.offset.is_some() { " (--offset is for a run with none)" } else { "" };
-            reporter.warn(&format!(
-                "resuming '{queue}' at offset {} from the checkpoint in {place}{given}",
-                o.saturating_add(1)
-            ));
-            Offset::At(o.saturating_add(1))
+            let at = match resume {
+                Offset::At(n) => format!("at offset {n}"),
+                Offset::Time(t) => format!("from what was written since {t} (Unix time)"),
+                _ => "from the first message".to_string(),
+            };
+            reporter
+                .warn(&format!("resuming '{queue}' {at} from the checkpoint in {place}{given}"));
+            resume
         }
-        None => cfg.offset.unwrap_or(Offset::Next),
+        None => {
+            let start = cfg.offset.unwrap_or(Offset::Next);
+            if let Some(f) = &file {
+                f.save_start(start)?;
+            }
+            start
+        }
     };
     let checkpoint = file.map(|f| Box::new(f) as Box<dyn Checkpointer>);
     Ok(StreamRead { start, until: cfg.until, checkpoint })
 }
 
-/// The summary's note when a run stopped at --until: where.
-pub(crate) fn until_note(stopped_at: Option<u64>) -> String {
-    stopped_at.map_or_else(String::new, |o| format!("stopped at --until, before offset {o}"))
+/// The summary's note on a stream: where a run stopped at --until, and what retention
+/// dropped before it was read.
+pub(crate) fn stream_note(o: &crate::amqp::ConsumeOutcome) -> String {
+    let mut notes = Vec::new();
+    if o.dropped > 0 {
+        notes.push(format!(
+            "skipped {} messages the stream's retention dropped before they were read",
+            o.dropped
+        ));
+    }
+    if let Some(at) = o.until {
+        notes.push(format!("stopped at --until, before offset {at}"));
+    }
+    notes.join("; ")
 }
 
 #[cfg(test)]
@@ -141,7 +189,14 @@ mod tests {
         assert_eq!(c.load().expect("test file"), None);
         c.save(41).expect("test file");
         c.save(42).expect("test file");
-        assert_eq!(c.load().expect("test file"), Some(42));
+        assert_eq!(c.load().expect("test file"), Some(Offset::At(43)));
+        c.save_start(Offset::First).expect("test file");
+        assert_eq!(c.load().expect("test file"), Some(Offset::First));
+        c.save_start(Offset::Time(1_700_000_000)).expect("test file");
+        assert_eq!(c.load().expect("test file"), Some(Offset::Time(1_700_000_000)));
+        c.save_start(Offset::At(10)).expect("test file");
+        assert_eq!(c.load().expect("test file"), Some(Offset::At(10)));
+        c.save(42).expect("test file");
         let other = CheckpointFile::new(&path, "other").load().expect_err("refused");
         assert!(format!("{other}").contains("belongs to queue 'events'"), "{other}");
         std::fs::write(&path, b"garbage").expect("test file");

@@ -107,7 +107,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         messages: total.messages,
         bytes: total.bytes,
         elapsed: started.elapsed(),
-        skipped: 0,
+        skipped: consumed.dropped,
         failed: total.failed + not_delivered,
         failed_to: Some(format!("sent to {}", cfg.failed.name)),
         counts: vec![
@@ -117,7 +117,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
             ("duplicates", total.duplicates),
             ("model restarts", total.restarts),
         ],
-        note: crate::checkpoint::until_note(consumed.until),
+        note: crate::checkpoint::stream_note(&consumed),
     };
     Ok(Outcome { summary, error })
 }

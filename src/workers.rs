@@ -81,6 +81,7 @@ pub(crate) fn drive(
         outcome.received += o.received;
         outcome.acked += o.acked;
         outcome.until = outcome.until.or(o.until);
+        outcome.dropped += o.dropped;
         if let Err(e) = res {
             error.get_or_insert(e);
         }

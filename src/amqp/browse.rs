@@ -199,7 +199,11 @@ fn look_up(session: &mut Session, queue: &str) -> Result<Option<QueueInfo>> {
             Ok(Some(info))
         }
         Err(amiquip::Error::ServerClosedChannel { code: 404, message, .. }) => {
-            if no_such_queue(&message) { Ok(None) } else { Err(lost(unavailable(queue, &message))) }
+            if no_such_queue(&message) {
+                Ok(None)
+            } else {
+                Err(lost(unavailable(queue, &message, false)))
+            }
         }
         Err(e) => Err(explain(e, ep, &format!("looking up queue '{queue}'"))),
     }

@@ -94,6 +94,9 @@ pub struct ConsumeOutcome {
     pub interrupted: bool,
     /// Stopped at --until: the stream offset of the first message past it.
     pub until: Option<u64>,
+    /// Stream messages retention dropped between where a consumer asked to start and the
+    /// first message it got (never read, by anyone here).
+    pub dropped: u64,
 }
 
 /// How a consumer's run on one prefetch ended.
@@ -119,6 +122,8 @@ struct ConsumeState<'a> {
     cursor: Cursor,
     /// Where the first consumer on this channel starts reading the stream.
     start: super::stream::Offset,
+    /// The offset the current stream consumer asked for, until its first delivery.
+    expect: Option<u64>,
     /// Set (for the other workers) as soon as the handler fails, before its messages are
     /// given back: a worker still running must not take them up and fail them again.
     halt: &'a AtomicBool,
@@ -156,7 +161,14 @@ impl<'a> ConsumeState<'a> {
             self.prefetch = prefetch;
             self.ack_every = u64::from(prefetch / 2).max(1);
             let options = match self.stream {
-                Some(_) => ConsumerOptions { arguments: start.arguments(), ..Default::default() },
+                Some(_) => {
+                    self.cursor.starting(start);
+                    self.expect = match start {
+                        super::stream::Offset::At(n) => Some(n),
+                        _ => None,
+                    };
+                    ConsumerOptions { arguments: start.arguments(), ..Default::default() }
+                }
                 None => ConsumerOptions::default(),
             };
             let consumer = self
@@ -340,6 +352,18 @@ impl<'a> ConsumeState<'a> {
             None => None,
         };
         if let Some(o) = offset {
+            if let Some(asked) = self.expect.take() {
+                if o < asked {
+                    return Err(fatal(format!(
+                        "stream '{}' has no offset {asked} (its next message is offset {o}): it \
+                         was deleted and declared again, or the checkpoint is another \
+                         broker's; delete the --checkpoint file (or give --offset) to read it \
+                         from where you choose",
+                        self.queue
+                    )));
+                }
+                self.outcome.dropped += o - asked;
+            }
             self.cursor.first.get_or_insert(o);
             self.cursor.received = Some(o);
         }
@@ -465,7 +489,7 @@ impl<'a> ConsumeState<'a> {
                 ))
             }
             Err(amiquip::Error::ServerClosedChannel { code: 404, message, .. }) => {
-                close_and_retry(unavailable(self.queue, &message))
+                close_and_retry(unavailable(self.queue, &message, self.stream.is_some()))
             }
             Err(e) => explain(e, self.endpoint, "checking the queue after the broker cancelled"),
         }
@@ -543,6 +567,7 @@ impl ConsumeOutcome {
         self.rejected += o.rejected;
         self.interrupted |= o.interrupted;
         self.until = self.until.or(o.until);
+        self.dropped += o.dropped;
     }
 }
 
@@ -584,6 +609,7 @@ fn consume_once(
         held_bytes: limits.held_bytes,
         stream: limits.stream,
         cursor: *at.cursor,
+        expect: None,
         start: limits
             .stream
             .map_or(super::stream::Offset::Next, |s| at.cursor.new_connection(s.start)),

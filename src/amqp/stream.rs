@@ -104,22 +104,39 @@ pub(super) struct Cursor {
     pub received: Option<u64>,
     /// The newest offset acked (its message, and all before it, are handled durably).
     pub acked: Option<u64>,
+    /// When (Unix seconds) the first consumer started at `next` or `last`: a consumer that
+    /// must start again before it received anything starts at that time, so what was written
+    /// while it was away is read (a message or two of that second may come twice).
+    pub since: Option<u64>,
 }
 
 impl Cursor {
     /// A new consumer on the same channel, every delivery of the old one handled: right
     /// after the newest received.
     pub(super) fn same_channel(&self, start: Offset) -> Offset {
-        self.received.map_or(start, |o| Offset::At(o + 1))
+        match (self.received, self.since) {
+            (Some(o), _) => Offset::At(o + 1),
+            (None, Some(t)) => Offset::Time(t),
+            (None, None) => start,
+        }
+    }
+
+    /// A consumer starts at `start`: remember when, if `start` moves with the clock.
+    pub(super) fn starting(&mut self, start: Offset) {
+        if matches!(start, Offset::Next | Offset::Last) && self.since.is_none() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            self.since = now.ok().map(|d| d.as_secs());
+        }
     }
 
     /// A consumer on a new connection: right after the newest acked message (what was
     /// received but not acked comes again and is dropped by message id, or handled then).
     pub(super) fn new_connection(&self, start: Offset) -> Offset {
-        match (self.acked, self.first) {
-            (Some(o), _) => Offset::At(o + 1),
-            (None, Some(o)) => Offset::At(o),
-            (None, None) => start,
+        match (self.acked, self.first, self.since) {
+            (Some(o), _, _) => Offset::At(o + 1),
+            (None, Some(o), _) => Offset::At(o),
+            (None, None, Some(t)) => Offset::Time(t),
+            (None, None, None) => start,
         }
     }
 }
@@ -165,10 +182,17 @@ mod tests {
         let fresh = Cursor::default();
         assert_eq!(fresh.same_channel(Offset::First), Offset::First);
         assert_eq!(fresh.new_connection(Offset::Next), Offset::Next);
-        let got = Cursor { first: Some(5), received: Some(9), acked: None };
+        let got = Cursor { first: Some(5), received: Some(9), acked: None, since: None };
         assert_eq!(got.same_channel(Offset::First), Offset::At(10));
         assert_eq!(got.new_connection(Offset::First), Offset::At(5));
         let acked = Cursor { acked: Some(7), ..got };
         assert_eq!(acked.new_connection(Offset::First), Offset::At(8));
+        let mut waiting = Cursor::default();
+        waiting.starting(Offset::First);
+        assert_eq!(waiting.since, None, "first does not move with the clock");
+        waiting.starting(Offset::Next);
+        let t = waiting.since.expect("the time it started at next");
+        assert_eq!(waiting.new_connection(Offset::Next), Offset::Time(t));
+        assert_eq!(waiting.same_channel(Offset::Next), Offset::Time(t));
     }
 }

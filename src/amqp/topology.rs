@@ -105,7 +105,7 @@ pub(super) fn declare(channel: &Channel, spec: &QueueSpec, ep: &Endpoint) -> Res
             .exchange_declare(ExchangeType::Direct, DEAD_LETTER_EXCHANGE, durable)
             .map_err(|e| explain(e, ep, "declaring the dead-letter exchange"))?;
         let plain = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        channel.queue_declare(dlq.clone(), plain).map_err(|e| declare_error(e, dlq, ep))?;
+        channel.queue_declare(dlq.clone(), plain).map_err(|e| declare_error(e, dlq, ep, false))?;
         channel
             .queue_bind(dlq.clone(), DEAD_LETTER_EXCHANGE, dlq.clone(), FieldTable::new())
             .map_err(|e| explain(e, ep, "binding the dead-letter queue"))?;
@@ -117,11 +117,11 @@ pub(super) fn declare(channel: &Channel, spec: &QueueSpec, ep: &Endpoint) -> Res
     };
     let q = channel
         .queue_declare(spec.name.clone(), options)
-        .map_err(|e| declare_error(e, &spec.name, ep))?;
+        .map_err(|e| declare_error(e, &spec.name, ep, spec.is_stream()))?;
     Ok((q.declared_message_count().unwrap_or(0), q.declared_consumer_count().unwrap_or(0)))
 }
 
-fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint) -> Report {
+fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint, stream: bool) -> Report {
     match e {
         amiquip::Error::ServerClosedChannel { code: 406, message, .. } => fatal(format!(
             "queue '{queue}' already exists with other settings ({message}); match them with \
@@ -136,7 +136,7 @@ fn declare_error(e: amiquip::Error, queue: &str, ep: &Endpoint) -> Report {
         // A declare creates a missing queue, so a 404 means it exists on a node that is down
         // or stopping (a classic queue on a cluster). Retryable: the node may come back.
         amiquip::Error::ServerClosedChannel { code: 404, message, .. } => {
-            lost(unavailable(queue, &message))
+            lost(unavailable(queue, &message, stream))
         }
         other => explain(other, ep, "declaring the queue"),
     }
@@ -180,7 +180,14 @@ pub(super) fn no_such_queue(message: &str) -> bool {
 }
 
 /// What to say when the queue's node is down.
-pub(super) fn unavailable(queue: &str, message: &str) -> String {
+pub(super) fn unavailable(queue: &str, message: &str, stream: bool) -> String {
+    if stream {
+        return format!(
+            "stream '{queue}' is unavailable ({message}): its node is down or its leader is \
+             not elected yet after a restart; it comes back once a majority of its replicas \
+             run (on one node: once that node's stream has recovered)"
+        );
+    }
     format!(
         "queue '{queue}' is unavailable ({message}): a classic queue lives on one node and is \
          unavailable while that node is down; on a cluster use --queue-type quorum (replicated)"

@@ -151,7 +151,9 @@ pub(super) fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> 
 fn only_one_reader(workers: u8) -> Result<(), UsageError> {
     if workers > 1 {
         return Err(UsageError(format!(
-            "--workers {workers} with a stream: every consumer of a stream reads all of it, so              each message would be handled {workers} times; use --workers 1 (or split the work              downstream: pipe the stream into a classic or quorum queue)"
+            "--workers {workers} with a stream: every consumer of a stream reads all of it, so \
+             each message would be handled {workers} times; use --workers 1 (or split the work \
+             downstream: pipe the stream into a classic or quorum queue)"
         )));
     }
     Ok(())

@@ -41,6 +41,10 @@ pub(crate) fn run(
             rows.decoded_limit = global.prefetch_bytes;
             rows.with_meta = *with_meta;
             rows.stream = cfg.stream.is_some();
+            if cfg.stream.as_ref().is_none_or(|s| s.checkpoint.is_none()) {
+                // Acked without an fsync, as before: only a checkpoint must not get ahead.
+                rows.no_sync();
+            }
             shared(rows, workers)
         }
         SinkConfig::Sqlite { path, table, with_meta } => {
@@ -102,14 +106,14 @@ pub(crate) fn run(
         messages: counts.messages,
         bytes: counts.bytes,
         elapsed: started.elapsed(),
-        skipped: 0,
+        skipped: outcome.dropped,
         failed,
         failed_to: cfg.failed.as_ref().filter(|_| kept > 0).map(|f| match failed - kept {
             0 => format!("sent to {}", f.name),
             _ => format!("{kept} sent to {}", f.name),
         }),
         counts: counts.named(),
-        note: crate::checkpoint::until_note(outcome.until),
+        note: crate::checkpoint::stream_note(&outcome),
     };
     Ok(Outcome { summary, error })
 }

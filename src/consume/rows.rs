@@ -23,6 +23,9 @@ pub(super) struct RowHandler {
     pub(super) with_meta: bool,
     /// Reading a stream: --with-meta adds the stream offset.
     pub(super) stream: bool,
+    /// The output file, synced at each flush: a stream checkpoint saved after the flush
+    /// must not be on disk ahead of the rows it covers.
+    sync: Option<std::fs::File>,
 }
 
 enum RowOut {
@@ -38,9 +41,14 @@ impl RowHandler {
         stdout: Box<dyn Write + Send>,
         reporter: Reporter,
     ) -> Result<RowHandler> {
+        let mut sync = None;
         let w: Box<dyn Write + Send> = match output {
             None => stdout,
-            Some(path) => Box::new(csv_output::append(path)?.file),
+            Some(path) => {
+                let file = csv_output::append(path)?.file;
+                sync = Some(file.try_clone().wrap_err("cannot open the output file twice")?);
+                Box::new(file)
+            }
         };
         let out = match format {
             RowFormat::Jsonl => RowOut::Jsonl(BufWriter::with_capacity(64 * 1024, w)),
@@ -58,7 +66,13 @@ impl RowHandler {
             decoded_limit: crate::cli::DEFAULT_PREFETCH_BYTES,
             with_meta: false,
             stream: false,
+            sync,
         })
+    }
+
+    /// Flush without syncing the output file.
+    pub(super) fn no_sync(&mut self) {
+        self.sync = None;
     }
 
     fn write_rows(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
@@ -167,7 +181,11 @@ impl Handler for RowHandler {
             RowOut::Jsonl(w) | RowOut::Envelope(w) => w.flush(),
             RowOut::Csv(csv) => csv.flush(),
         }
-        .wrap_err("cannot write rows")
+        .wrap_err("cannot write rows")?;
+        if let Some(file) = &self.sync {
+            file.sync_data().wrap_err("cannot sync the rows to disk")?;
+        }
+        Ok(())
     }
 }
 

@@ -265,7 +265,9 @@ fn a_lost_connection_resumes_after_the_last_message_read_not_at_next() {
     read.extend(args(&base, &["consume", "tabular", "--output", s(&out)]));
     read.extend(["--offset", "next", "--idle-timeout", "10"]);
     let run = mqdemo(&read).watch();
-    wait_until(Duration::from_secs(20), "the consumer attaches", || proxy.accepted() > 0);
+    wait_until(Duration::from_secs(20), "the consumer attaches", || {
+        crate::attacks16::consumers(&q.name) > 0
+    });
     // The consumer is attached at `next` once the first rows arrive.
     let lines = || std::fs::read_to_string(&out).map_or(0, |t| t.lines().count());
     produce_rows(&q, dir, "a.csv", 1..=100);
