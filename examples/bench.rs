@@ -715,8 +715,8 @@ fn consume_metrics(env: &Env, csv: &Path) -> Res<Row> {
     })
 }
 
-/// Replaying a stream of the rows (one message each) to a file from `first` (issue 16:
-/// >= 0.9x): the raw amiquip stream consumer (prefetch 1000, `x-stream-offset: first`, the
+/// Replaying a stream of the rows (one message each) to a file from `first` (issue 16: at
+/// least 0.9x): the raw amiquip stream consumer (prefetch 1000, `x-stream-offset: first`, the
 /// same JSON-lines sink) against `consume tabular --queue-type stream --offset first`, on the
 /// same stream, runs alternated (which goes first swaps each pair).
 fn replay_stream(env: &Env, csv: &Path) -> Res<Row> {
