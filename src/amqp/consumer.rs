@@ -515,6 +515,11 @@ pub fn consume(
     let (mut session, mut current) = Session::open_first(endpoints)?;
     let mut connected = crate::metrics::Up::connected(true);
     let info = session.declare_queue(spec)?;
+    if let Some(super::stream::Offset::At(from)) = limits.stream.map(|s| s.start)
+        && from > 0
+    {
+        super::stream::check_reaches(session.channel()?, &spec.name, from).map_err(fatal)?;
+    }
     on_event(LinkEvent::Queued(info.messages));
     let mut total = ConsumeOutcome::default();
     let mut largest = None;

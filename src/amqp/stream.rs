@@ -141,6 +141,63 @@ impl Cursor {
     }
 }
 
+/// How long a probe of a stream's end waits for the last chunk to begin arriving (a
+/// stream with any message sends it at once), and then for a gap that ends it.
+const PROBE_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Before reading stream `queue` from offset `from` (> 0: a checkpoint, or --offset N),
+/// check that the stream reaches the offset before it: a stream deleted and declared again
+/// (offsets from 0 again) or another broker's checkpoint would otherwise make the run wait
+/// at an offset that is not written yet, past every message the stream holds. Reads the
+/// last chunk (`x-stream-offset: last`) on a channel of its own. Err: the reason, for the
+/// user.
+pub(super) fn check_reaches(
+    channel: amiquip::Channel,
+    queue: &str,
+    from: u64,
+) -> Result<(), String> {
+    let needed = from - 1;
+    let options =
+        amiquip::ConsumerOptions { arguments: Offset::Last.arguments(), ..Default::default() };
+    let consumer =
+        match channel.qos(0, 1000, false).and_then(|()| channel.basic_consume(queue, options)) {
+            Ok(c) => c,
+            // Not the probe's to judge: the run's own consumer meets the same trouble.
+            Err(_) => return Ok(()),
+        };
+    let mut highest = None;
+    let mut wait = PROBE_FIRST;
+    while let Ok(amiquip::ConsumerMessage::Delivery(d)) = consumer.receiver().recv_timeout(wait) {
+        let offset = position(&d).0;
+        highest = highest.max(offset);
+        if offset.is_some_and(|o| o >= needed) {
+            break;
+        }
+        wait = PROBE_GAP;
+    }
+    // The receiver outlives the channel's close (see `ConsumeState::consume`).
+    let keep = consumer.receiver().clone();
+    let _ = consumer.cancel();
+    drop(consumer);
+    let _ = channel.close();
+    drop(keep);
+    match highest {
+        Some(h) if h >= needed => Ok(()),
+        Some(h) => Err(format!(
+            "stream '{queue}' ends at offset {h}, before offset {needed} that reading from \
+             {from} follows: it was deleted and declared again, or the checkpoint is another \
+             broker's; delete the --checkpoint file (or give --offset) to read it from where \
+             you choose"
+        )),
+        None => Err(format!(
+            "stream '{queue}' holds no message, so it cannot be read from offset {from}: it \
+             was deleted and declared again, or the checkpoint is another broker's; delete \
+             the --checkpoint file (or give --offset) to read it from where you choose"
+        )),
+    }
+}
+
 /// A delivery's stream offset and `timestamp` property (seconds).
 pub(super) fn position(d: &amiquip::Delivery) -> (Option<u64>, Option<u64>) {
     let offset = d.properties.headers().as_ref().and_then(|h| match h.get(OFFSET_HEADER) {

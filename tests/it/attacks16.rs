@@ -239,11 +239,7 @@ fn a_resume_whose_offsets_retention_dropped_says_what_it_skipped() {
 /// that does not exist yet: every message the stream holds is silently skipped and the run
 /// exits 0 after --idle-timeout having consumed nothing. It should be an error naming the
 /// checkpoint and the fix (delete it, or give --offset).
-///
-/// Half fixed: once a message arrives below the checkpoint the run stops with that error;
-/// while none arrives, telling needs a probe of the stream's end (AMQP 0.9.1 gives none).
 #[test]
-#[ignore = "open: needs a probe of the stream's end (issue 16 note)"]
 fn a_checkpoint_past_the_end_of_the_stream_is_an_error() {
     let q = TestQueue::new("recreated16");
     let tmpdir = tempfile::tempdir().expect("tempdir");
