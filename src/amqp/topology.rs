@@ -224,6 +224,15 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_is_down_is_not_explained_as_a_classic_queue() {
+        let stream = unavailable("s", "home node down", true);
+        assert!(stream.starts_with("stream 's' is unavailable"), "{stream}");
+        assert!(!stream.contains("classic") && !stream.contains("quorum"), "{stream}");
+        let classic = unavailable("q", "home node down", false);
+        assert!(classic.contains("--queue-type quorum"), "{classic}");
+    }
+
+    #[test]
     fn a_stream_gets_its_type_and_retention() {
         let spec = QueueSpec {
             queue_type: Some(QueueType::Stream),
