@@ -151,7 +151,7 @@ const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(300);
 /// (offsets from 0 again) or another broker's checkpoint would otherwise make the run wait
 /// at an offset that is not written yet, past every message the stream holds. Reads the
 /// last chunk (`x-stream-offset: last`) on a channel of its own. Err: the reason, for the
-/// user.
+/// user (only when the last chunk shows that the stream ends before the offset).
 pub(super) fn check_reaches(
     channel: amiquip::Channel,
     queue: &str,
@@ -190,11 +190,10 @@ pub(super) fn check_reaches(
              broker's; delete the --checkpoint file (or give --offset) to read it from where \
              you choose"
         )),
-        None => Err(format!(
-            "stream '{queue}' holds no message, so it cannot be read from offset {from}: it \
-             was deleted and declared again, or the checkpoint is another broker's; delete \
-             the --checkpoint file (or give --offset) to read it from where you choose"
-        )),
+        // Nothing within the wait: an empty stream, or one whose last chunk the broker does
+        // not hand out at once (seen while retention truncates small segments). Not enough
+        // to stop a run on: it reads on from `from`.
+        None => Ok(()),
     }
 }
 

@@ -138,9 +138,10 @@ pub(crate) fn offset(text: &str, now_ms: u64) -> Result<Offset, UsageError> {
         _ => {}
     }
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        // Offset 0 is where every stream begins: `first`, also once retention dropped it.
         return t
             .parse()
-            .map(Offset::At)
+            .map(|n| if n == 0 { Offset::First } else { Offset::At(n) })
             .map_err(|_| UsageError(format!("--offset {text}: too large for a stream offset")));
     }
     match time(t, now_ms) {
@@ -298,6 +299,7 @@ mod tests {
         assert_eq!(offset("LAST", NOW), Ok(Offset::Last));
         assert_eq!(offset("next", NOW), Ok(Offset::Next));
         assert_eq!(offset("1234", NOW), Ok(Offset::At(1234)));
+        assert_eq!(offset("0", NOW), Ok(Offset::First));
         assert_eq!(offset("2025-12-01T10:00:00Z", NOW), Ok(Offset::Time(NOW / 1000)));
         assert_eq!(offset("10m", NOW), Ok(Offset::Time(NOW / 1000 - 600)));
         assert_eq!(offset("1d", NOW), Ok(Offset::Time(NOW / 1000 - 86_400)));
