@@ -40,26 +40,45 @@ fn reserved(port: u16) -> bool {
     matches!(port, 4369 | 5671 | 5672 | 15672 | 25672 | 35672..=35682)
 }
 
-/// `n` distinct free ports on 127.0.0.1, never handed out before by this process.
+/// The first port of the kernel's ephemeral range (the source ports of outgoing
+/// connections), 32768 when it cannot be read.
+fn ephemeral_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// `n` distinct free ports on 127.0.0.1, never handed out before by this process, all
+/// below the ephemeral range: a node's port is free while it restarts, and one taken from
+/// the ephemeral range was once taken meanwhile as the source port of one of the
+/// thousands of short connections the tests make (the restart then failed, eaddrinuse).
 fn free_ports(n: usize) -> Vec<u16> {
+    use std::hash::{BuildHasher, Hasher};
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
+    let (low, high) = (20_000u16, ephemeral_start().clamp(20_001, 32768));
     // Hold every listener until all ports are chosen so they are distinct.
     let mut held = Vec::new();
     let mut ports = Vec::new();
-    for _ in 0..1000 {
+    for _ in 0..10_000 {
         if ports.len() == n {
             break;
         }
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local addr").port();
-        if !reserved(port) && given.insert(port) {
-            ports.push(port);
+        // A random start (another test process may be choosing too), then any free one.
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = low + (random % u64::from(high - low)) as u16;
+        if reserved(port) || given.contains(&port) {
+            continue;
         }
-        held.push(l);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            ports.push(port);
+            held.push(l);
+        }
     }
-    assert_eq!(ports.len(), n, "could not find {n} free ports");
+    assert_eq!(ports.len(), n, "could not find {n} free ports below {high}");
     ports
 }
 
@@ -174,7 +193,7 @@ fn rabbitmq_ids() -> (u32, u32) {
 /// `rabbitmqctl` call start an Erlang VM: with many test threads, a dozen nodes booting at
 /// once on 2 cores push the tests' own deadlines; past this many, a test waits (before its
 /// node boots, so before any of its deadlines start) while lighter tests run.
-const NODE_SLOTS: usize = 4;
+const NODE_SLOTS: usize = 5;
 
 /// A claim on `n` of the [`NODE_SLOTS`], given back on drop.
 pub struct NodeSlots {
@@ -194,6 +213,7 @@ impl NodeSlots {
             used = freed.wait(used).unwrap_or_else(|e| e.into_inner());
         }
         *used += n;
+        slot_log("take", n, *used);
         NodeSlots { n }
     }
 }
@@ -203,7 +223,24 @@ impl Drop for NodeSlots {
         let (lock, freed) = &SLOTS_USED;
         let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
         *used -= self.n;
+        slot_log("give", self.n, *used);
         freed.notify_all();
+    }
+}
+
+/// With MQDEMO_SLOT_LOG=FILE, a line per claim taken or given back (seconds since the
+/// first, the test, slots, slots in use): the timeline of the private nodes, which set
+/// how long `cargo test` takes on 2 cores.
+fn slot_log(event: &str, n: usize, used: usize) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let Some(path) = std::env::var_os("MQDEMO_SLOT_LOG") else {
+        return;
+    };
+    let at = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{at:7.1} {event} {n} in-use {used} {test}\n");
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = std::io::Write::write_all(&mut f, line.as_bytes());
     }
 }
 
@@ -502,6 +539,22 @@ impl PrivateBroker {
             .find(|(name, _)| *name == queue)
             .and_then(|(_, n)| n.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Ready messages in `queue` by a passive declare over AMQP, 0 when the node or the
+    /// queue is not there. For polling: a `rabbitmqctl` call boots an Erlang VM (about
+    /// 0.65 s of CPU), so a loop of [`PrivateBroker::queue_depth`] kept a core busy.
+    pub fn ready(&self, queue: &str) -> u64 {
+        let url = format!("{}?connection_timeout=5000", self.url());
+        let Ok(mut conn) = amiquip::Connection::insecure_open(&url) else {
+            return 0;
+        };
+        let count = conn
+            .open_channel(None)
+            .ok()
+            .and_then(|ch| ch.queue_declare_passive(queue).ok()?.declared_message_count());
+        let _ = conn.close();
+        count.map_or(0, u64::from)
     }
 
     /// Run `rabbitmqctl -n NODE ARGS` (killed after 30 s, then with a failed status).

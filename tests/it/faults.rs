@@ -77,7 +77,7 @@ fn broker_restart_mid_produce_tabular_loses_nothing() {
     let csv = big_csv(dir.path(), n);
     let producer = produce_csv(&broker.url(), &csv, "restart", &[]);
     wait_until(Duration::from_secs(60), "10,000 rows in the queue", || {
-        broker.queue_depth("restart") >= 10_000
+        broker.ready("restart") >= 10_000
     });
     broker.stop();
     broker.start_again();
@@ -105,7 +105,7 @@ fn broker_restart_mid_pipe_loses_nothing() {
     let url = broker.url();
     let args = ["--url", &url, "pipe", "--from", "raw", "--to", "clean", "--exec", "cat"];
     let pipe = mqdemo(&[&args[..], &["--idle-timeout", "5"]].concat()).watch();
-    wait_until(Duration::from_secs(60), "3,000 answers", || broker.queue_depth("clean") >= 3_000);
+    wait_until(Duration::from_secs(60), "3,000 answers", || broker.ready("clean") >= 3_000);
     broker.stop();
     broker.start_again();
     let out = pipe.finish(Duration::from_secs(180)).expect_code(0);
@@ -146,9 +146,7 @@ fn broker_restart_mid_produce_image_loses_nothing() {
         "0.02",
     ])
     .watch();
-    wait_until(Duration::from_secs(60), "50 images in the queue", || {
-        broker.queue_depth("img") >= 50
-    });
+    wait_until(Duration::from_secs(60), "50 images in the queue", || broker.ready("img") >= 50);
     broker.stop();
     broker.start_again();
     let out = producer.finish(Duration::from_secs(120)).expect_code(0);
@@ -184,16 +182,16 @@ fn connections_cut_mid_publish_and_mid_consume_lose_nothing() {
     let broker = PrivateBroker::start("cut");
     let proxy = Proxy::start(broker.port());
     let dir = tempfile::tempdir().expect("tempdir");
-    // Enough rows that the producer is still running at the third cut on a fast broker
-    // (about 17,000 rows/s here; each depth poll through rabbitmqctl takes ~0.5 s).
-    let n = 100_000;
+    // Enough rows that the producer is still running at the third cut (at 15,000 rows) on
+    // a fast broker (about 17,000 rows/s here, each cut costing a reconnect).
+    let n = 50_000;
     let csv = big_csv(dir.path(), n);
     let producer =
         mqdemo(&["--url", &proxy.url(), "produce", "tabular", "--file", s(&csv), "--queue", "cut"])
             .watch();
     for round in 1..=3u64 {
         wait_until(Duration::from_secs(60), "progress before the cut", || {
-            broker.queue_depth("cut") >= round * 5_000
+            broker.ready("cut") >= round * 5_000
         });
         let before = proxy.accepted();
         proxy.cut();
@@ -249,7 +247,7 @@ fn frozen_connection_is_noticed_within_two_heartbeats() {
     let n = 20_000;
     let csv = big_csv(dir.path(), n);
     let producer = produce_csv(&proxy.url(), &csv, "freeze", &["--interval", "0.0005"]);
-    wait_until(Duration::from_secs(60), "progress", || broker.queue_depth("freeze") >= 1_000);
+    wait_until(Duration::from_secs(60), "progress", || broker.ready("freeze") >= 1_000);
     let frozen_at = std::time::Instant::now();
     proxy.freeze();
     producer.wait_for("missed heartbeats", Duration::from_secs(20));
@@ -353,7 +351,7 @@ fn memory_alarm_pauses_the_producer_until_lifted() {
     let n = 20_000;
     let csv = big_csv(dir.path(), n);
     let producer = produce_csv(&broker.url(), &csv, "alarm", &["--interval", "0.0005"]);
-    wait_until(Duration::from_secs(60), "progress", || broker.queue_depth("alarm") >= 1_000);
+    wait_until(Duration::from_secs(60), "progress", || broker.ready("alarm") >= 1_000);
     broker.set_memory_alarm(true);
     producer.wait_for("blocked by broker", Duration::from_secs(30));
     let depth_blocked = broker.queue_depth("alarm");
@@ -377,7 +375,7 @@ fn signal_during_a_memory_alarm_ends_the_producer_on_time_with_a_report() {
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = big_csv(dir.path(), 20_000);
     let producer = produce_csv(&broker.url(), &csv, "alarm", &["--interval", "0.0005"]);
-    wait_until(Duration::from_secs(60), "progress", || broker.queue_depth("alarm") >= 500);
+    wait_until(Duration::from_secs(60), "progress", || broker.ready("alarm") >= 500);
     broker.set_memory_alarm(true);
     producer.wait_for("blocked by broker", Duration::from_secs(30));
     let started = std::time::Instant::now();

@@ -295,10 +295,19 @@ fn a_line_consumer_with_workers_killed_mid_file_finishes_it_after_a_restart() {
     std::fs::write(src.path().join("big.txt"), &text).expect("write");
     std::fs::write(src.path().join("small.txt"), numbered("s", 3)).expect("write");
     // 60,000 confirmed publishes: more than the default run deadline on a loaded CI machine.
-    mqdemo(&["produce", "text", "--directory", s(src.path()), "--split", "line", "--queue", &q.name])
-        .watch()
-        .finish(Duration::from_secs(240))
-        .expect_code(0);
+    mqdemo(&[
+        "produce",
+        "text",
+        "--directory",
+        s(src.path()),
+        "--split",
+        "line",
+        "--queue",
+        &q.name,
+    ])
+    .watch()
+    .finish(Duration::from_secs(240))
+    .expect_code(0);
     let total = q.depth();
     let out = tempfile::tempdir().expect("tempdir");
     let consumer =

@@ -327,7 +327,21 @@ pub struct Watched {
 impl Mqdemo {
     /// Start, collecting stderr as it comes so tests can wait for a line.
     pub fn watch(self) -> Watched {
-        let mut child = self.spawn();
+        Watched::of(self.spawn())
+    }
+
+    /// Like [`Mqdemo::watch`], with stdin a pipe the test writes to (dropping it ends the
+    /// input): for a producer (`--file -`) that must still be running at some moment.
+    pub fn watch_fed(mut self) -> (Watched, std::process::ChildStdin) {
+        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("mqdemo binary starts");
+        let stdin = child.stdin.take().expect("stdin piped");
+        (Watched::of(child), stdin)
+    }
+}
+
+impl Watched {
+    fn of(mut child: Child) -> Watched {
         let mut err = child.stderr.take().expect("stderr piped");
         let mut out = child.stdout.take().expect("stdout piped");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -350,9 +364,7 @@ impl Mqdemo {
         });
         Watched { child, stderr, err_reader: Some(err_reader), out_reader: Some(out_reader) }
     }
-}
 
-impl Watched {
     /// Stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()

@@ -238,14 +238,15 @@ fn a_model_that_buffers_its_output_gets_the_fix_named() {
         br#"{"x":1}"#,
         amiquip::AmqpProperties::default().with_message_id("b1".into()),
     );
-    let pipe = |exec: &str| {
+    let pipe = |exec: &str, timeout: &str| {
         let args = ["pipe", "--from", &input.name, "--to", &output.name, "--exec", exec];
         mqdemo(
-            &[&args[..], &["--count", "1", "--exec-timeout", "1", "--idle-timeout", "20"]].concat(),
+            &[&args[..], &["--count", "1", "--exec-timeout", timeout, "--idle-timeout", "20"]]
+                .concat(),
         )
     };
     // mawk and gawk both block-buffer their output to a pipe.
-    let out = pipe("awk '{ print }'").run().expect_code(1);
+    let out = pipe("awk '{ print }'", "1").run().expect_code(1);
     assert!(out.stderr.contains("no answer within 1 s"), "{}", out.stderr);
     assert!(
         out.stderr.contains("fflush()") && out.stderr.contains("stdbuf -oL"),
@@ -258,7 +259,8 @@ fn a_model_that_buffers_its_output_gets_the_fix_named() {
     let copy = failed.get().expect("the failed copy");
     input.publish_raw(&copy.body, amiquip::AmqpProperties::default().with_message_id("b1".into()));
     let py = "python3 -c 'import sys\nfor line in sys.stdin: print(line.strip())'";
-    let out = pipe(py).run().expect_code(0);
+    // (A python3 that starts on a loaded CI machine may take more than a second to answer.)
+    let out = pipe(py, "20").run().expect_code(0);
     assert!(out.stderr.contains("answered 1"), "{}", out.stderr);
     assert_eq!(output.depth(), 1);
 }
