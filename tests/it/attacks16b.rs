@@ -39,7 +39,9 @@ fn rows(dir: &Path, name: &str, ids: impl IntoIterator<Item = u64>) -> PathBuf {
 /// Produce `ids` into stream `q` with mqdemo (confirmed).
 fn produce(q: &TestQueue, dir: &Path, name: &str, ids: impl IntoIterator<Item = u64>) {
     let file = rows(dir, name, ids);
-    mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&file), "-q"])).run().expect_code(0);
+    mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&file), "-q"]))
+        .run()
+        .expect_code(0);
 }
 
 /// The `ID` of each JSON line (rows or answers).
