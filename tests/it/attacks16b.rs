@@ -324,3 +324,46 @@ fn back_to_back_time_windows_read_every_message_once() {
         two.stderr
     );
 }
+
+/// Defect (duplicates after an error stop): `--until TIME` meets a message without a
+/// `timestamp` (another producer's) and stops with the documented error, but the rows it
+/// wrote before that message are left unacked and the checkpoint is not moved past them
+/// (other error paths ack what was handled first: "What was handled before stays handled").
+/// The fix the error names (`--until offset:N`) then writes those rows a second time into
+/// the same --output file, although the first run stopped cleanly, not by a SIGKILL
+/// (docs/replay.md: a JSON-lines file may hold rows twice only after a SIGKILL).
+/// Cause: src/amqp/consumer.rs:303 (`self.past_until(&d)?` returns before `finish` /
+/// `ack_pending`), also :221 in `resize`.
+#[test]
+fn an_until_stopped_by_a_message_without_a_timestamp_keeps_what_it_wrote() {
+    let q = atk_queue("nostamp");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=3);
+    publish_raw(&q, &[4], |_| AmqpProperties::default());
+    produce(&q, dir, "more.csv", 5..=6);
+    let (ckpt, out) = (dir.join("run.ckpt"), dir.join("rows.jsonl"));
+    let future = rfc3339(now_secs() + 3600);
+    let mut first = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    first.extend(["--output", s(&out), "--offset", "first", "--until", &future]);
+    first.extend(["--idle-timeout", "5"]);
+    let stopped = mqdemo(&first).run();
+    assert_ne!(stopped.code(), Some(0), "{}", stopped.stderr);
+    let named = stopped.stderr.contains("offset 3") && stopped.stderr.contains("offset:N");
+    assert!(named, "{}", stopped.stderr);
+    let saved = std::fs::read_to_string(&ckpt).unwrap_or_default();
+    // The fix it names: stop at an offset instead.
+    let mut fixed = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    fixed.extend(["--output", s(&out), "--until", "offset:3", "--idle-timeout", "5"]);
+    let second = mqdemo(&fixed).run();
+    assert_eq!(second.code(), Some(0), "{}", second.stderr);
+    let got = ids(&std::fs::read_to_string(&out).unwrap_or_default());
+    assert_eq!(
+        got,
+        vec![1, 2, 3],
+        "rows written twice after an error stop (checkpoint after the first run: {saved:?})\n\
+         first run: {}\nsecond run: {}",
+        stopped.stderr,
+        second.stderr
+    );
+}
