@@ -367,3 +367,59 @@ fn an_until_stopped_by_a_message_without_a_timestamp_keeps_what_it_wrote() {
         second.stderr
     );
 }
+
+/// Defect (wrong fix in the error): `--checkpoint` naming the same file as `--output` (or
+/// as `--sqlite`) is not refused as a usage error. The output is opened first, so the
+/// checkpoint load then reads the rows (or the SQLite database) and says "is not a
+/// checkpoint mqdemo wrote ...; give another --checkpoint, or delete it to start from
+/// --offset": following the second half deletes the user's results. It should be refused
+/// up front (exit 2) naming both flags.
+/// Cause: src/config/stream.rs:53-72 (`stream_config` never compares the checkpoint path
+/// with the run's output paths); the wording in src/checkpoint.rs:302-305.
+#[test]
+fn a_checkpoint_on_the_output_file_is_refused_without_advising_to_delete_it() {
+    let q = atk_queue("sameout");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=3);
+    let out = dir.join("rows.jsonl");
+    // Results of an earlier run, kept in the file.
+    std::fs::write(&out, "{\"ID\":100,\"v\":\"earlier\"}\n").expect("write");
+    let db = dir.join("rows.db");
+    let as_output = ["--output", s(&out), "--checkpoint", s(&out)];
+    let as_sqlite = ["--sqlite", s(&db), "--checkpoint", s(&db)];
+    for flags in [as_output, as_sqlite] {
+        let mut a = on_stream(&q, &["consume", "tabular"], &flags);
+        a.extend(["--offset", "first", "--count", "3"]);
+        let run = mqdemo(&a).run();
+        let line = run.first_error_line();
+        assert!(
+            run.code() == Some(2) && !line.contains("delete it") && line.contains(flags[0]),
+            "{flags:?}: exit {:?}, and the fix offered deletes the results:\n{}",
+            run.code(),
+            run.stderr
+        );
+    }
+    assert!(std::fs::read_to_string(&out).expect("rows").contains("earlier"));
+}
+
+/// Defect (wording): a first run whose start record cannot be written (the --checkpoint's
+/// directory does not exist) stops before reading anything, but says "(the messages are
+/// acked: a rerun starts from the checkpoint before)": nothing was read, nothing acked.
+/// Cause: src/checkpoint.rs:359-362 (one message for `save_start` and `save`).
+#[test]
+fn a_start_record_that_cannot_be_written_does_not_claim_messages_were_acked() {
+    let q = atk_queue("nodir");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=3);
+    let ckpt = dir.join("missing-dir").join("run.ckpt");
+    let mut a = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    a.extend(["--offset", "first", "--idle-timeout", "2"]);
+    let run = mqdemo(&a).run();
+    assert_ne!(run.code(), Some(0), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "it read before it could keep its place: {}", run.stdout);
+    let line = run.first_error_line();
+    assert!(line.contains("missing-dir"), "{}", run.stderr);
+    assert!(!line.contains("acked"), "nothing was acked, yet: {line}");
+}
