@@ -423,3 +423,41 @@ fn a_start_record_that_cannot_be_written_does_not_claim_messages_were_acked() {
     assert!(line.contains("missing-dir"), "{}", run.stderr);
     assert!(!line.contains("acked"), "nothing was acked, yet: {line}");
 }
+
+/// Defect: `--checkpoint sqlite` keeps one offset per STREAM in the database, not per
+/// table. Replaying a stream "into a new results table" (docs/replay.md's first use case)
+/// in the same database with `--table NEW` resumes from the old table's checkpoint: the new
+/// table silently misses every row the old one got, and the run exits 0 (only a "resuming"
+/// line, with "--offset is for a run with none").
+/// Cause: src/results_db.rs:60-90 and :252-270 (`_mq_checkpoints` keyed by queue only), the
+/// lookup in src/checkpoint.rs:386-388.
+#[test]
+fn a_sqlite_checkpoint_belongs_to_its_table_not_to_the_whole_database() {
+    let q = atk_queue("tables");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=8);
+    let db = dir.join("results.db");
+    let into = |table: &'static str, more: &[&'static str]| {
+        let mut a = on_stream(&q, &["consume", "tabular"], &["--sqlite", s(&db)]);
+        a.extend(["--table", table, "--checkpoint", "sqlite", "--offset", "first"]);
+        a.extend(more);
+        a.push("-q");
+        mqdemo(&a).run()
+    };
+    into("old_scores", &["--count", "8"]).expect_code(0);
+    // The same stream again, from first, into a new table of the same database.
+    let again = into("new_scores", &["--idle-timeout", "3"]);
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    let count = |t: &str| -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0)).unwrap_or(0)
+    };
+    assert_eq!(count("old_scores"), 8);
+    assert_eq!(
+        count("new_scores"),
+        8,
+        "a replay into a new table resumed from the old table's checkpoint (exit {:?}):\n{}",
+        again.code(),
+        again.stderr
+    );
+}
