@@ -461,3 +461,41 @@ fn a_sqlite_checkpoint_belongs_to_its_table_not_to_the_whole_database() {
         again.stderr
     );
 }
+
+/// Defect: the probe lets an EMPTY recreated stream pass (no last chunk within 2 s: the run
+/// waits at the checkpoint's offset, as documented). When the stream is then refilled, the
+/// waiting run gets the new messages only from the old checkpoint's offset on: the first
+/// ones are silently skipped, exit 0. Nothing ever checks that the message at the
+/// checkpoint's offset is the one that was handled (re-reading it at N-1 and comparing its
+/// message id would catch this and the refilled case above).
+/// Cause: src/amqp/stream.rs:193-196 (`None => Ok(())`) and src/amqp/consumer.rs:355-366
+/// (only a first delivery BELOW the offset asked for is caught).
+#[test]
+fn a_resume_waiting_on_an_empty_recreated_stream_does_not_skip_its_first_messages() {
+    let q = atk_queue("emptyrec");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "old.csv", 1..=5);
+    let ckpt = dir.join("run.ckpt");
+    let mut first = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    first.extend(["--offset", "first", "--count", "5", "-q"]);
+    assert_eq!(ids(&mqdemo(&first).run().expect_code(0).stdout), (1..=5).collect::<Vec<_>>());
+    // Deleted and declared again, empty (a consumer with no checkpoint declares it).
+    q.delete();
+    let declare = on_stream(&q, &["consume", "tabular"], &["--idle-timeout", "1", "-q"]);
+    mqdemo(&declare).run().expect_code(0);
+    let mut rest = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    rest.extend(["--idle-timeout", "6", "-q"]);
+    let run = mqdemo(&rest).watch();
+    // Past the probe's wait: the run is attached at offset 5 of the empty stream.
+    std::thread::sleep(Duration::from_secs(4));
+    produce(&q, dir, "new.csv", 101..=110);
+    let resumed = run.finish(Duration::from_secs(60));
+    let got = ids(&resumed.stdout);
+    assert!(
+        resumed.code() != Some(0) || got == (101..=110).collect::<Vec<_>>(),
+        "the refilled stream was read from the old checkpoint's offset: got {got:?}, exit \
+         0:\n{}",
+        resumed.stderr
+    );
+}
