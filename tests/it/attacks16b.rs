@@ -499,3 +499,35 @@ fn a_resume_waiting_on_an_empty_recreated_stream_does_not_skip_its_first_message
         resumed.stderr
     );
 }
+
+/// Defect (corrupt checkpoint taken as none): a `--checkpoint sqlite` offset that is not a
+/// stream offset (negative: written by another tool, or a hand edit) is read as "no
+/// checkpoint", so the run starts from --offset (default `next`) and silently skips what
+/// was written since, exit 0. A checkpoint file with the same value is refused with "is not
+/// a checkpoint mqdemo wrote"; the database's should be too.
+/// Cause: src/results_db.rs:85 (`u64::try_from(o).ok()` turns a bad value into None).
+#[test]
+fn a_negative_sqlite_checkpoint_is_refused_not_ignored() {
+    let q = atk_queue("sqlneg");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=3);
+    let db = dir.join("rows.db");
+    let mut read = on_stream(&q, &["consume", "tabular"], &["--sqlite", s(&db)]);
+    read.extend(["--checkpoint", "sqlite", "--idle-timeout", "2", "-q"]);
+    let mut first = read.clone();
+    first.extend(["--offset", "first"]);
+    mqdemo(&first).run().expect_code(0);
+    assert_eq!(stored(&db), vec![1, 2, 3]);
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    conn.execute("UPDATE _mq_checkpoints SET \"offset\" = -7", []).expect("hand edit");
+    drop(conn);
+    produce(&q, dir, "more.csv", 4..=6);
+    let second = mqdemo(&read).run();
+    assert!(
+        second.code() != Some(0) || stored(&db) == (1..=6).collect::<Vec<_>>(),
+        "a checkpoint of -7 was taken as none: rows 4..6 skipped ({:?}), exit 0:\n{}",
+        stored(&db),
+        second.stderr
+    );
+}
