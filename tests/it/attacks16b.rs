@@ -531,3 +531,30 @@ fn a_negative_sqlite_checkpoint_is_refused_not_ignored() {
         second.stderr
     );
 }
+
+/// Defect (bad input accepted): an inverted window, `--until` before `--offset` (bounds
+/// swapped, a typo in the date), reads nothing and exits 0 as if the window were done
+/// ("stopped at --until, before offset 5"). Both are known before anything is read (for
+/// offsets, and for two times); it should be refused (exit 2) naming both flags.
+/// Cause: src/config/stream.rs:51-52 (`--offset` and `--until` parsed, never compared).
+#[test]
+fn an_until_before_the_offset_is_refused() {
+    let q = atk_queue("inverted");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=10);
+    let (later, earlier) = (rfc3339(now_secs() - 60), rfc3339(now_secs() - 7200));
+    let windows: [[&str; 4]; 2] =
+        [["--offset", "5", "--until", "offset:3"], ["--offset", &later, "--until", &earlier]];
+    for w in windows {
+        let mut a = on_stream(&q, &["consume", "tabular"], &w);
+        a.extend(["--idle-timeout", "3"]);
+        let run = mqdemo(&a).run();
+        assert!(
+            run.code() == Some(2) && run.first_error_line().contains("--until"),
+            "{w:?}: an empty window by construction, exit {:?}:\n{}",
+            run.code(),
+            run.stderr
+        );
+    }
+}
