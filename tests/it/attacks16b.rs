@@ -168,7 +168,7 @@ fn a_first_run_at_last_killed_before_its_first_ack_loses_nothing_on_resume() {
         p.iter().map(|x| x.to_string()).collect()
     };
     // A model that takes its first input and then works on it for a long time.
-    let slow = format!("sh -c 'read line; echo $$ > {}; sleep 30'", s(&mark));
+    let slow = format!("sh -c 'read line; echo $$ > {}; exec sleep 30'", s(&mark));
     let first = pipe(&slow, &["--offset", "last"]);
     let run = mqdemo(&first.iter().map(String::as_str).collect::<Vec<_>>()).watch();
     wait_until(Duration::from_secs(20), "the model has its first input", || {
