@@ -608,3 +608,44 @@ fn rows_on_a_redirected_stdout_are_synced_before_the_checkpoint() {
         .any(|c| c.starts_with("fdatasync(") || c.starts_with("fsync(1)"));
     assert!(synced, "stdout (a file) never synced before the checkpoint:\n{}", calls.join("\n"));
 }
+
+/// Defect: the end-of-stream probe runs once, on the first connection, and any trouble in
+/// it passes ("not the probe's to judge"). A connection lost while it runs (here: cut by the
+/// proxy exactly when the probe's basic.consume is sent) makes the run reconnect and read
+/// from the checkpoint's offset with no probe at all: a checkpoint past the end of a
+/// recreated stream, which the probe exists to refuse, is then waited at silently, and the
+/// run exits 0 having skipped the whole stream.
+/// Cause: src/amqp/consumer.rs:518-522 (probe before the loop only, not after a reconnect
+/// that still starts at an offset nothing was received from) and src/amqp/stream.rs:163-168
+/// (a failed probe is a pass).
+#[test]
+fn a_connection_lost_during_the_probe_does_not_skip_it() {
+    let q = atk_queue("probecut");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "old.csv", 1..=50);
+    let ckpt = dir.join("run.ckpt");
+    let mut first = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    first.extend(["--offset", "first", "--count", "50", "-q"]);
+    mqdemo(&first).run().expect_code(0);
+    // Deleted and declared again: 5 messages, offsets 0..4; the checkpoint says 49.
+    q.delete();
+    produce(&q, dir, "new.csv", 101..=105);
+    let port = url().rsplit_once(':').and_then(|(_, p)| p.split('/').next()?.parse().ok());
+    let proxy = crate::proxy::Proxy::start(port.unwrap_or(5672));
+    // The probe's consume asks for `x-stream-offset: last`; the reader's own asks for 50.
+    proxy.poison(b"x-stream-offsetS\x00\x00\x00\x04last");
+    let proxied = proxy.url();
+    let mut rest = vec!["--url", proxied.as_str()];
+    rest.extend(on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]));
+    rest.extend(["--idle-timeout", "5"]);
+    let resumed = mqdemo(&rest).run();
+    let got = ids(&resumed.stdout);
+    assert!(
+        resumed.code() != Some(0) || got == (101..=105).collect::<Vec<_>>(),
+        "after a reconnect the checkpoint past the end was waited at silently: got {got:?}, \
+         exit 0 ({} connections):\n{}",
+        proxy.accepted(),
+        resumed.stderr
+    );
+}
