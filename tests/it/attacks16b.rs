@@ -110,7 +110,7 @@ fn publish_raw(q: &TestQueue, ids: &[u64], props: impl Fn(u64) -> AmqpProperties
 /// with the checkpoint kept in the database, a first run at `next` that received nothing (a
 /// quiet stream, `--idle-timeout`) leaves no checkpoint, the second run starts at `next`
 /// again, and every row written between the two runs is skipped (exit 0).
-/// Cause: src/checkpoint.rs `reading` (~line 386 and 405-410): `save_start` is called only for
+/// Cause: src/checkpoint.rs `reading` (lines 132-134 and 151-156): `save_start` is called only for
 /// a checkpoint file (`file` is None for `Checkpoint::Sqlite`).
 #[test]
 fn a_sqlite_checkpointed_run_that_received_nothing_does_not_lose_the_rows_written_after_it() {
@@ -148,7 +148,7 @@ fn a_sqlite_checkpointed_run_that_received_nothing_does_not_lose_the_rows_writte
 /// second, so the messages the first run was handling (the last chunk) are never handled.
 /// docs/replay.md: "Every message after the checkpoint is read again, so nothing is lost,
 /// whatever stopped the run (SIGKILL included)".
-/// Cause: src/checkpoint.rs:327 (`Offset::Next | Offset::Last => since: now`); the same
+/// Cause: src/checkpoint.rs:73 (`Offset::Next | Offset::Last => since: now`); the same
 /// mapping for a reconnect before the first delivery: src/amqp/stream.rs:126
 /// (`Cursor::starting` treats `last` like `next`).
 #[test]
@@ -205,7 +205,7 @@ fn a_first_run_at_last_killed_before_its_first_ack_loses_nothing_on_resume() {
 /// "delete the --checkpoint file (or give --offset)". Giving the corrected --offset, as it
 /// says, does nothing: the checkpoint the failed run wrote (having read nothing) now wins
 /// over every --offset, and the run fails the same way forever.
-/// Cause: src/checkpoint.rs:405-410 (`save_start` before the run has checked or read
+/// Cause: src/checkpoint.rs:151-156 (`save_start` before the run has checked or read
 /// anything) with the probe in src/amqp/consumer.rs:518-522 coming after it; the wording in
 /// src/amqp/stream.rs:187-192.
 #[test]
@@ -242,7 +242,7 @@ fn a_first_run_with_an_offset_past_the_end_does_not_pin_its_checkpoint() {
 /// what identifies the message at its offset (its message id, or timestamp) and the probe
 /// compare it with what the stream holds there.
 /// Cause: src/amqp/stream.rs:155-198 (`check_reaches` compares offsets only), and the
-/// checkpoint format in src/checkpoint.rs:335-337.
+/// checkpoint format in src/checkpoint.rs:81-83.
 #[test]
 fn a_recreated_stream_longer_than_the_checkpoint_is_not_read_from_the_middle() {
     let q = atk_queue("refilled");
@@ -375,7 +375,7 @@ fn an_until_stopped_by_a_message_without_a_timestamp_keeps_what_it_wrote() {
 /// --offset": following the second half deletes the user's results. It should be refused
 /// up front (exit 2) naming both flags.
 /// Cause: src/config/stream.rs:53-72 (`stream_config` never compares the checkpoint path
-/// with the run's output paths); the wording in src/checkpoint.rs:302-305.
+/// with the run's output paths); the wording in src/checkpoint.rs:48-51.
 #[test]
 fn a_checkpoint_on_the_output_file_is_refused_without_advising_to_delete_it() {
     let q = atk_queue("sameout");
@@ -406,7 +406,7 @@ fn a_checkpoint_on_the_output_file_is_refused_without_advising_to_delete_it() {
 /// Defect (wording): a first run whose start record cannot be written (the --checkpoint's
 /// directory does not exist) stops before reading anything, but says "(the messages are
 /// acked: a rerun starts from the checkpoint before)": nothing was read, nothing acked.
-/// Cause: src/checkpoint.rs:359-362 (one message for `save_start` and `save`).
+/// Cause: src/checkpoint.rs:105-108 (one message for `save_start` and `save`).
 #[test]
 fn a_start_record_that_cannot_be_written_does_not_claim_messages_were_acked() {
     let q = atk_queue("nodir");
@@ -430,7 +430,7 @@ fn a_start_record_that_cannot_be_written_does_not_claim_messages_were_acked() {
 /// table silently misses every row the old one got, and the run exits 0 (only a "resuming"
 /// line, with "--offset is for a run with none").
 /// Cause: src/results_db.rs:60-90 and :252-270 (`_mq_checkpoints` keyed by queue only), the
-/// lookup in src/checkpoint.rs:386-388.
+/// lookup in src/checkpoint.rs:132-134.
 #[test]
 fn a_sqlite_checkpoint_belongs_to_its_table_not_to_the_whole_database() {
     let q = atk_queue("tables");
