@@ -54,14 +54,9 @@ fn ensure(conn: &Connection, path: &Path) -> Result<()> {
     let cannot = || format!("cannot read {}; is it an SQLite database?", path.display());
     match shape(conn).wrap_err_with(cannot)? {
         Shape::Current => Ok(()),
-        Shape::Missing => {
-            let create = format!(
-                "CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (queue TEXT NOT NULL, \
-                 \"table\" TEXT NOT NULL, \"offset\" INTEGER, since INTEGER, \"from\" TEXT, \
-                 PRIMARY KEY (queue, \"table\"))"
-            );
-            conn.execute_batch(&create).wrap_err("cannot create the checkpoint table")
-        }
+        Shape::Missing => conn
+            .execute_batch(&create_sql(CHECKPOINTS))
+            .wrap_err("cannot create the checkpoint table"),
         Shape::PerDatabase => bail!(per_database_refusal(conn, path)),
     }
 }
@@ -104,26 +99,41 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if shape(conn)? != Shape::PerDatabase {
         return Ok(());
     }
+    // Holding the write lock from the first look, so two runs opening the database at once
+    // migrate it once.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = migrate_locked(conn);
+    let ended = conn.execute_batch(if done.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    done.and(ended)
+}
+
+fn migrate_locked(conn: &Connection) -> rusqlite::Result<()> {
+    if shape(conn)? != Shape::PerDatabase {
+        return Ok(());
+    }
     let tables = results_tables(conn)?;
     let [table] = tables.as_slice() else {
         return Ok(());
     };
-    let tx = conn.unchecked_transaction()?;
-    tx.execute_batch(
-        "CREATE TABLE _mq_checkpoints_new (queue TEXT NOT NULL, \"table\" TEXT NOT NULL, \
-         \"offset\" INTEGER, since INTEGER, \"from\" TEXT, PRIMARY KEY (queue, \"table\"))",
-    )?;
-    tx.execute(
+    conn.execute_batch(&create_sql("_mq_checkpoints_new"))?;
+    conn.execute(
         &format!(
             "INSERT INTO _mq_checkpoints_new (queue, \"table\", \"offset\") \
              SELECT queue, ?1, \"offset\" FROM {CHECKPOINTS}"
         ),
         [table_key(table)],
     )?;
-    tx.execute_batch(&format!(
+    conn.execute_batch(&format!(
         "DROP TABLE {CHECKPOINTS}; ALTER TABLE _mq_checkpoints_new RENAME TO {CHECKPOINTS};"
-    ))?;
-    tx.commit()
+    ))
+}
+
+/// The statement creating a checkpoint table of the current shape named `name`.
+fn create_sql(name: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (queue TEXT NOT NULL, \"table\" TEXT NOT NULL, \
+         \"offset\" INTEGER, since INTEGER, \"from\" TEXT, PRIMARY KEY (queue, \"table\"))"
+    )
 }
 
 /// Where the replay of stream `queue` into `table` of the database at `path` resumes; None
