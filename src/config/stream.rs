@@ -102,13 +102,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// The error for a `--checkpoint` naming the run's own rows (`flag`: `--output`, `--sqlite`).
 fn same_file_refusal(checkpoint: &Path, flag: &str, rows: &Path) -> String {
-    let keep = if flag == "--sqlite" {
-        "; to keep the offset in the database, give --checkpoint sqlite"
+    let (what, keep) = if flag == "--sqlite" {
+        ("database", "; to keep the offset in the database, give --checkpoint sqlite")
     } else {
-        ""
+        ("file", "")
     };
     format!(
-        "--checkpoint {} is the {flag} file {}: the checkpoint would replace the rows; give \
+        "--checkpoint {} is the {flag} {what} {}: the checkpoint would replace the rows; give \
          --checkpoint a file of its own{keep}",
         checkpoint.display(),
         rows.display()
