@@ -9,6 +9,32 @@ use color_eyre::eyre::{Result, WrapErr, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// What a first run saves before it reads anything: where a rerun starts if this one acks
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// From the first message.
+    First,
+    /// Right after this offset.
+    After(u64),
+    /// From what was written since this Unix time (seconds).
+    Since(u64),
+}
+
+impl Start {
+    /// The start record of a first run at `start`: `next` and `last` become the time now.
+    pub(crate) fn of(start: Offset) -> Start {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let now = now.map_or(0, |d| d.as_secs());
+        match start {
+            Offset::First | Offset::At(0) => Start::First,
+            Offset::At(n) => Start::After(n - 1),
+            Offset::Time(t) => Start::Since(t),
+            Offset::Next | Offset::Last => Start::Since(now),
+        }
+    }
+}
+
 /// A checkpoint file for one queue.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckpointFile {
@@ -47,7 +73,8 @@ impl CheckpointFile {
         else {
             bail!(
                 "checkpoint {shown} is not a checkpoint mqdemo wrote (it holds no queue and \
-                 offset); give another --checkpoint, or delete it to start from --offset"
+                 offset); check --checkpoint: give it a file of its own (a new one starts from \
+                 --offset)"
             );
         };
         if queue != self.queue {
@@ -62,29 +89,34 @@ impl CheckpointFile {
 
     /// A first run starts at `start` (nothing acked yet): save where a rerun starts if this
     /// one acks nothing (it may end quietly, or be killed before its first ack), so that
-    /// what is written meanwhile is not skipped. `next` and `last` become the time now.
+    /// what is written meanwhile is not skipped.
     pub(crate) fn save_start(&self, start: Offset) -> Result<()> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let now = now.map_or(0, |d| d.as_secs());
-        let form = match start {
-            Offset::First | Offset::At(0) => serde_json::json!({ "from": "first" }),
-            Offset::At(n) => serde_json::json!({ "offset": n - 1 }),
-            Offset::Time(t) => serde_json::json!({ "since": t }),
-            Offset::Next | Offset::Last => serde_json::json!({ "since": now }),
+        let form = match Start::of(start) {
+            Start::First => serde_json::json!({ "from": "first" }),
+            Start::After(o) => serde_json::json!({ "offset": o }),
+            Start::Since(t) => serde_json::json!({ "since": t }),
         };
         let mut form = form;
         form["queue"] = serde_json::Value::from(self.queue.as_str());
-        self.write(&form.to_string())
+        let shown = self.path.display();
+        self.write(&form.to_string()).wrap_err(format!(
+            "cannot write checkpoint {shown} before reading; check that its directory exists and \
+             is writable (nothing was read yet)"
+        ))
     }
 
     /// Replace the file with `offset`, durably.
     pub(crate) fn save(&self, offset: u64) -> Result<()> {
+        let shown = self.path.display();
         self.write(&serde_json::json!({ "queue": self.queue, "offset": offset }).to_string())
+            .wrap_err(format!(
+                "cannot write checkpoint {shown}; check that its directory exists and is \
+                 writable (the messages are acked: a rerun starts from the checkpoint before)"
+            ))
     }
 
     /// Replace the file with `text`, durably.
-    fn write(&self, text: &str) -> Result<()> {
-        let shown = self.path.display();
+    fn write(&self, text: &str) -> std::io::Result<()> {
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -94,18 +126,12 @@ impl CheckpointFile {
             .file_name()
             .map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy().into_owned());
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        };
-        write().wrap_err(format!(
-            "cannot write checkpoint {shown}; check that its directory exists and is writable \
-             (the messages are acked: a rerun starts from the checkpoint before)"
-        ))
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        std::fs::File::open(&dir)?.sync_all()
     }
 }
 
@@ -117,23 +143,24 @@ impl Checkpointer for CheckpointFile {
 
 /// How a run reads stream `queue`: from right after its checkpoint if it has one, else from
 /// --offset (default `next`), to --until, saving to its checkpoint file (if any) after each
-/// ack. `sqlite`: the --sqlite database (where `--checkpoint sqlite` lives).
+/// ack. `sqlite`: the --sqlite database and table (where `--checkpoint sqlite` lives). A
+/// first run saves where it starts before it reads anything, in the file or the database.
 pub(crate) fn reading(
     cfg: &StreamConfig,
     queue: &str,
-    sqlite: Option<&Path>,
+    sqlite: Option<(&Path, &str)>,
     reporter: &Reporter,
 ) -> Result<StreamRead> {
-    let (saved, place, file) = match (&cfg.checkpoint, sqlite) {
+    let (saved, place, file, db) = match (&cfg.checkpoint, sqlite) {
         (Some(Checkpoint::File(path)), _) => {
             let file = CheckpointFile::new(path, queue);
-            (file.load()?, path.display().to_string(), Some(file))
+            (file.load()?, path.display().to_string(), Some(file), None)
         }
-        (Some(Checkpoint::Sqlite), Some(db)) => {
-            let saved = crate::results_db::saved_offset(db, queue)?;
-            (saved.map(|o| Offset::At(o.saturating_add(1))), db.display().to_string(), None)
+        (Some(Checkpoint::Sqlite), Some((db, table))) => {
+            let saved = crate::results_db::resume_point(db, queue, table)?;
+            (saved, format!("{} (table {table})", db.display()), None, Some((db, table)))
         }
-        _ => (None, String::new(), None),
+        _ => (None, String::new(), None, None),
     };
     let start = match saved {
         Some(resume) => {
@@ -152,6 +179,9 @@ pub(crate) fn reading(
             let start = cfg.offset.unwrap_or(Offset::Next);
             if let Some(f) = &file {
                 f.save_start(start)?;
+            }
+            if let Some((db, table)) = db {
+                crate::results_db::save_start(db, queue, table, Start::of(start))?;
             }
             start
         }

@@ -5,8 +5,10 @@
 //! Rows are inserted inside one transaction per ack batch; [`ResultsDb::commit`] makes them
 //! durable (WAL, `synchronous=FULL`) before the consumer acks.
 
+mod checkpoints;
 mod schema;
 
+pub(crate) use checkpoints::{resume_point, save_start};
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use rusqlite::{Connection, params_from_iter, types::Value as Sql};
 pub(crate) use schema::check_table_name;
@@ -57,42 +59,10 @@ pub(crate) enum Stored {
     Refused(String),
 }
 
-/// The table `--checkpoint sqlite` keeps each stream's offset in (the last message whose
-/// rows are committed), updated in the same transaction as the rows.
-const CHECKPOINTS: &str = "_mq_checkpoints";
-
-/// The offset `--checkpoint sqlite` saved for `queue` in the database at `path`; None when
-/// there is none (or no database yet).
-pub(crate) fn saved_offset(path: &Path, queue: &str) -> Result<Option<u64>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let conn = Connection::open(path).wrap_err_with(|| {
-        format!("cannot open SQLite database {}; check the --sqlite path", path.display())
-    })?;
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [CHECKPOINTS],
-            |r| r.get(0),
-        )
-        .wrap_err_with(|| format!("cannot read {}; is it an SQLite database?", path.display()))?;
-    if !exists {
-        return Ok(None);
-    }
-    let sql = format!("SELECT \"offset\" FROM {CHECKPOINTS} WHERE queue = ?1");
-    match conn.query_row(&sql, [queue], |r| r.get::<_, i64>(0)) {
-        Ok(o) => Ok(u64::try_from(o).ok()),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(e).wrap_err_with(|| {
-            format!("cannot read the checkpoint of '{queue}' in {}", path.display())
-        }),
-    }
-}
-
 /// An open results table.
 pub(crate) struct ResultsDb {
     conn: Connection,
+    path: std::path::PathBuf,
     table: String,
     /// Columns in table order (lowercased for lookups: SQLite names are case-insensitive).
     columns: Vec<String>,
@@ -108,13 +78,21 @@ impl ResultsDb {
         let conn = Connection::open(path).wrap_err_with(|| {
             format!("cannot open SQLite database {}; check the --sqlite path", path.display())
         })?;
-        let setup = format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;
-             CREATE TABLE IF NOT EXISTS {} ({} TEXT PRIMARY KEY NOT NULL);",
+        let setup = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;";
+        conn.execute_batch(setup).wrap_err_with(|| {
+            format!("cannot open {}; is it an SQLite database you may write?", path.display())
+        })?;
+        // Before this run's table is created: an older checkpoint table's rows belong to the
+        // one results table there was.
+        checkpoints::migrate(&conn).wrap_err_with(|| {
+            format!("cannot upgrade the checkpoint table of {}", path.display())
+        })?;
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({} TEXT PRIMARY KEY NOT NULL);",
             quote(table),
             ID_COLUMN
         );
-        conn.execute_batch(&setup).wrap_err_with(|| {
+        conn.execute_batch(&create).wrap_err_with(|| {
             format!(
                 "cannot create table {table} in {}; is it an SQLite database you may write?",
                 path.display()
@@ -122,6 +100,7 @@ impl ResultsDb {
         })?;
         let mut db = ResultsDb {
             conn,
+            path: path.to_path_buf(),
             table: table.to_string(),
             columns: Vec::new(),
             in_transaction: false,
@@ -247,28 +226,14 @@ impl ResultsDb {
         Ok(changed == 1)
     }
 
-    /// Save `offset` as stream `queue`'s checkpoint in the transaction the next
-    /// [`ResultsDb::commit`] commits, with the rows.
+    /// Save `offset` as the checkpoint of stream `queue` into this table, in the transaction
+    /// the next [`ResultsDb::commit`] commits, with the rows.
     pub(crate) fn checkpoint(&mut self, queue: &str, offset: u64) -> Result<()> {
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
             self.in_transaction = true;
         }
-        let create = format!(
-            "CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (queue TEXT PRIMARY KEY NOT NULL, \
-             \"offset\" INTEGER NOT NULL)"
-        );
-        self.conn.execute_batch(&create).wrap_err("cannot create the checkpoint table")?;
-        let upsert = format!(
-            "INSERT INTO {CHECKPOINTS} (queue, \"offset\") VALUES (?1, ?2) \
-             ON CONFLICT(queue) DO UPDATE SET \"offset\" = excluded.\"offset\""
-        );
-        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
-        self.conn
-            .prepare_cached(&upsert)
-            .and_then(|mut s| s.execute(rusqlite::params![queue, offset]))
-            .wrap_err("cannot save the checkpoint")?;
-        Ok(())
+        checkpoints::save(&self.conn, &self.path, queue, &self.table, offset)
     }
 
     /// Make everything inserted so far durable.

@@ -106,8 +106,12 @@ pub(super) fn consume(cmd: ConsumeCommand) -> Result<ConsumeConfig, UsageError> 
     let idle_timeout =
         common.idle_timeout.map(|s| seconds("--idle-timeout", s, false)).transpose()?;
     let queue = queue_spec(common.queue, &common.queue_args, kind)?;
-    let sqlite = matches!(sink, SinkConfig::Sqlite { .. });
-    let stream = stream_config(&common.stream, &queue, sqlite, now_ms())?;
+    let rows_to = match &sink {
+        SinkConfig::Sqlite { path, .. } => Some(("--sqlite", path.as_path())),
+        SinkConfig::Rows { output: Some(path), .. } => Some(("--output", path.as_path())),
+        SinkConfig::Rows { output: None, .. } | SinkConfig::Directory(_) => None,
+    };
+    let stream = stream_config(&common.stream, &queue, rows_to, now_ms())?;
     if stream.is_some() {
         only_one_reader(common.workers)?;
         if common.no_failed_queue {
@@ -187,7 +191,7 @@ pub(super) fn pipe(p: cli::PipeArgs) -> Result<StageConfig, UsageError> {
         return Err(UsageError(format!("--to {}: must differ from --from", p.from)));
     }
     let mut cfg = stage(p.from, StageOutput::Queue(output), p.model)?;
-    cfg.stream = stream_config(&p.stream, &cfg.input, false, now_ms())?;
+    cfg.stream = stream_config(&p.stream, &cfg.input, None, now_ms())?;
     Ok(cfg)
 }
 

@@ -3,7 +3,7 @@
 
 use super::UsageError;
 use crate::amqp::{Offset, QueueSpec, Until};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How a consume or pipe run reads a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,13 +26,15 @@ pub enum Checkpoint {
 }
 
 /// The stream flags of a run reading `queue`; None when the queue is not a stream.
-/// `sqlite`: the run stores rows with --sqlite (where `--checkpoint sqlite` can live).
+/// `rows_to`: the file the run writes its rows to, with its flag (`--output` or `--sqlite`,
+/// where `--checkpoint sqlite` can live); a `--checkpoint` file must not be it.
 pub(super) fn stream_config(
     args: &crate::cli::StreamArgs,
     queue: &QueueSpec,
-    sqlite: bool,
+    rows_to: Option<(&str, &Path)>,
     now_ms: u64,
 ) -> Result<Option<StreamConfig>, UsageError> {
+    let sqlite = rows_to.is_some_and(|(flag, _)| flag == "--sqlite");
     let given = [
         ("--offset", args.offset.is_some()),
         ("--until", args.until.is_some()),
@@ -50,6 +52,9 @@ pub(super) fn stream_config(
     }
     let offset = args.offset.as_deref().map(|t| offset(t, now_ms)).transpose()?;
     let until = args.until.as_deref().map(|t| until(t, now_ms)).transpose()?;
+    if let (Some(o), Some(u), Some(ot), Some(ut)) = (offset, until, &args.offset, &args.until) {
+        check_window(o, u, ot, ut)?;
+    }
     let checkpoint = match &args.checkpoint {
         None => None,
         Some(p) if p.as_os_str() == "sqlite" => {
@@ -68,9 +73,72 @@ pub(super) fn stream_config(
                 p.display()
             )));
         }
-        Some(p) => Some(Checkpoint::File(p.clone())),
+        Some(p) => {
+            if let Some((flag, rows)) = rows_to.filter(|(_, rows)| same_file(p, rows)) {
+                return Err(UsageError(same_file_refusal(p, flag, rows)));
+            }
+            Some(Checkpoint::File(p.clone()))
+        }
     };
     Ok(Some(StreamConfig { offset, until, checkpoint }))
+}
+
+/// Whether `a` and `b` name one file, also when neither exists yet (their directories
+/// resolved, symbolic links and `..` included).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    };
+    matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The error for a `--checkpoint` naming the run's own rows (`flag`: `--output`, `--sqlite`).
+fn same_file_refusal(checkpoint: &Path, flag: &str, rows: &Path) -> String {
+    let (what, keep) = if flag == "--sqlite" {
+        ("database", "; to keep the offset in the database, give --checkpoint sqlite")
+    } else {
+        ("file", "")
+    };
+    format!(
+        "--checkpoint {} is the {flag} {what} {}: the checkpoint would replace the rows; give \
+         --checkpoint a file of its own{keep}",
+        checkpoint.display(),
+        rows.display()
+    )
+}
+
+/// A window that ends where it begins or before (`--offset 5 --until offset:3`, two times
+/// swapped) reads nothing by construction: refused, naming both flags. An offset against a
+/// time cannot be compared before reading, nor can `first`, `last` or `next` against a time.
+fn check_window(
+    offset: Offset,
+    until: Until,
+    o_text: &str,
+    u_text: &str,
+) -> Result<(), UsageError> {
+    let empty = match (offset, until) {
+        (Offset::At(n), Until::Offset(m)) => m <= n,
+        (Offset::First, Until::Offset(m)) => m == 0,
+        // A time offset starts at its whole second; an --until time at or before that second
+        // stops before every message stored from it.
+        (Offset::Time(secs), Until::Time(ms)) => ms <= secs.saturating_mul(1000),
+        _ => false,
+    };
+    if !empty {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "--until {u_text} is not after --offset {o_text}: the window is empty; give an --until \
+         later than the --offset (were they swapped?)"
+    )))
 }
 
 /// What the flags of a stream rule out, for a queue declared with `queue_type`.
@@ -321,6 +389,52 @@ mod tests {
         for bad in ["1000", "offset:", "offset:x", "later"] {
             let err = until(bad, NOW).expect_err(bad);
             assert!(err.0.contains("offset:N"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_on_the_rows_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mqdemo-same-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).expect("test dir");
+        let rows = dir.join("rows.jsonl");
+        // Not there yet: compared by directory and name.
+        assert!(same_file(&rows, &dir.join("sub").join("..").join("rows.jsonl")));
+        assert!(!same_file(&rows, &dir.join("run.ckpt")));
+        std::fs::write(&rows, "{}\n").expect("test file");
+        std::os::unix::fs::symlink(&rows, dir.join("link")).expect("test link");
+        assert!(same_file(&dir.join("link"), &rows));
+        assert!(!same_file(&dir.join("run.ckpt"), &rows));
+        let why = same_file_refusal(&rows, "--sqlite", &rows);
+        assert!(why.contains("--checkpoint sqlite") && !why.contains("delete"), "{why}");
+        std::fs::remove_dir_all(&dir).expect("test dir");
+    }
+
+    #[test]
+    fn empty_windows_are_refused() {
+        let window = |o: &str, u: &str| {
+            check_window(offset(o, NOW).expect(o), until(u, NOW).expect(u), o, u)
+        };
+        for (o, u) in [
+            ("5", "offset:3"),
+            ("5", "offset:5"),
+            ("first", "offset:0"),
+            ("2025-12-01T10:00:00Z", "2025-12-01T09:00:00Z"),
+            ("2025-12-01T10:00:00Z", "2025-12-01T10:00:00Z"),
+            ("1h", "2h"),
+        ] {
+            let err = window(o, u).expect_err(u);
+            assert!(err.0.starts_with("--until") && err.0.contains("--offset"), "{err:?}");
+        }
+        for (o, u) in [
+            ("5", "offset:6"),
+            ("first", "offset:1"),
+            ("2025-12-01T10:00:00Z", "2025-12-01T10:00:00.5Z"),
+            ("2h", "1h"),
+            ("5", "1h"),
+            ("next", "offset:3"),
+            ("last", "1h"),
+        ] {
+            assert!(window(o, u).is_ok(), "{o} {u}");
         }
     }
 

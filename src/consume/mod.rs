@@ -71,7 +71,7 @@ pub(crate) fn run(
     let mut dyn_handlers: Vec<&mut (dyn Handler + Send)> =
         keepers.iter_mut().map(|k| k as &mut (dyn Handler + Send)).collect();
     let sqlite = match &cfg.sink {
-        SinkConfig::Sqlite { path, .. } => Some(path.as_path()),
+        SinkConfig::Sqlite { path, table, .. } => Some((path.as_path(), table.as_str())),
         _ => None,
     };
     let stream = cfg

@@ -23,8 +23,9 @@ pub(super) struct RowHandler {
     pub(super) with_meta: bool,
     /// Reading a stream: --with-meta adds the stream offset.
     pub(super) stream: bool,
-    /// The output file, synced at each flush: a stream checkpoint saved after the flush
-    /// must not be on disk ahead of the rows it covers.
+    /// The output file (--output, or stdout when it is a regular file), synced at each
+    /// flush: a stream checkpoint saved after the flush must not be on disk ahead of the
+    /// rows it covers. A pipe or terminal has no disk to sync to.
     sync: Option<std::fs::File>,
 }
 
@@ -41,13 +42,12 @@ impl RowHandler {
         stdout: Box<dyn Write + Send>,
         reporter: Reporter,
     ) -> Result<RowHandler> {
-        let mut sync = None;
-        let w: Box<dyn Write + Send> = match output {
-            None => stdout,
+        let (w, sync): (Box<dyn Write + Send>, _) = match output {
+            None => (stdout, stdout_file()),
             Some(path) => {
                 let file = csv_output::append(path)?.file;
-                sync = Some(file.try_clone().wrap_err("cannot open the output file twice")?);
-                Box::new(file)
+                let sync = file.try_clone().wrap_err("cannot open the output file twice")?;
+                (Box::new(file), Some(sync))
             }
         };
         let out = match format {
@@ -140,6 +140,19 @@ impl RowHandler {
             RowOut::Jsonl(_) | RowOut::Envelope(_) => None,
         }
     }
+}
+
+/// Stdout as a file that can be synced, when it is a regular file (`> rows.jsonl`); None
+/// for a pipe, a terminal or anything else.
+fn stdout_file() -> Option<std::fs::File> {
+    use std::os::fd::AsFd;
+    let out = std::io::stdout();
+    let fd = out.as_fd();
+    let stat = rustix::fs::fstat(fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    fd.try_clone_to_owned().ok().map(std::fs::File::from)
 }
 
 impl Handler for RowHandler {

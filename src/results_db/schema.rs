@@ -16,7 +16,11 @@ pub(crate) fn check_table_name(name: &str) -> Option<String> {
             "--table {name:?}: use letters, digits and _ (not starting with a digit), e.g. predictions"
         ));
     }
-    name.to_ascii_lowercase()
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("_mq_") {
+        return Some(format!("--table {name}: names starting with _mq_ are mqdemo's own"));
+    }
+    lower
         .starts_with("sqlite_")
         .then(|| format!("--table {name}: names starting with sqlite_ are reserved by SQLite"))
 }
