@@ -5,6 +5,7 @@ mod attacks;
 mod attacks11;
 mod attacks11b;
 mod attacks16;
+mod attacks16b;
 mod batch15;
 mod broker;
 mod cluster;
