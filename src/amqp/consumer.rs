@@ -218,7 +218,7 @@ impl<'a> ConsumeState<'a> {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if self.past_until(&d)? || !self.take(limits) {
+                    if self.past_until(&d, handler)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         return self.finish(handler).map(|()| Flow::Done);
                     }
@@ -300,7 +300,7 @@ impl<'a> ConsumeState<'a> {
             };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if self.past_until(&d)? || !self.take(limits) {
+                    if self.past_until(&d, handler)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         break;
                     }
@@ -329,13 +329,21 @@ impl<'a> ConsumeState<'a> {
         self.finish(handler).map(|()| Flow::Done)
     }
 
-    /// Reading a stream to --until: whether `d` is past it (the run ends before it).
-    fn past_until(&mut self, d: &amiquip::Delivery) -> Result<bool> {
+    /// Reading a stream to --until: whether `d` is past it (the run ends before it). When it
+    /// cannot tell, the run stops with the reason, keeping what was handled before `d`
+    /// (acked, and in the checkpoint).
+    fn past_until(&mut self, d: &amiquip::Delivery, handler: &mut dyn Handler) -> Result<bool> {
         let Some(until) = self.stream.and_then(|s| s.until) else {
             return Ok(false);
         };
         let (offset, timestamp) = position(d);
-        let past = until.reached(offset, timestamp).map_err(fatal)?;
+        let past = match until.reached(offset, timestamp) {
+            Ok(past) => past,
+            Err(why) => {
+                self.finish(handler)?;
+                return Err(fatal(why));
+            }
+        };
         if past {
             self.outcome.until = offset;
         }
