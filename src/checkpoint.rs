@@ -23,7 +23,13 @@ impl CheckpointFile {
 
     /// Where a run resumes (right after the offset saved, or where the first run started
     /// when it acked nothing yet), or None when there is no file yet.
+    #[cfg(test)]
     pub(crate) fn load(&self) -> Result<Option<Offset>> {
+        Ok(self.load_with_id()?.map(|(o, _)| o))
+    }
+
+    /// [`Self::load`], and the identity of the message at the saved offset (when saved).
+    pub(crate) fn load_with_id(&self) -> Result<Option<(Offset, Option<String>)>> {
         let shown = self.path.display();
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -57,7 +63,8 @@ impl CheckpointFile {
                 self.queue
             );
         }
-        Ok(Some(resume))
+        let id = field("id").and_then(|v| v.as_str().map(str::to_string));
+        Ok(Some((resume, id)))
     }
 
     /// A first run starts at `start` (nothing acked yet): save where a rerun starts if this
@@ -77,9 +84,21 @@ impl CheckpointFile {
         self.write(&form.to_string())
     }
 
-    /// Replace the file with `offset`, durably.
-    pub(crate) fn save(&self, offset: u64) -> Result<()> {
-        self.write(&serde_json::json!({ "queue": self.queue, "offset": offset }).to_string())
+    /// A first run saves its start only once the stream is checked: before that, check that
+    /// the file can be written at all (a temporary file beside it, removed again).
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        let shown = self.path.display();
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(format!(".check-{}", std::process::id()));
+        std::fs::File::create(&tmp).and_then(|_| std::fs::remove_file(&tmp)).wrap_err(format!(
+            "cannot write checkpoint {shown}; check that its directory exists and is writable"
+        ))
+    }
+
+    /// Replace the file with `offset` (and the identity of its message), durably.
+    pub(crate) fn save(&self, offset: u64, id: &str) -> Result<()> {
+        let form = serde_json::json!({ "queue": self.queue, "offset": offset, "id": id });
+        self.write(&form.to_string())
     }
 
     /// Replace the file with `text`, durably.
@@ -110,8 +129,12 @@ impl CheckpointFile {
 }
 
 impl Checkpointer for CheckpointFile {
-    fn save(&self, offset: u64) -> Result<()> {
-        CheckpointFile::save(self, offset)
+    fn save(&self, offset: u64, id: &str) -> Result<()> {
+        CheckpointFile::save(self, offset, id)
+    }
+
+    fn save_start(&self, start: Offset) -> Result<()> {
+        CheckpointFile::save_start(self, start)
     }
 }
 
@@ -127,14 +150,18 @@ pub(crate) fn reading(
     let (saved, place, file) = match (&cfg.checkpoint, sqlite) {
         (Some(Checkpoint::File(path)), _) => {
             let file = CheckpointFile::new(path, queue);
-            (file.load()?, path.display().to_string(), Some(file))
+            (file.load_with_id()?, path.display().to_string(), Some(file))
         }
         (Some(Checkpoint::Sqlite), Some(db)) => {
             let saved = crate::results_db::saved_offset(db, queue)?;
-            (saved.map(|o| Offset::At(o.saturating_add(1))), db.display().to_string(), None)
+            let saved = saved.map(|o| (Offset::At(o.saturating_add(1)), None));
+            (saved, db.display().to_string(), None)
         }
         _ => (None, String::new(), None),
     };
+    let resumed_from = saved.as_ref().map(|_| place.clone());
+    let checked_id = saved.as_ref().and_then(|(_, id)| id.clone());
+    let saved = saved.map(|(o, _)| o);
     let start = match saved {
         Some(resume) => {
             let given =
@@ -148,16 +175,16 @@ pub(crate) fn reading(
                 .warn(&format!("resuming '{queue}' {at} from the checkpoint in {place}{given}"));
             resume
         }
+        // A first run: the consumer saves its start once the stream is checked.
         None => {
-            let start = cfg.offset.unwrap_or(Offset::Next);
             if let Some(f) = &file {
-                f.save_start(start)?;
+                f.check_writable()?;
             }
-            start
+            cfg.offset.unwrap_or(Offset::Next)
         }
     };
     let checkpoint = file.map(|f| Box::new(f) as Box<dyn Checkpointer>);
-    Ok(StreamRead { start, until: cfg.until, checkpoint })
+    Ok(StreamRead { start, until: cfg.until, checkpoint, resumed_from, checked_id })
 }
 
 /// The summary's note on a stream: where a run stopped at --until, and what retention
@@ -187,8 +214,8 @@ mod tests {
         let path = dir.join("run.ckpt");
         let c = CheckpointFile::new(&path, "events");
         assert_eq!(c.load().expect("test file"), None);
-        c.save(41).expect("test file");
-        c.save(42).expect("test file");
+        c.save(41, "id:a").expect("test file");
+        c.save(42, "id:b").expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::At(43)));
         c.save_start(Offset::First).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::First));
@@ -196,7 +223,7 @@ mod tests {
         assert_eq!(c.load().expect("test file"), Some(Offset::Time(1_700_000_000)));
         c.save_start(Offset::At(10)).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::At(10)));
-        c.save(42).expect("test file");
+        c.save(42, "id:b").expect("test file");
         let other = CheckpointFile::new(&path, "other").load().expect_err("refused");
         assert!(format!("{other}").contains("belongs to queue 'events'"), "{other}");
         std::fs::write(&path, b"garbage").expect("test file");
