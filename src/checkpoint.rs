@@ -49,7 +49,13 @@ impl CheckpointFile {
 
     /// Where a run resumes (right after the offset saved, or where the first run started
     /// when it acked nothing yet), or None when there is no file yet.
+    #[cfg(test)]
     pub(crate) fn load(&self) -> Result<Option<Offset>> {
+        Ok(self.load_with_id()?.map(|(o, _)| o))
+    }
+
+    /// [`Self::load`], and the identity of the message at the saved offset (when saved).
+    pub(crate) fn load_with_id(&self) -> Result<Option<(Offset, Option<String>)>> {
         let shown = self.path.display();
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -84,7 +90,8 @@ impl CheckpointFile {
                 self.queue
             );
         }
-        Ok(Some(resume))
+        let id = field("id").and_then(|v| v.as_str().map(str::to_string));
+        Ok(Some((resume, id)))
     }
 
     /// A first run starts at `start` (nothing acked yet): save where a rerun starts if this
@@ -105,14 +112,26 @@ impl CheckpointFile {
         ))
     }
 
-    /// Replace the file with `offset`, durably.
-    pub(crate) fn save(&self, offset: u64) -> Result<()> {
+    /// A first run saves its start only once the stream is checked: before that, check that
+    /// the file can be written at all (a temporary file beside it, removed again).
+    pub(crate) fn check_writable(&self) -> Result<()> {
         let shown = self.path.display();
-        self.write(&serde_json::json!({ "queue": self.queue, "offset": offset }).to_string())
-            .wrap_err(format!(
-                "cannot write checkpoint {shown}; check that its directory exists and is \
-                 writable (the messages are acked: a rerun starts from the checkpoint before)"
-            ))
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(format!(".check-{}", std::process::id()));
+        std::fs::File::create(&tmp).and_then(|_| std::fs::remove_file(&tmp)).wrap_err(format!(
+            "cannot write checkpoint {shown} before reading; check that its directory exists and \
+             is writable (nothing was read yet)"
+        ))
+    }
+
+    /// Replace the file with `offset` (and the identity of its message), durably.
+    pub(crate) fn save(&self, offset: u64, id: &str) -> Result<()> {
+        let shown = self.path.display();
+        let form = serde_json::json!({ "queue": self.queue, "offset": offset, "id": id });
+        self.write(&form.to_string()).wrap_err(format!(
+            "cannot write checkpoint {shown}; check that its directory exists and is writable \
+             (the messages are acked: a rerun starts from the checkpoint before)"
+        ))
     }
 
     /// Replace the file with `text`, durably.
@@ -136,15 +155,20 @@ impl CheckpointFile {
 }
 
 impl Checkpointer for CheckpointFile {
-    fn save(&self, offset: u64) -> Result<()> {
-        CheckpointFile::save(self, offset)
+    fn save(&self, offset: u64, id: &str) -> Result<()> {
+        CheckpointFile::save(self, offset, id)
+    }
+
+    fn save_start(&self, start: Offset) -> Result<()> {
+        CheckpointFile::save_start(self, start)
     }
 }
 
 /// How a run reads stream `queue`: from right after its checkpoint if it has one, else from
 /// --offset (default `next`), to --until, saving to its checkpoint file (if any) after each
 /// ack. `sqlite`: the --sqlite database and table (where `--checkpoint sqlite` lives). A
-/// first run saves where it starts before it reads anything, in the file or the database.
+/// first run's start is saved, in the file or the database, by the consumer once the
+/// stream is checked ([`Checkpointer::save_start`]), before it reads anything.
 pub(crate) fn reading(
     cfg: &StreamConfig,
     queue: &str,
@@ -154,14 +178,17 @@ pub(crate) fn reading(
     let (saved, place, file, db) = match (&cfg.checkpoint, sqlite) {
         (Some(Checkpoint::File(path)), _) => {
             let file = CheckpointFile::new(path, queue);
-            (file.load()?, path.display().to_string(), Some(file), None)
+            (file.load_with_id()?, path.display().to_string(), Some(file), None)
         }
         (Some(Checkpoint::Sqlite), Some((db, table))) => {
-            let saved = crate::results_db::resume_point(db, queue, table)?;
+            let saved = crate::results_db::resume_point(db, queue, table)?.map(|o| (o, None));
             (saved, format!("{} (table {table})", db.display()), None, Some((db, table)))
         }
         _ => (None, String::new(), None, None),
     };
+    let resumed_from = saved.as_ref().map(|_| place.clone());
+    let checked_id = saved.as_ref().and_then(|(_, id)| id.clone());
+    let saved = saved.map(|(o, _)| o);
     let start = match saved {
         Some(resume) => {
             let given =
@@ -175,19 +202,43 @@ pub(crate) fn reading(
                 .warn(&format!("resuming '{queue}' {at} from the checkpoint in {place}{given}"));
             resume
         }
+        // A first run: the consumer saves its start once the stream is checked.
         None => {
-            let start = cfg.offset.unwrap_or(Offset::Next);
             if let Some(f) = &file {
-                f.save_start(start)?;
+                f.check_writable()?;
             }
-            if let Some((db, table)) = db {
-                crate::results_db::save_start(db, queue, table, Start::of(start))?;
-            }
-            start
+            cfg.offset.unwrap_or(Offset::Next)
         }
     };
-    let checkpoint = file.map(|f| Box::new(f) as Box<dyn Checkpointer>);
-    Ok(StreamRead { start, until: cfg.until, checkpoint })
+    let checkpoint = match (file, db) {
+        (Some(f), _) => Some(Box::new(f) as Box<dyn Checkpointer>),
+        (None, Some((db, table))) => Some(Box::new(DbStart {
+            db: db.to_path_buf(),
+            queue: queue.to_string(),
+            table: table.to_string(),
+        }) as Box<dyn Checkpointer>),
+        (None, None) => None,
+    };
+    Ok(StreamRead { start, until: cfg.until, checkpoint, resumed_from, checked_id })
+}
+
+/// `--checkpoint sqlite`: the offset is committed with the rows (the sink's flush), so a
+/// save after the ack has nothing left to do; the start record is written here, once the
+/// stream is checked, like a file's.
+struct DbStart {
+    db: PathBuf,
+    queue: String,
+    table: String,
+}
+
+impl Checkpointer for DbStart {
+    fn save(&self, _offset: u64, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn save_start(&self, start: Offset) -> Result<()> {
+        crate::results_db::save_start(&self.db, &self.queue, &self.table, Start::of(start))
+    }
 }
 
 /// The summary's note on a stream: where a run stopped at --until, and what retention
@@ -217,8 +268,8 @@ mod tests {
         let path = dir.join("run.ckpt");
         let c = CheckpointFile::new(&path, "events");
         assert_eq!(c.load().expect("test file"), None);
-        c.save(41).expect("test file");
-        c.save(42).expect("test file");
+        c.save(41, "id:a").expect("test file");
+        c.save(42, "id:b").expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::At(43)));
         c.save_start(Offset::First).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::First));
@@ -226,7 +277,7 @@ mod tests {
         assert_eq!(c.load().expect("test file"), Some(Offset::Time(1_700_000_000)));
         c.save_start(Offset::At(10)).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::At(10)));
-        c.save(42).expect("test file");
+        c.save(42, "id:b").expect("test file");
         let other = CheckpointFile::new(&path, "other").load().expect_err("refused");
         assert!(format!("{other}").contains("belongs to queue 'events'"), "{other}");
         std::fs::write(&path, b"garbage").expect("test file");

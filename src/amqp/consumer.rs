@@ -5,10 +5,11 @@ use super::TICK;
 use super::endpoint::Endpoint;
 use super::error::{close_and_retry, discard, explain, fatal, lost};
 use super::prefetch::prefetch_for;
+use super::probe::{Plan, refusal};
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::{Session, UNWINDOWED_WRITE_BUFFER};
-use super::stream::{Cursor, StreamRead, position};
+use super::stream::{Cursor, Offset, StreamRead, Until, identity, position};
 use super::topology::{QueueSpec, no_such_queue, unavailable};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
@@ -107,21 +108,27 @@ enum Flow {
     Resize,
 }
 
+/// A stream delivery's offset, and its identity when a checkpoint keeps it (taken before
+/// the handler takes the delivery apart).
+type Place = (u64, Option<String>);
+
 struct ConsumeState<'a> {
     channel: &'a Channel,
     endpoint: &'a Endpoint,
     queue: &'a str,
-    /// The newest handled delivery not yet acked (and its stream offset): one
+    /// The newest handled delivery not yet acked (and its stream place): one
     /// `ack_multiple` covers all before it.
-    last: Option<(amiquip::Delivery, Option<u64>)>,
+    last: Option<(amiquip::Delivery, Option<Place>)>,
     /// Deliveries the handler holds unhandled (`Handler::held`), oldest first: all newer
     /// than `last`.
-    held: std::collections::VecDeque<(amiquip::Delivery, Option<u64>)>,
+    held: std::collections::VecDeque<(amiquip::Delivery, Option<Place>)>,
     /// Reading a stream: how, and where this consumer is.
     stream: Option<&'a StreamRead>,
     cursor: Cursor,
     /// Where the first consumer on this channel starts reading the stream.
-    start: super::stream::Offset,
+    start: Offset,
+    /// Where the run stops (--until, as probed).
+    until: Option<Until>,
     /// The offset the current stream consumer asked for, until its first delivery.
     expect: Option<u64>,
     /// Set (for the other workers) as soon as the handler fails, before its messages are
@@ -164,7 +171,7 @@ impl<'a> ConsumeState<'a> {
                 Some(_) => {
                     self.cursor.starting(start);
                     self.expect = match start {
-                        super::stream::Offset::At(n) => Some(n),
+                        Offset::At(n) => Some(n),
                         _ => None,
                     };
                     ConsumerOptions { arguments: start.arguments(), ..Default::default() }
@@ -218,7 +225,7 @@ impl<'a> ConsumeState<'a> {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if self.past_until(&d)? || !self.take(limits) {
+                    if self.past_until(&d, handler)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         return self.finish(handler).map(|()| Flow::Done);
                     }
@@ -300,7 +307,7 @@ impl<'a> ConsumeState<'a> {
             };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if self.past_until(&d)? || !self.take(limits) {
+                    if self.past_until(&d, handler)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         break;
                     }
@@ -329,13 +336,21 @@ impl<'a> ConsumeState<'a> {
         self.finish(handler).map(|()| Flow::Done)
     }
 
-    /// Reading a stream to --until: whether `d` is past it (the run ends before it).
-    fn past_until(&mut self, d: &amiquip::Delivery) -> Result<bool> {
-        let Some(until) = self.stream.and_then(|s| s.until) else {
+    /// Reading a stream to --until: whether `d` is past it (the run ends before it). When it
+    /// cannot tell, the run stops with the reason, keeping what was handled before `d`
+    /// (acked, and in the checkpoint).
+    fn past_until(&mut self, d: &amiquip::Delivery, handler: &mut dyn Handler) -> Result<bool> {
+        let Some(until) = self.until else {
             return Ok(false);
         };
         let (offset, timestamp) = position(d);
-        let past = until.reached(offset, timestamp).map_err(fatal)?;
+        let past = match until.reached(offset, timestamp) {
+            Ok(past) => past,
+            Err(why) => {
+                self.finish(handler)?;
+                return Err(fatal(why));
+            }
+        };
         if past {
             self.outcome.until = offset;
         }
@@ -353,20 +368,19 @@ impl<'a> ConsumeState<'a> {
         };
         if let Some(o) = offset {
             if let Some(asked) = self.expect.take() {
-                if o < asked {
-                    return Err(fatal(format!(
-                        "stream '{}' has no offset {asked} (its next message is offset {o}): it \
-                         was deleted and declared again, or the checkpoint is another \
-                         broker's; delete the --checkpoint file (or give --offset) to read it \
-                         from where you choose",
-                        self.queue
-                    )));
+                if o < asked
+                    && let Some(read) = self.stream
+                {
+                    let why = format!("its next message is offset {o}");
+                    return Err(fatal(refusal(self.queue, read, asked.max(1), &why)));
                 }
                 self.outcome.dropped += o - asked;
             }
             self.cursor.first.get_or_insert(o);
             self.cursor.received = Some(o);
         }
+        let checkpointed = self.stream.is_some_and(|s| s.checkpoint.is_some());
+        let place = offset.map(|o| (o, checkpointed.then(|| identity(&d))));
         let mut ours = delivery(&mut d);
         let mut result = handler.handle(&mut ours);
         if self.stream.is_some()
@@ -378,7 +392,7 @@ impl<'a> ConsumeState<'a> {
             result = Ok(Disposition::Ack);
         }
         if matches!(result, Ok(Disposition::Ack)) {
-            self.held.push_back((d, offset));
+            self.held.push_back((d, place));
             self.sync_held(handler);
             // Before a change of prefetch the ack waits: a sink may block in flush (a
             // pipe's reader), and the next deliveries should not wait for it.
@@ -439,10 +453,10 @@ impl<'a> ConsumeState<'a> {
     }
 
     fn ack_pending(&mut self, handler: &mut dyn Handler) -> Result<()> {
-        let Some((last, offset)) = self.last.take() else {
+        let Some((last, place)) = self.last.take() else {
             return Ok(());
         };
-        if let Some(o) = offset {
+        if let Some((o, _)) = place {
             handler.covers(o);
         }
         handler.flush()?;
@@ -450,10 +464,12 @@ impl<'a> ConsumeState<'a> {
         self.outcome.acked += self.unacked;
         crate::metrics::acked(self.unacked);
         self.unacked = 0;
-        if let Some(o) = offset {
+        if let Some((o, id)) = place {
             self.cursor.acked = Some(o);
-            if let Some(checkpoint) = self.stream.and_then(|s| s.checkpoint.as_ref()) {
-                checkpoint.save(o)?;
+            if let (Some(checkpoint), Some(id)) =
+                (self.stream.and_then(|s| s.checkpoint.as_ref()), id)
+            {
+                checkpoint.save(o, &id)?;
             }
         }
         Ok(())
@@ -515,15 +531,14 @@ pub fn consume(
     let (mut session, mut current) = Session::open_first(endpoints)?;
     let mut connected = crate::metrics::Up::connected(true);
     let info = session.declare_queue(spec)?;
-    if let Some(super::stream::Offset::At(from)) = limits.stream.map(|s| s.start)
-        && from > 0
-    {
-        super::stream::check_reaches(session.channel()?, &spec.name, from).map_err(fatal)?;
-    }
     on_event(LinkEvent::Queued(info.messages));
     let mut total = ConsumeOutcome::default();
     let mut largest = None;
     let mut cursor = Cursor::default();
+    // Reading a stream: where it starts and stops, once probed (again after a reconnect
+    // when a probe did not complete).
+    let mut plan: Option<Plan> = None;
+    let mut probes = 0;
     loop {
         let left = ConsumeLimits {
             count: limits.count,
@@ -534,10 +549,20 @@ pub fn consume(
             held_bytes: limits.held_bytes,
             stream: limits.stream,
         };
-        let at = Position { largest: &mut largest, cursor: &mut cursor };
-        let (outcome, result) =
-            consume_once(&mut session, &spec.name, prefetch, &left, handler, at);
-        total.add(outcome);
+        let probed = match limits.stream {
+            Some(read) if plan.is_none() => {
+                probes += 1;
+                probe_and_record(&mut session, &spec.name, read).map(|p| plan = Some(p))
+            }
+            _ => Ok(()),
+        };
+        let result = probed.and_then(|()| {
+            let at = Position { largest: &mut largest, cursor: &mut cursor, plan };
+            let (outcome, result) =
+                consume_once(&mut session, &spec.name, prefetch, &left, handler, at);
+            total.add(outcome);
+            result
+        });
         let Err(error) = result else {
             let _ = session.close();
             return Ok((total, Ok(())));
@@ -548,6 +573,14 @@ pub fn consume(
         handler.dropped();
         if limits.stop.load(Ordering::SeqCst) {
             return Ok((total, Err(error)));
+        }
+        if limits.stream.is_some() && plan.is_none() && probes >= PROBE_TRIES {
+            let why = format!(
+                "could not check stream '{}' before reading it ({probes} tries, each on a new \
+                 connection); run again once the connection to the broker is steady",
+                spec.name
+            );
+            return Ok((total, Err(error.wrap_err(why))));
         }
         let reopened =
             reconnect(endpoints, &mut current, retry, limits.stop, error, on_event, |ep| {
@@ -576,11 +609,27 @@ impl ConsumeOutcome {
     }
 }
 
-/// What a worker keeps across reconnects: the largest body seen, and where it is in a
-/// stream.
+/// How many connections a stream's probe is tried on before the run gives up.
+const PROBE_TRIES: u32 = 3;
+
+/// Probe the stream a run reads; a first run then saves where it starts (only now: a start
+/// the probe refuses is never kept, so the corrected --offset applies on the next run).
+fn probe_and_record(session: &mut Session, queue: &str, read: &StreamRead) -> Result<Plan> {
+    let plan = super::probe::plan(session, queue, read)?;
+    if read.resumed_from.is_none()
+        && let Some(checkpoint) = &read.checkpoint
+    {
+        checkpoint.save_start(plan.start)?;
+    }
+    Ok(plan)
+}
+
+/// What a worker keeps across reconnects: the largest body seen, where it is in a stream,
+/// and the stream's probed plan.
 struct Position<'p> {
     largest: &'p mut Option<u64>,
     cursor: &'p mut Cursor,
+    plan: Option<Plan>,
 }
 
 /// One consumer on one channel of `session` (re-consumed when the prefetch changes);
@@ -615,9 +664,12 @@ fn consume_once(
         stream: limits.stream,
         cursor: *at.cursor,
         expect: None,
-        start: limits
-            .stream
-            .map_or(super::stream::Offset::Next, |s| at.cursor.new_connection(s.start)),
+        start: match (limits.stream, at.plan) {
+            (Some(_), Some(plan)) => at.cursor.new_connection(plan.start),
+            (Some(s), None) => at.cursor.new_connection(s.start),
+            (None, _) => Offset::Next,
+        },
+        until: at.plan.map_or_else(|| limits.stream.and_then(|s| s.until), |p| p.until),
     };
     let result = state.consume(limits, handler);
     let outcome = state.outcome;

@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 mod meta;
 mod prefetch;
+mod probe;
 mod producer;
 mod props;
 mod publisher;

@@ -80,8 +80,15 @@ impl Until {
 /// Keeps a stream reader's place: told the offset of the newest acked message after each
 /// ack (a checkpoint file).
 pub trait Checkpointer: Send + Sync {
-    /// Every message up to `offset` is handled durably and acked.
-    fn save(&self, offset: u64) -> color_eyre::eyre::Result<()>;
+    /// Every message up to `offset` is handled durably and acked; `id` is the identity of
+    /// the message at `offset` (see [`identity`]), for a resumed run to check it.
+    fn save(&self, offset: u64, id: &str) -> color_eyre::eyre::Result<()>;
+    /// A first run starts at `start` (`last` resolved to the offset of the last chunk when
+    /// the stream has one), checked against the stream, before it reads anything: keep it so
+    /// that a run that acks nothing does not make the next one skip anything.
+    fn save_start(&self, _start: Offset) -> color_eyre::eyre::Result<()> {
+        Ok(())
+    }
 }
 
 /// How a stream is read: where to start, where to stop, and where to keep the place.
@@ -92,6 +99,12 @@ pub struct StreamRead {
     pub until: Option<Until>,
     /// Saved after each ack.
     pub checkpoint: Option<Box<dyn Checkpointer>>,
+    /// `start` comes from the checkpoint in this place (shown in errors); None: from
+    /// --offset (or `next`), a first run, whose start is saved once the stream is checked.
+    pub resumed_from: Option<String>,
+    /// The identity of the message right before `start` (the checkpoint's), when known: a
+    /// resumed run checks that the stream still holds it there.
+    pub checked_id: Option<String>,
 }
 
 /// Where a stream consumer is: what a new consumer (after a change of prefetch, or a
@@ -141,62 +154,6 @@ impl Cursor {
     }
 }
 
-/// How long a probe of a stream's end waits for the last chunk to begin arriving (a
-/// stream with any message sends it at once), and then for a gap that ends it.
-const PROBE_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
-const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Before reading stream `queue` from offset `from` (> 0: a checkpoint, or --offset N),
-/// check that the stream reaches the offset before it: a stream deleted and declared again
-/// (offsets from 0 again) or another broker's checkpoint would otherwise make the run wait
-/// at an offset that is not written yet, past every message the stream holds. Reads the
-/// last chunk (`x-stream-offset: last`) on a channel of its own. Err: the reason, for the
-/// user (only when the last chunk shows that the stream ends before the offset).
-pub(super) fn check_reaches(
-    channel: amiquip::Channel,
-    queue: &str,
-    from: u64,
-) -> Result<(), String> {
-    let needed = from - 1;
-    let options =
-        amiquip::ConsumerOptions { arguments: Offset::Last.arguments(), ..Default::default() };
-    let consumer =
-        match channel.qos(0, 1000, false).and_then(|()| channel.basic_consume(queue, options)) {
-            Ok(c) => c,
-            // Not the probe's to judge: the run's own consumer meets the same trouble.
-            Err(_) => return Ok(()),
-        };
-    let mut highest = None;
-    let mut wait = PROBE_FIRST;
-    while let Ok(amiquip::ConsumerMessage::Delivery(d)) = consumer.receiver().recv_timeout(wait) {
-        let offset = position(&d).0;
-        highest = highest.max(offset);
-        if offset.is_some_and(|o| o >= needed) {
-            break;
-        }
-        wait = PROBE_GAP;
-    }
-    // The receiver outlives the channel's close (see `ConsumeState::consume`).
-    let keep = consumer.receiver().clone();
-    let _ = consumer.cancel();
-    drop(consumer);
-    let _ = channel.close();
-    drop(keep);
-    match highest {
-        Some(h) if h >= needed => Ok(()),
-        Some(h) => Err(format!(
-            "stream '{queue}' ends at offset {h}, before offset {needed} that reading from \
-             {from} follows: it was deleted and declared again, or the checkpoint is another \
-             broker's; delete the --checkpoint file (or give --offset) to read it from where \
-             you choose"
-        )),
-        // Nothing within the wait: an empty stream, or one whose last chunk the broker does
-        // not hand out at once (seen while retention truncates small segments). Not enough
-        // to stop a run on: it reads on from `from`.
-        None => Ok(()),
-    }
-}
-
 /// A delivery's stream offset and `timestamp` property (seconds).
 pub(super) fn position(d: &amiquip::Delivery) -> (Option<u64>, Option<u64>) {
     let offset = d.properties.headers().as_ref().and_then(|h| match h.get(OFFSET_HEADER) {
@@ -206,6 +163,14 @@ pub(super) fn position(d: &amiquip::Delivery) -> (Option<u64>, Option<u64>) {
         _ => None,
     });
     (offset, *d.properties.timestamp())
+}
+
+/// What identifies a delivery in a checkpoint: its `message_id`, else a hash of its body.
+pub(super) fn identity(d: &amiquip::Delivery) -> String {
+    match d.properties.message_id() {
+        Some(id) => format!("id:{id}"),
+        None => format!("sha256:{}", &crate::codec::sha256_hex(&d.body)[..32]),
+    }
 }
 
 #[cfg(test)]

@@ -649,3 +649,50 @@ fn a_connection_lost_during_the_probe_does_not_skip_it() {
         resumed.stderr
     );
 }
+
+/// The fix's own check of the case above on both probes: since checkpoints name their
+/// message, a resume probes the stream's oldest message (`first`) and then the
+/// checkpoint's offset, not its last chunk, so the poison above no longer meets a probe.
+/// Here the connection is cut on the `first` probe of a checkpoint with an id, and on the
+/// `last` probe of a checkpoint an older version wrote (no id): the run must not wait
+/// silently past the end of the recreated stream either way.
+#[test]
+fn a_connection_lost_during_either_probe_does_not_skip_it() {
+    let cases: [(&[u8], bool); 2] = [
+        (b"x-stream-offsetS\x00\x00\x00\x05first", true),
+        (b"x-stream-offsetS\x00\x00\x00\x04last", false),
+    ];
+    for (poison, with_id) in cases {
+        let q = atk_queue("probecut2");
+        let tmpdir = tempfile::tempdir().expect("tempdir");
+        let dir = tmpdir.path();
+        produce(&q, dir, "old.csv", 1..=50);
+        let ckpt = dir.join("run.ckpt");
+        let mut first = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+        first.extend(["--offset", "first", "--count", "50", "-q"]);
+        mqdemo(&first).run().expect_code(0);
+        if !with_id {
+            let old = format!("{{\"queue\":\"{}\",\"offset\":49}}\n", q.name);
+            std::fs::write(&ckpt, old).expect("an older checkpoint");
+        }
+        q.delete();
+        produce(&q, dir, "new.csv", 101..=105);
+        let port = url().rsplit_once(':').and_then(|(_, p)| p.split('/').next()?.parse().ok());
+        let proxy = crate::proxy::Proxy::start(port.unwrap_or(5672));
+        proxy.poison(poison);
+        let proxied = proxy.url();
+        let mut rest = vec!["--url", proxied.as_str()];
+        rest.extend(on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]));
+        rest.extend(["--idle-timeout", "5"]);
+        let resumed = mqdemo(&rest).run();
+        let got = ids(&resumed.stdout);
+        assert!(
+            resumed.code() != Some(0) || got == (101..=105).collect::<Vec<_>>(),
+            "id in the checkpoint: {with_id}; got {got:?}, exit 0 ({} connections):\n{}",
+            proxy.accepted(),
+            resumed.stderr
+        );
+        assert!(proxy.accepted() > 1, "the probe was not retried:\n{}", resumed.stderr);
+        assert!(resumed.stderr.contains("3 tries"), "{}", resumed.stderr);
+    }
+}

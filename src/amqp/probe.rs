@@ -1,0 +1,224 @@
+//! Before a stream is read: short-lived consumers on a channel of their own check that the
+//! place a run starts from is in the stream it names, and turn the moving points of a first
+//! run (`--offset last`, `--until TIME`) into offsets, so that the run, its checkpoint and a
+//! reconnect all mean the same messages.
+
+use super::error::{explain, fatal, lost};
+use super::session::Session;
+use super::stream::{Offset, StreamRead, Until, identity, position};
+use amiquip::{ConsumerMessage, ConsumerOptions};
+use color_eyre::eyre::{Report, Result};
+use crossbeam_channel::RecvTimeoutError;
+use std::time::Duration;
+
+/// How long a probe waits for its first delivery (a stream with a message there sends it at
+/// once), and then for a gap that ends what it reads.
+const PROBE_FIRST: Duration = Duration::from_secs(2);
+const PROBE_GAP: Duration = Duration::from_millis(300);
+
+/// Where a run reads a stream, once probed: where it starts and where it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Plan {
+    pub start: Offset,
+    pub until: Option<Until>,
+}
+
+/// What a probe consumer saw: its first delivery (offset and identity) and the highest
+/// offset.
+#[derive(Debug, Default)]
+struct Seen {
+    first: Option<(u64, String)>,
+    highest: Option<u64>,
+}
+
+/// Probe stream `queue` for `read`. Err: a refusal (fatal, for the user), or trouble with the
+/// connection (retryable: probe again after a reconnect; it is never taken as a pass).
+pub(super) fn plan(session: &mut Session, queue: &str, read: &StreamRead) -> Result<Plan> {
+    let mut plan = Plan { start: read.start, until: read.until };
+    match read.start {
+        Offset::At(from) if from > 0 => check_place(session, queue, from, read)?,
+        // `last` is the last chunk now: its first offset, so that the start record, a
+        // reconnect and the run all include it (an empty stream: `last` is `next`).
+        Offset::Last => {
+            if let Some((first, _)) = consume_from(session, queue, Offset::Last, |_| true)?.first {
+                plan.start = Offset::At(first);
+            }
+        }
+        _ => {}
+    }
+    if let Some(Until::Time(ms)) = read.until {
+        plan.until = Some(until_offset(session, queue, ms)?.unwrap_or(Until::Time(ms)));
+    }
+    Ok(plan)
+}
+
+/// `--until TIME` on the broker's clock, as `--offset TIME` starts: the offset of the first
+/// chunk stored at or after TIME's second. None: the time is ahead of the clock, or nothing
+/// is stored at or after it yet (the run compares `timestamp` properties then).
+fn until_offset(session: &mut Session, queue: &str, ms: u64) -> Result<Option<Until>> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let now_ms = now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if ms > now_ms {
+        return Ok(None);
+    }
+    let seen = consume_from(session, queue, Offset::Time(ms / 1000), |_| true)?;
+    Ok(seen.first.map(|(o, _)| Until::Offset(o)))
+}
+
+/// Reading from `from` > 0 follows offset `from - 1`: check that the stream holds it (and,
+/// when the checkpoint names the message there, that it is that message). A stream deleted
+/// and declared again (offsets from 0 again), another broker's checkpoint or a wrong
+/// --offset would otherwise make the run wait past every message, or read another stream
+/// from its middle.
+fn check_place(session: &mut Session, queue: &str, from: u64, read: &StreamRead) -> Result<()> {
+    let needed = from - 1;
+    if let Some(want) = &read.checked_id {
+        return check_message(session, queue, from, read, want);
+    }
+    let last = consume_from(session, queue, Offset::Last, |o| o >= needed)?;
+    match last.highest {
+        Some(h) if h < needed => {
+            Err(fatal(refusal(queue, read, from, &format!("it ends at offset {h}"))))
+        }
+        // Nothing within the wait: an empty stream, or one whose last chunk the broker does
+        // not hand out at once (seen while retention truncates small segments). Not enough
+        // to stop a run on: it reads on from `from`.
+        _ => Ok(()),
+    }
+}
+
+/// The checkpoint names the message at offset `from - 1`: check that the stream holds it
+/// there. Its oldest message first: an empty stream has none (a checkpoint > 0 of another
+/// stream), and one past `from - 1` means retention dropped it (the run goes on; the gap is
+/// counted as skipped). Then the message at `from - 1` itself.
+fn check_message(
+    session: &mut Session,
+    queue: &str,
+    from: u64,
+    read: &StreamRead,
+    want: &str,
+) -> Result<()> {
+    let needed = from - 1;
+    let waited = PROBE_FIRST.as_secs();
+    let why = match consume_from(session, queue, Offset::First, |_| true)?.first {
+        None => format!(
+            "it sent no message within {waited} s from its first offset (it is empty, or the \
+             broker is not serving it yet: then run again)"
+        ),
+        Some((oldest, _)) if oldest > needed => return Ok(()),
+        Some(_) => match consume_from(session, queue, Offset::At(needed), |_| true)?.first {
+            Some((o, id)) if o == needed && id == want => return Ok(()),
+            Some((o, _)) if o == needed => {
+                format!("its message at offset {needed} is not the one the checkpoint names")
+            }
+            Some((o, _)) => format!("it sent offset {o} for offset {needed}"),
+            None => format!("it ends before offset {needed} (nothing came within {waited} s)"),
+        },
+    };
+    Err(fatal(refusal(queue, read, from, &why)))
+}
+
+/// Why a run cannot read stream `queue` from `from`, naming where `from` came from (the
+/// checkpoint, or --offset) and the fix.
+pub(super) fn refusal(queue: &str, read: &StreamRead, from: u64, why: &str) -> String {
+    match &read.resumed_from {
+        Some(place) => format!(
+            "stream '{queue}' does not hold the message the checkpoint in {place} follows \
+             (offset {}): {why}; it was deleted and declared again, or the checkpoint is \
+             another broker's or another stream's; delete the checkpoint and give --offset to \
+             read it from where you choose",
+            from - 1
+        ),
+        None => format!(
+            "stream '{queue}' has no offset {}: {why}, so --offset {from} is past its end; give \
+             a lower --offset, or first, last, next or a time",
+            from - 1
+        ),
+    }
+}
+
+/// Consume `queue` from `at` on a channel of its own until `enough` holds for a delivery's
+/// offset, or nothing more comes (PROBE_FIRST before the first delivery, PROBE_GAP after).
+fn consume_from(
+    session: &mut Session,
+    queue: &str,
+    at: Offset,
+    enough: impl Fn(u64) -> bool,
+) -> Result<Seen> {
+    let ep = session.endpoint().clone();
+    let doing = "checking the stream before reading it";
+    let channel = session.channel()?;
+    let options = ConsumerOptions { arguments: at.arguments(), ..Default::default() };
+    let consumer = channel
+        .qos(0, 1000, false)
+        .and_then(|()| channel.basic_consume(queue, options))
+        .map_err(|e| explain(e, &ep, doing))?;
+    let mut seen = Seen::default();
+    let mut wait = PROBE_FIRST;
+    let ended: Option<Report> = loop {
+        match consumer.receiver().recv_timeout(wait) {
+            Ok(ConsumerMessage::Delivery(d)) => {
+                let offset = position(&d).0;
+                if let Some(o) = offset {
+                    seen.first.get_or_insert_with(|| (o, identity(&d)));
+                    seen.highest = seen.highest.max(Some(o));
+                    if enough(o) {
+                        break None;
+                    }
+                }
+                wait = PROBE_GAP;
+            }
+            Err(RecvTimeoutError::Timeout) => break None,
+            Ok(
+                ConsumerMessage::ServerClosedChannel(e)
+                | ConsumerMessage::ServerClosedConnection(e),
+            ) => {
+                break Some(explain(e, &ep, doing));
+            }
+            Ok(_) | Err(RecvTimeoutError::Disconnected) => {
+                break Some(lost(format!(
+                    "lost the connection to {} while checking stream '{queue}' before reading it",
+                    ep.masked()
+                )));
+            }
+        }
+    };
+    if let Some(e) = ended {
+        // Nothing more is sent on this channel (see ConsumeState::consume).
+        std::mem::forget(consumer);
+        std::mem::forget(channel);
+        return Err(e);
+    }
+    // The receiver outlives the channel's close (see `ConsumeState::consume`).
+    let keep = consumer.receiver().clone();
+    let _ = consumer.cancel();
+    drop(consumer);
+    let closed = channel.close().map_err(|e| explain(e, &ep, doing));
+    drop(keep);
+    closed.map(|()| seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(resumed_from: Option<&str>) -> StreamRead {
+        StreamRead {
+            start: Offset::At(5000),
+            until: None,
+            checkpoint: None,
+            resumed_from: resumed_from.map(str::to_string),
+            checked_id: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_where_the_offset_came_from() {
+        let given = refusal("events", &read(None), 5000, "it ends at offset 9");
+        assert!(given.contains("--offset 5000 is past its end"), "{given}");
+        assert!(!given.contains("checkpoint"), "{given}");
+        let resumed = refusal("events", &read(Some("run.ckpt")), 5000, "it ends at offset 9");
+        assert!(resumed.contains("the checkpoint in run.ckpt"), "{resumed}");
+        assert!(resumed.contains("delete the checkpoint"), "{resumed}");
+    }
+}
