@@ -181,7 +181,7 @@ pub(crate) fn reading(
             (file.load_with_id()?, path.display().to_string(), Some(file), None)
         }
         (Some(Checkpoint::Sqlite), Some((db, table))) => {
-            let saved = crate::results_db::resume_point(db, queue, table)?.map(|o| (o, None));
+            let saved = crate::results_db::resume_point(db, queue, table)?;
             (saved, format!("{} (table {table})", db.display()), None, Some((db, table)))
         }
         _ => (None, String::new(), None, None),

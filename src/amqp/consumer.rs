@@ -59,8 +59,10 @@ pub trait Handler {
     /// go of them without handling them.
     fn dropped(&mut self) {}
     /// Reading a stream: the next `flush` makes every delivery up to this stream offset
-    /// durable (a sink that keeps its checkpoint with its data stores it in that flush).
-    fn covers(&mut self, _offset: u64) {}
+    /// durable (a sink that keeps its checkpoint with its data stores it in that flush);
+    /// `id`: the identity of the message at `offset` when a checkpoint is kept (see
+    /// [`identity`]), for a resumed run to check.
+    fn covers(&mut self, _offset: u64, _id: Option<&str>) {}
 }
 
 /// When the consumer loop stops.
@@ -456,8 +458,8 @@ impl<'a> ConsumeState<'a> {
         let Some((last, place)) = self.last.take() else {
             return Ok(());
         };
-        if let Some((o, _)) = place {
-            handler.covers(o);
+        if let Some((o, id)) = &place {
+            handler.covers(*o, id.as_deref());
         }
         handler.flush()?;
         last.ack_multiple(self.channel).map_err(|e| explain(e, self.endpoint, "acking"))?;

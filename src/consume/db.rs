@@ -21,8 +21,8 @@ pub(super) struct DbHandler {
     pub(super) stream: bool,
     /// `--checkpoint sqlite`: the stream whose offset is committed with the rows.
     pub(super) checkpoint: Option<String>,
-    /// The stream offset the next commit covers.
-    covered: Option<u64>,
+    /// The stream offset the next commit covers, and the identity of its message.
+    covered: Option<(u64, Option<String>)>,
 }
 
 impl DbHandler {
@@ -77,14 +77,14 @@ impl Handler for DbHandler {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if let (Some(queue), Some(offset)) = (&self.checkpoint, self.covered.take()) {
-            self.db.checkpoint(queue, offset)?;
+        if let (Some(queue), Some((offset, id))) = (&self.checkpoint, self.covered.take()) {
+            self.db.checkpoint(queue, offset, id.as_deref())?;
         }
         self.db.commit()
     }
 
-    fn covers(&mut self, offset: u64) {
-        self.covered = Some(offset);
+    fn covers(&mut self, offset: u64, id: Option<&str>) {
+        self.covered = Some((offset, id.map(str::to_string)));
     }
 }
 

@@ -124,8 +124,8 @@ impl Handler for Keeper<'_> {
         self.inner.flush()
     }
 
-    fn covers(&mut self, offset: u64) {
-        self.inner.covers(offset);
+    fn covers(&mut self, offset: u64, id: Option<&str>) {
+        self.inner.covers(offset, id);
     }
 
     fn idle(&mut self) -> Result<()> {

@@ -148,9 +148,9 @@ impl Handler for SharedRows {
         self.lock()?.flush()
     }
 
-    fn covers(&mut self, offset: u64) {
+    fn covers(&mut self, offset: u64, id: Option<&str>) {
         if let Ok(mut sink) = self.lock() {
-            sink.covers(offset);
+            sink.covers(offset, id);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! table `_mq_checkpoints` of the same database, one row per (stream, results table).
 //!
 //! A row holds one of: `offset` (the last message whose rows are committed, saved in the
-//! same transaction as the rows), `since` (a first run's start at `next`/`last`/a time, Unix
+//! same transaction as the rows, with `id`, the identity of that message, for a resumed run
+//! to check that the stream still holds it there), `since` (a first run's start at `next`/`last`/a time, Unix
 //! seconds) or `from` = `first`, written before a first run reads anything, so a run that
 //! commits nothing does not make the next one skip what was written meanwhile.
 //!
@@ -53,7 +54,7 @@ fn shape(conn: &Connection) -> rusqlite::Result<Shape> {
 fn ensure(conn: &Connection, path: &Path) -> Result<()> {
     let cannot = || format!("cannot read {}; is it an SQLite database?", path.display());
     match shape(conn).wrap_err_with(cannot)? {
-        Shape::Current => Ok(()),
+        Shape::Current => add_id(conn).wrap_err("cannot add the id column to the checkpoint table"),
         Shape::Missing => conn
             .execute_batch(&create_sql(CHECKPOINTS))
             .wrap_err("cannot create the checkpoint table"),
@@ -132,13 +133,31 @@ fn migrate_locked(conn: &Connection) -> rusqlite::Result<()> {
 fn create_sql(name: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (queue TEXT NOT NULL, \"table\" TEXT NOT NULL, \
-         \"offset\" INTEGER, since INTEGER, \"from\" TEXT, PRIMARY KEY (queue, \"table\"))"
+         \"offset\" INTEGER, since INTEGER, \"from\" TEXT, id TEXT, \
+         PRIMARY KEY (queue, \"table\"))"
     )
+}
+
+/// A checkpoint table keyed by table but made before checkpoints kept their message's
+/// identity gets the `id` column (NULL: such a row is checked only for the offset).
+fn add_id(conn: &Connection) -> rusqlite::Result<()> {
+    let sql = format!("SELECT 1 FROM pragma_table_info('{CHECKPOINTS}') WHERE name = 'id'");
+    let has: Option<i64> = conn.query_row(&sql, [], |r| r.get(0)).optional()?;
+    if has.is_none() {
+        conn.execute_batch(&format!("ALTER TABLE {CHECKPOINTS} ADD COLUMN id TEXT"))?;
+    }
+    Ok(())
 }
 
 /// Where the replay of stream `queue` into `table` of the database at `path` resumes; None
 /// when it has no checkpoint there (or there is no database yet).
-pub(crate) fn resume_point(path: &Path, queue: &str, table: &str) -> Result<Option<Offset>> {
+/// With an offset, the identity of the message there when it was saved (see
+/// [`crate::amqp::identity`]).
+pub(crate) fn resume_point(
+    path: &Path,
+    queue: &str,
+    table: &str,
+) -> Result<Option<(Offset, Option<String>)>> {
     if !path.exists() {
         return Ok(None);
     }
@@ -149,8 +168,10 @@ pub(crate) fn resume_point(path: &Path, queue: &str, table: &str) -> Result<Opti
         Shape::PerDatabase => bail!(per_database_refusal(&conn, path)),
         Shape::Current => {}
     }
+    add_id(&conn).wrap_err("cannot add the id column to the checkpoint table")?;
     let sql = format!(
-        "SELECT \"offset\", since, \"from\" FROM {CHECKPOINTS} WHERE queue = ?1 AND \"table\" = ?2"
+        "SELECT \"offset\", since, \"from\", id FROM {CHECKPOINTS} \
+         WHERE queue = ?1 AND \"table\" = ?2"
     );
     let row = conn
         .query_row(&sql, params![queue, table_key(table)], |r| {
@@ -158,6 +179,7 @@ pub(crate) fn resume_point(path: &Path, queue: &str, table: &str) -> Result<Opti
                 r.get::<_, Option<i64>>(0)?,
                 r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
             ))
         })
         .optional()
@@ -167,7 +189,7 @@ pub(crate) fn resume_point(path: &Path, queue: &str, table: &str) -> Result<Opti
                 path.display()
             )
         })?;
-    let Some((offset, since, from)) = row else {
+    let Some((offset, since, from, id)) = row else {
         return Ok(None);
     };
     let resume = match (offset, since, from.as_deref()) {
@@ -178,7 +200,8 @@ pub(crate) fn resume_point(path: &Path, queue: &str, table: &str) -> Result<Opti
     };
     // Not a place in a stream (another tool, a hand edit): taken as none, the run would
     // start from --offset and skip what was written since.
-    resume.map(Some).ok_or_else(|| {
+    let id = if matches!(resume, Some(Offset::At(_))) { id } else { None };
+    resume.map(|r| Some((r, id))).ok_or_else(|| {
         color_eyre::eyre::eyre!(
             "the checkpoint of '{queue}' for table {table} in {} is not one mqdemo wrote \
              (offset {}, since {}, from {}); correct that row of {CHECKPOINTS}, or remove it to \
@@ -207,7 +230,8 @@ pub(crate) fn save_start(path: &Path, queue: &str, table: &str, start: Start) ->
     let upsert = format!(
         "INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\", since, \"from\") \
          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(queue, \"table\") DO UPDATE SET \
-         \"offset\" = excluded.\"offset\", since = excluded.since, \"from\" = excluded.\"from\""
+         \"offset\" = excluded.\"offset\", since = excluded.since, \"from\" = excluded.\"from\", \
+         id = NULL"
     );
     conn.execute(&upsert, params![queue, table_key(table), offset, since, from])
         .map(drop)
@@ -220,23 +244,25 @@ pub(crate) fn save_start(path: &Path, queue: &str, table: &str, start: Start) ->
         })
 }
 
-/// Save `offset` as the checkpoint of `queue` into `table`, inside the caller's transaction.
+/// Save `offset` (and `id`, the identity of its message) as the checkpoint of `queue` into
+/// `table`, inside the caller's transaction.
 pub(super) fn save(
     conn: &Connection,
     path: &Path,
     queue: &str,
     table: &str,
     offset: u64,
+    id: Option<&str>,
 ) -> Result<()> {
     ensure(conn, path)?;
     let upsert = format!(
-        "INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\") VALUES (?1, ?2, ?3) \
+        "INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\", id) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT(queue, \"table\") DO UPDATE SET \"offset\" = excluded.\"offset\", \
-         since = NULL, \"from\" = NULL"
+         since = NULL, \"from\" = NULL, id = excluded.id"
     );
     let offset = i64::try_from(offset).unwrap_or(i64::MAX);
     conn.prepare_cached(&upsert)
-        .and_then(|mut s| s.execute(params![queue, table_key(table), offset]))
+        .and_then(|mut s| s.execute(params![queue, table_key(table), offset, id]))
         .map(drop)
         .wrap_err("cannot save the checkpoint")
 }
@@ -270,15 +296,18 @@ mod tests {
         save_start(&path, "events", "a", Start::Since(1_700_000_000)).expect("start");
         assert_eq!(
             resume_point(&path, "events", "a").expect("a"),
-            Some(Offset::Time(1_700_000_000))
+            Some((Offset::Time(1_700_000_000), None))
         );
         assert_eq!(resume_point(&path, "events", "b").expect("b"), None);
-        save(&conn, &path, "events", "A", 41).expect("save");
-        assert_eq!(resume_point(&path, "events", "a").expect("a"), Some(Offset::At(42)));
+        save(&conn, &path, "events", "A", 41, Some("id:m41")).expect("save");
+        assert_eq!(
+            resume_point(&path, "events", "a").expect("a"),
+            Some((Offset::At(42), Some("id:m41".to_string())))
+        );
         save_start(&path, "events", "b", Start::First).expect("start");
-        assert_eq!(resume_point(&path, "events", "b").expect("b"), Some(Offset::First));
+        assert_eq!(resume_point(&path, "events", "b").expect("b"), Some((Offset::First, None)));
         save_start(&path, "events", "b", Start::After(9)).expect("start");
-        assert_eq!(resume_point(&path, "events", "b").expect("b"), Some(Offset::At(10)));
+        assert_eq!(resume_point(&path, "events", "b").expect("b"), Some((Offset::At(10), None)));
         assert_eq!(resume_point(&path, "other", "a").expect("other"), None);
     }
 
@@ -286,7 +315,7 @@ mod tests {
     fn a_checkpoint_that_is_no_place_in_a_stream_is_refused() {
         let (_dir, path, conn) = db();
         for bad in ["\"offset\" = -7", "since = -1", "\"from\" = 'last'"] {
-            save(&conn, &path, "events", "a", 3).expect("save");
+            save(&conn, &path, "events", "a", 3, None).expect("save");
             let edit = format!(
                 "UPDATE {CHECKPOINTS} SET \"offset\" = NULL, since = NULL, \"from\" = NULL; \
                  UPDATE {CHECKPOINTS} SET {bad}"
@@ -307,7 +336,8 @@ mod tests {
         conn.execute_batch(&old).expect("old shape");
         conn.execute_batch("CREATE TABLE scores (message_id TEXT)").expect("table");
         migrate(&conn).expect("migrate");
-        assert_eq!(resume_point(&path, "events", "Scores").expect("moved"), Some(Offset::At(42)));
+        let moved = resume_point(&path, "events", "Scores").expect("moved");
+        assert_eq!(moved, Some((Offset::At(42), None)));
         assert_eq!(resume_point(&path, "events", "other").expect("other"), None);
 
         let (_dir, path, conn) = db();
@@ -318,5 +348,21 @@ mod tests {
         assert!(err.contains("a, b") && err.contains("'events' at 41"), "{err}");
         assert!(!err.contains("delete"), "{err}");
         assert!(save_start(&path, "events", "a", Start::First).is_err());
+    }
+
+    #[test]
+    fn a_table_made_before_ids_were_kept_gets_the_column() {
+        let (_dir, path, conn) = db();
+        let made = format!(
+            "CREATE TABLE {CHECKPOINTS} (queue TEXT NOT NULL, \"table\" TEXT NOT NULL, \
+             \"offset\" INTEGER, since INTEGER, \"from\" TEXT, PRIMARY KEY (queue, \"table\")); \
+             INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\") VALUES ('events', 'a', 4);"
+        );
+        conn.execute_batch(&made).expect("without id");
+        let found = resume_point(&path, "events", "a").expect("read");
+        assert_eq!(found, Some((Offset::At(5), None)));
+        save(&conn, &path, "events", "a", 9, Some("sha256:ab")).expect("save");
+        let found = resume_point(&path, "events", "a").expect("read");
+        assert_eq!(found, Some((Offset::At(10), Some("sha256:ab".to_string()))));
     }
 }

@@ -269,6 +269,35 @@ fn a_recreated_stream_longer_than_the_checkpoint_is_not_read_from_the_middle() {
     );
 }
 
+/// The same with `--checkpoint sqlite` (found open after the fix above, which covered
+/// checkpoint files only): the database's checkpoint keeps its message's identity too, so a
+/// recreated, refilled stream is refused rather than read from the old offset.
+#[test]
+fn a_recreated_stream_behind_a_sqlite_checkpoint_is_not_read_from_the_middle() {
+    let q = atk_queue("refilled-sql");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "old.csv", 1..=5);
+    let db = dir.join("rows.db");
+    let mut first = on_stream(&q, &["consume", "tabular"], &["--sqlite", s(&db)]);
+    first.extend(["--checkpoint", "sqlite", "--offset", "first", "--count", "3", "-q"]);
+    mqdemo(&first).run().expect_code(0);
+    assert_eq!(stored(&db), vec![1, 2, 3]);
+    q.delete();
+    produce(&q, dir, "new.csv", 101..=110);
+    let mut rest = on_stream(&q, &["consume", "tabular"], &["--sqlite", s(&db)]);
+    rest.extend(["--checkpoint", "sqlite", "--idle-timeout", "3", "-q"]);
+    let resumed = mqdemo(&rest).run();
+    let got: Vec<u64> = stored(&db).into_iter().filter(|id| *id > 100).collect();
+    assert!(
+        resumed.code() != Some(0) || got == (101..=110).collect::<Vec<_>>(),
+        "the resumed run read another stream from the old checkpoint's offset: got {got:?}, \
+         exit 0:\n{}",
+        resumed.stderr
+    );
+    assert!(resumed.stderr.contains("does not hold the message"), "{}", resumed.stderr);
+}
+
 /// Defect: back-to-back time windows (`--offset T1 --until T2`, then `--offset T2 --until
 /// T3`, as the README's "one hour of it" suggests) skip messages whose `timestamp` property
 /// is ahead of the broker's clock (another producer on a host whose clock is a few seconds
