@@ -241,3 +241,65 @@ fn a_recreated_stream_with_the_same_body_at_the_checkpoint_is_not_read_from_the_
         resumed.stderr
     );
 }
+
+/// Publish `n` JSON messages of about `size` bytes each (`{"ID":i,"v":"aaa..."}`) to `q`,
+/// with message ids, confirmed.
+fn publish_big(q: &TestQueue, n: u64, size: usize) {
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    ch.enable_publisher_confirms().expect("confirms");
+    let confirms = ch.listen_for_publisher_confirms().expect("listen");
+    let pad = "a".repeat(size);
+    for id in 1..=n {
+        let body = format!("{{\"ID\":{id},\"v\":\"{pad}\"}}");
+        let p = AmqpProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(format!("big-{id}"))
+            .with_delivery_mode(2);
+        ch.basic_publish("", Publish::with_properties(body.as_bytes(), q.name.clone(), p))
+            .expect("publish");
+        match confirms.recv_timeout(Duration::from_secs(30)).expect("a confirm") {
+            amiquip::Confirm::Ack(_) => {}
+            amiquip::Confirm::Nack(p) => panic!("nacked: {p:?}"),
+        }
+    }
+    let _ = ch.close();
+    let _ = conn.close();
+}
+
+/// Defect: the resume check floods memory with large bodies. `--prefetch-bytes` bounds the
+/// bodies a reader holds ("a queue of huge bodies never floods in unseen": the consumer
+/// starts at prefetch 1), but the probe consumers that check a checkpoint's place ask for
+/// 1000 deliveries at once (`qos(0, 1000)`) from the stream's first offset and from N - 1,
+/// and stop only after the first has arrived: the broker has pushed the rest of the stream
+/// by then. Here 48 bodies of 4 MiB, --prefetch-bytes 16 MiB: the first run (no probe)
+/// stays near the bound, the resumed run of one message holds far more.
+/// Cause: src/amqp/probe.rs:171-173 (`qos(0, 1000, ...)` for every probe, whatever the
+/// bodies' size), with src/amqp/probe.rs:100-111 reading from `first` and N - 1.
+#[test]
+fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
+    const MIB: u64 = 1 << 20;
+    let (_failed, q) = atk3_queue("bigprobe");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "none.csv", []);
+    publish_big(&q, 48, 4 << 20);
+    let (ckpt, out) = (dir.join("run.ckpt"), dir.join("rows.jsonl"));
+    let run = || {
+        let mut a = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+        a.extend(["--output", s(&out), "--offset", "first", "--count", "1", "-q"]);
+        a.extend(["--prefetch-bytes", "16777216"]);
+        mqdemo(&a).run_peak(Duration::from_secs(120))
+    };
+    let (first, first_peak) = run();
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    let (second, peak) = run();
+    assert_eq!(second.code(), Some(0), "{}", second.stderr);
+    assert!(
+        peak < 16 * MIB + 48 * MIB,
+        "the resumed run of one 4 MiB message peaked at {} MiB with --prefetch-bytes 16 MiB \
+         (the first run, which has no check: {} MiB)",
+        peak / MIB,
+        first_peak / MIB
+    );
+}
