@@ -175,9 +175,9 @@ fn an_output_linked_to_the_checkpoint_not_written_yet_is_refused() {
 /// "reaches offset N - 1" check: the resumed run reads the new stream from its middle and
 /// rows 101..=103 are never stored (exit 0). The results table itself holds the message id
 /// of the row at the checkpoint (its key), so the identity is at hand.
-/// Cause: src/checkpoint.rs:178-180 (`resume_point(...).map(|o| (o, None))`: no id for the
-/// sqlite checkpoint) and src/results_db/checkpoints.rs:223-242 (`save` stores no identity);
-/// src/amqp/probe.rs:79-92 then only checks the stream's length.
+/// Cause: src/checkpoint.rs:184 (`resume_point(...).map(|o| (o, None))`: no id for the
+/// sqlite checkpoint) and src/results_db/checkpoints.rs:224-242 (`save` stores no identity);
+/// src/amqp/probe.rs:73-92 then only checks the stream's length.
 #[test]
 fn a_recreated_stream_longer_than_a_sqlite_checkpoint_is_not_read_from_the_middle() {
     let (_failed, q) = atk3_queue("sqlrefill");
@@ -212,8 +212,8 @@ fn a_recreated_stream_longer_than_a_sqlite_checkpoint_is_not_read_from_the_middl
 /// passes the check: the resumed run reads the new stream from offset N and the new
 /// messages at 0..N-1 are never read (exit 0). The oldest message, which the check reads
 /// anyway, is not compared with anything.
-/// Cause: src/amqp/stream.rs:168-175 (`identity`: body hash only) and
-/// src/amqp/probe.rs:100-119 (`check_message`: one message compared).
+/// Cause: src/amqp/stream.rs:169-174 (`identity`: body hash only) and
+/// src/amqp/probe.rs:94-119 (`check_message`: one message compared).
 #[test]
 fn a_recreated_stream_with_the_same_body_at_the_checkpoint_is_not_read_from_the_middle() {
     let (_failed, q) = atk3_queue("samebody");
@@ -274,8 +274,8 @@ fn publish_big(q: &TestQueue, n: u64, size: usize) {
 /// and stop only after the first has arrived: the broker has pushed the rest of the stream
 /// by then. Here 48 bodies of 4 MiB, --prefetch-bytes 16 MiB: the first run (no probe)
 /// stays near the bound, the resumed run of one message holds far more.
-/// Cause: src/amqp/probe.rs:171-173 (`qos(0, 1000, ...)` for every probe, whatever the
-/// bodies' size), with src/amqp/probe.rs:100-111 reading from `first` and N - 1.
+/// Cause: src/amqp/probe.rs:153 (`qos(0, 1000, ...)` for every probe, whatever the
+/// bodies' size), with src/amqp/probe.rs:103-106 reading from `first` and N - 1.
 #[test]
 fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
     const MIB: u64 = 1 << 20;
@@ -312,7 +312,7 @@ fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
 /// second time. A stream message has an identity that never changes (its offset, or the
 /// body hash the checkpoint itself uses), so the key need not be fresh when reading a stream.
 /// Cause: src/consume/db.rs:96 (fresh keys for a delivery without an id, also from a
-/// stream), with the checkpoint file saved after the commit (src/checkpoint.rs:139-145).
+/// stream), with the checkpoint file saved after the commit (src/checkpoint.rs:128-135).
 #[test]
 fn sqlite_with_a_checkpoint_file_stores_messages_without_ids_once_across_sigkills() {
     let (_failed, q) = atk3_queue("noidkill");
@@ -352,5 +352,74 @@ fn sqlite_with_a_checkpoint_file_stores_messages_without_ids_once_across_sigkill
     assert!(
         total == N as i64 && distinct == N as i64,
         "{total} rows for {distinct} distinct messages of {N}: rows stored twice after SIGKILLs"
+    );
+}
+
+/// Run mqdemo in `dir` (relative paths are `dir`'s), with a time limit.
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(bin_path())
+        .args(["--url", &url()])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("mqdemo runs")
+}
+
+/// Defect: `--summary-json` naming the run's own `--checkpoint` file is not refused. The
+/// summary is written over the checkpoint at the end of every run, so the next run of the
+/// same command line is refused ("not a checkpoint mqdemo wrote ... a new one starts from
+/// --offset"): the replay's place is lost each time. `--summary-json` on the --output or
+/// --sqlite file is refused (exit 2, "the run's own data file"); the checkpoint is not in
+/// that list (nor for `pipe`, whose list is empty).
+/// Cause: src/config/mod.rs:400-413 (`summary_json_path_is_free`: the stream's checkpoint
+/// file is not among the run's files).
+#[test]
+fn a_summary_json_on_the_checkpoint_file_is_refused() {
+    let (_failed, q) = atk3_queue("sumckpt");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=3);
+    let ckpt = dir.join("run.ckpt");
+    let mut a = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
+    a.extend(["--summary-json", s(&ckpt), "--offset", "first", "--count", "2", "-q"]);
+    let first = mqdemo(&a).run();
+    let again = mqdemo(&a).run();
+    assert!(
+        first.code() == Some(2) || (again.code() == Some(0) && ids(&again.stdout) == vec![3]),
+        "first run exit {:?}; the checkpoint now holds {:?}; the same command again: exit {:?}\n{}",
+        first.code(),
+        std::fs::read_to_string(&ckpt).unwrap_or_default(),
+        again.code(),
+        again.stderr
+    );
+}
+
+/// Defect (confirmed rows lost): `--output ./rows.jsonl --summary-json rows.jsonl` (one file,
+/// spelled two ways, not there yet) is not refused: the rows are written, acked and
+/// checkpointed past, then the summary replaces the file. Exit 0; the rows are gone and the
+/// checkpoint says they were read. The check compares canonical paths, and the spellings as
+/// given when the file does not exist yet (unlike `same_file` for --checkpoint, which
+/// resolves the directory).
+/// Cause: src/config/mod.rs:414-417 (`same`: `path == other` when canonicalize fails).
+#[test]
+fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
+    let (_failed, q) = atk3_queue("sumdot");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "rows.csv", 1..=3);
+    let mut a = on_stream(&q, &["consume", "tabular"], &["--output", "./rows.jsonl"]);
+    a.extend(["--checkpoint", "run.ckpt", "--summary-json", "rows.jsonl"]);
+    a.extend(["--offset", "first", "--count", "3", "-q"]);
+    let run = run_in(dir, &a);
+    let kept = std::fs::read_to_string(dir.join("rows.jsonl")).unwrap_or_default();
+    assert!(
+        run.status.code() == Some(2) || ids(&kept) == vec![1, 2, 3],
+        "exit {:?}; rows.jsonl holds {kept:?} (rows 1..=3 acked and checkpointed, then \
+         replaced by the summary)\n{}",
+        run.status.code(),
+        String::from_utf8_lossy(&run.stderr)
     );
 }
