@@ -423,3 +423,83 @@ fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// Unix seconds as RFC 3339 (UTC), by `date`.
+fn rfc3339(secs: u64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date runs");
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
+/// Defect: back-to-back windows still lose messages when the first window is read live (its
+/// `--until` is ahead of the clock when it starts: "read this hour" started within the hour,
+/// the usual case for a scheduled reader). The end is then never put on the broker's clock:
+/// the run compares producers' `timestamp` properties for its whole life, also after the
+/// clock has passed the end. A message stored before T2 by a producer whose clock is ahead
+/// (stamped after T2) stops window 1, and `--offset T2` (the broker's chunk time) starts
+/// after it: messages 4 and 5 are in neither window, both runs exit 0. The second attack's
+/// fix (`until_offset`) covers only an end already in the past at the start.
+/// Cause: src/amqp/probe.rs:60-62 (`ms > now_ms`: None, and the plan is never probed again,
+/// src/amqp/consumer.rs:553), so the timestamp comparison of src/amqp/stream.rs:67 decides.
+#[test]
+fn back_to_back_windows_read_live_read_every_message_once() {
+    let (_failed, q) = atk3_queue("livewin");
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let dir = tmpdir.path();
+    produce(&q, dir, "a.csv", 1..=3);
+    let t2 = now_secs() + 5;
+    let t2s = rfc3339(t2);
+    let mut w1 = on_stream(&q, &["consume", "tabular"], &["--offset", "first"]);
+    w1.extend(["--until", t2s.as_str(), "--idle-timeout", "10", "-q"]);
+    let one = mqdemo(&w1).spawn();
+    // Another producer whose clock is 30 s ahead: stored now (before T2), stamped after it.
+    let ahead = now_secs() + 30;
+    let skewed = |i: u64| {
+        let mut conn = connect();
+        let ch = conn.open_channel(None).expect("channel");
+        let body = format!("{{\"ID\":{i},\"v\":\"skewed\"}}");
+        let p = AmqpProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(format!("skewed-{i}-{}", std::process::id()))
+            .with_timestamp(ahead)
+            .with_delivery_mode(2);
+        ch.basic_publish("", Publish::with_properties(body.as_bytes(), q.name.clone(), p))
+            .expect("publish");
+        let _ = ch.close();
+        let _ = conn.close();
+    };
+    skewed(4);
+    skewed(5);
+    while now_secs() < t2 + 2 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    produce(&q, dir, "c.csv", 6..=7);
+    let one = wait(one, Duration::from_secs(60));
+    let mut w2 = on_stream(&q, &["consume", "tabular"], &["--offset", t2s.as_str()]);
+    w2.extend(["--idle-timeout", "3", "-q"]);
+    let two = mqdemo(&w2).run();
+    let mut all: Vec<u64> = ids(&one.stdout).into_iter().chain(ids(&two.stdout)).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        (1..=7).collect::<Vec<_>>(),
+        "[first, {t2s}) read live, then [{t2s}, ...): first window {:?} (exit {:?}), second \
+         {:?} (exit {:?})\nfirst: {}\nsecond: {}",
+        ids(&one.stdout),
+        one.code(),
+        ids(&two.stdout),
+        two.code(),
+        one.stderr,
+        two.stderr
+    );
+}
