@@ -425,10 +425,7 @@ fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
 }
 
 /// Unix seconds as RFC 3339 (UTC), by `date`.
