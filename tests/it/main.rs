@@ -6,6 +6,7 @@ mod attacks11;
 mod attacks11b;
 mod attacks16;
 mod attacks16b;
+mod attacks16c;
 mod batch15;
 mod broker;
 mod cluster;
