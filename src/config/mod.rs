@@ -394,6 +394,14 @@ fn summary_json_fits(global: &Global, action: &Action) -> Result<(), UsageError>
     }
 }
 
+/// The `--checkpoint FILE` of a run reading a stream.
+fn checkpoint_file(stream: Option<&StreamConfig>) -> Option<&PathBuf> {
+    match stream?.checkpoint.as_ref()? {
+        Checkpoint::File(p) => Some(p),
+        Checkpoint::Sqlite => None,
+    }
+}
+
 /// A `--summary-json FILE` is written over at the end: never one of the run's own input or
 /// output files (it would replace the rows just stored), and in a directory that exists
 /// (found now, not after the whole run).
@@ -403,18 +411,20 @@ fn summary_json_path_is_free(path: &std::path::Path, action: &Action) -> Result<
             Source::Csv { file, .. } => vec![file],
             Source::Files { .. } => Vec::new(),
         },
-        Action::Consume(c) => match &c.sink {
-            SinkConfig::Rows { output, .. } => output.iter().collect(),
-            SinkConfig::Sqlite { path, .. } => vec![path],
-            SinkConfig::Directory(_) => Vec::new(),
-        },
+        Action::Consume(c) => {
+            let mut files = match &c.sink {
+                SinkConfig::Rows { output, .. } => output.iter().collect(),
+                SinkConfig::Sqlite { path, .. } => vec![path],
+                SinkConfig::Directory(_) => Vec::new(),
+            };
+            files.extend(checkpoint_file(c.stream.as_ref()));
+            files
+        }
         Action::Request(r) => std::iter::once(&r.file).chain(r.output.iter()).collect(),
-        Action::Stage(_) | Action::Demo | Action::Failed(_) => Vec::new(),
+        Action::Stage(s) => checkpoint_file(s.stream.as_ref()).into_iter().collect(),
+        Action::Demo | Action::Failed(_) => Vec::new(),
     };
-    let same = |other: &PathBuf| match (path.canonicalize(), other.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => path == other.as_path(),
-    };
+    let same = |other: &PathBuf| stream::same_file(path, other);
     if let Some(clash) = data.into_iter().find(|d| same(d)) {
         return Err(UsageError(format!(
             "--summary-json {}: that is the run's own data file ({}); name another file",

@@ -77,6 +77,14 @@ pub(super) fn stream_config(
             if let Some((flag, rows)) = rows_to.filter(|(_, rows)| same_file(p, rows)) {
                 return Err(UsageError(same_file_refusal(p, flag, rows)));
             }
+            if stdout_is(p) {
+                return Err(UsageError(format!(
+                    "--checkpoint {}: stdout is that file, so the checkpoint would replace what \
+                     is written to it; redirect stdout elsewhere or give --checkpoint a file of \
+                     its own",
+                    p.display()
+                )));
+            }
             Some(Checkpoint::File(p.clone()))
         }
     };
@@ -84,20 +92,38 @@ pub(super) fn stream_config(
 }
 
 /// Whether `a` and `b` name one file, also when neither exists yet (their directories
-/// resolved, symbolic links and `..` included).
-fn same_file(a: &Path, b: &Path) -> bool {
+/// resolved, symbolic links and `..` included, a link to a file not there yet by its
+/// target).
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
         return x.dev() == y.dev() && x.ino() == y.ino();
     }
-    let resolved = |p: &Path| -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    matches!((resolved(a, 8), resolved(b, 8)), (Some(x), Some(y)) if x == y)
+}
+
+/// The absolute path `p` names, for a file that may not exist yet: a symbolic link is
+/// followed to its target (up to `links` of them).
+fn resolved(p: &Path, links: u32) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(target) = std::fs::read_link(p)
+        && links > 0
+    {
+        return resolved(&dir.join(target), links - 1);
+    }
+    Some(dir.canonicalize().ok()?.join(p.file_name()?))
+}
+
+/// Whether this process's stdout is the file at `path` (`>> run.ckpt`).
+fn stdout_is(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = rustix::fs::fstat(std::io::stdout()) else {
+        return false;
     };
-    matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == out.st_dev && m.ino() == out.st_ino)
 }
 
 /// The error for a `--checkpoint` naming the run's own rows (`flag`: `--output`, `--sqlite`).
