@@ -2,6 +2,7 @@
 //! skips a message, or moves a checkpoint past one not yet handled.
 
 use crate::proxy::Proxy;
+use crate::replay_kit::{ids, synced_before_checkpoint};
 use crate::support::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,15 +20,6 @@ fn produce_file(q: &TestQueue, file: &Path, extra: &[&str]) {
     let mut a = on_stream(q, &["produce", "tabular"], &["--file", s(file), "-q"]);
     a.extend(extra);
     mqdemo(&a).run().expect_code(0);
-}
-
-/// The `ID` of each JSON line (rows or answers).
-fn ids(jsonl: &str) -> Vec<u64> {
-    jsonl
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["ID"].as_u64())
-        .collect()
 }
 
 /// The offset saved in a checkpoint file, if there is one.
@@ -363,22 +355,8 @@ fn the_rows_are_synced_before_the_checkpoint_that_covers_them() {
         .expect("strace runs");
     assert!(status.success(), "the consume under strace failed");
     assert_eq!(ids(&std::fs::read_to_string(&out).expect("rows")), vec![1, 2, 3]);
-    let calls = std::fs::read_to_string(&trace).expect("trace");
-    let calls: Vec<&str> =
-        calls.lines().map(|l| l.split_once(' ').map_or(l, |(_, c)| c).trim_start()).collect();
-    // The rows are synced with fdatasync (the checkpoint's own file and directory with fsync):
-    // one must come between the checkpoint covering the rows and the one before it (written
-    // when the run started).
-    let renames: Vec<usize> = calls
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.starts_with("rename") && c.contains("run.ckpt"))
-        .map(|(i, _)| i)
-        .collect();
-    let last = *renames.last().expect("the checkpoint renamed into place");
-    let before = renames.len().checked_sub(2).map_or(0, |i| renames[i]);
-    let synced = calls[before..last].iter().any(|c| c.starts_with("fdatasync("));
-    assert!(synced, "no fdatasync of the rows before the checkpoint:\n{}", calls.join("\n"));
+    let (synced, calls) = synced_before_checkpoint(&trace, "run.ckpt");
+    assert!(synced, "no fdatasync of the rows before the checkpoint:\n{calls}");
 }
 
 /// Defect (message): a stream on a single node killed (SIGKILL) and started again stays

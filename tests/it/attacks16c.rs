@@ -3,6 +3,7 @@
 //! from (the sqlite checkpoint, messages without a message id). Each test shows rows or
 //! messages lost against the real binary and broker.
 
+use crate::replay_kit::{ids, now_secs, publish_rows, rfc3339, stored};
 use crate::support::*;
 use amiquip::{AmqpProperties, Publish};
 use std::path::{Path, PathBuf};
@@ -38,57 +39,6 @@ fn produce(q: &TestQueue, dir: &Path, name: &str, ids: impl IntoIterator<Item = 
     mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&path), "-q"]))
         .run()
         .expect_code(0);
-}
-
-/// The `ID` of each JSON line.
-fn ids(jsonl: &str) -> Vec<u64> {
-    jsonl
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["ID"].as_u64())
-        .collect()
-}
-
-/// The IDs stored in the `results` table of `db`.
-fn stored(db: &Path) -> Vec<u64> {
-    let Ok(conn) = rusqlite::Connection::open(db) else {
-        return Vec::new();
-    };
-    let Ok(mut stmt) = conn.prepare("SELECT \"ID\" FROM results ORDER BY 1") else {
-        return Vec::new();
-    };
-    stmt.query_map([], |r| r.get::<_, i64>(0))
-        .expect("query")
-        .map(|r| r.expect("row") as u64)
-        .collect()
-}
-
-/// Publish JSON bodies `{"ID":id,"v":v}` to stream `q` with no message id (another
-/// producer's messages), confirmed.
-fn publish_without_ids(q: &TestQueue, rows: &[(u64, &str)]) {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    ch.enable_publisher_confirms().expect("confirms");
-    let confirms = ch.listen_for_publisher_confirms().expect("listen");
-    for (id, v) in rows {
-        let body = format!("{{\"ID\":{id},\"v\":\"{v}\"}}");
-        let p = AmqpProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        ch.basic_publish("", Publish::with_properties(body.as_bytes(), q.name.clone(), p))
-            .expect("publish");
-    }
-    let mut confirmed = 0;
-    while confirmed < rows.len() as u64 {
-        match confirms.recv_timeout(Duration::from_secs(10)).expect("a confirm") {
-            amiquip::Confirm::Ack(p) => {
-                confirmed = if p.multiple { p.delivery_tag } else { confirmed + 1 };
-            }
-            amiquip::Confirm::Nack(p) => panic!("nacked: {p:?}"),
-        }
-    }
-    let _ = ch.close();
-    let _ = conn.close();
 }
 
 /// Defect: stdout redirected to the --checkpoint file itself is not refused. A resumed run
@@ -222,7 +172,7 @@ fn a_recreated_stream_with_the_same_body_at_the_checkpoint_is_not_read_from_the_
     let dir = tmpdir.path();
     // Declare the stream (mqdemo declares it; nothing to read yet).
     produce(&q, dir, "none.csv", []);
-    publish_without_ids(&q, &[(1, "old"), (2, "old"), (0, "unchanged")]);
+    publish_rows(&q, &[(1, "old"), (2, "old"), (0, "unchanged")], |_| AmqpProperties::default());
     let ckpt = dir.join("run.ckpt");
     let mut first = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
     first.extend(["--offset", "first", "--count", "3", "-q"]);
@@ -230,7 +180,9 @@ fn a_recreated_stream_with_the_same_body_at_the_checkpoint_is_not_read_from_the_
     assert_eq!(ids(&got.stdout), vec![1, 2, 0]);
     q.delete();
     produce(&q, dir, "none2.csv", []);
-    publish_without_ids(&q, &[(101, "new"), (102, "new"), (0, "unchanged"), (104, "new")]);
+    publish_rows(&q, &[(101, "new"), (102, "new"), (0, "unchanged"), (104, "new")], |_| {
+        AmqpProperties::default()
+    });
     let mut rest = on_stream(&q, &["consume", "tabular"], &["--checkpoint", s(&ckpt)]);
     rest.extend(["--idle-timeout", "3", "-q"]);
     let resumed = mqdemo(&rest).run();
@@ -324,7 +276,7 @@ fn sqlite_with_a_checkpoint_file_stores_messages_without_ids_once_across_sigkill
     const N: u64 = 100_000;
     let rows: Vec<(u64, String)> = (1..=N).map(|i| (i, format!("r{i}"))).collect();
     let borrowed: Vec<(u64, &str)> = rows.iter().map(|(i, v)| (*i, v.as_str())).collect();
-    publish_without_ids(&q, &borrowed);
+    publish_rows(&q, &borrowed, |_| AmqpProperties::default());
     let (db, ckpt) = (dir.join("rows.db"), dir.join("run.ckpt"));
     let args = |more: &[&'static str]| {
         let mut a: Vec<String> =
@@ -424,19 +376,6 @@ fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
         run.status.code(),
         String::from_utf8_lossy(&run.stderr)
     );
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
-}
-
-/// Unix seconds as RFC 3339 (UTC), by `date`.
-fn rfc3339(secs: u64) -> String {
-    let out = Command::new("date")
-        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .expect("date runs");
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
 }
 
 /// Defect: back-to-back windows still lose messages when the first window is read live (its

@@ -33,6 +33,7 @@ mod proxy;
 mod publish14;
 mod reliability;
 mod replay16;
+mod replay_kit;
 mod secrets;
 mod stage_kit;
 mod storage;

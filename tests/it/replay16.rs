@@ -1,6 +1,7 @@
 //! Issue 16: stream queues, offsets, --until and checkpoints, against the real broker.
 
 use crate::proxy::Proxy;
+use crate::replay_kit::rfc3339;
 use crate::support::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,15 +52,6 @@ fn next_second() -> u64 {
     let this = now_ms() / 1000;
     wait_until(Duration::from_secs(3), "the next second", || now_ms() / 1000 > this);
     now_ms() / 1000
-}
-
-/// Unix seconds as RFC 3339 (UTC), by `date`.
-fn rfc3339(secs: u64) -> String {
-    let out = Command::new("date")
-        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .expect("date runs");
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
 }
 
 #[test]
