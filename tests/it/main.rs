@@ -7,6 +7,7 @@ mod attacks11b;
 mod attacks16;
 mod attacks16b;
 mod attacks16c;
+mod attacks16d;
 mod batch15;
 mod broker;
 mod cluster;
