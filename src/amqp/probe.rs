@@ -15,6 +15,9 @@ use std::time::Duration;
 /// once), and then for a gap that ends what it reads.
 const PROBE_FIRST: Duration = Duration::from_secs(2);
 const PROBE_GAP: Duration = Duration::from_millis(300);
+/// Longest a probe reads: a stream written to steadily never leaves a gap, and a probe for
+/// an offset far past its end would otherwise read for as long as the writer writes.
+const PROBE_TOTAL: Duration = Duration::from_secs(5);
 /// Deliveries a probe lets the broker send ahead: it acks each one as it reads it, so it
 /// holds at most this many bodies (a stream of 4 MiB messages once took a probe at a
 /// prefetch of 1000 to 205 MiB).
@@ -142,7 +145,8 @@ pub(super) fn refusal(queue: &str, read: &StreamRead, from: u64, why: &str) -> S
 }
 
 /// Consume `queue` from `at` on a channel of its own until `enough` holds for a delivery's
-/// offset, or nothing more comes (PROBE_FIRST before the first delivery, PROBE_GAP after).
+/// offset, or nothing more comes (PROBE_FIRST before the first delivery, PROBE_GAP after),
+/// or PROBE_TOTAL has passed.
 fn consume_from(
     session: &mut Session,
     queue: &str,
@@ -159,7 +163,11 @@ fn consume_from(
         .map_err(|e| explain(e, &ep, doing))?;
     let mut seen = Seen::default();
     let mut wait = PROBE_FIRST;
+    let started = std::time::Instant::now();
     let ended: Option<Report> = loop {
+        if started.elapsed() >= PROBE_TOTAL {
+            break None;
+        }
         match consumer.receiver().recv_timeout(wait) {
             Ok(ConsumerMessage::Delivery(d)) => {
                 let offset = position(&d).0;

@@ -73,6 +73,14 @@ pub(super) fn stream_config(
                 p.display()
             )));
         }
+        // A FIFO would block the read of the checkpoint (and a device never end it).
+        Some(p) if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) => {
+            return Err(UsageError(format!(
+                "--checkpoint {}: not a regular file (a FIFO, a device); give a file name (it \
+                 is created on the first ack)",
+                p.display()
+            )));
+        }
         Some(p) => {
             if let Some((flag, rows)) = rows_to.filter(|(_, rows)| same_file(p, rows)) {
                 return Err(UsageError(same_file_refusal(p, flag, rows)));
