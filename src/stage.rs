@@ -84,7 +84,8 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
     for stage in stages {
         let c = stage.counts;
         // Held in a batch the run stopped before (a signal, a failure): they stay queued.
-        let unhandled: Vec<&Delivery> = stage.batch.iter().map(|h| &h.d).collect();
+        let flying = stage.in_flight.iter().flat_map(|f| &f.held);
+        let unhandled: Vec<&Delivery> = stage.batch.iter().chain(flying).map(|h| &h.d).collect();
         total.messages += c.messages - unhandled.len() as u64;
         total.bytes += c.bytes - unhandled.iter().map(|d| d.body.len() as u64).sum::<u64>();
         total.answered += c.answered;
@@ -145,6 +146,8 @@ struct Stage<'a> {
     /// the batch, since the consumer acks up to the newest delivery the stage no longer
     /// holds, and the batch's own messages are older.
     riders: usize,
+    /// The batch at the model (`--batch-size`), if any.
+    in_flight: Option<Flight>,
 }
 
 /// Why a message of a batch is not handed to the model.
@@ -153,6 +156,23 @@ enum Alone {
     Expired,
     /// To the failed queue for this reason; and (true) an error reply to its client.
     Failed(String, bool),
+}
+
+/// How often a run with a batch at the model and no delivery coming looks for its answer.
+const FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A batch at the model whose answers are not taken yet: the model works on it while the
+/// batch before it is published and confirmed, and the next one fills.
+struct Flight {
+    held: Vec<Held>,
+    /// Repeats held with it (see `Stage::riders`).
+    riders: usize,
+    /// Which of `held` the model is handed, in order.
+    asked: Vec<usize>,
+    /// With `--framing json-batch`, what it is handed for each of `asked`.
+    items: Vec<Vec<u8>>,
+    /// The others (which of `held`), and why.
+    alone: Vec<(usize, Alone)>,
 }
 
 /// A message taken into a micro-batch, not yet handed to the model.
@@ -196,6 +216,7 @@ impl<'a> Stage<'a> {
             batch_started: None,
             stuck: 0,
             riders: 0,
+            in_flight: None,
         })
     }
 
@@ -419,89 +440,149 @@ impl<'a> Stage<'a> {
         self.cfg.batch > 1 || self.cfg.json_batch
     }
 
-    /// Hand the held batch to the model and publish its answers. A batch that stops the run
-    /// stays unacked: `stuck` keeps it counted as held.
+    /// Hand the filled batch to the model, once the answers of the one before are taken.
     fn run_batch(&mut self) -> Result<()> {
         let held = std::mem::take(&mut self.batch);
         let riders = std::mem::take(&mut self.riders);
         self.batch_started = None;
-        let result = self.answer_batch(&held);
-        if result.is_err() {
-            // Back to the queue, unhandled: not counted as taken.
-            self.stuck += held.len() + riders;
-            self.counts.messages -= held.len() as u64;
-            self.counts.bytes -= held.iter().map(|h| h.d.body.len() as u64).sum::<u64>();
-        }
+        let next = self.sort(held, riders);
+        let result = self.advance(Some(next));
         let c = self.counts;
         self.reporter.status(|| status_text(&c));
         result
     }
 
-    fn answer_batch(&mut self, held: &[Held]) -> Result<()> {
-        // What goes to the model: requests it may answer, each in the framing's shape. The
-        // others are settled only once the call did not stop the run: a batch that stops it
-        // goes back to the queue whole, so none of it may be in the failed queue already.
-        let mut todo: Vec<(&Held, Vec<u8>)> = Vec::with_capacity(held.len());
-        let mut alone: Vec<(&Held, Alone)> = Vec::new();
-        for h in held {
+    /// What of a batch goes to the model: the requests it may answer, each in the
+    /// framing's shape. The others are settled with the batch's answers, once the call did
+    /// not stop the run: a batch that stops it goes back to the queue whole, so none of it
+    /// may be in the failed queue already.
+    fn sort(&self, held: Vec<Held>, riders: usize) -> Flight {
+        let mut flight = Flight {
+            held: Vec::new(),
+            riders,
+            asked: Vec::new(),
+            items: Vec::new(),
+            alone: Vec::new(),
+        };
+        for (i, h) in held.iter().enumerate() {
             if self.past_deadline(&h.d) {
-                alone.push((h, Alone::Expired));
+                flight.alone.push((i, Alone::Expired));
             } else if let Err(why) = self.reply_queue(&h.d) {
-                alone.push((h, Alone::Failed(why, false)));
+                flight.alone.push((i, Alone::Failed(why, false)));
             } else if !self.cfg.json_batch {
-                todo.push((h, Vec::new()));
+                flight.asked.push(i);
             } else {
                 match batch::json_item(&h.d.body, h.d.content_type.as_deref()) {
-                    Ok(item) => todo.push((h, item)),
-                    Err(why) => alone.push((h, Alone::Failed(why, true))),
-                }
-            }
-        }
-        if !todo.is_empty() {
-            self.call_batch(&todo, held.len())?;
-        }
-        for (h, why) in alone {
-            match why {
-                Alone::Expired => self.expire(&h.d, &h.input_id)?,
-                Alone::Failed(why, reply) => {
-                    self.send_to_failed(&h.d, &h.input_id, &why)?;
-                    if reply {
-                        self.reply_error(&h.d, &h.input_id, &why)?;
+                    Ok(item) => {
+                        flight.asked.push(i);
+                        flight.items.push(item);
                     }
+                    Err(why) => flight.alone.push((i, Alone::Failed(why, true))),
                 }
             }
         }
+        flight.held = held;
+        flight
+    }
+
+    /// Take the answers to the batch with the model (if any), hand the model `next` (if
+    /// any), then publish those answers: the model works on `next` while they are confirmed
+    /// and acked and the batch after it fills. Batches an error leaves unsettled stay
+    /// unacked (`stuck`) and come back.
+    fn advance(&mut self, next: Option<Flight>) -> Result<()> {
+        let landed = self.in_flight.take();
+        let answers = match &landed {
+            Some(f) => match self.collect(f) {
+                Ok(answers) => answers,
+                Err(e) => {
+                    self.strand(landed.iter().chain(next.iter()));
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let mut launched = None;
+        let mut settle_next = None;
+        if let Some(n) = next {
+            if self.broken.is_some() {
+                // The model cannot be trusted with more: the batch that showed it is settled
+                // (in the failed queue), the next stays queued.
+                if let Some(f) = &landed
+                    && let Err(e) = self.publish_flight(f, answers)
+                {
+                    self.strand(landed.iter().chain(Some(&n)));
+                    return Err(e);
+                }
+                self.strand(std::iter::once(&n));
+                return Err(self.broken_error());
+            }
+            match self.launch(&n) {
+                Ok(true) => launched = Some(n),
+                Ok(false) => settle_next = Some(n),
+                Err(e) => {
+                    self.strand(landed.iter().chain(Some(&n)));
+                    return Err(e);
+                }
+            }
+        }
+        let settling = landed.iter().zip([answers]).chain(settle_next.iter().zip([None]));
+        let mut result = Ok(());
+        for (f, answers) in settling {
+            result = self.publish_flight(f, answers);
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result {
+            self.strand(landed.iter().chain(settle_next.iter()).chain(launched.iter()));
+            return Err(e);
+        }
+        self.in_flight = launched;
         Ok(())
     }
 
-    /// One model call for `todo` (of a batch of `size`), and its answers published.
-    fn call_batch(&mut self, todo: &[(&Held, Vec<u8>)], size: usize) -> Result<()> {
-        let inputs: Vec<(&Delivery, &str)> = todo
-            .iter()
-            .map(|(h, _)| {
-                let h: &Held = h;
-                (&h.d, h.input_id.as_str())
-            })
-            .collect();
+    /// Hand the model the batch's requests, without waiting for its answer; false: nothing
+    /// went to it (none to ask, or the requests failed and went to the failed queue).
+    fn launch(&mut self, f: &Flight) -> Result<bool> {
+        if f.asked.is_empty() {
+            return Ok(false);
+        }
         let request = if self.cfg.json_batch {
-            let items: Vec<&[u8]> = todo.iter().map(|(_, i)| i.as_slice()).collect();
+            let items: Vec<&[u8]> = f.items.iter().map(Vec::as_slice).collect();
             Ok(batch::json_request(&items))
         } else {
-            let bodies: Vec<&[u8]> = todo.iter().map(|(h, _)| h.d.body.as_slice()).collect();
+            let bodies: Vec<&[u8]> = f.asked.iter().map(|&i| f.held[i].d.body.as_slice()).collect();
             batch::frames_request(&bodies)
         };
-        let answered = request.map_err(|why| Failure::new(why, Blame::Message)).and_then(|req| {
-            let called = Instant::now();
-            let answer = self.child.call(&req);
-            crate::metrics::model_call(called.elapsed(), todo.len());
-            let bytes = match answer? {
+        let sent = request
+            .map_err(|why| Failure::new(why, Blame::Message))
+            .and_then(|req| self.child.send(&req));
+        match sent {
+            Ok(()) => Ok(true),
+            Err(failure) => {
+                self.call_failed(f, failure)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The model's answers to the batch it was handed, checked but not yet published; None:
+    /// its requests failed and went to the failed queue. An error stops the run.
+    fn collect(&mut self, f: &Flight) -> Result<Option<Vec<BatchAnswer>>> {
+        if f.asked.is_empty() {
+            return Ok(None);
+        }
+        let answer = self.child.receive();
+        crate::metrics::model_call(self.child.last_call(), f.asked.len());
+        let answered = answer.and_then(|answer| {
+            let bytes = match answer {
                 Answer::Output(bytes) => bytes,
                 Answer::Nothing => Vec::new(),
             };
             let parsed = if self.cfg.json_batch {
-                batch::json_answers(&bytes, todo.len())
+                batch::json_answers(&bytes, f.asked.len())
             } else {
-                batch::frames_answers(&bytes, todo.len())
+                batch::frames_answers(&bytes, f.asked.len())
             };
             parsed.map_err(|why| {
                 Failure::new(format!("the --exec child failed: {why}"), Blame::Message)
@@ -509,24 +590,40 @@ impl<'a> Stage<'a> {
         });
         let answers = match answered {
             Ok(answers) => answers,
-            Err(f) => {
-                if f.out_of_turn {
-                    self.broken = Some(f.reason.clone());
-                }
-                return self.child_failed(&inputs, f, size);
+            Err(failure) => {
+                self.call_failed(f, failure)?;
+                return Ok(None);
             }
         };
         self.failures_in_a_row = 0;
         // One settle for the batch: its answers came as one.
-        if let Err(f) = self.child.settled(SETTLE_CAP) {
-            self.broken = Some(f.reason.clone());
-            for (d, input_id) in &inputs {
-                self.send_to_failed(d, input_id, &f.reason)?;
-                self.reply_error(d, input_id, &f.reason)?;
+        if let Err(failure) = self.child.settled(SETTLE_CAP) {
+            self.broken = Some(failure.reason.clone());
+            for &i in &f.asked {
+                let h = &f.held[i];
+                self.send_to_failed(&h.d, &h.input_id, &failure.reason)?;
+                self.reply_error(&h.d, &h.input_id, &failure.reason)?;
             }
-            return Ok(());
+            return Ok(None);
         }
-        for ((d, input_id), answer) in inputs.into_iter().zip(answers) {
+        Ok(Some(answers))
+    }
+
+    /// A model call for the batch failed: its requests go to the failed queue, or the run
+    /// stops.
+    fn call_failed(&mut self, f: &Flight, failure: Failure) -> Result<()> {
+        if failure.out_of_turn {
+            self.broken = Some(failure.reason.clone());
+        }
+        let inputs: Vec<(&Delivery, &str)> =
+            f.asked.iter().map(|&i| (&f.held[i].d, f.held[i].input_id.as_str())).collect();
+        self.child_failed(&inputs, failure, f.held.len())
+    }
+
+    /// Publish the answers to a batch (if any) and settle the inputs not handed to the model.
+    fn publish_flight(&mut self, f: &Flight, answers: Option<Vec<BatchAnswer>>) -> Result<()> {
+        for (&i, answer) in f.asked.iter().zip(answers.into_iter().flatten()) {
+            let (d, input_id) = (&f.held[i].d, f.held[i].input_id.as_str());
             match answer {
                 BatchAnswer::Nothing => self.counts.silent += 1,
                 BatchAnswer::Output(_) if self.late(d) => self.expire(d, input_id)?,
@@ -536,7 +633,49 @@ impl<'a> Stage<'a> {
                 }
             }
         }
+        for (i, why) in &f.alone {
+            let h = &f.held[*i];
+            match why {
+                Alone::Expired => self.expire(&h.d, &h.input_id)?,
+                Alone::Failed(why, reply) => {
+                    self.send_to_failed(&h.d, &h.input_id, why)?;
+                    if *reply {
+                        self.reply_error(&h.d, &h.input_id, why)?;
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Batches a stopped run leaves unsettled: back to the queue, unhandled, so not counted
+    /// as taken, and held (unacked) until the channel closes.
+    fn strand<'f>(&mut self, flights: impl Iterator<Item = &'f Flight>) {
+        for f in flights {
+            self.stuck += f.held.len() + f.riders;
+            self.counts.messages -= f.held.len() as u64;
+            self.counts.bytes -= f.held.iter().map(|h| h.d.body.len() as u64).sum::<u64>();
+        }
+    }
+
+    /// The error that stops a run whose model wrote to stdout out of turn.
+    fn broken_error(&self) -> color_eyre::Report {
+        let why = self.broken.as_deref().unwrap_or("");
+        if why.contains("--max-answer-bytes") {
+            return eyre!(
+                "--exec {:?}: {why}; stopping with the rest of the messages in {}",
+                self.cfg.exec,
+                self.cfg.input.name
+            );
+        }
+        // A model that writes to stdout besides its answers would do it again: every
+        // further answer would be at risk of going to the wrong input.
+        eyre!(
+            "--exec {:?} writes to stdout besides its answers ({why}); stopping with the \
+             rest of the messages in {}: print logs to stderr and run again",
+            self.cfg.exec,
+            self.cfg.input.name
+        )
     }
 
     fn close(mut self) -> (crate::amqp::PublishReport, Result<()>) {
@@ -552,25 +691,13 @@ impl Handler for Stage<'_> {
             crate::metrics::duplicate();
             if !self.batch.is_empty() {
                 self.riders += 1;
+            } else if let Some(f) = self.in_flight.as_mut() {
+                f.riders += 1;
             }
             return Ok(Disposition::Ack);
         }
-        if let Some(why) = &self.broken {
-            if why.contains("--max-answer-bytes") {
-                return Err(eyre!(
-                    "--exec {:?}: {why}; stopping with the rest of the messages in {}",
-                    self.cfg.exec,
-                    self.cfg.input.name
-                ));
-            }
-            // A model that writes to stdout besides its answers would do it again: every
-            // further answer would be at risk of going to the wrong input.
-            return Err(eyre!(
-                "--exec {:?} writes to stdout besides its answers ({why}); stopping with the \
-                 rest of the messages in {}: print logs to stderr and run again",
-                self.cfg.exec,
-                self.cfg.input.name
-            ));
+        if self.broken.is_some() {
+            return Err(self.broken_error());
         }
         // Without a message id the delivery is data of its own: a fresh id, so that neither
         // its answers nor its failed copy merge with another's downstream.
@@ -626,21 +753,40 @@ impl Handler for Stage<'_> {
     }
 
     fn held(&self) -> usize {
-        self.batch.len() + self.riders + self.stuck
+        let flying = self.in_flight.as_ref().map_or(0, |f| f.held.len() + f.riders);
+        self.batch.len() + self.riders + self.stuck + flying
     }
 
     fn complete(&mut self) -> Result<()> {
-        if self.batch.is_empty() { Ok(()) } else { self.run_batch() }
+        if !self.batch.is_empty() {
+            self.run_batch()?;
+        }
+        if self.in_flight.is_some() {
+            self.advance(None)?;
+        }
+        Ok(())
     }
 
     fn due(&self) -> Option<Instant> {
-        self.batch_started.map(|t| t + self.cfg.batch_wait)
+        let filled = self.batch_started.map(|t| t + self.cfg.batch_wait);
+        // A batch with the model: look for its answer every little while.
+        let answered = self.in_flight.as_ref().map(|_| Instant::now() + FLIGHT_POLL);
+        filled.into_iter().chain(answered).min()
     }
 
     fn dropped(&mut self) {
         self.stuck = 0;
         self.riders = 0;
-        for h in std::mem::take(&mut self.batch) {
+        let mut gone = std::mem::take(&mut self.batch);
+        if let Some(f) = self.in_flight.take() {
+            // Its inputs come again: the model's answer to them is taken and dropped, so
+            // the next request gets its own.
+            if !f.asked.is_empty() {
+                let _ = self.child.receive();
+            }
+            gone.extend(f.held);
+        }
+        for h in gone {
             self.seen.forget(&h.d);
             self.counts.messages -= 1;
             self.counts.bytes -= h.d.body.len() as u64;
@@ -649,11 +795,20 @@ impl Handler for Stage<'_> {
     }
 
     fn idle(&mut self) -> Result<()> {
-        if self.due().is_some_and(|due| Instant::now() >= due) {
+        let filled = self.batch_started.map(|t| t + self.cfg.batch_wait);
+        if filled.is_some_and(|due| Instant::now() >= due) {
             self.run_batch()?;
+        } else if self.in_flight.is_some() && self.child.answer_ready() {
+            self.advance(None)?;
+            let c = self.counts;
+            self.reporter.status(|| status_text(&c));
         }
         let c = self.counts;
         self.reporter.catch_up(|| status_text(&c));
+        if self.in_flight.is_some() {
+            // Its answer (or the failure to give one) says more.
+            return Ok(());
+        }
         match self.child.check_alive() {
             Ok(()) => Ok(()),
             Err(f) => Err(eyre!(

@@ -83,6 +83,18 @@ pub(crate) struct ModelChild {
     /// Settles in a row that ran out at the cap (the model never went quiet); past
     /// [`SETTLE_GIVE_UP`] the wait is skipped for this child.
     settle_timeouts: u32,
+    /// The request handed over whose answer is not taken yet.
+    asked: Option<Asked>,
+    /// How long the last answer took to come.
+    last_call: Duration,
+}
+
+/// A request with the child.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    sent: Instant,
+    /// Its `--exec-timeout` deadline.
+    until: Instant,
 }
 
 impl ModelChild {
@@ -99,6 +111,8 @@ impl ModelChild {
             answered: 0,
             ever_answered: false,
             settle_timeouts: 0,
+            asked: None,
+            last_call: Duration::ZERO,
         }
     }
 
@@ -173,6 +187,19 @@ impl ModelChild {
 
     /// Hand `body` to the child and wait for its answer.
     pub(crate) fn call(&mut self, body: &[u8]) -> Result<Answer, Failure> {
+        self.send(body)?;
+        self.receive()
+    }
+
+    /// Hand `body` to the child; [`ModelChild::receive`] waits for its answer, which the
+    /// child works on meanwhile. One request at a time: `receive` comes before the next.
+    pub(crate) fn send(&mut self, body: &[u8]) -> Result<(), Failure> {
+        if self.asked.is_some() {
+            return Err(Failure::new(
+                "internal: a request is already with the child",
+                Blame::Model,
+            ));
+        }
         let line;
         let len;
         let parts: [&[u8]; 2] = match self.options.framing {
@@ -204,6 +231,7 @@ impl ModelChild {
         let Some(run) = self.running.as_mut() else {
             return Err(Failure::new("internal: no child", Blame::Model));
         };
+        let sent = Instant::now();
         let mut clock = Clock::new(self.options.timeout, &self.stop);
         run.turns.asked.fetch_add(1, Ordering::SeqCst);
         let written = match run.stdin.as_deref() {
@@ -211,12 +239,52 @@ impl ModelChild {
             None => Err(WriteError::Io(std::io::ErrorKind::BrokenPipe.into())),
         };
         match written {
-            Ok(()) => {}
-            Err(WriteError::Expired(e)) => return Err(self.expired(e, "taking the message")),
+            Ok(()) => {
+                self.asked = Some(Asked { sent, until: clock.deadline() });
+                Ok(())
+            }
+            Err(WriteError::Expired(e)) => Err(self.expired(e, "taking the message")),
             Err(WriteError::Io(e)) => {
-                return Err(self.failed(&format!("could not write to it ({e})"), false));
+                Err(self.failed(&format!("could not write to it ({e})"), false))
             }
         }
+    }
+
+    /// Whether the answer to the request sent is there to take, or waiting for it is over
+    /// (the child exited, the deadline passed, a stop signal): `receive` returns at once.
+    pub(crate) fn answer_ready(&self) -> bool {
+        let (Some(run), Some(asked)) = (self.running.as_ref(), self.asked.as_ref()) else {
+            return true;
+        };
+        !run.events.is_empty()
+            || Instant::now() >= asked.until
+            || self.stop.load(Ordering::SeqCst)
+            || exited_within(&run.process, Duration::ZERO)
+    }
+
+    /// How long the child took over the last answer it gave (from its request to the
+    /// answer's arrival, not to when it was taken).
+    pub(crate) fn last_call(&self) -> Duration {
+        self.last_call
+    }
+
+    /// Wait for the answer to the request [`ModelChild::send`] handed over.
+    pub(crate) fn receive(&mut self) -> Result<Answer, Failure> {
+        let Some(asked) = self.asked.take() else {
+            return Err(Failure::new("internal: no request is with the child", Blame::Model));
+        };
+        let answer = self.wait_answer(asked);
+        if answer.is_err() {
+            self.last_call = asked.sent.elapsed();
+        }
+        answer
+    }
+
+    fn wait_answer(&mut self, asked: Asked) -> Result<Answer, Failure> {
+        let Some(run) = self.running.as_mut() else {
+            return Err(Failure::new("internal: no child", Blame::Model));
+        };
+        let mut clock = Clock::until(asked.until, &self.stop);
         let mut exited_at: Option<Instant> = None;
         let event = loop {
             let wait = match clock.slice() {
@@ -247,7 +315,8 @@ impl ModelChild {
             )),
             Event::Answer { trailing: true, .. } => Err(self
                 .out_of_turn("it wrote more than one answer for this input: print logs to stderr")),
-            Event::Answer { bytes, .. } => {
+            Event::Answer { bytes, at, .. } => {
+                self.last_call = at.saturating_duration_since(asked.sent);
                 self.answered += 1;
                 self.ever_answered = true;
                 Ok(if bytes.is_empty() { Answer::Nothing } else { Answer::Output(bytes) })
@@ -342,6 +411,8 @@ impl ModelChild {
     /// once), then kill its whole process group (what it started may outlive it) and reap
     /// it. Its exit status if it exited by itself.
     fn end_running(&mut self, grace: Option<Duration>) -> Option<std::process::ExitStatus> {
+        // A request with it goes unanswered: the next one starts afresh.
+        self.asked = None;
         let mut run = self.running.take()?;
         drop(run.stdin.take());
         let exited = grace.is_some_and(|g| exited_within(&run.process, g));

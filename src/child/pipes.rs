@@ -25,6 +25,8 @@ pub(super) enum Event {
         early: bool,
         /// More bytes followed it at once, though nothing more had been asked.
         trailing: bool,
+        /// When it was read.
+        at: Instant,
     },
     /// The output cannot be an answer (too long, cut off, unreadable); the reader stopped.
     Broken(String),
@@ -115,7 +117,7 @@ pub(super) fn read_answers(
             // What is left came in the read just made.
             head_asked = asked;
             turns.partial.store(buf.len(), Ordering::SeqCst);
-            if tx.send(Event::Answer { bytes, early, trailing }).is_err() {
+            if tx.send(Event::Answer { bytes, early, trailing, at: Instant::now() }).is_err() {
                 return;
             }
         }
@@ -269,7 +271,17 @@ pub(super) struct Clock<'a> {
 
 impl<'a> Clock<'a> {
     pub(super) fn new(timeout: Duration, stop: &'a AtomicBool) -> Clock<'a> {
-        Clock { until: Instant::now() + timeout, stop, stopped_until: None }
+        Clock::until(Instant::now() + timeout, stop)
+    }
+
+    /// A clock that runs out at `until` (a request's deadline set when it was written).
+    pub(super) fn until(until: Instant, stop: &'a AtomicBool) -> Clock<'a> {
+        Clock { until, stop, stopped_until: None }
+    }
+
+    /// When it runs out (without a stop signal).
+    pub(super) fn deadline(&self) -> Instant {
+        self.until
     }
 
     /// How long the next wait may be; an error once the deadline has passed.
