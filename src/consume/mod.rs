@@ -52,6 +52,7 @@ pub(crate) fn run(
             db.decoded_limit = global.prefetch_bytes;
             db.with_meta = *with_meta;
             db.stream = cfg.stream.is_some();
+            db.stream_queue = cfg.stream.as_ref().map(|_| cfg.queue.name.clone());
             if cfg.stream.as_ref().is_some_and(|s| s.checkpoint == Some(Checkpoint::Sqlite)) {
                 db.checkpoint = Some(cfg.queue.name.clone());
             }

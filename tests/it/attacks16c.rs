@@ -267,7 +267,6 @@ fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
 /// Cause: src/consume/db.rs:96 (fresh keys for a delivery without an id, also from a
 /// stream), with the checkpoint file saved after the commit (src/checkpoint.rs:128-135).
 #[test]
-#[ignore = "known gap (issue 16): a message without an id is stored again when read again"]
 fn sqlite_with_a_checkpoint_file_stores_messages_without_ids_once_across_sigkills() {
     let (_failed, q) = atk3_queue("noidkill");
     let tmpdir = tempfile::tempdir().expect("tempdir");
