@@ -5,7 +5,7 @@
 
 use super::error::{explain, fatal, lost};
 use super::session::Session;
-use super::stream::{Offset, StreamRead, Until, identity, position};
+use super::stream::{Clock, Offset, StreamRead, Until, identity, now_ms, position};
 use amiquip::{ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::RecvTimeoutError;
@@ -30,12 +30,13 @@ pub(super) struct Plan {
     pub until: Option<Until>,
 }
 
-/// What a probe consumer saw: its first delivery (offset and identity) and the highest
-/// offset.
+/// What a probe consumer saw: its first delivery (offset and identity), the highest offset,
+/// and whether PROBE_TOTAL cut it short (more was still coming).
 #[derive(Debug, Default)]
 struct Seen {
     first: Option<(u64, String)>,
     highest: Option<u64>,
+    cut: bool,
 }
 
 /// Probe stream `queue` for `read`. Err: a refusal (fatal, for the user), or trouble with the
@@ -53,23 +54,47 @@ pub(super) fn plan(session: &mut Session, queue: &str, read: &StreamRead) -> Res
         }
         _ => {}
     }
-    if let Some(Until::Time(ms)) = read.until {
-        plan.until = Some(until_offset(session, queue, ms)?.unwrap_or(Until::Time(ms)));
+    // An end already past on the broker's clock is placed now; one ahead of it (a window
+    // read live), or one the stream cannot place yet, by the consumer once the clock has
+    // passed it (see `ConsumeState::place_until`).
+    if let Some(Until::Time(ms)) = read.until
+        && Clock::at(now_ms(), ms) == Clock::Past
+        && let Some(n) = place_until(session, queue, ms, None)?
+    {
+        plan.until = Some(Until::Offset(n));
     }
     Ok(plan)
 }
 
-/// `--until TIME` on the broker's clock, as `--offset TIME` starts: the offset of the first
-/// chunk stored at or after TIME's second. None: the time is ahead of the clock, or nothing
-/// is stored at or after it yet (the run compares `timestamp` properties then).
-fn until_offset(session: &mut Session, queue: &str, ms: u64) -> Result<Option<Until>> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    let now_ms = now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    if ms > now_ms {
-        return Ok(None);
+/// `--until TIME` (Unix ms), past on the broker's clock, as `--offset TIME` starts: the
+/// offset of the first chunk stored at or after TIME's second. `known`: the offset of a
+/// message the consumer received (so the stream holds it). None: it cannot be placed (the
+/// broker sent nothing, from TIME nor from the stream's last chunk).
+///
+/// When nothing is stored at or after TIME, the broker attaches a consumer at TIME to the
+/// stream's end and sends only what is written later. The end is then read from the last
+/// chunk (to a gap of PROBE_GAP, not cut short by PROBE_TOTAL), and TIME looked up once
+/// more: since TIME is past, whatever is written after the last chunk was read is stored
+/// after TIME, so if the second look finds nothing either, the stream ended at the highest
+/// offset read, and TIME falls right after it.
+pub(super) fn place_until(
+    session: &mut Session,
+    queue: &str,
+    ms: u64,
+    known: Option<u64>,
+) -> Result<Option<u64>> {
+    let at = Offset::Time(ms / 1000);
+    if let Some((o, _)) = consume_from(session, queue, at, |_| true)?.first {
+        return Ok(Some(o));
     }
-    let seen = consume_from(session, queue, Offset::Time(ms / 1000), |_| true)?;
-    Ok(seen.first.map(|(o, _)| Until::Offset(o)))
+    let last = consume_from(session, queue, Offset::Last, |_| false)?;
+    if let Some((o, _)) = consume_from(session, queue, at, |_| true)?.first {
+        return Ok(Some(o));
+    }
+    Ok(match (last.highest, last.cut) {
+        (Some(h), false) if known.is_none_or(|k| k <= h) => Some(h + 1),
+        _ => None,
+    })
 }
 
 /// Reading from `from` > 0 follows offset `from - 1`: check that the stream holds it (and,
@@ -166,12 +191,12 @@ fn consume_from(
     let started = std::time::Instant::now();
     let ended: Option<Report> = loop {
         if started.elapsed() >= PROBE_TOTAL {
+            seen.cut = true;
             break None;
         }
         match consumer.receiver().recv_timeout(wait) {
             Ok(ConsumerMessage::Delivery(d)) => {
-                let offset = position(&d).0;
-                if let Some(o) = offset {
+                if let Some(o) = position(&d) {
                     seen.first.get_or_insert_with(|| (o, identity(&d)));
                     seen.highest = seen.highest.max(Some(o));
                     if enough(o) {

@@ -388,7 +388,6 @@ fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
 /// Cause: src/amqp/probe.rs:60-62 (`ms > now_ms`: None, and the plan is never probed again,
 /// src/amqp/consumer.rs:553), so the timestamp comparison of src/amqp/stream.rs:67 decides.
 #[test]
-#[ignore = "known gap (issue 16): a window read live ends by the producers' timestamps"]
 fn back_to_back_windows_read_live_read_every_message_once() {
     let (_failed, q) = atk3_queue("livewin");
     let tmpdir = tempfile::tempdir().expect("tempdir");
