@@ -245,12 +245,17 @@ impl ResultsDb {
 
     /// Save `offset` as the checkpoint of stream `queue` into this table, in the transaction
     /// the next [`ResultsDb::commit`] commits, with the rows.
-    pub(crate) fn checkpoint(&mut self, queue: &str, offset: u64, id: Option<&str>) -> Result<()> {
+    pub(crate) fn checkpoint(
+        &mut self,
+        queue: &str,
+        offset: u64,
+        mark: Option<&crate::amqp::Identity>,
+    ) -> Result<()> {
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
             self.in_transaction = true;
         }
-        checkpoints::save(&self.conn, &self.path, queue, &self.table, offset, id)
+        checkpoints::save(&self.conn, &self.path, queue, &self.table, offset, mark)
     }
 
     /// Make everything inserted so far durable.

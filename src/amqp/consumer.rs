@@ -9,7 +9,9 @@ use super::probe::{Plan, refusal};
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::{Session, UNWINDOWED_WRITE_BUFFER};
-use super::stream::{Clock, Cursor, Offset, StreamRead, Until, identity, now_ms, position};
+use super::stream::{
+    Anchor, Clock, Cursor, Identity, Offset, StreamRead, Until, identity, now_ms, position,
+};
 use super::topology::{QueueSpec, no_such_queue, unavailable};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
@@ -60,9 +62,9 @@ pub trait Handler {
     fn dropped(&mut self) {}
     /// Reading a stream: the next `flush` makes every delivery up to this stream offset
     /// durable (a sink that keeps its checkpoint with its data stores it in that flush);
-    /// `id`: the identity of the message at `offset` when a checkpoint is kept (see
-    /// [`identity`]), for a resumed run to check.
-    fn covers(&mut self, _offset: u64, _id: Option<&str>) {}
+    /// `mark`: what identifies the message at `offset` (and the replay's anchor) when a
+    /// checkpoint is kept, for a resumed run to check.
+    fn covers(&mut self, _offset: u64, _mark: Option<&Identity>) {}
 }
 
 /// When the consumer loop stops.
@@ -133,6 +135,9 @@ struct ConsumeState<'a> {
     start: Offset,
     /// Where the run stops (--until, as probed; a time is placed once the clock passes it).
     until: Option<Until>,
+    /// The replay's anchor, kept with each checkpoint: the checkpoint's (checked by the
+    /// probe), else the first message this run reads.
+    anchor: Option<Anchor>,
     /// The offset the current stream consumer asked for, until its first delivery.
     expect: Option<u64>,
     /// Set (for the other workers) as soon as the handler fails, before its messages are
@@ -438,6 +443,9 @@ impl<'a> ConsumeState<'a> {
         }
         let checkpointed = self.stream.is_some_and(|s| s.checkpoint.is_some());
         let place = offset.map(|o| (o, checkpointed.then(|| identity(&d))));
+        if let (None, Some((o, Some(id)))) = (&self.anchor, &place) {
+            self.anchor = Some(Anchor { offset: *o, id: id.clone() });
+        }
         let mut ours = delivery(&mut d);
         let mut result = handler.handle(&mut ours);
         if self.stream.is_some()
@@ -513,20 +521,24 @@ impl<'a> ConsumeState<'a> {
         let Some((last, place)) = self.last.take() else {
             return Ok(());
         };
-        if let Some((o, id)) = &place {
-            handler.covers(*o, id.as_deref());
+        let mark = match &place {
+            Some((_, Some(id))) => Some(Identity { id: id.clone(), anchor: self.anchor.clone() }),
+            _ => None,
+        };
+        if let Some((o, _)) = &place {
+            handler.covers(*o, mark.as_ref());
         }
         handler.flush()?;
         last.ack_multiple(self.channel).map_err(|e| explain(e, self.endpoint, "acking"))?;
         self.outcome.acked += self.unacked;
         crate::metrics::acked(self.unacked);
         self.unacked = 0;
-        if let Some((o, id)) = place {
+        if let Some((o, _)) = place {
             self.cursor.acked = Some(o);
-            if let (Some(checkpoint), Some(id)) =
-                (self.stream.and_then(|s| s.checkpoint.as_ref()), id)
+            if let (Some(checkpoint), Some(mark)) =
+                (self.stream.and_then(|s| s.checkpoint.as_ref()), &mark)
             {
-                checkpoint.save(o, &id)?;
+                checkpoint.save(o, mark)?;
             }
         }
         Ok(())
@@ -704,7 +716,7 @@ fn consume_once(
         Ok(c) => c,
         Err(e) => return (ConsumeOutcome::default(), Err(e)),
     };
-    let plan = *at.plan;
+    let plan = at.plan.clone();
     let mut state = ConsumeState {
         channel: &channel,
         session,
@@ -723,12 +735,13 @@ fn consume_once(
         stream: limits.stream,
         cursor: *at.cursor,
         expect: None,
-        start: match (limits.stream, plan) {
+        start: match (limits.stream, &plan) {
             (Some(_), Some(plan)) => at.cursor.new_connection(plan.start),
             (Some(s), None) => at.cursor.new_connection(s.start),
             (None, _) => Offset::Next,
         },
-        until: plan.map_or_else(|| limits.stream.and_then(|s| s.until), |p| p.until),
+        until: plan.as_ref().map_or_else(|| limits.stream.and_then(|s| s.until), |p| p.until),
+        anchor: plan.and_then(|p| p.anchor),
     };
     let result = state.consume(limits, handler);
     let outcome = state.outcome;
@@ -739,6 +752,7 @@ fn consume_once(
     // An --until time placed meanwhile stays placed after a reconnect.
     if let Some(p) = at.plan.as_mut() {
         p.until = state.until;
+        p.anchor.clone_from(&state.anchor);
     }
     let keep_alive = match result {
         Ok(rx) => rx,

@@ -5,7 +5,7 @@
 
 use super::error::{explain, fatal, lost};
 use super::session::Session;
-use super::stream::{Clock, Offset, StreamRead, Until, identity, now_ms, position};
+use super::stream::{Anchor, Clock, Offset, StreamRead, Until, identity, now_ms, position};
 use amiquip::{ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::RecvTimeoutError;
@@ -23,11 +23,13 @@ const PROBE_TOTAL: Duration = Duration::from_secs(5);
 /// prefetch of 1000 to 205 MiB).
 const PROBE_PREFETCH: u16 = 2;
 
-/// Where a run reads a stream, once probed: where it starts and where it stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a run reads a stream, once probed: where it starts and where it stops, and the
+/// anchor its checkpoints keep (the checkpoint's, checked; None: the first message read).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Plan {
     pub start: Offset,
     pub until: Option<Until>,
+    pub anchor: Option<Anchor>,
 }
 
 /// What a probe consumer saw: its first delivery (offset and identity), the highest offset,
@@ -42,9 +44,9 @@ struct Seen {
 /// Probe stream `queue` for `read`. Err: a refusal (fatal, for the user), or trouble with the
 /// connection (retryable: probe again after a reconnect; it is never taken as a pass).
 pub(super) fn plan(session: &mut Session, queue: &str, read: &StreamRead) -> Result<Plan> {
-    let mut plan = Plan { start: read.start, until: read.until };
+    let mut plan = Plan { start: read.start, until: read.until, anchor: None };
     match read.start {
-        Offset::At(from) if from > 0 => check_place(session, queue, from, read)?,
+        Offset::At(from) if from > 0 => plan.anchor = check_place(session, queue, from, read)?,
         // `last` is the last chunk now: its first offset, so that the start record, a
         // reconnect and the run all include it (an empty stream: `last` is `next`).
         Offset::Last => {
@@ -101,8 +103,13 @@ pub(super) fn place_until(
 /// when the checkpoint names the message there, that it is that message). A stream deleted
 /// and declared again (offsets from 0 again), another broker's checkpoint or a wrong
 /// --offset would otherwise make the run wait past every message, or read another stream
-/// from its middle.
-fn check_place(session: &mut Session, queue: &str, from: u64, read: &StreamRead) -> Result<()> {
+/// from its middle. Ok: the anchor the run's checkpoints keep (see [`check_message`]).
+fn check_place(
+    session: &mut Session,
+    queue: &str,
+    from: u64,
+    read: &StreamRead,
+) -> Result<Option<Anchor>> {
     let needed = from - 1;
     if let Some(want) = &read.checked_id {
         return check_message(session, queue, from, read, want);
@@ -115,39 +122,69 @@ fn check_place(session: &mut Session, queue: &str, from: u64, read: &StreamRead)
         // Nothing within the wait: an empty stream, or one whose last chunk the broker does
         // not hand out at once (seen while retention truncates small segments). Not enough
         // to stop a run on: it reads on from `from`.
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
 /// The checkpoint names the message at offset `from - 1`: check that the stream holds it
 /// there. Its oldest message first: an empty stream has none (a checkpoint > 0 of another
 /// stream), and one past `from - 1` means retention dropped it (the run goes on; the gap is
-/// counted as skipped). Then the message at `from - 1` itself.
+/// counted as skipped). Then the checkpoint's anchor (an earlier message of the replay),
+/// while the stream still keeps it, and the message at `from - 1` itself: a stream deleted
+/// and refilled passes only if it holds the same messages at both (so one id-less repeat
+/// at `from - 1` is not enough). Ok: the anchor to keep, the checkpoint's when it is still
+/// kept, else the stream's oldest message.
 fn check_message(
     session: &mut Session,
     queue: &str,
     from: u64,
     read: &StreamRead,
     want: &str,
-) -> Result<()> {
+) -> Result<Option<Anchor>> {
     let needed = from - 1;
     let waited = PROBE_FIRST.as_secs();
-    let why = match consume_from(session, queue, Offset::First, |_| true)?.first {
-        None => format!(
+    let Some((oldest, oldest_id)) = consume_from(session, queue, Offset::First, |_| true)?.first
+    else {
+        let why = format!(
             "it sent no message within {waited} s from its first offset (it is empty, or the \
              broker is not serving it yet: then run again)"
-        ),
-        Some((oldest, _)) if oldest > needed => return Ok(()),
-        Some(_) => match consume_from(session, queue, Offset::At(needed), |_| true)?.first {
-            Some((o, id)) if o == needed && id == want => return Ok(()),
-            Some((o, _)) if o == needed => {
-                format!("its message at offset {needed} is not the one the checkpoint names")
-            }
-            Some((o, _)) => format!("it sent offset {o} for offset {needed}"),
-            None => format!("it ends before offset {needed} (nothing came within {waited} s)"),
-        },
+        );
+        return Err(fatal(refusal(queue, read, from, &why)));
     };
-    Err(fatal(refusal(queue, read, from, &why)))
+    let oldest = Anchor { offset: oldest, id: oldest_id };
+    if oldest.offset > needed {
+        return Ok(Some(oldest));
+    }
+    let kept = read.anchor.as_ref().filter(|a| a.offset >= oldest.offset && a.offset < needed);
+    if let Some(anchor) = kept {
+        let at = if anchor.offset == oldest.offset {
+            Some((oldest.offset, oldest.id.clone()))
+        } else {
+            consume_from(session, queue, Offset::At(anchor.offset), |_| true)?.first
+        };
+        if let Some(why) =
+            differs(at, anchor.offset, &anchor.id, "the first message the replay read")
+        {
+            return Err(fatal(refusal(queue, read, from, &why)));
+        }
+    }
+    let at = consume_from(session, queue, Offset::At(needed), |_| true)?.first;
+    if let Some(why) = differs(at, needed, want, "the one the checkpoint names") {
+        return Err(fatal(refusal(queue, read, from, &why)));
+    }
+    Ok(Some(kept.cloned().unwrap_or(oldest)))
+}
+
+/// Why the first delivery from offset `offset` (`got`) is not the message `want` (`what`);
+/// None when it is.
+fn differs(got: Option<(u64, String)>, offset: u64, want: &str, what: &str) -> Option<String> {
+    let waited = PROBE_FIRST.as_secs();
+    match got {
+        Some((o, id)) if o == offset && id == want => None,
+        Some((o, _)) if o == offset => Some(format!("its message at offset {o} is not {what}")),
+        Some((o, _)) => Some(format!("it sent offset {o} for offset {offset}")),
+        None => Some(format!("it ends before offset {offset} (nothing came within {waited} s)")),
+    }
 }
 
 /// Why a run cannot read stream `queue` from `from`, naming where `from` came from (the
@@ -249,6 +286,7 @@ mod tests {
             checkpoint: None,
             resumed_from: resumed_from.map(str::to_string),
             checked_id: None,
+            anchor: None,
         }
     }
 

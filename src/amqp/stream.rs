@@ -89,12 +89,33 @@ pub(super) fn now_ms() -> u64 {
     now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A message a replay read from a stream before its checkpoint (the first it read, kept
+/// while retention keeps it): a resumed run checks that the stream still holds it there,
+/// besides the message at the checkpoint itself, so that a stream deleted and refilled is
+/// not taken for the old one because one message (an id-less repeat) is alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// Its stream offset.
+    pub offset: u64,
+    /// Its identity (see [`identity`]).
+    pub id: String,
+}
+
+/// What a checkpoint keeps of the stream besides its offset, for a resumed run to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The identity of the message at the checkpoint's offset (see [`identity`]).
+    pub id: String,
+    /// An earlier message of the same replay, when one was read.
+    pub anchor: Option<Anchor>,
+}
+
 /// Keeps a stream reader's place: told the offset of the newest acked message after each
 /// ack (a checkpoint file).
 pub trait Checkpointer: Send + Sync {
-    /// Every message up to `offset` is handled durably and acked; `id` is the identity of
-    /// the message at `offset` (see [`identity`]), for a resumed run to check it.
-    fn save(&self, offset: u64, id: &str) -> color_eyre::eyre::Result<()>;
+    /// Every message up to `offset` is handled durably and acked; `mark` identifies the
+    /// message at `offset` (and the replay's anchor), for a resumed run to check them.
+    fn save(&self, offset: u64, mark: &Identity) -> color_eyre::eyre::Result<()>;
     /// A first run starts at `start` (`last` resolved to the offset of the last chunk when
     /// the stream has one), checked against the stream, before it reads anything: keep it so
     /// that a run that acks nothing does not make the next one skip anything.
@@ -117,6 +138,8 @@ pub struct StreamRead {
     /// The identity of the message right before `start` (the checkpoint's), when known: a
     /// resumed run checks that the stream still holds it there.
     pub checked_id: Option<String>,
+    /// The checkpoint's anchor (with `checked_id`): checked too, while retention keeps it.
+    pub anchor: Option<Anchor>,
 }
 
 /// Where a stream consumer is: what a new consumer (after a change of prefetch, or a

@@ -2,7 +2,7 @@
 
 use super::meta::{RowMeta, clash};
 use super::{CountingHandler, Counts, Tally};
-use crate::amqp::{Disposition, Handler};
+use crate::amqp::{Disposition, Handler, Identity};
 use crate::codec::{Delivery, STREAM_OFFSET, sha256_hex, tabular, unique_id};
 use crate::output::Reporter;
 use crate::results_db::{NO_ID_PREFIX, ResultsDb, Stored as DbStored, row_key, stream_row_key};
@@ -24,8 +24,8 @@ pub(super) struct DbHandler {
     pub(super) stream_queue: Option<String>,
     /// `--checkpoint sqlite`: the stream whose offset is committed with the rows.
     pub(super) checkpoint: Option<String>,
-    /// The stream offset the next commit covers, and the identity of its message.
-    covered: Option<(u64, Option<String>)>,
+    /// The stream offset the next commit covers, and what identifies its message.
+    covered: Option<(u64, Option<Identity>)>,
 }
 
 impl DbHandler {
@@ -81,14 +81,14 @@ impl Handler for DbHandler {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if let (Some(queue), Some((offset, id))) = (&self.checkpoint, self.covered.take()) {
-            self.db.checkpoint(queue, offset, id.as_deref())?;
+        if let (Some(queue), Some((offset, mark))) = (&self.checkpoint, self.covered.take()) {
+            self.db.checkpoint(queue, offset, mark.as_ref())?;
         }
         self.db.commit()
     }
 
-    fn covers(&mut self, offset: u64, id: Option<&str>) {
-        self.covered = Some((offset, id.map(str::to_string)));
+    fn covers(&mut self, offset: u64, mark: Option<&Identity>) {
+        self.covered = Some((offset, mark.cloned()));
     }
 }
 

@@ -6,7 +6,7 @@ mod keeper;
 mod meta;
 mod rows;
 
-use crate::amqp::{Disposition, Handler};
+use crate::amqp::{Disposition, Handler, Identity};
 use crate::codec::Delivery;
 use crate::config::{Checkpoint, ConsumeConfig, Global, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, link_events, rate_text};
@@ -149,9 +149,9 @@ impl Handler for SharedRows {
         self.lock()?.flush()
     }
 
-    fn covers(&mut self, offset: u64, id: Option<&str>) {
+    fn covers(&mut self, offset: u64, mark: Option<&Identity>) {
         if let Ok(mut sink) = self.lock() {
-            sink.covers(offset, id);
+            sink.covers(offset, mark);
         }
     }
 }
