@@ -1,11 +1,15 @@
 //! `--checkpoint FILE`: the offset of the last stream message durably handled, kept in a
-//! small JSON file (`{"queue":"events","offset":1234}`) that is replaced atomically (a
-//! temporary file, fsync, rename, fsync of the directory) after each ack.
+//! small JSON file (`{"queue":"events","offset":1234,"id":"id:...","anchor":{"offset":0,
+//! "id":"sha256:..."}}`) that is replaced atomically (a temporary file, fsync, rename, fsync
+//! of the directory) after each ack. `id` and `anchor` identify the message at the offset
+//! and an earlier one of the same replay, for a resumed run to check; files without them
+//! (an older mqdemo's, a first run's start) load too.
 
-use crate::amqp::{Checkpointer, Offset, StreamRead};
+use crate::amqp::{Anchor, Checkpointer, Identity, Offset, StreamRead};
 use crate::config::{Checkpoint, StreamConfig};
 use crate::output::Reporter;
 use color_eyre::eyre::{Result, WrapErr, bail};
+use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +39,16 @@ impl Start {
     }
 }
 
+/// A saved checkpoint: where a run resumes, and (after an ack) what identifies the message
+/// right before that, for the resumed run to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Saved {
+    /// Where the run resumes.
+    pub(crate) resume: Offset,
+    /// With an offset: the message at it (None: a start record, or an older checkpoint).
+    pub(crate) mark: Option<Identity>,
+}
+
 /// A checkpoint file for one queue.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckpointFile {
@@ -51,11 +65,11 @@ impl CheckpointFile {
     /// when it acked nothing yet), or None when there is no file yet.
     #[cfg(test)]
     pub(crate) fn load(&self) -> Result<Option<Offset>> {
-        Ok(self.load_with_id()?.map(|(o, _)| o))
+        Ok(self.load_saved()?.map(|s| s.resume))
     }
 
-    /// [`Self::load`], and the identity of the message at the saved offset (when saved).
-    pub(crate) fn load_with_id(&self) -> Result<Option<(Offset, Option<String>)>> {
+    /// [`Self::load`], and what identifies the message at the saved offset (when saved).
+    pub(crate) fn load_saved(&self) -> Result<Option<Saved>> {
         let shown = self.path.display();
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -66,32 +80,22 @@ impl CheckpointFile {
                 ));
             }
         };
-        let saved = serde_json::from_slice::<serde_json::Value>(&text).ok();
-        let field = |k: &str| saved.as_ref().and_then(|v| v.get(k).cloned());
-        let resume = match (field("offset"), field("since"), field("from")) {
-            (Some(o), _, _) => o.as_u64().map(|o| Offset::At(o.saturating_add(1))),
-            (None, Some(t), _) => t.as_u64().map(Offset::Time),
-            (None, None, Some(f)) => (f.as_str() == Some("first")).then_some(Offset::First),
-            (None, None, None) => None,
-        };
-        let (Some(queue), Some(resume)) =
-            (field("queue").and_then(|q| q.as_str().map(str::to_string)), resume)
-        else {
+        let Some(saved) = parse(&text) else {
             bail!(
                 "checkpoint {shown} is not a checkpoint mqdemo wrote (it holds no queue and \
                  offset); check --checkpoint: give it a file of its own (a new one starts from \
                  --offset)"
             );
         };
-        if queue != self.queue {
+        if saved.0 != self.queue {
             bail!(
-                "checkpoint {shown} belongs to queue '{queue}', not '{}'; give each stream its \
-                 own --checkpoint file",
+                "checkpoint {shown} belongs to queue '{}', not '{}'; give each stream its own \
+                 --checkpoint file",
+                saved.0,
                 self.queue
             );
         }
-        let id = field("id").and_then(|v| v.as_str().map(str::to_string));
-        Ok(Some((resume, id)))
+        Ok(Some(saved.1))
     }
 
     /// A first run starts at `start` (nothing acked yet): save where a rerun starts if this
@@ -124,10 +128,13 @@ impl CheckpointFile {
         ))
     }
 
-    /// Replace the file with `offset` (and the identity of its message), durably.
-    pub(crate) fn save(&self, offset: u64, id: &str) -> Result<()> {
+    /// Replace the file with `offset` (and what identifies its message), durably.
+    pub(crate) fn save(&self, offset: u64, mark: &Identity) -> Result<()> {
         let shown = self.path.display();
-        let form = serde_json::json!({ "queue": self.queue, "offset": offset, "id": id });
+        let mut form = serde_json::json!({ "queue": self.queue, "offset": offset, "id": mark.id });
+        if let Some(a) = &mark.anchor {
+            form["anchor"] = serde_json::json!({ "offset": a.offset, "id": a.id });
+        }
         self.write(&form.to_string()).wrap_err(format!(
             "cannot write checkpoint {shown}; check that its directory exists and is writable \
              (the messages are acked: a rerun starts from the checkpoint before)"
@@ -154,9 +161,36 @@ impl CheckpointFile {
     }
 }
 
+/// A checkpoint file's text: its queue and what it saved; None when it is not a checkpoint
+/// mqdemo wrote (not JSON, no queue, no place in a stream, or an `anchor` of another shape).
+fn parse(text: &[u8]) -> Option<(String, Saved)> {
+    let saved = serde_json::from_slice::<Value>(text).ok()?;
+    let field = |k: &str| saved.get(k);
+    let resume = match (field("offset"), field("since"), field("from")) {
+        (Some(o), _, _) => Offset::At(o.as_u64()?.saturating_add(1)),
+        (None, Some(t), _) => Offset::Time(t.as_u64()?),
+        (None, None, Some(f)) if f.as_str() == Some("first") => Offset::First,
+        _ => return None,
+    };
+    let queue = field("queue")?.as_str()?.to_string();
+    let anchor = match field("anchor") {
+        None | Some(Value::Null) => None,
+        Some(a) => Some(Anchor {
+            offset: a.get("offset")?.as_u64()?,
+            id: a.get("id")?.as_str()?.to_string(),
+        }),
+    };
+    let id = field("id").and_then(Value::as_str).map(str::to_string);
+    let mark = match (resume, id) {
+        (Offset::At(_), Some(id)) => Some(Identity { id, anchor }),
+        _ => None,
+    };
+    Some((queue, Saved { resume, mark }))
+}
+
 impl Checkpointer for CheckpointFile {
-    fn save(&self, offset: u64, id: &str) -> Result<()> {
-        CheckpointFile::save(self, offset, id)
+    fn save(&self, offset: u64, mark: &Identity) -> Result<()> {
+        CheckpointFile::save(self, offset, mark)
     }
 
     fn save_start(&self, start: Offset) -> Result<()> {
@@ -178,7 +212,7 @@ pub(crate) fn reading(
     let (saved, place, file, db) = match (&cfg.checkpoint, sqlite) {
         (Some(Checkpoint::File(path)), _) => {
             let file = CheckpointFile::new(path, queue);
-            (file.load_with_id()?, path.display().to_string(), Some(file), None)
+            (file.load_saved()?, path.display().to_string(), Some(file), None)
         }
         (Some(Checkpoint::Sqlite), Some((db, table))) => {
             let saved = crate::results_db::resume_point(db, queue, table)?;
@@ -187,8 +221,8 @@ pub(crate) fn reading(
         _ => (None, String::new(), None, None),
     };
     let resumed_from = saved.as_ref().map(|_| place.clone());
-    let checked_id = saved.as_ref().and_then(|(_, id)| id.clone());
-    let saved = saved.map(|(o, _)| o);
+    let mark = saved.as_ref().and_then(|s| s.mark.clone());
+    let saved = saved.map(|s| s.resume);
     let start = match saved {
         Some(resume) => {
             let given =
@@ -219,7 +253,8 @@ pub(crate) fn reading(
         }) as Box<dyn Checkpointer>),
         (None, None) => None,
     };
-    Ok(StreamRead { start, until: cfg.until, checkpoint, resumed_from, checked_id })
+    let (checked_id, anchor) = mark.map_or((None, None), |m| (Some(m.id), m.anchor));
+    Ok(StreamRead { start, until: cfg.until, checkpoint, resumed_from, checked_id, anchor })
 }
 
 /// `--checkpoint sqlite`: the offset is committed with the rows (the sink's flush), so a
@@ -232,7 +267,7 @@ struct DbStart {
 }
 
 impl Checkpointer for DbStart {
-    fn save(&self, _offset: u64, _id: &str) -> Result<()> {
+    fn save(&self, _offset: u64, _mark: &Identity) -> Result<()> {
         Ok(())
     }
 
@@ -261,6 +296,59 @@ pub(crate) fn stream_note(o: &crate::amqp::ConsumeOutcome) -> String {
 mod tests {
     use super::*;
 
+    fn mark(id: &str) -> Identity {
+        Identity { id: id.to_string(), anchor: None }
+    }
+
+    fn parsed(text: &str) -> Option<Saved> {
+        parse(text.as_bytes()).map(|(q, s)| {
+            assert_eq!(q, "events");
+            s
+        })
+    }
+
+    #[test]
+    fn a_checkpoint_with_or_without_an_anchor_loads() {
+        let anchor = Anchor { offset: 3, id: "sha256:aa".to_string() };
+        let full = r#"{"queue":"events","offset":9,"id":"sha256:bb","anchor":{"offset":3,"id":"sha256:aa"}}"#;
+        let mark = Identity { id: "sha256:bb".to_string(), anchor: Some(anchor) };
+        assert_eq!(parsed(full), Some(Saved { resume: Offset::At(10), mark: Some(mark) }));
+        // An older mqdemo's: no anchor, or no id at all.
+        let no_anchor = r#"{"queue":"events","offset":9,"id":"id:m9"}"#;
+        let only_id = Saved { resume: Offset::At(10), mark: Some(super::tests::mark("id:m9")) };
+        assert_eq!(parsed(no_anchor), Some(only_id));
+        let bare = r#"{"queue":"events","offset":9}"#;
+        assert_eq!(parsed(bare), Some(Saved { resume: Offset::At(10), mark: None }));
+        let null = r#"{"queue":"events","offset":9,"id":"id:m9","anchor":null}"#;
+        assert_eq!(parsed(null).and_then(|s| s.mark).map(|m| m.anchor), Some(None));
+        // Start records name no message.
+        let since = r#"{"queue":"events","since":1700000000,"id":"id:x"}"#;
+        assert_eq!(parsed(since), Some(Saved { resume: Offset::Time(1_700_000_000), mark: None }));
+        // An anchor of another shape is no checkpoint mqdemo wrote.
+        for bad in [
+            r#"{"queue":"events","offset":9,"id":"id:m9","anchor":{"offset":-1,"id":"x"}}"#,
+            r#"{"queue":"events","offset":9,"id":"id:m9","anchor":{"offset":1}}"#,
+            r#"{"queue":"events","offset":9,"id":"id:m9","anchor":"sha256:aa"}"#,
+            r#"{"queue":"events","offset":-9}"#,
+            r#"{"offset":9}"#,
+        ] {
+            assert_eq!(parse(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_anchor_is_saved_and_loaded_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = CheckpointFile::new(&dir.path().join("run.ckpt"), "events");
+        let mark = Identity {
+            id: "sha256:bb".to_string(),
+            anchor: Some(Anchor { offset: 0, id: "sha256:aa".to_string() }),
+        };
+        c.save(7, &mark).expect("save");
+        let saved = c.load_saved().expect("load").expect("saved");
+        assert_eq!(saved, Saved { resume: Offset::At(8), mark: Some(mark) });
+    }
+
     #[test]
     fn saves_and_loads_for_its_queue_only() {
         let dir = std::env::temp_dir().join(format!("mqdemo-ckpt-{}", std::process::id()));
@@ -268,8 +356,8 @@ mod tests {
         let path = dir.join("run.ckpt");
         let c = CheckpointFile::new(&path, "events");
         assert_eq!(c.load().expect("test file"), None);
-        c.save(41, "id:a").expect("test file");
-        c.save(42, "id:b").expect("test file");
+        c.save(41, &mark("id:a")).expect("test file");
+        c.save(42, &mark("id:b")).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::At(43)));
         c.save_start(Offset::First).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::First));
@@ -277,7 +365,7 @@ mod tests {
         assert_eq!(c.load().expect("test file"), Some(Offset::Time(1_700_000_000)));
         c.save_start(Offset::At(10)).expect("test file");
         assert_eq!(c.load().expect("test file"), Some(Offset::At(10)));
-        c.save(42, "id:b").expect("test file");
+        c.save(42, &mark("id:b")).expect("test file");
         let other = CheckpointFile::new(&path, "other").load().expect_err("refused");
         assert!(format!("{other}").contains("belongs to queue 'events'"), "{other}");
         std::fs::write(&path, b"garbage").expect("test file");

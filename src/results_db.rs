@@ -18,7 +18,8 @@ use std::path::Path;
 
 /// The primary-key column: the AMQP message id (`ID#N` for row N of a batch message; see
 /// [`row_key`]), or
-/// [`NO_ID_PREFIX`] and a fresh unique id for a row of a delivery without one.
+/// [`NO_ID_PREFIX`] and a fresh unique id for a row of a delivery without one (read from a
+/// stream: [`stream_row_key`]).
 pub(crate) const ID_COLUMN: &str = "message_id";
 
 /// How the keys of rows from a delivery without a message id begin (then 32 fresh hex
@@ -48,6 +49,22 @@ pub(crate) fn row_key(message_id: &str, batch_row: Option<usize>) -> String {
         Some(n) => format!("{id}#{n}"),
         None => id,
     }
+}
+
+/// How the key of a row read from a stream without a message id begins: `#` and a letter,
+/// which no [`row_key`] ever starts with (there every `#` of the id is doubled, and the only
+/// single `#` is the one before a batch row's number: `#s` is never one).
+pub(crate) const STREAM_KEY_PREFIX: &str = "#stream:";
+
+/// The primary key of row `row` (1-based) of a message read from stream `queue` at `offset`
+/// without a message id: the same each time that message is read (a resumed run after a
+/// SIGKILL stores it once), and never the key of a message with an id, whatever id a sender
+/// chooses (see [`STREAM_KEY_PREFIX`]). The body's hash is part of it, so the message another
+/// stream of the same name (deleted and declared again) holds at the same offset is a row of
+/// its own unless its body is the same too. The queue comes last: it may hold any character,
+/// every field before it has a fixed alphabet without `:`.
+pub(crate) fn stream_row_key(queue: &str, offset: u64, body_sha256: &str, row: usize) -> String {
+    format!("{STREAM_KEY_PREFIX}{offset}:{row}:{body_sha256}:{queue}")
 }
 
 /// What became of one message's rows.
@@ -228,12 +245,17 @@ impl ResultsDb {
 
     /// Save `offset` as the checkpoint of stream `queue` into this table, in the transaction
     /// the next [`ResultsDb::commit`] commits, with the rows.
-    pub(crate) fn checkpoint(&mut self, queue: &str, offset: u64, id: Option<&str>) -> Result<()> {
+    pub(crate) fn checkpoint(
+        &mut self,
+        queue: &str,
+        offset: u64,
+        mark: Option<&crate::amqp::Identity>,
+    ) -> Result<()> {
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
             self.in_transaction = true;
         }
-        checkpoints::save(&self.conn, &self.path, queue, &self.table, offset, id)
+        checkpoints::save(&self.conn, &self.path, queue, &self.table, offset, mark)
     }
 
     /// Make everything inserted so far durable.

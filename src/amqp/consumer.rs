@@ -9,7 +9,9 @@ use super::probe::{Plan, refusal};
 use super::props::delivery;
 use super::retry::{LinkEvent, Retry, reconnect};
 use super::session::{Session, UNWINDOWED_WRITE_BUFFER};
-use super::stream::{Cursor, Offset, StreamRead, Until, identity, position};
+use super::stream::{
+    Anchor, Clock, Cursor, Identity, Offset, StreamRead, Until, identity, now_ms, position,
+};
 use super::topology::{QueueSpec, no_such_queue, unavailable};
 use crate::codec::Delivery;
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions};
@@ -60,9 +62,9 @@ pub trait Handler {
     fn dropped(&mut self) {}
     /// Reading a stream: the next `flush` makes every delivery up to this stream offset
     /// durable (a sink that keeps its checkpoint with its data stores it in that flush);
-    /// `id`: the identity of the message at `offset` when a checkpoint is kept (see
-    /// [`identity`]), for a resumed run to check.
-    fn covers(&mut self, _offset: u64, _id: Option<&str>) {}
+    /// `mark`: what identifies the message at `offset` (and the replay's anchor) when a
+    /// checkpoint is kept, for a resumed run to check.
+    fn covers(&mut self, _offset: u64, _mark: Option<&Identity>) {}
 }
 
 /// When the consumer loop stops.
@@ -116,6 +118,8 @@ type Place = (u64, Option<String>);
 
 struct ConsumeState<'a> {
     channel: &'a Channel,
+    /// The channel's connection: a stream's `--until TIME` is placed on a channel of its own.
+    session: &'a mut Session,
     endpoint: &'a Endpoint,
     queue: &'a str,
     /// The newest handled delivery not yet acked (and its stream place): one
@@ -129,8 +133,11 @@ struct ConsumeState<'a> {
     cursor: Cursor,
     /// Where the first consumer on this channel starts reading the stream.
     start: Offset,
-    /// Where the run stops (--until, as probed).
+    /// Where the run stops (--until, as probed; a time is placed once the clock passes it).
     until: Option<Until>,
+    /// The replay's anchor, kept with each checkpoint: the checkpoint's (checked by the
+    /// probe), else the first message this run reads.
+    anchor: Option<Anchor>,
     /// The offset the current stream consumer asked for, until its first delivery.
     expect: Option<u64>,
     /// Set (for the other workers) as soon as the handler fails, before its messages are
@@ -227,7 +234,7 @@ impl<'a> ConsumeState<'a> {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if self.past_until(&d, handler)? || !self.take(limits) {
+                    if self.past_until(&d, limits, handler)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         return self.finish(handler).map(|()| Flow::Done);
                     }
@@ -309,7 +316,7 @@ impl<'a> ConsumeState<'a> {
             };
             match rx.recv_timeout(wait) {
                 Ok(ConsumerMessage::Delivery(d)) => {
-                    if self.past_until(&d, handler)? || !self.take(limits) {
+                    if self.past_until(&d, limits, handler)? || !self.take(limits) {
                         // Left unacked: it goes back to the queue when the channel closes.
                         break;
                     }
@@ -341,22 +348,75 @@ impl<'a> ConsumeState<'a> {
     /// Reading a stream to --until: whether `d` is past it (the run ends before it). When it
     /// cannot tell, the run stops with the reason, keeping what was handled before `d`
     /// (acked, and in the checkpoint).
-    fn past_until(&mut self, d: &amiquip::Delivery, handler: &mut dyn Handler) -> Result<bool> {
-        let Some(until) = self.until else {
-            return Ok(false);
+    fn past_until(
+        &mut self,
+        d: &amiquip::Delivery,
+        limits: &ConsumeLimits<'_>,
+        handler: &mut dyn Handler,
+    ) -> Result<bool> {
+        let offset = position(d);
+        let end = match self.until {
+            None => return Ok(false),
+            Some(Until::Offset(n)) => n,
+            Some(Until::Time(ms)) => match self.place_until(ms, offset, limits, handler)? {
+                Some(n) => n,
+                None => return Ok(false),
+            },
         };
-        let (offset, timestamp) = position(d);
-        let past = match until.reached(offset, timestamp) {
-            Ok(past) => past,
-            Err(why) => {
-                self.finish(handler)?;
-                return Err(fatal(why));
-            }
+        let Some(o) = offset else {
+            self.finish(handler)?;
+            return Err(fatal("a message came without an x-stream-offset header".into()));
         };
-        if past {
-            self.outcome.until = offset;
+        if o >= end {
+            self.outcome.until = Some(o);
         }
-        Ok(past)
+        Ok(o >= end)
+    }
+
+    /// `--until TIME` not placed in the stream yet, a delivery at `offset` in hand. While our
+    /// clock is before TIME (by [`super::stream::CLOCK_SKEW_MS`]), the delivery was stored
+    /// before TIME: None, it is in the window, whatever `timestamp` its producer stamped
+    /// (the broker stored it before it was received). Near TIME, wait until it is past on
+    /// the broker's clock too (None if a signal stops the run meanwhile); then place TIME in
+    /// the stream, as the probe places an end already past when the run starts, and end by
+    /// that offset from now on (every delivery handled so far was stored before TIME, so
+    /// before it). A stream that cannot place it stops the run (what was handled is kept):
+    /// never a guess.
+    fn place_until(
+        &mut self,
+        ms: u64,
+        offset: Option<u64>,
+        limits: &ConsumeLimits<'_>,
+        handler: &mut dyn Handler,
+    ) -> Result<Option<u64>> {
+        loop {
+            match Clock::at(now_ms(), ms) {
+                Clock::Before => return Ok(None),
+                Clock::Past => break,
+                Clock::Near if self.stopped(limits) => return Ok(None),
+                Clock::Near => std::thread::sleep(TICK),
+            }
+        }
+        let placed = offset
+            .map_or(Ok(None), |o| super::probe::place_until(self.session, self.queue, ms, Some(o)));
+        match placed {
+            Ok(Some(n)) => {
+                self.until = Some(Until::Offset(n));
+                Ok(Some(n))
+            }
+            Ok(None) => {
+                self.finish(handler)?;
+                Err(fatal(format!(
+                    "cannot place --until in stream '{}': its clock has passed the time, but the                      broker sent nothing at or after it nor from the stream's last chunk; what                      was read before is kept; run again, or give --until offset:N",
+                    self.queue
+                )))
+            }
+            Err(e) => {
+                // A lost connection: the run reconnects and places it again.
+                let _ = self.finish(handler);
+                Err(e)
+            }
+        }
     }
 
     fn delivered(&mut self, mut d: amiquip::Delivery, handler: &mut dyn Handler) -> Result<()> {
@@ -365,7 +425,7 @@ impl<'a> ConsumeState<'a> {
         let size = d.body.len() as u64;
         self.largest = Some(self.largest.map_or(size, |l| l.max(size)));
         let offset = match self.stream {
-            Some(_) => position(&d).0,
+            Some(_) => position(&d),
             None => None,
         };
         if let Some(o) = offset {
@@ -383,6 +443,9 @@ impl<'a> ConsumeState<'a> {
         }
         let checkpointed = self.stream.is_some_and(|s| s.checkpoint.is_some());
         let place = offset.map(|o| (o, checkpointed.then(|| identity(&d))));
+        if let (None, Some((o, Some(id)))) = (&self.anchor, &place) {
+            self.anchor = Some(Anchor { offset: *o, id: id.clone() });
+        }
         let mut ours = delivery(&mut d);
         let mut result = handler.handle(&mut ours);
         if self.stream.is_some()
@@ -458,20 +521,24 @@ impl<'a> ConsumeState<'a> {
         let Some((last, place)) = self.last.take() else {
             return Ok(());
         };
-        if let Some((o, id)) = &place {
-            handler.covers(*o, id.as_deref());
+        let mark = match &place {
+            Some((_, Some(id))) => Some(Identity { id: id.clone(), anchor: self.anchor.clone() }),
+            _ => None,
+        };
+        if let Some((o, _)) = &place {
+            handler.covers(*o, mark.as_ref());
         }
         handler.flush()?;
         last.ack_multiple(self.channel).map_err(|e| explain(e, self.endpoint, "acking"))?;
         self.outcome.acked += self.unacked;
         crate::metrics::acked(self.unacked);
         self.unacked = 0;
-        if let Some((o, id)) = place {
+        if let Some((o, _)) = place {
             self.cursor.acked = Some(o);
-            if let (Some(checkpoint), Some(id)) =
-                (self.stream.and_then(|s| s.checkpoint.as_ref()), id)
+            if let (Some(checkpoint), Some(mark)) =
+                (self.stream.and_then(|s| s.checkpoint.as_ref()), &mark)
             {
-                checkpoint.save(o, &id)?;
+                checkpoint.save(o, mark)?;
             }
         }
         Ok(())
@@ -559,7 +626,7 @@ pub fn consume(
             _ => Ok(()),
         };
         let result = probed.and_then(|()| {
-            let at = Position { largest: &mut largest, cursor: &mut cursor, plan };
+            let at = Position { largest: &mut largest, cursor: &mut cursor, plan: &mut plan };
             let (outcome, result) =
                 consume_once(&mut session, &spec.name, prefetch, &left, handler, at);
             total.add(outcome);
@@ -631,7 +698,7 @@ fn probe_and_record(session: &mut Session, queue: &str, read: &StreamRead) -> Re
 struct Position<'p> {
     largest: &'p mut Option<u64>,
     cursor: &'p mut Cursor,
-    plan: Option<Plan>,
+    plan: &'p mut Option<Plan>,
 }
 
 /// One consumer on one channel of `session` (re-consumed when the prefetch changes);
@@ -649,8 +716,10 @@ fn consume_once(
         Ok(c) => c,
         Err(e) => return (ConsumeOutcome::default(), Err(e)),
     };
+    let plan = at.plan.clone();
     let mut state = ConsumeState {
         channel: &channel,
+        session,
         endpoint: &ep,
         queue,
         last: None,
@@ -666,12 +735,13 @@ fn consume_once(
         stream: limits.stream,
         cursor: *at.cursor,
         expect: None,
-        start: match (limits.stream, at.plan) {
+        start: match (limits.stream, &plan) {
             (Some(_), Some(plan)) => at.cursor.new_connection(plan.start),
             (Some(s), None) => at.cursor.new_connection(s.start),
             (None, _) => Offset::Next,
         },
-        until: at.plan.map_or_else(|| limits.stream.and_then(|s| s.until), |p| p.until),
+        until: plan.as_ref().map_or_else(|| limits.stream.and_then(|s| s.until), |p| p.until),
+        anchor: plan.and_then(|p| p.anchor),
     };
     let result = state.consume(limits, handler);
     let outcome = state.outcome;
@@ -679,6 +749,11 @@ fn consume_once(
     crate::metrics::released(outcome.received.saturating_sub(outcome.acked + outcome.rejected));
     *at.largest = state.largest;
     *at.cursor = state.cursor;
+    // An --until time placed meanwhile stays placed after a reconnect.
+    if let Some(p) = at.plan.as_mut() {
+        p.until = state.until;
+        p.anchor.clone_from(&state.anchor);
+    }
     let keep_alive = match result {
         Ok(rx) => rx,
         Err(e) => {

@@ -37,7 +37,7 @@ pub(crate) use retry::sleep_unless_stopped;
 pub use retry::{LinkEvent, Retry};
 pub use rpc::{Received, Reply, RpcClient, with_client};
 pub use session::{QueueInfo, Session};
-pub use stream::{Checkpointer, Offset, StreamRead, Until};
+pub use stream::{Anchor, Checkpointer, Identity, Offset, StreamRead, Until};
 pub use target::{HeaderField, PropertyOverrides, Target};
 pub use topology::{QueueSpec, QueueType};
 

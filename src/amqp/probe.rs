@@ -5,7 +5,7 @@
 
 use super::error::{explain, fatal, lost};
 use super::session::Session;
-use super::stream::{Offset, StreamRead, Until, identity, position};
+use super::stream::{Anchor, Clock, Offset, StreamRead, Until, identity, now_ms, position};
 use amiquip::{ConsumerMessage, ConsumerOptions};
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::RecvTimeoutError;
@@ -23,27 +23,30 @@ const PROBE_TOTAL: Duration = Duration::from_secs(5);
 /// prefetch of 1000 to 205 MiB).
 const PROBE_PREFETCH: u16 = 2;
 
-/// Where a run reads a stream, once probed: where it starts and where it stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a run reads a stream, once probed: where it starts and where it stops, and the
+/// anchor its checkpoints keep (the checkpoint's, checked; None: the first message read).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Plan {
     pub start: Offset,
     pub until: Option<Until>,
+    pub anchor: Option<Anchor>,
 }
 
-/// What a probe consumer saw: its first delivery (offset and identity) and the highest
-/// offset.
+/// What a probe consumer saw: its first delivery (offset and identity), the highest offset,
+/// and whether PROBE_TOTAL cut it short (more was still coming).
 #[derive(Debug, Default)]
 struct Seen {
     first: Option<(u64, String)>,
     highest: Option<u64>,
+    cut: bool,
 }
 
 /// Probe stream `queue` for `read`. Err: a refusal (fatal, for the user), or trouble with the
 /// connection (retryable: probe again after a reconnect; it is never taken as a pass).
 pub(super) fn plan(session: &mut Session, queue: &str, read: &StreamRead) -> Result<Plan> {
-    let mut plan = Plan { start: read.start, until: read.until };
+    let mut plan = Plan { start: read.start, until: read.until, anchor: None };
     match read.start {
-        Offset::At(from) if from > 0 => check_place(session, queue, from, read)?,
+        Offset::At(from) if from > 0 => plan.anchor = check_place(session, queue, from, read)?,
         // `last` is the last chunk now: its first offset, so that the start record, a
         // reconnect and the run all include it (an empty stream: `last` is `next`).
         Offset::Last => {
@@ -53,31 +56,60 @@ pub(super) fn plan(session: &mut Session, queue: &str, read: &StreamRead) -> Res
         }
         _ => {}
     }
-    if let Some(Until::Time(ms)) = read.until {
-        plan.until = Some(until_offset(session, queue, ms)?.unwrap_or(Until::Time(ms)));
+    // An end already past on the broker's clock is placed now; one ahead of it (a window
+    // read live), or one the stream cannot place yet, by the consumer once the clock has
+    // passed it (see `ConsumeState::place_until`).
+    if let Some(Until::Time(ms)) = read.until
+        && Clock::at(now_ms(), ms) == Clock::Past
+        && let Some(n) = place_until(session, queue, ms, None)?
+    {
+        plan.until = Some(Until::Offset(n));
     }
     Ok(plan)
 }
 
-/// `--until TIME` on the broker's clock, as `--offset TIME` starts: the offset of the first
-/// chunk stored at or after TIME's second. None: the time is ahead of the clock, or nothing
-/// is stored at or after it yet (the run compares `timestamp` properties then).
-fn until_offset(session: &mut Session, queue: &str, ms: u64) -> Result<Option<Until>> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    let now_ms = now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    if ms > now_ms {
-        return Ok(None);
+/// `--until TIME` (Unix ms), past on the broker's clock, as `--offset TIME` starts: the
+/// offset of the first chunk stored at or after TIME's second. `known`: the offset of a
+/// message the consumer received (so the stream holds it). None: it cannot be placed (the
+/// broker sent nothing, from TIME nor from the stream's last chunk).
+///
+/// When nothing is stored at or after TIME, the broker attaches a consumer at TIME to the
+/// stream's end and sends only what is written later. The end is then read from the last
+/// chunk (to a gap of PROBE_GAP, not cut short by PROBE_TOTAL), and TIME looked up once
+/// more: since TIME is past, whatever is written after the last chunk was read is stored
+/// after TIME, so if the second look finds nothing either, the stream ended at the highest
+/// offset read, and TIME falls right after it.
+pub(super) fn place_until(
+    session: &mut Session,
+    queue: &str,
+    ms: u64,
+    known: Option<u64>,
+) -> Result<Option<u64>> {
+    let at = Offset::Time(ms / 1000);
+    if let Some((o, _)) = consume_from(session, queue, at, |_| true)?.first {
+        return Ok(Some(o));
     }
-    let seen = consume_from(session, queue, Offset::Time(ms / 1000), |_| true)?;
-    Ok(seen.first.map(|(o, _)| Until::Offset(o)))
+    let last = consume_from(session, queue, Offset::Last, |_| false)?;
+    if let Some((o, _)) = consume_from(session, queue, at, |_| true)?.first {
+        return Ok(Some(o));
+    }
+    Ok(match (last.highest, last.cut) {
+        (Some(h), false) if known.is_none_or(|k| k <= h) => Some(h + 1),
+        _ => None,
+    })
 }
 
 /// Reading from `from` > 0 follows offset `from - 1`: check that the stream holds it (and,
 /// when the checkpoint names the message there, that it is that message). A stream deleted
 /// and declared again (offsets from 0 again), another broker's checkpoint or a wrong
 /// --offset would otherwise make the run wait past every message, or read another stream
-/// from its middle.
-fn check_place(session: &mut Session, queue: &str, from: u64, read: &StreamRead) -> Result<()> {
+/// from its middle. Ok: the anchor the run's checkpoints keep (see [`check_message`]).
+fn check_place(
+    session: &mut Session,
+    queue: &str,
+    from: u64,
+    read: &StreamRead,
+) -> Result<Option<Anchor>> {
     let needed = from - 1;
     if let Some(want) = &read.checked_id {
         return check_message(session, queue, from, read, want);
@@ -90,39 +122,69 @@ fn check_place(session: &mut Session, queue: &str, from: u64, read: &StreamRead)
         // Nothing within the wait: an empty stream, or one whose last chunk the broker does
         // not hand out at once (seen while retention truncates small segments). Not enough
         // to stop a run on: it reads on from `from`.
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
 /// The checkpoint names the message at offset `from - 1`: check that the stream holds it
 /// there. Its oldest message first: an empty stream has none (a checkpoint > 0 of another
 /// stream), and one past `from - 1` means retention dropped it (the run goes on; the gap is
-/// counted as skipped). Then the message at `from - 1` itself.
+/// counted as skipped). Then the checkpoint's anchor (an earlier message of the replay),
+/// while the stream still keeps it, and the message at `from - 1` itself: a stream deleted
+/// and refilled passes only if it holds the same messages at both (so one id-less repeat
+/// at `from - 1` is not enough). Ok: the anchor to keep, the checkpoint's when it is still
+/// kept, else the stream's oldest message.
 fn check_message(
     session: &mut Session,
     queue: &str,
     from: u64,
     read: &StreamRead,
     want: &str,
-) -> Result<()> {
+) -> Result<Option<Anchor>> {
     let needed = from - 1;
     let waited = PROBE_FIRST.as_secs();
-    let why = match consume_from(session, queue, Offset::First, |_| true)?.first {
-        None => format!(
+    let Some((oldest, oldest_id)) = consume_from(session, queue, Offset::First, |_| true)?.first
+    else {
+        let why = format!(
             "it sent no message within {waited} s from its first offset (it is empty, or the \
              broker is not serving it yet: then run again)"
-        ),
-        Some((oldest, _)) if oldest > needed => return Ok(()),
-        Some(_) => match consume_from(session, queue, Offset::At(needed), |_| true)?.first {
-            Some((o, id)) if o == needed && id == want => return Ok(()),
-            Some((o, _)) if o == needed => {
-                format!("its message at offset {needed} is not the one the checkpoint names")
-            }
-            Some((o, _)) => format!("it sent offset {o} for offset {needed}"),
-            None => format!("it ends before offset {needed} (nothing came within {waited} s)"),
-        },
+        );
+        return Err(fatal(refusal(queue, read, from, &why)));
     };
-    Err(fatal(refusal(queue, read, from, &why)))
+    let oldest = Anchor { offset: oldest, id: oldest_id };
+    if oldest.offset > needed {
+        return Ok(Some(oldest));
+    }
+    let kept = read.anchor.as_ref().filter(|a| a.offset >= oldest.offset && a.offset < needed);
+    if let Some(anchor) = kept {
+        let at = if anchor.offset == oldest.offset {
+            Some((oldest.offset, oldest.id.clone()))
+        } else {
+            consume_from(session, queue, Offset::At(anchor.offset), |_| true)?.first
+        };
+        if let Some(why) =
+            differs(at, anchor.offset, &anchor.id, "the first message the replay read")
+        {
+            return Err(fatal(refusal(queue, read, from, &why)));
+        }
+    }
+    let at = consume_from(session, queue, Offset::At(needed), |_| true)?.first;
+    if let Some(why) = differs(at, needed, want, "the one the checkpoint names") {
+        return Err(fatal(refusal(queue, read, from, &why)));
+    }
+    Ok(Some(kept.cloned().unwrap_or(oldest)))
+}
+
+/// Why the first delivery from offset `offset` (`got`) is not the message `want` (`what`);
+/// None when it is.
+fn differs(got: Option<(u64, String)>, offset: u64, want: &str, what: &str) -> Option<String> {
+    let waited = PROBE_FIRST.as_secs();
+    match got {
+        Some((o, id)) if o == offset && id == want => None,
+        Some((o, _)) if o == offset => Some(format!("its message at offset {o} is not {what}")),
+        Some((o, _)) => Some(format!("it sent offset {o} for offset {offset}")),
+        None => Some(format!("it ends before offset {offset} (nothing came within {waited} s)")),
+    }
 }
 
 /// Why a run cannot read stream `queue` from `from`, naming where `from` came from (the
@@ -166,12 +228,12 @@ fn consume_from(
     let started = std::time::Instant::now();
     let ended: Option<Report> = loop {
         if started.elapsed() >= PROBE_TOTAL {
+            seen.cut = true;
             break None;
         }
         match consumer.receiver().recv_timeout(wait) {
             Ok(ConsumerMessage::Delivery(d)) => {
-                let offset = position(&d).0;
-                if let Some(o) = offset {
+                if let Some(o) = position(&d) {
                     seen.first.get_or_insert_with(|| (o, identity(&d)));
                     seen.highest = seen.highest.max(Some(o));
                     if enough(o) {
@@ -224,6 +286,7 @@ mod tests {
             checkpoint: None,
             resumed_from: resumed_from.map(str::to_string),
             checked_id: None,
+            anchor: None,
         }
     }
 

@@ -46,43 +46,76 @@ impl Offset {
 pub enum Until {
     /// A stream offset.
     Offset(u64),
-    /// A Unix time in milliseconds, compared with each message's `timestamp` property
-    /// (seconds: a message stamped in the second that holds this time is past it only from
-    /// that second on, see [`Until::reached`]).
+    /// A Unix time in milliseconds on the broker's clock (fractions of a second are dropped,
+    /// as for [`Offset::Time`]), not placed in the stream yet: a delivery received while our
+    /// clock is before it was stored before it; once the clock has passed it, the consumer
+    /// makes it an [`Until::Offset`] (see [`Clock`]).
     Time(u64),
 }
 
-impl Until {
-    /// Whether a message at `offset` with `timestamp` (seconds) is at or past this point;
-    /// Err: it cannot tell (a message without a timestamp, against a time).
-    pub fn reached(self, offset: Option<u64>, timestamp: Option<u64>) -> Result<bool, String> {
-        match self {
-            Until::Offset(n) => match offset {
-                Some(o) => Ok(o >= n),
-                None => Err("a message came without an x-stream-offset header".into()),
-            },
-            // Stamped in whole seconds: at or past the time only when its whole second is
-            // (a message stamped 10:59:59 may have been sent at 10:59:59.9, before 11:00:00;
-            // one stamped 11:00:00 was sent at or after it).
-            Until::Time(ms) => match timestamp {
-                Some(secs) => Ok(secs.saturating_mul(1000) >= ms.div_ceil(1000) * 1000),
-                None => Err(format!(
-                    "the message at offset {} has no timestamp property, so --until cannot \
-                     place it in time; its producer should set one (mqdemo's producers do), \
-                     or stop at an offset with --until offset:N",
-                    offset.map_or_else(|| "?".to_string(), |o| o.to_string())
-                )),
-            },
+/// How far the broker's clock may be from ours: a time counts as not reached on the broker
+/// while ours is this much before it, and as past only once ours is this much after it.
+pub(super) const CLOCK_SKEW_MS: u64 = 1000;
+
+/// Our clock against an `--until` time not placed in the stream yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Clock {
+    /// Not reached on the broker's clock either: what is received now was stored before it.
+    Before,
+    /// Within [`CLOCK_SKEW_MS`] of it: wait.
+    Near,
+    /// Past on the broker's clock too: what is stored from now on is at or after it.
+    Past,
+}
+
+impl Clock {
+    /// Where `now_ms` (ours) is against `--until` `ms` (its whole second, as the broker
+    /// places times).
+    pub(super) fn at(now_ms: u64, ms: u64) -> Clock {
+        let second = ms / 1000 * 1000;
+        if now_ms.saturating_add(CLOCK_SKEW_MS) < second {
+            Clock::Before
+        } else if now_ms < second.saturating_add(CLOCK_SKEW_MS) {
+            Clock::Near
+        } else {
+            Clock::Past
         }
     }
+}
+
+/// Our clock now, in Unix milliseconds.
+pub(super) fn now_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A message a replay read from a stream before its checkpoint (the first it read, kept
+/// while retention keeps it): a resumed run checks that the stream still holds it there,
+/// besides the message at the checkpoint itself, so that a stream deleted and refilled is
+/// not taken for the old one because one message (an id-less repeat) is alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// Its stream offset.
+    pub offset: u64,
+    /// Its identity (see [`identity`]).
+    pub id: String,
+}
+
+/// What a checkpoint keeps of the stream besides its offset, for a resumed run to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The identity of the message at the checkpoint's offset (see [`identity`]).
+    pub id: String,
+    /// An earlier message of the same replay, when one was read.
+    pub anchor: Option<Anchor>,
 }
 
 /// Keeps a stream reader's place: told the offset of the newest acked message after each
 /// ack (a checkpoint file).
 pub trait Checkpointer: Send + Sync {
-    /// Every message up to `offset` is handled durably and acked; `id` is the identity of
-    /// the message at `offset` (see [`identity`]), for a resumed run to check it.
-    fn save(&self, offset: u64, id: &str) -> color_eyre::eyre::Result<()>;
+    /// Every message up to `offset` is handled durably and acked; `mark` identifies the
+    /// message at `offset` (and the replay's anchor), for a resumed run to check them.
+    fn save(&self, offset: u64, mark: &Identity) -> color_eyre::eyre::Result<()>;
     /// A first run starts at `start` (`last` resolved to the offset of the last chunk when
     /// the stream has one), checked against the stream, before it reads anything: keep it so
     /// that a run that acks nothing does not make the next one skip anything.
@@ -105,6 +138,8 @@ pub struct StreamRead {
     /// The identity of the message right before `start` (the checkpoint's), when known: a
     /// resumed run checks that the stream still holds it there.
     pub checked_id: Option<String>,
+    /// The checkpoint's anchor (with `checked_id`): checked too, while retention keeps it.
+    pub anchor: Option<Anchor>,
 }
 
 /// Where a stream consumer is: what a new consumer (after a change of prefetch, or a
@@ -154,15 +189,14 @@ impl Cursor {
     }
 }
 
-/// A delivery's stream offset and `timestamp` property (seconds).
-pub(super) fn position(d: &amiquip::Delivery) -> (Option<u64>, Option<u64>) {
-    let offset = d.properties.headers().as_ref().and_then(|h| match h.get(OFFSET_HEADER) {
+/// A delivery's stream offset.
+pub(super) fn position(d: &amiquip::Delivery) -> Option<u64> {
+    d.properties.headers().as_ref().and_then(|h| match h.get(OFFSET_HEADER) {
         Some(AmqpValue::LongLongInt(n)) => u64::try_from(*n).ok(),
         Some(AmqpValue::LongInt(n)) => u64::try_from(*n).ok(),
         Some(AmqpValue::LongUInt(n)) => Some(u64::from(*n)),
         _ => None,
-    });
-    (offset, *d.properties.timestamp())
+    })
 }
 
 /// What identifies a delivery in a checkpoint: its `message_id`, else a hash of its body.
@@ -178,24 +212,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn until_an_offset_is_exclusive() {
-        let u = Until::Offset(10);
-        assert_eq!(u.reached(Some(9), None), Ok(false));
-        assert_eq!(u.reached(Some(10), None), Ok(true));
-        assert!(u.reached(None, Some(1)).is_err());
-    }
-
-    #[test]
-    fn until_a_time_counts_whole_seconds() {
-        let u = Until::Time(1_700_000_000_000);
-        assert_eq!(u.reached(Some(1), Some(1_699_999_999)), Ok(false));
-        assert_eq!(u.reached(Some(1), Some(1_700_000_000)), Ok(true));
-        // 11:00:00.5: a message stamped 11:00:00 may be from 11:00:00.2, before it.
-        let half = Until::Time(1_700_000_000_500);
-        assert_eq!(half.reached(Some(1), Some(1_700_000_000)), Ok(false));
-        assert_eq!(half.reached(Some(1), Some(1_700_000_001)), Ok(true));
-        let err = u.reached(Some(7), None).expect_err("no timestamp");
-        assert!(err.contains("offset 7") && err.contains("offset:N"), "{err}");
+    fn an_until_time_is_placed_only_once_it_is_past_on_the_brokers_clock_too() {
+        let t = 1_700_000_000_000;
+        assert_eq!(Clock::at(t - 1001, t), Clock::Before);
+        assert_eq!(Clock::at(t - 1000, t), Clock::Near);
+        assert_eq!(Clock::at(t + 999, t), Clock::Near);
+        assert_eq!(Clock::at(t + 1000, t), Clock::Past);
+        // 11:00:00.5 is placed as 11:00:00 (fractions dropped, as for --offset).
+        assert_eq!(Clock::at(t + 1000, t + 500), Clock::Past);
+        assert_eq!(Clock::at(t - 1001, t + 999), Clock::Before);
+        assert_eq!(Clock::at(0, u64::MAX), Clock::Before);
+        assert_eq!(Clock::at(u64::MAX, 0), Clock::Past);
     }
 
     #[test]

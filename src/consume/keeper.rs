@@ -1,7 +1,7 @@
 //! The failed queue around a consumer's handler.
 
 use super::{CountingHandler, link_events};
-use crate::amqp::{Disposition, Handler, Producer, QueueSpec};
+use crate::amqp::{Disposition, Handler, Identity, Producer, QueueSpec};
 use crate::codec::{Delivery, failed_copy, header_text, unique_id};
 use crate::config::{ConsumeConfig, Global};
 use crate::output::Reporter;
@@ -124,8 +124,8 @@ impl Handler for Keeper<'_> {
         self.inner.flush()
     }
 
-    fn covers(&mut self, offset: u64, id: Option<&str>) {
-        self.inner.covers(offset, id);
+    fn covers(&mut self, offset: u64, mark: Option<&Identity>) {
+        self.inner.covers(offset, mark);
     }
 
     fn idle(&mut self) -> Result<()> {

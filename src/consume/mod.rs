@@ -6,7 +6,7 @@ mod keeper;
 mod meta;
 mod rows;
 
-use crate::amqp::{Disposition, Handler};
+use crate::amqp::{Disposition, Handler, Identity};
 use crate::codec::Delivery;
 use crate::config::{Checkpoint, ConsumeConfig, Global, SinkConfig};
 use crate::output::{Progress, Reporter, Summary, link_events, rate_text};
@@ -52,6 +52,7 @@ pub(crate) fn run(
             db.decoded_limit = global.prefetch_bytes;
             db.with_meta = *with_meta;
             db.stream = cfg.stream.is_some();
+            db.stream_queue = cfg.stream.as_ref().map(|_| cfg.queue.name.clone());
             if cfg.stream.as_ref().is_some_and(|s| s.checkpoint == Some(Checkpoint::Sqlite)) {
                 db.checkpoint = Some(cfg.queue.name.clone());
             }
@@ -148,9 +149,9 @@ impl Handler for SharedRows {
         self.lock()?.flush()
     }
 
-    fn covers(&mut self, offset: u64, id: Option<&str>) {
+    fn covers(&mut self, offset: u64, mark: Option<&Identity>) {
         if let Ok(mut sink) = self.lock() {
-            sink.covers(offset, id);
+            sink.covers(offset, mark);
         }
     }
 }

@@ -2,8 +2,9 @@
 //! table `_mq_checkpoints` of the same database, one row per (stream, results table).
 //!
 //! A row holds one of: `offset` (the last message whose rows are committed, saved in the
-//! same transaction as the rows, with `id`, the identity of that message, for a resumed run
-//! to check that the stream still holds it there), `since` (a first run's start at `next`/`last`/a time, Unix
+//! same transaction as the rows, with `id`, the identity of that message, and
+//! `anchor_offset`/`anchor_id`, an earlier message of the same replay, for a resumed run
+//! to check that the stream still holds them there), `since` (a first run's start at `next`/`last`/a time, Unix
 //! seconds) or `from` = `first`, written before a first run reads anything, so a run that
 //! commits nothing does not make the next one skip what was written meanwhile.
 //!
@@ -12,8 +13,8 @@
 //! results table (its rows are that table's); with several, which one they belong to is not
 //! known, and a run with `--checkpoint sqlite` is refused with the saved offsets and the fix.
 
-use crate::amqp::Offset;
-use crate::checkpoint::Start;
+use crate::amqp::{Anchor, Identity, Offset};
+use crate::checkpoint::{Saved, Start};
 use color_eyre::eyre::{Result, WrapErr, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -54,7 +55,9 @@ fn shape(conn: &Connection) -> rusqlite::Result<Shape> {
 fn ensure(conn: &Connection, path: &Path) -> Result<()> {
     let cannot = || format!("cannot read {}; is it an SQLite database?", path.display());
     match shape(conn).wrap_err_with(cannot)? {
-        Shape::Current => add_id(conn).wrap_err("cannot add the id column to the checkpoint table"),
+        Shape::Current => {
+            add_columns(conn).wrap_err("cannot add the id columns to the checkpoint table")
+        }
         Shape::Missing => conn
             .execute_batch(&create_sql(CHECKPOINTS))
             .wrap_err("cannot create the checkpoint table"),
@@ -133,31 +136,29 @@ fn migrate_locked(conn: &Connection) -> rusqlite::Result<()> {
 fn create_sql(name: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (queue TEXT NOT NULL, \"table\" TEXT NOT NULL, \
-         \"offset\" INTEGER, since INTEGER, \"from\" TEXT, id TEXT, \
-         PRIMARY KEY (queue, \"table\"))"
+         \"offset\" INTEGER, since INTEGER, \"from\" TEXT, id TEXT, anchor_offset INTEGER, \
+         anchor_id TEXT, PRIMARY KEY (queue, \"table\"))"
     )
 }
 
 /// A checkpoint table keyed by table but made before checkpoints kept their message's
-/// identity gets the `id` column (NULL: such a row is checked only for the offset).
-fn add_id(conn: &Connection) -> rusqlite::Result<()> {
-    let sql = format!("SELECT 1 FROM pragma_table_info('{CHECKPOINTS}') WHERE name = 'id'");
-    let has: Option<i64> = conn.query_row(&sql, [], |r| r.get(0)).optional()?;
-    if has.is_none() {
-        conn.execute_batch(&format!("ALTER TABLE {CHECKPOINTS} ADD COLUMN id TEXT"))?;
+/// identity (`id`) or the replay's anchor (`anchor_offset`, `anchor_id`) gets the columns
+/// (NULL: such a row is checked for what it has).
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (name, kind) in [("id", "TEXT"), ("anchor_offset", "INTEGER"), ("anchor_id", "TEXT")] {
+        let sql = format!("SELECT 1 FROM pragma_table_info('{CHECKPOINTS}') WHERE name = ?1");
+        let has: Option<i64> = conn.query_row(&sql, [name], |r| r.get(0)).optional()?;
+        if has.is_none() {
+            conn.execute_batch(&format!("ALTER TABLE {CHECKPOINTS} ADD COLUMN {name} {kind}"))?;
+        }
     }
     Ok(())
 }
 
 /// Where the replay of stream `queue` into `table` of the database at `path` resumes; None
-/// when it has no checkpoint there (or there is no database yet).
-/// With an offset, the identity of the message there when it was saved (see
-/// [`crate::amqp::identity`]).
-pub(crate) fn resume_point(
-    path: &Path,
-    queue: &str,
-    table: &str,
-) -> Result<Option<(Offset, Option<String>)>> {
+/// when it has no checkpoint there (or there is no database yet). With an offset, what
+/// identified the message there when it was saved (see [`crate::amqp::Identity`]).
+pub(crate) fn resume_point(path: &Path, queue: &str, table: &str) -> Result<Option<Saved>> {
     if !path.exists() {
         return Ok(None);
     }
@@ -168,19 +169,21 @@ pub(crate) fn resume_point(
         Shape::PerDatabase => bail!(per_database_refusal(&conn, path)),
         Shape::Current => {}
     }
-    add_id(&conn).wrap_err("cannot add the id column to the checkpoint table")?;
+    add_columns(&conn).wrap_err("cannot add the id columns to the checkpoint table")?;
     let sql = format!(
-        "SELECT \"offset\", since, \"from\", id FROM {CHECKPOINTS} \
+        "SELECT \"offset\", since, \"from\", id, anchor_offset, anchor_id FROM {CHECKPOINTS} \
          WHERE queue = ?1 AND \"table\" = ?2"
     );
     let row = conn
         .query_row(&sql, params![queue, table_key(table)], |r| {
-            Ok((
-                r.get::<_, Option<i64>>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
+            Ok(Row {
+                offset: r.get(0)?,
+                since: r.get(1)?,
+                from: r.get(2)?,
+                id: r.get(3)?,
+                anchor_offset: r.get(4)?,
+                anchor_id: r.get(5)?,
+            })
         })
         .optional()
         .wrap_err_with(|| {
@@ -189,29 +192,55 @@ pub(crate) fn resume_point(
                 path.display()
             )
         })?;
-    let Some((offset, since, from, id)) = row else {
+    let Some(row) = row else {
         return Ok(None);
-    };
-    let resume = match (offset, since, from.as_deref()) {
-        (Some(o), _, _) => u64::try_from(o).ok().map(|o| Offset::At(o.saturating_add(1))),
-        (None, Some(t), _) => u64::try_from(t).ok().map(Offset::Time),
-        (None, None, Some("first")) => Some(Offset::First),
-        (None, None, _) => None,
     };
     // Not a place in a stream (another tool, a hand edit): taken as none, the run would
     // start from --offset and skip what was written since.
-    let id = if matches!(resume, Some(Offset::At(_))) { id } else { None };
-    resume.map(|r| Some((r, id))).ok_or_else(|| {
+    row.saved().map(Some).ok_or_else(|| {
         color_eyre::eyre::eyre!(
             "the checkpoint of '{queue}' for table {table} in {} is not one mqdemo wrote \
-             (offset {}, since {}, from {}); correct that row of {CHECKPOINTS}, or remove it to \
-             start from --offset",
+             (offset {}, since {}, from {}, anchor_offset {}); correct that row of \
+             {CHECKPOINTS}, or remove it to start from --offset",
             path.display(),
-            shown(offset),
-            shown(since),
-            from.as_deref().unwrap_or("NULL")
+            shown(row.offset),
+            shown(row.since),
+            row.from.as_deref().unwrap_or("NULL"),
+            shown(row.anchor_offset)
         )
     })
+}
+
+/// One row of the checkpoint table, as stored.
+struct Row {
+    offset: Option<i64>,
+    since: Option<i64>,
+    from: Option<String>,
+    id: Option<String>,
+    anchor_offset: Option<i64>,
+    anchor_id: Option<String>,
+}
+
+impl Row {
+    /// What the row saved; None: it is no place in a stream (or its anchor is none).
+    fn saved(&self) -> Option<Saved> {
+        let resume = match (self.offset, self.since, self.from.as_deref()) {
+            (Some(o), _, _) => Offset::At(u64::try_from(o).ok()?.saturating_add(1)),
+            (None, Some(t), _) => Offset::Time(u64::try_from(t).ok()?),
+            (None, None, Some("first")) => Offset::First,
+            (None, None, _) => return None,
+        };
+        let anchor = match (self.anchor_offset, &self.anchor_id) {
+            (Some(o), Some(id)) => Some(Anchor { offset: u64::try_from(o).ok()?, id: id.clone() }),
+            (None, None) => None,
+            _ => return None,
+        };
+        let mark = match (resume, &self.id) {
+            (Offset::At(_), Some(id)) => Some(Identity { id: id.clone(), anchor }),
+            _ => None,
+        };
+        Some(Saved { resume, mark })
+    }
 }
 
 fn shown(v: Option<i64>) -> String {
@@ -231,7 +260,7 @@ pub(crate) fn save_start(path: &Path, queue: &str, table: &str, start: Start) ->
         "INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\", since, \"from\") \
          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(queue, \"table\") DO UPDATE SET \
          \"offset\" = excluded.\"offset\", since = excluded.since, \"from\" = excluded.\"from\", \
-         id = NULL"
+         id = NULL, anchor_offset = NULL, anchor_id = NULL"
     );
     conn.execute(&upsert, params![queue, table_key(table), offset, since, from])
         .map(drop)
@@ -244,25 +273,31 @@ pub(crate) fn save_start(path: &Path, queue: &str, table: &str, start: Start) ->
         })
 }
 
-/// Save `offset` (and `id`, the identity of its message) as the checkpoint of `queue` into
-/// `table`, inside the caller's transaction.
+/// Save `offset` (and `mark`, what identifies its message) as the checkpoint of `queue`
+/// into `table`, inside the caller's transaction.
 pub(super) fn save(
     conn: &Connection,
     path: &Path,
     queue: &str,
     table: &str,
     offset: u64,
-    id: Option<&str>,
+    mark: Option<&Identity>,
 ) -> Result<()> {
     ensure(conn, path)?;
     let upsert = format!(
-        "INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\", id) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT(queue, \"table\") DO UPDATE SET \"offset\" = excluded.\"offset\", \
-         since = NULL, \"from\" = NULL, id = excluded.id"
+        "INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\", id, anchor_offset, anchor_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(queue, \"table\") DO UPDATE SET \
+         \"offset\" = excluded.\"offset\", since = NULL, \"from\" = NULL, id = excluded.id, \
+         anchor_offset = excluded.anchor_offset, anchor_id = excluded.anchor_id"
     );
-    let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+    let long = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let id = mark.map(|m| m.id.as_str());
+    let anchor = mark.and_then(|m| m.anchor.as_ref());
+    let (anchor_offset, anchor_id) = (anchor.map(|a| long(a.offset)), anchor.map(|a| &a.id));
     conn.prepare_cached(&upsert)
-        .and_then(|mut s| s.execute(params![queue, table_key(table), offset, id]))
+        .and_then(|mut s| {
+            s.execute(params![queue, table_key(table), long(offset), id, anchor_offset, anchor_id])
+        })
         .map(drop)
         .wrap_err("cannot save the checkpoint")
 }
@@ -282,6 +317,15 @@ fn open(path: &Path) -> Result<Connection> {
 mod tests {
     use super::*;
 
+    fn mark(id: &str) -> Identity {
+        Identity { id: id.to_string(), anchor: None }
+    }
+
+    /// What `resume_point` gives for `resume`, with `id` and no anchor.
+    fn saved(resume: Offset, id: Option<&str>) -> Saved {
+        Saved { resume, mark: id.map(mark) }
+    }
+
     fn db() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.db");
@@ -296,18 +340,24 @@ mod tests {
         save_start(&path, "events", "a", Start::Since(1_700_000_000)).expect("start");
         assert_eq!(
             resume_point(&path, "events", "a").expect("a"),
-            Some((Offset::Time(1_700_000_000), None))
+            Some(saved(Offset::Time(1_700_000_000), None))
         );
         assert_eq!(resume_point(&path, "events", "b").expect("b"), None);
-        save(&conn, &path, "events", "A", 41, Some("id:m41")).expect("save");
+        save(&conn, &path, "events", "A", 41, Some(&mark("id:m41"))).expect("save");
         assert_eq!(
             resume_point(&path, "events", "a").expect("a"),
-            Some((Offset::At(42), Some("id:m41".to_string())))
+            Some(saved(Offset::At(42), Some("id:m41")))
         );
         save_start(&path, "events", "b", Start::First).expect("start");
-        assert_eq!(resume_point(&path, "events", "b").expect("b"), Some((Offset::First, None)));
+        assert_eq!(
+            resume_point(&path, "events", "b").expect("b"),
+            Some(saved(Offset::First, None))
+        );
         save_start(&path, "events", "b", Start::After(9)).expect("start");
-        assert_eq!(resume_point(&path, "events", "b").expect("b"), Some((Offset::At(10), None)));
+        assert_eq!(
+            resume_point(&path, "events", "b").expect("b"),
+            Some(saved(Offset::At(10), None))
+        );
         assert_eq!(resume_point(&path, "other", "a").expect("other"), None);
     }
 
@@ -337,7 +387,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE scores (message_id TEXT)").expect("table");
         migrate(&conn).expect("migrate");
         let moved = resume_point(&path, "events", "Scores").expect("moved");
-        assert_eq!(moved, Some((Offset::At(42), None)));
+        assert_eq!(moved, Some(saved(Offset::At(42), None)));
         assert_eq!(resume_point(&path, "events", "other").expect("other"), None);
 
         let (_dir, path, conn) = db();
@@ -360,9 +410,48 @@ mod tests {
         );
         conn.execute_batch(&made).expect("without id");
         let found = resume_point(&path, "events", "a").expect("read");
-        assert_eq!(found, Some((Offset::At(5), None)));
-        save(&conn, &path, "events", "a", 9, Some("sha256:ab")).expect("save");
+        assert_eq!(found, Some(saved(Offset::At(5), None)));
+        save(&conn, &path, "events", "a", 9, Some(&mark("sha256:ab"))).expect("save");
         let found = resume_point(&path, "events", "a").expect("read");
-        assert_eq!(found, Some((Offset::At(10), Some("sha256:ab".to_string()))));
+        assert_eq!(found, Some(saved(Offset::At(10), Some("sha256:ab"))));
+    }
+
+    #[test]
+    fn an_anchor_is_kept_with_the_checkpoint_and_a_table_without_its_columns_gets_them() {
+        let (_dir, path, conn) = db();
+        let made = format!(
+            "CREATE TABLE {CHECKPOINTS} (queue TEXT NOT NULL, \"table\" TEXT NOT NULL, \
+             \"offset\" INTEGER, since INTEGER, \"from\" TEXT, id TEXT, \
+             PRIMARY KEY (queue, \"table\")); \
+             INSERT INTO {CHECKPOINTS} (queue, \"table\", \"offset\", id) \
+             VALUES ('events', 'a', 4, 'id:m4');"
+        );
+        conn.execute_batch(&made).expect("without anchor columns");
+        let found = resume_point(&path, "events", "a").expect("read");
+        assert_eq!(found, Some(saved(Offset::At(5), Some("id:m4"))));
+        let anchored = Identity {
+            id: "sha256:bb".to_string(),
+            anchor: Some(Anchor { offset: 2, id: "sha256:aa".to_string() }),
+        };
+        save(&conn, &path, "events", "a", 9, Some(&anchored)).expect("save");
+        let found = resume_point(&path, "events", "a").expect("read");
+        assert_eq!(found, Some(Saved { resume: Offset::At(10), mark: Some(anchored) }));
+        // A start record names no message: the anchor goes with the id.
+        save_start(&path, "events", "a", Start::First).expect("start");
+        assert_eq!(
+            resume_point(&path, "events", "a").expect("read"),
+            Some(saved(Offset::First, None))
+        );
+        // An anchor that is no place in a stream is refused, like the offset.
+        save(&conn, &path, "events", "a", 9, Some(&mark("id:x"))).expect("save");
+        for bad in ["anchor_offset = -1, anchor_id = 'x'", "anchor_offset = 1"] {
+            conn.execute_batch(&format!("UPDATE {CHECKPOINTS} SET {bad}")).expect("hand edit");
+            let err = resume_point(&path, "events", "a").expect_err(bad);
+            assert!(format!("{err}").contains("not one mqdemo wrote"), "{err}");
+            conn.execute_batch(&format!(
+                "UPDATE {CHECKPOINTS} SET anchor_offset = NULL, anchor_id = NULL"
+            ))
+            .expect("undo");
+        }
     }
 }

@@ -98,6 +98,32 @@ fn row_keys_of_batches_never_equal_another_message_id() {
 }
 
 #[test]
+fn stream_keys_of_messages_without_ids_never_equal_a_message_ids_key() {
+    let hash = crate::codec::sha256_hex(b"{\"a\":1}");
+    let key = stream_row_key("events", 7, &hash, 1);
+    assert_eq!(key, format!("#stream:7:1:{hash}:events"));
+    assert_eq!(key, stream_row_key("events", 7, &hash, 1), "the same each time it is read");
+    // A sender choosing the derived key (or its parts) as its message id gets another key.
+    for id in [key.as_str(), "#stream:7:1", "stream:7:1", "#"] {
+        for row in [None, Some(1), Some(7)] {
+            assert_ne!(row_key(id, row), key, "{id:?} {row:?}");
+            assert!(!row_key(id, row).starts_with(STREAM_KEY_PREFIX), "{id:?} {row:?}");
+        }
+    }
+    // Every part tells two messages apart; a queue with `:` in its name stays apart too.
+    let other = crate::codec::sha256_hex(b"{\"a\":2}");
+    let keys = [
+        stream_row_key("events", 7, &hash, 2),
+        stream_row_key("events", 8, &hash, 1),
+        stream_row_key("events", 7, &other, 1),
+        stream_row_key("events2", 7, &hash, 1),
+        stream_row_key("ev:7:1", 7, &hash, 1),
+    ];
+    let distinct: std::collections::HashSet<&String> = keys.iter().chain([&key]).collect();
+    assert_eq!(distinct.len(), keys.len() + 1);
+}
+
+#[test]
 fn keys_differing_in_case_across_messages_share_one_column() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut db = ResultsDb::open(&dir.path().join("r.db"), "t").expect("open");

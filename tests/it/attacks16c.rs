@@ -165,7 +165,6 @@ fn a_recreated_stream_longer_than_a_sqlite_checkpoint_is_not_read_from_the_middl
 /// Cause: src/amqp/stream.rs:169-174 (`identity`: body hash only) and
 /// src/amqp/probe.rs:94-119 (`check_message`: one message compared).
 #[test]
-#[ignore = "known gap (issue 16): a message without an id is told apart by its body only"]
 fn a_recreated_stream_with_the_same_body_at_the_checkpoint_is_not_read_from_the_middle() {
     let (_failed, q) = atk3_queue("samebody");
     let tmpdir = tempfile::tempdir().expect("tempdir");
@@ -267,7 +266,6 @@ fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
 /// Cause: src/consume/db.rs:96 (fresh keys for a delivery without an id, also from a
 /// stream), with the checkpoint file saved after the commit (src/checkpoint.rs:128-135).
 #[test]
-#[ignore = "known gap (issue 16): a message without an id is stored again when read again"]
 fn sqlite_with_a_checkpoint_file_stores_messages_without_ids_once_across_sigkills() {
     let (_failed, q) = atk3_queue("noidkill");
     let tmpdir = tempfile::tempdir().expect("tempdir");
@@ -389,7 +387,6 @@ fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
 /// Cause: src/amqp/probe.rs:60-62 (`ms > now_ms`: None, and the plan is never probed again,
 /// src/amqp/consumer.rs:553), so the timestamp comparison of src/amqp/stream.rs:67 decides.
 #[test]
-#[ignore = "known gap (issue 16): a window read live ends by the producers' timestamps"]
 fn back_to_back_windows_read_live_read_every_message_once() {
     let (_failed, q) = atk3_queue("livewin");
     let tmpdir = tempfile::tempdir().expect("tempdir");
