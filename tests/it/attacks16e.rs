@@ -225,7 +225,7 @@ fn two_runs_adding_the_id_column_at_once_both_resume() {
 /// that upgrade at once, busy timeout or not. Made deterministic here by holding a write
 /// transaction (BEGIN IMMEDIATE) on the new file while the run starts, released as soon as
 /// the run has either failed or is waiting for it.
-/// Cause: src/results_db.rs:80-83 (the setup batch, journal_mode first; an SQLITE_BUSY from
+/// Cause: src/results_db.rs:81-84 (the setup batch, journal_mode first; an SQLITE_BUSY from
 /// it is not retried), the same in src/results_db/checkpoints.rs:274-277.
 #[test]
 fn a_run_on_a_new_database_waits_for_another_writer() {
