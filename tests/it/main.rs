@@ -8,6 +8,7 @@ mod attacks16;
 mod attacks16b;
 mod attacks16c;
 mod attacks16d;
+mod attacks16e;
 mod batch15;
 mod broker;
 mod cluster;
