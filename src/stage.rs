@@ -148,6 +148,13 @@ struct Stage<'a> {
     riders: usize,
     /// The batch at the model (`--batch-size`), if any.
     in_flight: Option<Flight>,
+    /// Batches answered whose answers are not all confirmed yet, oldest first: how many
+    /// deliveries each holds back from the ack (riders included), and the producer's ticket
+    /// after its last message. Held until then, so an ack never waits for a confirm.
+    confirming: std::collections::VecDeque<(usize, u64)>,
+    /// The ticket after the last message of the batches let go so far: what an ack needs
+    /// confirmed.
+    released: u64,
 }
 
 /// Why a message of a batch is not handed to the model.
@@ -217,6 +224,8 @@ impl<'a> Stage<'a> {
             stuck: 0,
             riders: 0,
             in_flight: None,
+            confirming: std::collections::VecDeque::new(),
+            released: 0,
         })
     }
 
@@ -514,6 +523,9 @@ impl<'a> Stage<'a> {
                     return Err(e);
                 }
                 self.strand(std::iter::once(&n));
+                if let Some(f) = &landed {
+                    self.confirming.push_back((f.held.len() + f.riders, self.producer.ticket()));
+                }
                 return Err(self.broken_error());
             }
             match self.launch(&n) {
@@ -537,8 +549,30 @@ impl<'a> Stage<'a> {
             self.strand(landed.iter().chain(settle_next.iter()).chain(launched.iter()));
             return Err(e);
         }
+        let settled: usize =
+            landed.iter().chain(&settle_next).map(|f| f.held.len() + f.riders).sum();
+        if settled > 0 {
+            self.confirming.push_back((settled, self.producer.ticket()));
+        }
         self.in_flight = launched;
+        self.release();
         Ok(())
+    }
+
+    /// Let go of the answered batches whose answers are all confirmed by now (oldest first:
+    /// the consumer acks up to the newest delivery the stage no longer holds).
+    fn release(&mut self) {
+        if self.confirming.is_empty() {
+            return;
+        }
+        let below = self.producer.settled_below();
+        while let Some(&(_, end)) = self.confirming.front() {
+            if end > below {
+                break;
+            }
+            self.released = self.released.max(end);
+            self.confirming.pop_front();
+        }
     }
 
     /// Hand the model the batch's requests, without waiting for its answer; false: nothing
@@ -686,6 +720,7 @@ impl<'a> Stage<'a> {
 
 impl Handler for Stage<'_> {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
+        self.release();
         if self.seen.contains(d) {
             self.counts.duplicates += 1;
             crate::metrics::duplicate();
@@ -711,8 +746,13 @@ impl Handler for Stage<'_> {
             self.batch_started.get_or_insert_with(Instant::now);
             // A partial batch goes when it is due (`idle`): the consumer wakes it then, once
             // no delivery it has already received is waiting, so what came is taken along.
-            if self.batch.len() >= self.cfg.batch {
-                self.run_batch()?;
+            if self.batch.len() >= self.cfg.batch
+                && let Err(e) = self.run_batch()
+            {
+                // This delivery stays with its batch, but the consumer counts it apart: it
+                // gives back the delivery in hand itself (`held` covers only those before).
+                self.stuck = self.stuck.saturating_sub(1);
+                return Err(e);
             }
             return Ok(Disposition::Ack);
         }
@@ -754,7 +794,8 @@ impl Handler for Stage<'_> {
 
     fn held(&self) -> usize {
         let flying = self.in_flight.as_ref().map_or(0, |f| f.held.len() + f.riders);
-        self.batch.len() + self.riders + self.stuck + flying
+        let confirming: usize = self.confirming.iter().map(|(n, _)| n).sum();
+        self.batch.len() + self.riders + self.stuck + flying + confirming
     }
 
     fn complete(&mut self) -> Result<()> {
@@ -767,16 +808,30 @@ impl Handler for Stage<'_> {
         Ok(())
     }
 
+    fn confirm(&mut self) -> Result<()> {
+        if let Some(&(_, end)) = self.confirming.back() {
+            let refused = self.producer.flush_through(end)?;
+            self.settle_refusals(refused)?;
+            self.released = self.released.max(end);
+            self.confirming.clear();
+        }
+        Ok(())
+    }
+
     fn due(&self) -> Option<Instant> {
         let filled = self.batch_started.map(|t| t + self.cfg.batch_wait);
-        // A batch with the model: look for its answer every little while.
-        let answered = self.in_flight.as_ref().map(|_| Instant::now() + FLIGHT_POLL);
+        // A batch at the model, or answers not yet confirmed: look again in a little while.
+        let waiting = self.in_flight.is_some() || !self.confirming.is_empty();
+        let answered = waiting.then(|| Instant::now() + FLIGHT_POLL);
         filled.into_iter().chain(answered).min()
     }
 
     fn dropped(&mut self) {
         self.stuck = 0;
         self.riders = 0;
+        // Answered: when they come again they are repeats (acked), and the producer still
+        // sees their answers confirmed.
+        self.confirming.clear();
         let mut gone = std::mem::take(&mut self.batch);
         if let Some(f) = self.in_flight.take() {
             // Its inputs come again: the model's answer to them is taken and dropped, so
@@ -795,6 +850,7 @@ impl Handler for Stage<'_> {
     }
 
     fn idle(&mut self) -> Result<()> {
+        self.release();
         let filled = self.batch_started.map(|t| t + self.cfg.batch_wait);
         if filled.is_some_and(|due| Instant::now() >= due) {
             self.run_batch()?;
@@ -821,7 +877,21 @@ impl Handler for Stage<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        for (label, why) in self.producer.flush()? {
+        // Batches are acked once their answers are confirmed (`release`): nothing to wait for.
+        let refused = if self.batching() {
+            self.producer.flush_through(self.released)?
+        } else {
+            self.producer.flush()?
+        };
+        self.settle_refusals(refused)
+    }
+}
+
+impl Stage<'_> {
+    /// Answers the broker refused for good: a reply nobody waits for any more is let go; any
+    /// other stops the run before the inputs are acked.
+    fn settle_refusals(&self, refused: Vec<(String, String)>) -> Result<()> {
+        for (label, why) in refused {
             if label.starts_with(REPLY_LABEL) {
                 // The client went away (its reply queue is gone): nothing to deliver to.
                 self.reporter.warn(&format!("{label} not delivered: {why}"));

@@ -57,6 +57,11 @@ pub trait Handler {
     fn complete(&mut self) -> Result<()> {
         Ok(())
     }
+    /// The run ends (also on a signal): make durable what is handled but still held until
+    /// it is (answers awaiting their confirms), so it is acked now.
+    fn confirm(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The channel was lost: the deliveries the handler holds will come again, so it lets
     /// go of them without handling them.
     fn dropped(&mut self) {}
@@ -331,8 +336,7 @@ impl<'a> ConsumeState<'a> {
                     if let Err(e) = handler.idle() {
                         self.halt.store(true, Ordering::SeqCst);
                         // What was handled before stays handled.
-                        self.sync_held(handler);
-                        let _ = self.ack_pending(handler);
+                        self.keep_handled(handler);
                         return Err(e);
                     }
                     // A batch that came due is handled now: ack it.
@@ -480,7 +484,7 @@ impl<'a> ConsumeState<'a> {
             }
             Err(e) => {
                 self.halt.store(true, Ordering::SeqCst);
-                let _ = self.ack_pending(handler);
+                self.keep_handled(handler);
                 if self.stream.is_none() {
                     // (A stream keeps it anyway, and takes no nack.)
                     let _ = d.nack(self.channel, true);
@@ -489,6 +493,13 @@ impl<'a> ConsumeState<'a> {
             }
             Ok(Disposition::Ack) => Ok(()),
         }
+    }
+
+    /// The run stops on an error: what was handled is acked (once durable), the rest stays.
+    fn keep_handled(&mut self, handler: &mut dyn Handler) {
+        let _ = handler.confirm();
+        self.sync_held(handler);
+        let _ = self.ack_pending(handler);
     }
 
     /// The deliveries the handler no longer holds are handled: the newest becomes `last`.
@@ -510,9 +521,15 @@ impl<'a> ConsumeState<'a> {
             self.sync_held(handler);
             if let Err(e) = completed {
                 self.halt.store(true, Ordering::SeqCst);
-                let _ = self.ack_pending(handler);
+                self.keep_handled(handler);
                 return Err(e);
             }
+        }
+        let confirmed = handler.confirm();
+        self.sync_held(handler);
+        if let Err(e) = confirmed {
+            self.halt.store(true, Ordering::SeqCst);
+            return Err(e);
         }
         self.ack_pending(handler)
     }

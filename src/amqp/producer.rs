@@ -51,6 +51,8 @@ pub struct Producer {
     failing_since: Option<Instant>,
     confirmed_at_loss: u64,
     losses: u64,
+    /// The ticket the next message gets (see [`Producer::settled_below`]).
+    next_ticket: u64,
 }
 
 /// Declare every queue of `specs` on `session` and open a confirming publisher to `target`
@@ -145,11 +147,12 @@ impl Producer {
             failing_since: None,
             confirmed_at_loss: 0,
             losses: 0,
+            next_ticket: 0,
         })
     }
 
     /// Publish one message (blocks while the confirm window is full or the broker blocks).
-    pub fn publish(&mut self, msg: Message) -> Result<()> {
+    pub fn publish(&mut self, mut msg: Message) -> Result<()> {
         if let Some(n) = msg.oversized_properties().or_else(|| self.target.oversized(&msg)) {
             // Sent, the broker would close the connection (FRAME_ERROR) on every attempt.
             return Err(fatal(format!(
@@ -159,6 +162,8 @@ impl Producer {
                 crate::codec::MAX_PROPERTY_BYTES
             )));
         }
+        msg.ticket = self.next_ticket;
+        self.next_ticket += 1;
         self.backlog.push_back(msg);
         let r = self.drain();
         self.gave_up = r.is_err();
@@ -181,12 +186,64 @@ impl Producer {
         let r = self.settle_all();
         self.gave_up = r.is_err();
         r?;
+        Ok(self.take_refused())
+    }
+
+    /// Messages refused for good since the last call.
+    fn take_refused(&mut self) -> Vec<(String, String)> {
         let mut refused = std::mem::take(&mut self.done.refused);
         if let Some((_, p)) = self.live.as_mut() {
             refused.append(&mut p.report.refused);
         }
         self.refused_total.extend(refused.iter().cloned());
-        Ok(refused)
+        refused
+    }
+
+    /// The ticket the next message published gets: every message published so far has a
+    /// smaller one.
+    pub fn ticket(&self) -> u64 {
+        self.next_ticket
+    }
+
+    /// Every message with a ticket below this one is settled (confirmed, or refused for
+    /// good: [`Producer::flush_through`] hands those out); taking in the confirms that have
+    /// come, without waiting. A lost connection shows at the next publish or flush.
+    pub fn settled_below(&mut self) -> u64 {
+        if let Some((_, p)) = self.live.as_mut() {
+            let _ = p.poll();
+        }
+        let live = self.live.as_ref().and_then(|(_, p)| p.oldest_open());
+        let backlog = self.backlog.iter().map(|m| m.ticket);
+        backlog.chain(live).min().unwrap_or(self.next_ticket)
+    }
+
+    /// Like [`Producer::flush`], waiting only for the messages with a ticket below `ticket`.
+    pub fn flush_through(&mut self, ticket: u64) -> Result<Vec<(String, String)>> {
+        let r = self.settle_through(ticket);
+        self.gave_up = r.is_err();
+        r?;
+        Ok(self.take_refused())
+    }
+
+    fn settle_through(&mut self, ticket: u64) -> Result<()> {
+        while self.settled_below() < ticket {
+            self.drain()?;
+            let waited = match self.live.as_mut() {
+                Some((_, p)) => {
+                    let ctx =
+                        Ctx { stop: &self.stop, retry: self.retry, on_event: &*self.on_event };
+                    p.wait_below(ticket, &ctx)
+                }
+                None => return Err(fatal("not connected to the broker".into())),
+            };
+            match waited {
+                Ok(()) => {
+                    self.retry_nacked()?;
+                }
+                Err(e) => self.recover(e)?,
+            }
+        }
+        Ok(())
     }
 
     fn settle_all(&mut self) -> Result<()> {

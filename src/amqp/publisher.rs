@@ -229,6 +229,26 @@ impl Publisher {
         Ok(())
     }
 
+    /// Wait until no message with a ticket below `ticket` waits for its confirm.
+    pub(super) fn wait_below(&mut self, ticket: u64, ctx: &Ctx<'_>) -> Result<()> {
+        while self.pending.iter().any(|(_, m)| m.ticket < ticket) {
+            self.wait_for_confirm(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Take in the confirms that have come, without waiting.
+    pub(super) fn poll(&mut self) -> Result<()> {
+        self.poll_confirms()
+    }
+
+    /// The smallest ticket of a message sent on this channel whose fate is open: waiting for
+    /// its confirm, or nacked and to be sent again.
+    pub(super) fn oldest_open(&self) -> Option<u64> {
+        let pending = self.pending.iter().map(|(_, m)| m.ticket);
+        pending.chain(self.nacked.iter().map(|m| m.ticket)).min()
+    }
+
     fn poll_blocked(&mut self, ctx: &Ctx<'_>) {
         while let Ok(note) = self.blocked_rx.try_recv() {
             match note {

@@ -201,6 +201,7 @@ mod tests {
             label: "a.csv:1".into(),
             route: Route::default(),
             original: Original::default(),
+            ticket: 0,
         }
     }
 

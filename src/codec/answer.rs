@@ -48,6 +48,7 @@ pub fn answer(
         label,
         route: back_to(d, to),
         original: Original::default(),
+        ticket: 0,
     }
 }
 
@@ -65,6 +66,7 @@ pub fn error_reply(d: &Delivery, input_id: &str, reason: &str, to: &str, label: 
         label,
         route: back_to(d, to),
         original: Original::default(),
+        ticket: 0,
     }
 }
 

@@ -118,6 +118,7 @@ pub fn failed_copy(d: &Delivery, body: Vec<u8>, id: &str, reason: &str, to: &str
             reply_to: None,
         },
         original: d.original.clone(),
+        ticket: 0,
     };
     if msg.oversized_properties().is_some() {
         // The input's own headers are what does not fit: keep only the reason.
@@ -155,6 +156,7 @@ pub fn requeued_copy(d: &Delivery, body: Vec<u8>, id: &str, to: &str, label: Str
             reply_to: d.reply_to.clone(),
         },
         original: d.original.clone(),
+        ticket: 0,
     }
 }
 

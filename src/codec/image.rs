@@ -44,6 +44,7 @@ pub fn encode(source: &str, bytes: Vec<u8>) -> Result<Message, NotAnImage> {
         label: source.to_string(),
         route: super::Route::default(),
         original: super::Original::default(),
+        ticket: 0,
     })
 }
 

@@ -140,6 +140,9 @@ pub struct Message {
     /// For a copy of a delivery (the failed queue): its properties as they came, which the
     /// publisher uses instead of making its own. Empty for everything mqdemo makes.
     pub original: Original,
+    /// Its place in publishing order, set when it is handed to a [`crate::amqp::Producer`]
+    /// (see `Producer::settled_below`).
+    pub ticket: u64,
 }
 
 /// The most bytes a message's properties and headers may take: they travel in one content
@@ -412,6 +415,7 @@ pub(crate) mod tests {
             label: "x".into(),
             route: Route::default(),
             original: Original::default(),
+            ticket: 0,
         };
         assert_eq!(msg.oversized_properties(), None);
         msg.headers.insert("big".into(), HeaderValue::Str("h".repeat(MAX_PROPERTY_BYTES)));

@@ -218,6 +218,7 @@ fn build(source: &str, line: Option<(u64, &str)>, body: Vec<u8>) -> Message {
         label,
         route: super::Route::default(),
         original: super::Original::default(),
+        ticket: 0,
     }
 }
 

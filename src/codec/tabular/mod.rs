@@ -209,6 +209,7 @@ impl Encoder {
             label,
             route: super::Route::default(),
             original: super::Original::default(),
+            ticket: 0,
         }
     }
 }
