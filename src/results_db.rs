@@ -2,11 +2,13 @@
 //! received row, a column per JSON key (added as new keys appear), and `message_id` as the
 //! primary key, so a redelivered message is stored once.
 //!
-//! Rows are inserted inside one transaction per ack batch; [`ResultsDb::commit`] makes them
+//! Rows are inserted inside one transaction per ack batch, begun `IMMEDIATE` (other runs may
+//! write other tables of the database: see `sqlite`); [`ResultsDb::commit`] makes them
 //! durable (WAL, `synchronous=FULL`) before the consumer acks.
 
 mod checkpoints;
 mod schema;
+mod sqlite;
 
 pub(crate) use checkpoints::{resume_point, save_start};
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
@@ -92,11 +94,8 @@ impl ResultsDb {
         if let Some(why) = check_table_name(table) {
             bail!(why);
         }
-        let conn = Connection::open(path).wrap_err_with(|| {
-            format!("cannot open SQLite database {}; check the --sqlite path", path.display())
-        })?;
-        let setup = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;";
-        conn.execute_batch(setup).wrap_err_with(|| {
+        let conn = sqlite::open(path)?;
+        sqlite::setup(&conn).wrap_err_with(|| {
             format!("cannot open {}; is it an SQLite database you may write?", path.display())
         })?;
         // Before this run's table is created: an older checkpoint table's rows belong to the
@@ -184,7 +183,7 @@ impl ResultsDb {
     /// Call [`ResultsDb::refuse`] first.
     pub(crate) fn store(&mut self, rows: &[(String, &Map<String, Value>)]) -> Result<Stored> {
         if !self.in_transaction {
-            self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
+            sqlite::begin(&self.conn).wrap_err("cannot start an SQLite transaction")?;
             self.in_transaction = true;
         }
         self.conn
@@ -252,7 +251,7 @@ impl ResultsDb {
         mark: Option<&crate::amqp::Identity>,
     ) -> Result<()> {
         if !self.in_transaction {
-            self.conn.execute_batch("BEGIN").wrap_err("cannot start an SQLite transaction")?;
+            sqlite::begin(&self.conn).wrap_err("cannot start an SQLite transaction")?;
             self.in_transaction = true;
         }
         checkpoints::save(&self.conn, &self.path, queue, &self.table, offset, mark)

@@ -9,6 +9,7 @@
 
 mod browse;
 mod consumer;
+mod counted;
 mod endpoint;
 mod error;
 mod meta;

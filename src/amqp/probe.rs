@@ -18,6 +18,13 @@ const PROBE_GAP: Duration = Duration::from_millis(300);
 /// Longest a probe reads: a stream written to steadily never leaves a gap, and a probe for
 /// an offset far past its end would otherwise read for as long as the writer writes.
 const PROBE_TOTAL: Duration = Duration::from_secs(5);
+/// Bytes the broker must send during a wait that brings no delivery for the wait to count
+/// as a body arriving (a heartbeat is 8 bytes): the probe then waits again, so a large
+/// message over a slower link is not taken for nothing sent.
+const ARRIVING_BYTES: u64 = 4096;
+/// Longest a probe reads while a body keeps arriving: a 512 MiB message (RabbitMQ's largest
+/// `max_message_size`) at 1.7 MiB/s.
+const PROBE_ARRIVING_MAX: Duration = Duration::from_secs(300);
 /// Deliveries a probe lets the broker send ahead: it acks each one as it reads it, so it
 /// holds at most this many bodies (a stream of 4 MiB messages once took a probe at a
 /// prefetch of 1000 to 205 MiB).
@@ -33,12 +40,60 @@ pub(super) struct Plan {
 }
 
 /// What a probe consumer saw: its first delivery (offset and identity), the highest offset,
-/// and whether PROBE_TOTAL cut it short (more was still coming).
+/// whether PROBE_TOTAL cut it short (more was still coming), and whether that was while a
+/// body was still arriving after PROBE_ARRIVING_MAX (then `received`: the bytes the
+/// connection had brought meanwhile).
 #[derive(Debug, Default)]
 struct Seen {
     first: Option<(u64, String)>,
     highest: Option<u64>,
     cut: bool,
+    arriving: Option<u64>,
+}
+
+/// How long a probe waits for its next delivery, from what it has seen: PROBE_FIRST for the
+/// first, PROBE_GAP for each next one, reading for PROBE_TOTAL in all. A wait that brings no
+/// delivery but at least ARRIVING_BYTES is a body on its way, not the end: the probe waits
+/// again, and goes on past PROBE_TOTAL while it keeps arriving, up to PROBE_ARRIVING_MAX.
+#[derive(Debug, Default)]
+struct Patience {
+    delivered: bool,
+    arriving: bool,
+}
+
+/// What a probe does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Wait this long for a delivery.
+    Wait(Duration),
+    /// Stop: nothing more came.
+    Done,
+    /// Stop: it has read long enough (more may be coming).
+    Cut,
+}
+
+impl Patience {
+    /// Before a wait, `elapsed` into the probe.
+    fn before_wait(&self, elapsed: Duration) -> Step {
+        let limit = if self.arriving { PROBE_ARRIVING_MAX } else { PROBE_TOTAL };
+        match (elapsed >= limit, self.delivered) {
+            (true, _) => Step::Cut,
+            (false, true) => Step::Wait(PROBE_GAP),
+            (false, false) => Step::Wait(PROBE_FIRST),
+        }
+    }
+
+    /// A delivery came.
+    fn delivered(&mut self) {
+        self.delivered = true;
+        self.arriving = false;
+    }
+
+    /// A wait ended without a delivery, `bytes` having come from the broker meanwhile.
+    fn timed_out(&mut self, bytes: u64) -> Step {
+        self.arriving = bytes >= ARRIVING_BYTES;
+        if self.arriving { Step::Wait(Duration::ZERO) } else { Step::Done }
+    }
 }
 
 /// Probe stream `queue` for `read`. Err: a refusal (fatal, for the user), or trouble with the
@@ -115,6 +170,11 @@ fn check_place(
         return check_message(session, queue, from, read, want);
     }
     let last = consume_from(session, queue, Offset::Last, |o| o >= needed)?;
+    if last.arriving.is_some() {
+        // Still bringing a body after PROBE_ARRIVING_MAX: where the stream ends is not
+        // known, as when nothing came (below).
+        return Ok(None);
+    }
     match last.highest {
         Some(h) if h < needed => {
             Err(fatal(refusal(queue, read, from, &format!("it ends at offset {h}"))))
@@ -143,8 +203,8 @@ fn check_message(
 ) -> Result<Option<Anchor>> {
     let needed = from - 1;
     let waited = PROBE_FIRST.as_secs();
-    let Some((oldest, oldest_id)) = consume_from(session, queue, Offset::First, |_| true)?.first
-    else {
+    let first = consume_from(session, queue, Offset::First, |_| true)?;
+    let Some((oldest, oldest_id)) = delivered(first, queue, read)? else {
         let why = format!(
             "it sent no message within {waited} s from its first offset (it is empty, or the \
              broker is not serving it yet: then run again)"
@@ -160,7 +220,11 @@ fn check_message(
         let at = if anchor.offset == oldest.offset {
             Some((oldest.offset, oldest.id.clone()))
         } else {
-            consume_from(session, queue, Offset::At(anchor.offset), |_| true)?.first
+            delivered(
+                consume_from(session, queue, Offset::At(anchor.offset), |_| true)?,
+                queue,
+                read,
+            )?
         };
         if let Some(why) =
             differs(at, anchor.offset, &anchor.id, "the first message the replay read")
@@ -168,11 +232,35 @@ fn check_message(
             return Err(fatal(refusal(queue, read, from, &why)));
         }
     }
-    let at = consume_from(session, queue, Offset::At(needed), |_| true)?.first;
+    let at = delivered(consume_from(session, queue, Offset::At(needed), |_| true)?, queue, read)?;
     if let Some(why) = differs(at, needed, want, "the one the checkpoint names") {
         return Err(fatal(refusal(queue, read, from, &why)));
     }
     Ok(Some(kept.cloned().unwrap_or(oldest)))
+}
+
+/// The first delivery a probe saw; an error when none came because a body was still
+/// arriving after PROBE_ARRIVING_MAX: a link too slow for the check, which says nothing
+/// about the checkpoint (it is kept; the fix is not to delete it).
+fn delivered(seen: Seen, queue: &str, read: &StreamRead) -> Result<Option<(u64, String)>> {
+    match (seen.first, seen.arriving) {
+        (None, Some(bytes)) => Err(fatal(still_arriving(queue, read, bytes))),
+        (first, _) => Ok(first),
+    }
+}
+
+/// Why a check of stream `queue` could not finish: a message was still arriving after
+/// PROBE_ARRIVING_MAX, `bytes` having come.
+fn still_arriving(queue: &str, read: &StreamRead, bytes: u64) -> String {
+    let kept = match &read.resumed_from {
+        Some(place) => format!("; the checkpoint in {place} is kept as it is"),
+        None => String::new(),
+    };
+    format!(
+        "cannot check stream '{queue}' before reading it: a message was still arriving after          {} s ({:.1} MiB received), the link to the broker is too slow for the check{kept};          run again over a faster link",
+        PROBE_ARRIVING_MAX.as_secs(),
+        bytes as f64 / f64::from(1u32 << 20)
+    )
 }
 
 /// Why the first delivery from offset `offset` (`got`) is not the message `want` (`what`);
@@ -208,7 +296,8 @@ pub(super) fn refusal(queue: &str, read: &StreamRead, from: u64, why: &str) -> S
 
 /// Consume `queue` from `at` on a channel of its own until `enough` holds for a delivery's
 /// offset, or nothing more comes (PROBE_FIRST before the first delivery, PROBE_GAP after),
-/// or PROBE_TOTAL has passed.
+/// or PROBE_TOTAL has passed (PROBE_ARRIVING_MAX while a body is still arriving: see
+/// [`Patience`]).
 fn consume_from(
     session: &mut Session,
     queue: &str,
@@ -224,15 +313,24 @@ fn consume_from(
         .and_then(|()| channel.basic_consume(queue, options))
         .map_err(|e| explain(e, &ep, doing))?;
     let mut seen = Seen::default();
-    let mut wait = PROBE_FIRST;
+    let mut patience = Patience::default();
     let started = std::time::Instant::now();
+    let at_start = session.bytes_received();
     let ended: Option<Report> = loop {
-        if started.elapsed() >= PROBE_TOTAL {
-            seen.cut = true;
-            break None;
-        }
+        let wait = match patience.before_wait(started.elapsed()) {
+            Step::Wait(wait) => wait,
+            Step::Done => break None,
+            Step::Cut => {
+                seen.cut = true;
+                let received = session.bytes_received().saturating_sub(at_start);
+                seen.arriving = patience.arriving.then_some(received);
+                break None;
+            }
+        };
+        let before = session.bytes_received();
         match consumer.receiver().recv_timeout(wait) {
             Ok(ConsumerMessage::Delivery(d)) => {
+                patience.delivered();
                 if let Some(o) = position(&d) {
                     seen.first.get_or_insert_with(|| (o, identity(&d)));
                     seen.highest = seen.highest.max(Some(o));
@@ -243,9 +341,13 @@ fn consume_from(
                 // The next one is sent only once this is acked (PROBE_PREFETCH); a failed
                 // ack shows as the channel closing.
                 let _ = consumer.ack(d);
-                wait = PROBE_GAP;
             }
-            Err(RecvTimeoutError::Timeout) => break None,
+            Err(RecvTimeoutError::Timeout) => {
+                let bytes = session.bytes_received().saturating_sub(before);
+                if patience.timed_out(bytes) == Step::Done {
+                    break None;
+                }
+            }
             Ok(
                 ConsumerMessage::ServerClosedChannel(e)
                 | ConsumerMessage::ServerClosedConnection(e),
@@ -288,6 +390,44 @@ mod tests {
             checked_id: None,
             anchor: None,
         }
+    }
+
+    #[test]
+    fn a_probe_waits_for_the_first_delivery_then_for_gaps_and_is_cut_at_its_total() {
+        let mut p = Patience::default();
+        assert_eq!(p.before_wait(Duration::ZERO), Step::Wait(PROBE_FIRST));
+        p.delivered();
+        assert_eq!(p.before_wait(Duration::from_secs(1)), Step::Wait(PROBE_GAP));
+        assert_eq!(p.before_wait(PROBE_TOTAL), Step::Cut);
+        // A heartbeat is no body: the wait ends the probe.
+        assert_eq!(p.timed_out(8), Step::Done);
+        assert_eq!(Patience::default().timed_out(0), Step::Done);
+    }
+
+    #[test]
+    fn a_body_still_arriving_is_waited_for_past_the_total_but_not_forever() {
+        let mut p = Patience::default();
+        assert_eq!(p.timed_out(ARRIVING_BYTES), Step::Wait(Duration::ZERO));
+        assert_eq!(p.before_wait(PROBE_FIRST), Step::Wait(PROBE_FIRST));
+        assert_eq!(p.before_wait(PROBE_TOTAL * 2), Step::Wait(PROBE_FIRST));
+        assert_eq!(p.before_wait(PROBE_ARRIVING_MAX), Step::Cut);
+        // Once it has come, the probe is back to its usual total: a steady writer of large
+        // messages does not keep it reading.
+        p.delivered();
+        assert_eq!(p.before_wait(PROBE_TOTAL), Step::Cut);
+        assert_eq!(p.timed_out(ARRIVING_BYTES - 1), Step::Done);
+    }
+
+    #[test]
+    fn a_check_cut_while_a_body_arrives_keeps_the_checkpoint() {
+        let seen = Seen { arriving: Some(150 << 20), cut: true, ..Seen::default() };
+        let err =
+            format!("{}", delivered(seen, "events", &read(Some("run.ckpt"))).expect_err("cut"));
+        assert!(err.contains("still arriving") && err.contains("150.0 MiB"), "{err}");
+        assert!(err.contains("is kept") && !err.contains("delete"), "{err}");
+        let seen = Seen { first: Some((4, "id:x".into())), ..Seen::default() };
+        assert_eq!(delivered(seen, "events", &read(None)).expect("came"), Some((4, "id:x".into())));
+        assert_eq!(delivered(Seen::default(), "events", &read(None)).expect("none"), None);
     }
 
     #[test]

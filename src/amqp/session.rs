@@ -1,6 +1,7 @@
 //! One connection to the broker: opening it with deadlines (and TLS with a private CA),
 //! declaring and deleting queues, and opening channels.
 
+use super::counted::CountedStream;
 use super::endpoint::{DEFAULT_HEARTBEAT_SECS, Endpoint};
 use super::error::{connect_failed, explain, fatal, is_retryable};
 use super::topology::{QueueSpec, declare};
@@ -11,6 +12,8 @@ use amiquip::{
 use color_eyre::eyre::{Report, Result};
 use crossbeam_channel::Receiver;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -19,6 +22,8 @@ pub struct Session {
     conn: Connection,
     endpoint: Endpoint,
     blocked: Receiver<ConnectionBlockedNotification>,
+    /// Bytes read from the broker on this connection so far.
+    received: Arc<AtomicU64>,
 }
 
 /// What the broker said about a queue when it was declared.
@@ -34,10 +39,11 @@ impl Session {
     /// Connect, within the endpoint's timeout. amiquip may buffer up to `write_buffer` bytes
     /// of writes before a channel's next write waits (see `tuning`).
     pub fn open(endpoint: &Endpoint, write_buffer: usize) -> Result<Session> {
-        let mut conn = open_stream(endpoint, tls_for(endpoint)?, write_buffer)?;
+        let received = Arc::new(AtomicU64::new(0));
+        let mut conn = open_stream(endpoint, tls_for(endpoint)?, write_buffer, &received)?;
         let blocked =
             conn.listen_for_connection_blocked().map_err(|e| explain(e, endpoint, "connecting"))?;
-        Ok(Session { conn, endpoint: endpoint.clone(), blocked })
+        Ok(Session { conn, endpoint: endpoint.clone(), blocked, received })
     }
 
     /// Connect to the first endpoint that answers, trying each once (the start of a run:
@@ -67,6 +73,13 @@ impl Session {
     /// The endpoint this session is connected to.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Bytes the broker has sent on this connection so far (frames whole or in part): a
+    /// delivery is handed over only once its body is complete, so this is how a wait for one
+    /// sees a large body arriving.
+    pub(super) fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// The broker's connection.blocked / unblocked notices.
@@ -151,6 +164,7 @@ fn open_stream(
     ep: &Endpoint,
     tls: Option<native_tls::TlsConnector>,
     write_buffer: usize,
+    received: &Arc<AtomicU64>,
 ) -> Result<Connection> {
     let deadline = Instant::now() + ep.timeout;
     let url = Url::parse(&ep.url).map_err(|e| fatal(format!("--url {}: {e}", ep.masked())))?;
@@ -183,6 +197,7 @@ fn open_stream(
         let attempt = mio::net::TcpStream::from_stream(stream)
             .map_err(|e| connect_failed(&e, ep))
             .and_then(|stream| {
+                let stream = CountedStream::new(stream, received.clone());
                 match &tls {
                     Some(connector) => Connection::open_tls_stream(
                         connector.clone(),

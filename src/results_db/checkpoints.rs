@@ -13,6 +13,7 @@
 //! results table (its rows are that table's); with several, which one they belong to is not
 //! known, and a run with `--checkpoint sqlite` is refused with the saved offsets and the fix.
 
+use super::sqlite::{self, write_locked};
 use crate::amqp::{Anchor, Identity, Offset};
 use crate::checkpoint::{Saved, Start};
 use color_eyre::eyre::{Result, WrapErr, bail};
@@ -105,10 +106,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     // Holding the write lock from the first look, so two runs opening the database at once
     // migrate it once.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let done = migrate_locked(conn);
-    let ended = conn.execute_batch(if done.is_ok() { "COMMIT" } else { "ROLLBACK" });
-    done.and(ended)
+    write_locked(conn, || migrate_locked(conn))
 }
 
 fn migrate_locked(conn: &Connection) -> rusqlite::Result<()> {
@@ -141,18 +139,38 @@ fn create_sql(name: &str) -> String {
     )
 }
 
-/// A checkpoint table keyed by table but made before checkpoints kept their message's
-/// identity (`id`) or the replay's anchor (`anchor_offset`, `anchor_id`) gets the columns
-/// (NULL: such a row is checked for what it has).
-fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
-    for (name, kind) in [("id", "TEXT"), ("anchor_offset", "INTEGER"), ("anchor_id", "TEXT")] {
-        let sql = format!("SELECT 1 FROM pragma_table_info('{CHECKPOINTS}') WHERE name = ?1");
+/// The columns a checkpoint table of the current shape may lack, with their types: `id`
+/// (made before checkpoints kept their message's identity), `anchor_offset` and
+/// `anchor_id` (before they kept the replay's anchor).
+const ADDED_COLUMNS: [(&str, &str); 3] =
+    [("id", "TEXT"), ("anchor_offset", "INTEGER"), ("anchor_id", "TEXT")];
+
+/// Which of [`ADDED_COLUMNS`] the checkpoint table lacks.
+fn missing_columns(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
+    let sql = format!("SELECT 1 FROM pragma_table_info('{CHECKPOINTS}') WHERE name = ?1");
+    let mut missing = Vec::new();
+    for (name, kind) in ADDED_COLUMNS {
         let has: Option<i64> = conn.query_row(&sql, [name], |r| r.get(0)).optional()?;
         if has.is_none() {
-            conn.execute_batch(&format!("ALTER TABLE {CHECKPOINTS} ADD COLUMN {name} {kind}"))?;
+            missing.push((name, kind));
         }
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// A checkpoint table keyed by table but made before some of [`ADDED_COLUMNS`] gets them
+/// (NULL: such a row is checked for what it has). Looked for again under the write lock,
+/// so two runs opening such a table at once add each column once.
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    if missing_columns(conn)?.is_empty() {
+        return Ok(());
+    }
+    write_locked(conn, || {
+        for (name, kind) in missing_columns(conn)? {
+            conn.execute_batch(&format!("ALTER TABLE {CHECKPOINTS} ADD COLUMN {name} {kind}"))?;
+        }
+        Ok(())
+    })
 }
 
 /// Where the replay of stream `queue` into `table` of the database at `path` resumes; None
@@ -250,7 +268,6 @@ fn shown(v: Option<i64>) -> String {
 /// A first run's start, saved (durably) before it reads anything.
 pub(crate) fn save_start(path: &Path, queue: &str, table: &str, start: Start) -> Result<()> {
     let conn = open(path)?;
-    ensure(&conn, path)?;
     let (offset, since, from) = match start {
         Start::First => (None, None, Some("first")),
         Start::After(o) => (Some(i64::try_from(o).unwrap_or(i64::MAX)), None, None),
@@ -262,19 +279,23 @@ pub(crate) fn save_start(path: &Path, queue: &str, table: &str, start: Start) ->
          \"offset\" = excluded.\"offset\", since = excluded.since, \"from\" = excluded.\"from\", \
          id = NULL, anchor_offset = NULL, anchor_id = NULL"
     );
-    conn.execute(&upsert, params![queue, table_key(table), offset, since, from])
-        .map(drop)
-        .wrap_err_with(|| {
-            format!(
-                "cannot save where the run starts in {} before reading; is it an SQLite \
-                 database you may write? (nothing was read yet)",
-                path.display()
-            )
-        })
+    write_locked(&conn, || {
+        ensure(&conn, path)?;
+        conn.execute(&upsert, params![queue, table_key(table), offset, since, from])
+            .map(drop)
+            .wrap_err_with(|| {
+                format!(
+                    "cannot save where the run starts in {} before reading; is it an SQLite \
+                     database you may write? (nothing was read yet)",
+                    path.display()
+                )
+            })
+    })
 }
 
 /// Save `offset` (and `mark`, what identifies its message) as the checkpoint of `queue`
-/// into `table`, inside the caller's transaction.
+/// into `table`, inside the caller's transaction (begun `IMMEDIATE`: [`ensure`] reads
+/// before the upsert writes).
 pub(super) fn save(
     conn: &Connection,
     path: &Path,
@@ -303,13 +324,9 @@ pub(super) fn save(
 }
 
 fn open(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).wrap_err_with(|| {
-        format!("cannot open SQLite database {}; check the --sqlite path", path.display())
-    })?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;",
-    )
-    .wrap_err_with(|| format!("cannot read {}; is it an SQLite database?", path.display()))?;
+    let conn = sqlite::open(path)?;
+    sqlite::setup(&conn)
+        .wrap_err_with(|| format!("cannot read {}; is it an SQLite database?", path.display()))?;
     Ok(conn)
 }
 
