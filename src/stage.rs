@@ -23,7 +23,7 @@ use color_eyre::eyre::{Result, eyre};
 use glob::glob_match;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Failures in a row (no success between) after which the model is taken to be broken and
@@ -148,6 +148,8 @@ struct Stage<'a> {
     riders: usize,
     /// The batch at the model (`--batch-size`), if any.
     in_flight: Option<Flight>,
+    /// Set by a stop signal: no further batch goes to the model.
+    stop: Arc<AtomicBool>,
     /// Batches answered whose answers are not all confirmed yet, oldest first: how many
     /// deliveries each holds back from the ack (riders included), and the producer's ticket
     /// after its last message. Held until then, so an ack never waits for a confirm.
@@ -224,6 +226,7 @@ impl<'a> Stage<'a> {
             stuck: 0,
             riders: 0,
             in_flight: None,
+            stop: Arc::clone(stop),
             confirming: std::collections::VecDeque::new(),
             released: 0,
         })
@@ -528,12 +531,20 @@ impl<'a> Stage<'a> {
                 }
                 return Err(self.broken_error());
             }
-            match self.launch(&n) {
-                Ok(true) => launched = Some(n),
-                Ok(false) => settle_next = Some(n),
-                Err(e) => {
-                    self.strand(landed.iter().chain(Some(&n)));
-                    return Err(e);
+            let mut n = n;
+            // Expired while the batch before was at the model: not handed over now either.
+            self.expire_waiting(&mut n);
+            if self.stop.load(Ordering::SeqCst) {
+                // A signal came while the model worked: the next batch stays queued, unseen.
+                self.strand(std::iter::once(&n));
+            } else {
+                match self.launch(&n) {
+                    Ok(true) => launched = Some(n),
+                    Ok(false) => settle_next = Some(n),
+                    Err(e) => {
+                        self.strand(landed.iter().chain(Some(&n)));
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -573,6 +584,26 @@ impl<'a> Stage<'a> {
             self.released = self.released.max(end);
             self.confirming.pop_front();
         }
+    }
+
+    /// `serve`: requests of the batch whose deadline passed since it was sorted (while the
+    /// batch before was at the model) go with the others not handed to the model.
+    fn expire_waiting(&self, f: &mut Flight) {
+        let mut kept = 0;
+        for k in 0..f.asked.len() {
+            let i = f.asked[k];
+            if self.late(&f.held[i].d) {
+                f.alone.push((i, Alone::Expired));
+            } else {
+                f.asked[kept] = i;
+                if self.cfg.json_batch {
+                    f.items.swap(kept, k);
+                }
+                kept += 1;
+            }
+        }
+        f.asked.truncate(kept);
+        f.items.truncate(if self.cfg.json_batch { kept } else { 0 });
     }
 
     /// Hand the model the batch's requests, without waiting for its answer; false: nothing

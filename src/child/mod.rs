@@ -287,6 +287,14 @@ impl ModelChild {
         let mut clock = Clock::until(asked.until, &self.stop);
         let mut exited_at: Option<Instant> = None;
         let event = loop {
+            // An answer that came within the deadline counts, however late it is taken (the
+            // stage may have been publishing the batch before, held up by the broker).
+            match run.events.try_recv() {
+                Ok(event @ Event::Answer { at, .. }) if at <= asked.until => break event,
+                Ok(event @ Event::Broken(_)) => break event,
+                Ok(_) => return Err(self.expired(Expired::Timeout, "answering")),
+                Err(_) => {}
+            }
             let wait = match clock.slice() {
                 Ok(wait) => wait,
                 Err(e) => return Err(self.expired(e, "answering")),
