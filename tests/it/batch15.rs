@@ -711,3 +711,78 @@ fn a_repeat_arriving_while_a_batch_fills_does_not_get_the_batch_acked() {
     wait_until(Duration::from_secs(10), "b and the repeat back in the queue", || from.depth() == 2);
     assert_eq!(batch_sizes(&log), vec![2], "b was never answered");
 }
+
+// ---- pipelined batches: the model works on one while the last one's answers go out ----
+
+/// `--idle-timeout` counts only time with no message in hand: a batch at a slow model when
+/// the queue runs dry is answered before the run ends, and every input is acked.
+#[test]
+fn idle_timeout_waits_for_the_batch_at_the_model() {
+    let (from, to, _failed) = trio("jb-idle-flight");
+    let inputs = rows(8);
+    publish_indexed(&from, &inputs, None);
+    let model = "python3 -c 'import sys, time\nfor l in sys.stdin:\n    time.sleep(1.5)\n    \
+                 print(l.strip(), flush=True)'";
+    let out = pipe(
+        &from,
+        &to,
+        model,
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "4",
+            "--batch-wait",
+            "5s",
+            "--idle-timeout",
+            "1",
+        ],
+    )
+    .run()
+    .expect_code(0);
+    assert_all_answered_once(&drain(&to), &inputs, &out.stderr);
+    assert!(out.stderr.contains("answered 8"), "{}", out.stderr);
+    assert_eq!(from.depth(), 0, "{}", out.stderr);
+}
+
+/// A model that writes a stray line after answering a batch (a log line on stdout, a
+/// moment later) cannot be trusted with the next one, which is already filled: that batch
+/// goes to the failed queue, the next stays queued unseen, and the run stops.
+#[test]
+fn a_stray_line_after_a_batch_stops_before_the_next_reaches_the_model() {
+    let (from, to, failed) = trio("jb-stray");
+    let (_dir, log) = call_log();
+    let inputs = rows(12);
+    publish_indexed(&from, &inputs, None);
+    let model = format!(
+        "python3 -c 'import sys, time\nfor l in sys.stdin:\n    open(\"{}\", \"a\").write(\"call\\n\")\n    \
+         print(l.strip(), flush=True)\n    time.sleep(0.2)\n    print(\"loaded\", flush=True)'",
+        s(&log)
+    );
+    let out = pipe(
+        &from,
+        &to,
+        &model,
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "4",
+            "--batch-wait",
+            "5s",
+            "--idle-timeout",
+            "3",
+        ],
+    )
+    .run();
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("print logs to stderr"), "{}", out.stderr);
+    assert_eq!(to.depth(), 0, "no answer of the batch with a stray line is published");
+    assert_eq!(failed.depth(), 4, "{}", out.stderr);
+    assert_eq!(from.depth(), 8, "{}", out.stderr);
+    assert_eq!(call_count(&log), 1, "the next batch never reached the model");
+}
+
+fn call_count(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().count()
+}
