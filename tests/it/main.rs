@@ -4,6 +4,7 @@
 mod attacks;
 mod attacks11;
 mod attacks11b;
+mod attacks15q;
 mod attacks16;
 mod attacks16b;
 mod attacks16c;
