@@ -200,3 +200,42 @@ fn answers_refused_at_the_close_leave_exit_zero_and_every_request_served() {
         out.stderr
     );
 }
+
+/// Defect: answers of a held batch that the broker nacks are never sent again, and never
+/// refused, while no further message is published: `release` (every FLIGHT_POLL) only
+/// polls for confirms (`settled_below`), and the retry of nacked messages
+/// (`Producer::retry_nacked`) runs only inside a publish or a flush, which no longer come
+/// for a held batch. So a pipe whose output queue is full keeps its last batches unacked
+/// and unanswered forever: one "refused ... retrying" line, then silence; never refused
+/// past --retry-for 2 s, no error, no exit after 30 s. (Before 51ed31c a flush came before
+/// each ack, and it retries nacked messages and refuses them past --retry-for.)
+/// Cause: src/stage.rs:564-576 (`release` never drives the producer) with
+/// src/amqp/producer.rs:211-218 (`settled_below` counts nacked messages as open without
+/// retrying or refusing them).
+#[test]
+fn nacked_answers_of_a_held_batch_are_never_retried_nor_refused() {
+    let (from, mut to, _failed) = trio("q15-stall");
+    to.set_policy(r#"{"max-length":0,"overflow":"reject-publish"}"#);
+    publish_indexed(&from, &rows(4), None);
+    let child = pipe(
+        &from,
+        &to,
+        "python3 -c 'import sys\nfor l in sys.stdin: print(l.strip(), flush=True)'",
+        &[
+            "--framing",
+            "json-batch",
+            "--batch-size",
+            "2",
+            "--batch-wait",
+            "0.05",
+            "--retry-for",
+            "2",
+        ],
+    )
+    .spawn();
+    // Nacked for --retry-for (2 s): the run must stop with the refusal, inputs unacked.
+    let out = crate::support::wait(child, Duration::from_secs(30));
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("refused"), "{}", out.stderr);
+    assert_eq!(from.depth(), 4, "{}", out.stderr);
+}
