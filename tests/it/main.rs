@@ -5,6 +5,7 @@ mod attacks;
 mod attacks11;
 mod attacks11b;
 mod attacks15p;
+mod attacks15q;
 mod attacks16;
 mod attacks16b;
 mod attacks16c;
