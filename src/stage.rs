@@ -96,6 +96,12 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         total.restarts += stage.child.starts.saturating_sub(1);
         let (report, closed) = stage.close();
         not_delivered += report.unconfirmed.len() as u64;
+        // Refused at the close (earlier refusals stopped the run already): not delivered.
+        if let Some((label, why)) =
+            report.refused.iter().find(|(label, _)| !label.starts_with(REPLY_LABEL))
+        {
+            error.get_or_insert(eyre!("{label} was refused by the broker ({why})"));
+        }
         if let Err(e) = closed {
             error.get_or_insert(e);
         }
@@ -153,10 +159,12 @@ struct Stage<'a> {
     /// Batches answered whose answers are not all confirmed yet, oldest first: how many
     /// deliveries each holds back from the ack (riders included), and the producer's ticket
     /// after its last message. Held until then, so an ack never waits for a confirm.
-    confirming: std::collections::VecDeque<(usize, u64)>,
+    confirming: std::collections::VecDeque<Confirming>,
     /// The ticket after the last message of the batches let go so far: what an ack needs
     /// confirmed.
     released: u64,
+    /// An answer was refused for good (the run stops): the batches still held stay so.
+    refused: bool,
 }
 
 /// Why a message of a batch is not handed to the model.
@@ -166,6 +174,21 @@ enum Alone {
     /// To the failed queue for this reason; and (true) an error reply to its client.
     Failed(String, bool),
 }
+
+/// An answered batch waiting for its answers' confirms before its inputs are acked.
+struct Confirming {
+    /// The deliveries it holds back from the ack (riders included).
+    held: usize,
+    /// The producer's ticket after its last message.
+    end: u64,
+    /// When its answers were published.
+    since: Instant,
+}
+
+/// How long an answered batch waits for its confirms to come in by themselves; past this
+/// (or at the first nack or failure) the stage flushes the publisher, as a batch did before
+/// every ack: nacks are retried or refused, a lost connection is recovered.
+const CONFIRM_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often a run with a batch at the model and no delivery coming looks for its answer.
 const FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(1);
@@ -229,6 +252,7 @@ impl<'a> Stage<'a> {
             stop: Arc::clone(stop),
             confirming: std::collections::VecDeque::new(),
             released: 0,
+            refused: false,
         })
     }
 
@@ -527,7 +551,7 @@ impl<'a> Stage<'a> {
                 }
                 self.strand(std::iter::once(&n));
                 if let Some(f) = &landed {
-                    self.confirming.push_back((f.held.len() + f.riders, self.producer.ticket()));
+                    self.confirm_later(f.held.len() + f.riders);
                 }
                 return Err(self.broken_error());
             }
@@ -563,27 +587,55 @@ impl<'a> Stage<'a> {
         let settled: usize =
             landed.iter().chain(&settle_next).map(|f| f.held.len() + f.riders).sum();
         if settled > 0 {
-            self.confirming.push_back((settled, self.producer.ticket()));
+            self.confirm_later(settled);
         }
         self.in_flight = launched;
         self.release();
         Ok(())
     }
 
+    /// Hold `held` deliveries back from the ack until everything published so far is
+    /// settled.
+    fn confirm_later(&mut self, held: usize) {
+        let end = self.producer.ticket();
+        self.confirming.push_back(Confirming { held, end, since: Instant::now() });
+    }
+
     /// Let go of the answered batches whose answers are all confirmed by now (oldest first:
-    /// the consumer acks up to the newest delivery the stage no longer holds).
+    /// the consumer acks up to the newest delivery the stage no longer holds). Not while a
+    /// refusal waits to be handed out: its batch must stay held (see `drive`).
     fn release(&mut self) {
         if self.confirming.is_empty() {
             return;
         }
         let below = self.producer.settled_below();
-        while let Some(&(_, end)) = self.confirming.front() {
-            if end > below {
+        if self.producer.has_refusals() {
+            return;
+        }
+        while let Some(c) = self.confirming.front() {
+            if c.end > below {
                 break;
             }
-            self.released = self.released.max(end);
+            self.released = self.released.max(c.end);
             self.confirming.pop_front();
         }
+    }
+
+    /// Release what is confirmed; and when the oldest answered batch has waited long, or the
+    /// publisher has nacks, refusals or a failed channel, flush up to it (retrying nacks,
+    /// recovering the connection): a refused answer stops the run, its inputs unacked.
+    fn drive(&mut self) -> Result<()> {
+        self.release();
+        let Some(front) = self.confirming.front() else { return Ok(()) };
+        let troubled = self.producer.needs_flush() || self.producer.has_refusals();
+        if !troubled && front.since.elapsed() < CONFIRM_PATIENCE {
+            return Ok(());
+        }
+        let end = front.end;
+        let refused = self.producer.flush_through(end)?;
+        self.settle_refusals(refused)?;
+        self.release();
+        Ok(())
     }
 
     /// `serve`: requests of the batch whose deadline passed since it was sorted (while the
@@ -751,7 +803,7 @@ impl<'a> Stage<'a> {
 
 impl Handler for Stage<'_> {
     fn handle(&mut self, d: &mut Delivery) -> Result<Disposition> {
-        self.release();
+        self.drive()?;
         if self.seen.contains(d) {
             self.counts.duplicates += 1;
             crate::metrics::duplicate();
@@ -759,6 +811,9 @@ impl Handler for Stage<'_> {
                 self.riders += 1;
             } else if let Some(f) = self.in_flight.as_mut() {
                 f.riders += 1;
+            } else if let Some(c) = self.confirming.back_mut() {
+                // Newer than the answered batches waiting for confirms: acked with them.
+                c.held += 1;
             }
             return Ok(Disposition::Ack);
         }
@@ -825,7 +880,7 @@ impl Handler for Stage<'_> {
 
     fn held(&self) -> usize {
         let flying = self.in_flight.as_ref().map_or(0, |f| f.held.len() + f.riders);
-        let confirming: usize = self.confirming.iter().map(|(n, _)| n).sum();
+        let confirming: usize = self.confirming.iter().map(|c| c.held).sum();
         self.batch.len() + self.riders + self.stuck + flying + confirming
     }
 
@@ -840,7 +895,11 @@ impl Handler for Stage<'_> {
     }
 
     fn confirm(&mut self) -> Result<()> {
-        if let Some(&(_, end)) = self.confirming.back() {
+        if self.refused && !self.confirming.is_empty() {
+            // The refused answers' batch is among them: none of them is acked.
+            return Err(eyre!("answers were refused by the broker; their inputs stay queued"));
+        }
+        if let Some(end) = self.confirming.back().map(|c| c.end) {
             let refused = self.producer.flush_through(end)?;
             self.settle_refusals(refused)?;
             self.released = self.released.max(end);
@@ -860,8 +919,11 @@ impl Handler for Stage<'_> {
     fn dropped(&mut self) {
         self.stuck = 0;
         self.riders = 0;
-        // Answered: when they come again they are repeats (acked), and the producer still
-        // sees their answers confirmed.
+        // Answered: when they come again they are repeats, acked only once the answers are
+        // confirmed (the flush before the next ack waits for them).
+        if let Some(end) = self.confirming.back().map(|c| c.end) {
+            self.released = self.released.max(end);
+        }
         self.confirming.clear();
         let mut gone = std::mem::take(&mut self.batch);
         if let Some(f) = self.in_flight.take() {
@@ -881,7 +943,7 @@ impl Handler for Stage<'_> {
     }
 
     fn idle(&mut self) -> Result<()> {
-        self.release();
+        self.drive()?;
         let filled = self.batch_started.map(|t| t + self.cfg.batch_wait);
         if filled.is_some_and(|due| Instant::now() >= due) {
             self.run_batch()?;
@@ -921,12 +983,13 @@ impl Handler for Stage<'_> {
 impl Stage<'_> {
     /// Answers the broker refused for good: a reply nobody waits for any more is let go; any
     /// other stops the run before the inputs are acked.
-    fn settle_refusals(&self, refused: Vec<(String, String)>) -> Result<()> {
+    fn settle_refusals(&mut self, refused: Vec<(String, String)>) -> Result<()> {
         for (label, why) in refused {
             if label.starts_with(REPLY_LABEL) {
                 // The client went away (its reply queue is gone): nothing to deliver to.
                 self.reporter.warn(&format!("{label} not delivered: {why}"));
             } else {
+                self.refused = true;
                 return Err(eyre!(
                     "{label} was refused by the broker ({why}); stopping without acking the input"
                 ));

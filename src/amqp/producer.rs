@@ -53,6 +53,8 @@ pub struct Producer {
     losses: u64,
     /// The ticket the next message gets (see [`Producer::settled_below`]).
     next_ticket: u64,
+    /// The last look for confirms found the channel failed (a flush recovers it).
+    poll_failed: bool,
 }
 
 /// Declare every queue of `specs` on `session` and open a confirming publisher to `target`
@@ -148,6 +150,7 @@ impl Producer {
             confirmed_at_loss: 0,
             losses: 0,
             next_ticket: 0,
+            poll_failed: false,
         })
     }
 
@@ -210,11 +213,26 @@ impl Producer {
     /// come, without waiting. A lost connection shows at the next publish or flush.
     pub fn settled_below(&mut self) -> u64 {
         if let Some((_, p)) = self.live.as_mut() {
-            let _ = p.poll();
+            self.poll_failed = p.poll().is_err();
         }
         let live = self.live.as_ref().and_then(|(_, p)| p.oldest_open());
         let backlog = self.backlog.iter().map(|m| m.ticket);
         backlog.chain(live).min().unwrap_or(self.next_ticket)
+    }
+
+    /// Whether the messages published need more than confirms coming in to be settled: some
+    /// were nacked (to be sent again after a pause, or refused past --retry-for), wait to
+    /// be sent, or the connection failed; only a flush does that.
+    pub fn needs_flush(&self) -> bool {
+        self.poll_failed
+            || !self.backlog.is_empty()
+            || self.live.as_ref().is_none_or(|(_, p)| !p.nacked.is_empty())
+    }
+
+    /// Whether the broker refused messages for good that no flush has handed out yet.
+    pub fn has_refusals(&self) -> bool {
+        !self.done.refused.is_empty()
+            || self.live.as_ref().is_some_and(|(_, p)| !p.report.refused.is_empty())
     }
 
     /// Like [`Producer::flush`], waiting only for the messages with a ticket below `ticket`.
