@@ -257,7 +257,9 @@ fn still_arriving(queue: &str, read: &StreamRead, bytes: u64) -> String {
         None => String::new(),
     };
     format!(
-        "cannot check stream '{queue}' before reading it: a message was still arriving after          {} s ({:.1} MiB received), the link to the broker is too slow for the check{kept};          run again over a faster link",
+        "cannot check stream '{queue}' before reading it: a message was still arriving after \
+         {} s ({:.1} MiB received), the link to the broker is too slow for the check{kept}; \
+         run again over a faster link",
         PROBE_ARRIVING_MAX.as_secs(),
         bytes as f64 / f64::from(1u32 << 20)
     )
