@@ -209,7 +209,16 @@ fn check_message(
             "it sent no message within {waited} s from its first offset (it is empty, or the \
              broker is not serving it yet: then run again)"
         );
-        return Err(fatal(refusal(queue, read, from, &why)));
+        return Err(fatal(match &read.resumed_from {
+            // Not proof that the checkpoint is wrong: RabbitMQ 3.10 may serve nothing for
+            // seconds while retention drops segments. Deleting it would lose the place.
+            Some(place) => format!(
+                "cannot check stream '{queue}' against the checkpoint in {place} (offset \
+                 {needed}): {why}; the checkpoint is kept. If the stream stays empty, it was \
+                 deleted and declared again: then delete the checkpoint and give --offset"
+            ),
+            None => refusal(queue, read, from, &why),
+        }));
     };
     let oldest = Anchor { offset: oldest, id: oldest_id };
     if oldest.offset > needed {
