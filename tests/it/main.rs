@@ -6,6 +6,7 @@ mod attacks11;
 mod attacks11b;
 mod attacks15p;
 mod attacks15q;
+mod attacks15r;
 mod attacks16;
 mod attacks16b;
 mod attacks16c;
