@@ -53,6 +53,29 @@ struct Counts {
     restarts: u64,
 }
 
+impl Counts {
+    /// What `self` added since `before` (the fields a batch adds to).
+    fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            answered: self.answered - before.answered,
+            silent: self.silent - before.silent,
+            failed: self.failed - before.failed,
+            expired: self.expired - before.expired,
+            ..Counts::default()
+        }
+    }
+
+    /// Take back what a batch added (`delta`).
+    fn take_back(&mut self, delta: &Counts) {
+        self.messages -= delta.messages;
+        self.bytes -= delta.bytes;
+        self.answered -= delta.answered;
+        self.silent -= delta.silent;
+        self.failed -= delta.failed;
+        self.expired -= delta.expired;
+    }
+}
+
 /// Run `pipe` or `serve` until --count, --idle-timeout or a signal.
 pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) -> Result<Outcome> {
     let arrow = match &cfg.output {
@@ -106,6 +129,12 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
             error.get_or_insert(e);
         }
     }
+    if not_delivered > 0 {
+        error.get_or_insert(eyre!(
+            "{not_delivered} answers were not confirmed by the broker; their inputs stay in {}",
+            cfg.input.name
+        ));
+    }
     let summary = Summary {
         verb: match cfg.output {
             StageOutput::Queue(_) => "piped",
@@ -115,7 +144,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         bytes: total.bytes,
         elapsed: started.elapsed(),
         skipped: consumed.dropped,
-        failed: total.failed + not_delivered,
+        failed: total.failed,
         failed_to: Some(format!("sent to {}", cfg.failed.name)),
         counts: vec![
             ("answered", total.answered),
@@ -123,6 +152,7 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
             ("expired", total.expired),
             ("duplicates", total.duplicates),
             ("model restarts", total.restarts),
+            ("answers unconfirmed", not_delivered),
         ],
         note: crate::checkpoint::stream_note(&consumed),
     };
@@ -179,6 +209,10 @@ enum Alone {
 struct Confirming {
     /// The deliveries it holds back from the ack (riders included).
     held: usize,
+    /// Their message ids, and what they added to the counts: a lost channel lets go of
+    /// them unacked, so they are handled afresh when they come again.
+    ids: Vec<String>,
+    counts: Counts,
     /// The producer's ticket after its last message.
     end: u64,
     /// When its answers were published.
@@ -526,6 +560,18 @@ impl<'a> Stage<'a> {
     /// and acked and the batch after it fills. Batches an error leaves unsettled stay
     /// unacked (`stuck`) and come back.
     fn advance(&mut self, next: Option<Flight>) -> Result<()> {
+        let before = self.counts;
+        let result = self.advance_from(next, &before);
+        if result.is_err() {
+            // What stranded batches added goes back with them (`strand` took back what
+            // they were counted as when they came).
+            let (messages, bytes) = (self.counts.messages, self.counts.bytes);
+            self.counts = Counts { messages, bytes, ..before };
+        }
+        result
+    }
+
+    fn advance_from(&mut self, next: Option<Flight>, before: &Counts) -> Result<()> {
         let landed = self.in_flight.take();
         let answers = match &landed {
             Some(f) => match self.collect(f) {
@@ -551,7 +597,8 @@ impl<'a> Stage<'a> {
                 }
                 self.strand(std::iter::once(&n));
                 if let Some(f) = &landed {
-                    self.confirm_later(f.held.len() + f.riders);
+                    let delta = self.counts.since(before);
+                    self.confirm_later(&[f], delta);
                 }
                 return Err(self.broken_error());
             }
@@ -584,10 +631,10 @@ impl<'a> Stage<'a> {
             self.strand(landed.iter().chain(settle_next.iter()).chain(launched.iter()));
             return Err(e);
         }
-        let settled: usize =
-            landed.iter().chain(&settle_next).map(|f| f.held.len() + f.riders).sum();
-        if settled > 0 {
-            self.confirm_later(settled);
+        let settled: Vec<&Flight> = landed.iter().chain(&settle_next).collect();
+        if !settled.is_empty() {
+            let delta = self.counts.since(before);
+            self.confirm_later(&settled, delta);
         }
         self.in_flight = launched;
         self.release();
@@ -596,9 +643,14 @@ impl<'a> Stage<'a> {
 
     /// Hold `held` deliveries back from the ack until everything published so far is
     /// settled.
-    fn confirm_later(&mut self, held: usize) {
+    fn confirm_later(&mut self, flights: &[&Flight], mut counts: Counts) {
         let end = self.producer.ticket();
-        self.confirming.push_back(Confirming { held, end, since: Instant::now() });
+        let held = flights.iter().map(|f| f.held.len() + f.riders).sum();
+        let inputs = || flights.iter().flat_map(|f| &f.held);
+        let ids = inputs().filter_map(|h| h.d.assigned_id().map(str::to_string)).collect();
+        counts.messages = inputs().count() as u64;
+        counts.bytes = inputs().map(|h| h.d.body.len() as u64).sum();
+        self.confirming.push_back(Confirming { held, ids, counts, end, since: Instant::now() });
     }
 
     /// Let go of the answered batches whose answers are all confirmed by now (oldest first:
@@ -919,12 +971,18 @@ impl Handler for Stage<'_> {
     fn dropped(&mut self) {
         self.stuck = 0;
         self.riders = 0;
-        // Answered: when they come again they are repeats, acked only once the answers are
-        // confirmed (the flush before the next ack waits for them).
+        // Answered but not acked: when they come again they are handled afresh (their
+        // answers' ids are the same, so downstream keeps one), and counted then. The next
+        // ack still waits for these answers' confirms.
         if let Some(end) = self.confirming.back().map(|c| c.end) {
             self.released = self.released.max(end);
         }
-        self.confirming.clear();
+        for c in std::mem::take(&mut self.confirming) {
+            for id in &c.ids {
+                self.seen.forget_id(id);
+            }
+            self.counts.take_back(&c.counts);
+        }
         let mut gone = std::mem::take(&mut self.batch);
         if let Some(f) = self.in_flight.take() {
             // Its inputs come again: the model's answer to them is taken and dropped, so

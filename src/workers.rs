@@ -121,6 +121,11 @@ impl SeenIds {
         }
     }
 
+    /// Forget the message id `id` (see [`SeenIds::forget`]).
+    pub(crate) fn forget_id(&mut self, id: &str) {
+        self.set.remove(id);
+    }
+
     pub(crate) fn insert(&mut self, d: &Delivery) {
         let Some(id) = d.assigned_id() else {
             return;

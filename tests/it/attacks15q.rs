@@ -55,14 +55,13 @@ fn consumer_connection(queue: &str) -> Option<String> {
 }
 
 /// Close the connection of the consumer on `queue` from the broker's side (320
-/// CONNECTION_FORCED); the pipe's publishing connection is left alone.
+/// CONNECTION_FORCED); the pipe's publishing connection is left alone. A run that stopped
+/// meanwhile (a refusal ends it) has no consumer left to cut: nothing is done then.
 fn cut_consumer(queue: &str) {
-    let conn = consumer_connection(queue).expect("the consumer's connection");
-    let status = Command::new("rabbitmqctl")
+    let Some(conn) = consumer_connection(queue) else { return };
+    let _ = Command::new("rabbitmqctl")
         .args(["-q", "close_connection", &conn, "attacks15q: consumer cut"])
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "close_connection {conn}");
+        .status();
 }
 
 /// Whether `queue` has a consumer.
