@@ -12,6 +12,7 @@ mod attacks16b;
 mod attacks16c;
 mod attacks16d;
 mod attacks16e;
+mod attacks16f;
 mod batch15;
 mod broker;
 mod cluster;
