@@ -114,7 +114,7 @@ fn a_reader_keeping_the_database_from_wal_is_named_on_the_first_line() {
 /// Defect: the error that stops a live `--until TIME` window the broker cannot place
 /// (`cannot place --until in stream 'Q': its clock has passed the time, but the broker sent
 /// nothing at or after it ...`) has a run of 22 spaces in the middle of its first line,
-/// between "but the" and "broker", and two more runs further on: the string continues on
+/// between "but the" and "broker", and another before "was read": the string continues on
 /// the next source lines without the `\` that drops their indentation (the defect
 /// 3dff9f4 fixed in src/amqp/probe.rs, left here). Checked in the binary under test: the
 /// message is reached only when the broker serves nothing from the time nor from the
