@@ -95,8 +95,12 @@ impl ResultsDb {
             bail!(why);
         }
         let conn = sqlite::open(path)?;
-        sqlite::setup(&conn).wrap_err_with(|| {
-            format!("cannot open {}; is it an SQLite database you may write?", path.display())
+        sqlite::setup(&conn).map_err(|e| match e.downcast_ref::<sqlite::Locked>() {
+            Some(locked) => eyre!("cannot open {}: {locked}", path.display()),
+            None => e.wrap_err(format!(
+                "cannot open {}; is it an SQLite database you may write?",
+                path.display()
+            )),
         })?;
         // Before this run's table is created: an older checkpoint table's rows belong to the
         // one results table there was.
@@ -183,7 +187,7 @@ impl ResultsDb {
     /// Call [`ResultsDb::refuse`] first.
     pub(crate) fn store(&mut self, rows: &[(String, &Map<String, Value>)]) -> Result<Stored> {
         if !self.in_transaction {
-            sqlite::begin(&self.conn).wrap_err("cannot start an SQLite transaction")?;
+            sqlite::begin_on(&self.conn, &self.path)?;
             self.in_transaction = true;
         }
         self.conn
@@ -251,7 +255,7 @@ impl ResultsDb {
         mark: Option<&crate::amqp::Identity>,
     ) -> Result<()> {
         if !self.in_transaction {
-            sqlite::begin(&self.conn).wrap_err("cannot start an SQLite transaction")?;
+            sqlite::begin_on(&self.conn, &self.path)?;
             self.in_transaction = true;
         }
         checkpoints::save(&self.conn, &self.path, queue, &self.table, offset, mark)

@@ -411,7 +411,9 @@ impl<'a> ConsumeState<'a> {
             Ok(None) => {
                 self.finish(handler)?;
                 Err(fatal(format!(
-                    "cannot place --until in stream '{}': its clock has passed the time, but the                      broker sent nothing at or after it nor from the stream's last chunk; what                      was read before is kept; run again, or give --until offset:N",
+                    "cannot place --until in stream '{}': its clock has passed the time, but the \
+                     broker sent nothing at or after it nor from the stream's last chunk; what \
+                     was read before is kept; run again, or give --until offset:N",
                     self.queue
                 )))
             }

@@ -24,6 +24,18 @@ pub(super) fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Another connection held a lock past the busy timeout (the text says so).
+#[derive(Debug)]
+pub(super) struct Locked(pub(super) String);
+
+impl std::fmt::Display for Locked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Locked {}
+
 /// Set a connection up: the busy timeout first (so everything after it waits for other
 /// writers), `synchronous=FULL`, then WAL, retried while another connection holds a lock
 /// the switch needs, for up to [`BUSY_TIMEOUT`].
@@ -33,10 +45,11 @@ pub(super) fn setup(conn: &Connection) -> Result<()> {
     let deadline = Instant::now() + BUSY_TIMEOUT;
     retry_busy(deadline, || conn.execute_batch("PRAGMA journal_mode=WAL;")).map_err(|e| {
         if is_busy(&e) {
-            eyre!(e).wrap_err(format!(
-                "another connection kept it locked for {} s",
+            eyre!(Locked(format!(
+                "another connection kept it locked for {} s (a program reading or writing it); \
+                 stop it or use another file ({e})",
                 BUSY_TIMEOUT.as_secs()
-            ))
+            )))
         } else {
             eyre!(e)
         }
@@ -78,8 +91,25 @@ pub(super) fn begin(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")
 }
 
+/// Begin a write transaction on the database at `path`; past the busy timeout, an error
+/// that names the database and the other program's lock.
+pub(super) fn begin_on(conn: &Connection, path: &std::path::Path) -> Result<()> {
+    begin(conn).map_err(|e| {
+        if is_busy(&e) {
+            eyre!(
+                "the --sqlite database {} stayed locked by another connection for {} s (another \
+                 mqdemo or program writing it); stop it or use another file ({e})",
+                path.display(),
+                BUSY_TIMEOUT.as_secs()
+            )
+        } else {
+            eyre!(e).wrap_err(format!("cannot start an SQLite transaction on {}", path.display()))
+        }
+    })
+}
+
 /// Whether `e` is another connection's lock (SQLITE_BUSY or SQLITE_LOCKED).
-fn is_busy(e: &rusqlite::Error) -> bool {
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
