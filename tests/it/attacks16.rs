@@ -2,18 +2,10 @@
 //! skips a message, or moves a checkpoint past one not yet handled.
 
 use crate::proxy::Proxy;
-use crate::replay_kit::{ids, synced_before_checkpoint};
+use crate::replay_kit::{ids, on_stream, synced_before_checkpoint};
 use crate::support::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// `--queue Q --queue-type stream`, then `more`.
-fn on_stream<'a>(q: &'a TestQueue, words: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
-    let mut a: Vec<&str> = words.to_vec();
-    a.extend(["--queue", q.name.as_str(), "--queue-type", "stream"]);
-    a.extend(more);
-    a
-}
 
 /// Produce `file` into stream `q` (confirmed); `extra`: e.g. retention flags.
 fn produce_file(q: &TestQueue, file: &Path, extra: &[&str]) {

@@ -2,7 +2,9 @@
 //! `--until` windows. Each test shows a replay that skips messages (or cannot be recovered
 //! the way its error says) against the real binary and broker.
 
-use crate::replay_kit::{ids, now_secs, publish_rows, rfc3339, stored, synced_before_checkpoint};
+use crate::replay_kit::{
+    ids, now_secs, on_stream, publish_rows, rfc3339, stored, synced_before_checkpoint,
+};
 use crate::support::*;
 use amiquip::AmqpProperties;
 use std::path::{Path, PathBuf};
@@ -16,14 +18,6 @@ fn atk_queue(name: &str) -> TestQueue {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let _ = url();
     TestQueue::named(format!("atk-{name}-{}-{n}", std::process::id()))
-}
-
-/// `words`, `--queue Q --queue-type stream`, then `more`.
-fn on_stream<'a>(q: &'a TestQueue, words: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
-    let mut a: Vec<&str> = words.to_vec();
-    a.extend(["--queue", q.name.as_str(), "--queue-type", "stream"]);
-    a.extend(more);
-    a
 }
 
 /// A CSV `ID,v` with these IDs.

@@ -3,43 +3,14 @@
 //! from (the sqlite checkpoint, messages without a message id). Each test shows rows or
 //! messages lost against the real binary and broker.
 
-use crate::replay_kit::{ids, now_secs, publish_rows, rfc3339, stored};
+use crate::replay_kit::{
+    attack_queue, ids, now_secs, on_stream, produce, publish_rows, rfc3339, stored,
+};
 use crate::support::*;
 use amiquip::{AmqpProperties, Publish};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A stream queue of this attack (`atk3-...`), and its failed queue, deleted on drop.
-fn atk3_queue(name: &str) -> (TestQueue, TestQueue) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let _ = url();
-    let name = format!("atk3-{name}-{}-{n}", std::process::id());
-    (TestQueue::named(format!("{name}.failed")), TestQueue::named(name))
-}
-
-/// `words`, `--queue Q --queue-type stream`, then `more`.
-fn on_stream<'a>(q: &'a TestQueue, words: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
-    let mut a: Vec<&str> = words.to_vec();
-    a.extend(["--queue", q.name.as_str(), "--queue-type", "stream"]);
-    a.extend(more);
-    a
-}
-
-/// Produce `ids` into stream `q` with mqdemo (confirmed), as a CSV `ID,v`.
-fn produce(q: &TestQueue, dir: &Path, name: &str, ids: impl IntoIterator<Item = u64>) {
-    let mut text = String::from("ID,v\n");
-    for id in ids {
-        text.push_str(&format!("{id},v{id}\n"));
-    }
-    let path: PathBuf = dir.join(name);
-    std::fs::write(&path, text).expect("write csv");
-    mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&path), "-q"]))
-        .run()
-        .expect_code(0);
-}
 
 /// Defect: stdout redirected to the --checkpoint file itself is not refused. A resumed run
 /// whose rows go, by a typo, to `>> run.ckpt` (the checkpoint, not the rows file) starts:
@@ -53,7 +24,7 @@ fn produce(q: &TestQueue, dir: &Path, name: &str, ids: impl IntoIterator<Item = 
 /// compared, though `same_file`'s dev/ino check would catch it via /proc/self/fd/1).
 #[test]
 fn stdout_redirected_to_the_checkpoint_file_is_refused_not_lost() {
-    let (_failed, q) = atk3_queue("stdoutckpt");
+    let (_failed, q) = attack_queue("atk3", "stdoutckpt");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "rows.csv", 1..=3);
@@ -99,7 +70,7 @@ fn stdout_redirected_to_the_checkpoint_file_is_refused_not_lost() {
 /// and `canonicalize`, and is then compared by its own name, not its target's).
 #[test]
 fn an_output_linked_to_the_checkpoint_not_written_yet_is_refused() {
-    let (_failed, q) = atk3_queue("danglink");
+    let (_failed, q) = attack_queue("atk3", "danglink");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "rows.csv", 1..=3);
@@ -130,7 +101,7 @@ fn an_output_linked_to_the_checkpoint_not_written_yet_is_refused() {
 /// src/amqp/probe.rs:73-92 then only checks the stream's length.
 #[test]
 fn a_recreated_stream_longer_than_a_sqlite_checkpoint_is_not_read_from_the_middle() {
-    let (_failed, q) = atk3_queue("sqlrefill");
+    let (_failed, q) = attack_queue("atk3", "sqlrefill");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "old.csv", 1..=5);
@@ -166,7 +137,7 @@ fn a_recreated_stream_longer_than_a_sqlite_checkpoint_is_not_read_from_the_middl
 /// src/amqp/probe.rs:94-119 (`check_message`: one message compared).
 #[test]
 fn a_recreated_stream_with_the_same_body_at_the_checkpoint_is_not_read_from_the_middle() {
-    let (_failed, q) = atk3_queue("samebody");
+    let (_failed, q) = attack_queue("atk3", "samebody");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     // Declare the stream (mqdemo declares it; nothing to read yet).
@@ -231,7 +202,7 @@ fn publish_big(q: &TestQueue, n: u64, size: usize) {
 #[test]
 fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
     const MIB: u64 = 1 << 20;
-    let (_failed, q) = atk3_queue("bigprobe");
+    let (_failed, q) = attack_queue("atk3", "bigprobe");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "none.csv", []);
@@ -267,7 +238,7 @@ fn the_resume_check_keeps_to_prefetch_bytes_with_large_bodies() {
 /// stream), with the checkpoint file saved after the commit (src/checkpoint.rs:128-135).
 #[test]
 fn sqlite_with_a_checkpoint_file_stores_messages_without_ids_once_across_sigkills() {
-    let (_failed, q) = atk3_queue("noidkill");
+    let (_failed, q) = attack_queue("atk3", "noidkill");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "none.csv", []);
@@ -330,7 +301,7 @@ fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
 /// file is not among the run's files).
 #[test]
 fn a_summary_json_on_the_checkpoint_file_is_refused() {
-    let (_failed, q) = atk3_queue("sumckpt");
+    let (_failed, q) = attack_queue("atk3", "sumckpt");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "rows.csv", 1..=3);
@@ -358,7 +329,7 @@ fn a_summary_json_on_the_checkpoint_file_is_refused() {
 /// Cause: src/config/mod.rs:414-417 (`same`: `path == other` when canonicalize fails).
 #[test]
 fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
-    let (_failed, q) = atk3_queue("sumdot");
+    let (_failed, q) = attack_queue("atk3", "sumdot");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "rows.csv", 1..=3);
@@ -388,7 +359,7 @@ fn a_summary_json_naming_the_output_another_way_does_not_replace_the_rows() {
 /// src/amqp/consumer.rs:553), so the timestamp comparison of src/amqp/stream.rs:67 decides.
 #[test]
 fn back_to_back_windows_read_live_read_every_message_once() {
-    let (_failed, q) = atk3_queue("livewin");
+    let (_failed, q) = attack_queue("atk3", "livewin");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "a.csv", 1..=3);

@@ -1,38 +1,14 @@
 //! Fourth attack on issue 16 (stream replay), after ead78b2: where --checkpoint points
 //! (not a regular file), and the resume probe on a stream being written to.
 
+use crate::replay_kit::{attack_queue, on_stream};
 use crate::support::*;
 use amiquip::{AmqpProperties, Publish};
 use std::path::Path;
 use std::time::Duration;
 
-/// A stream queue of this attack (`atk4-...`), and its failed queue, deleted on drop.
-fn atk4_queue(name: &str) -> (TestQueue, TestQueue) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let _ = url();
-    let name = format!("atk4-{name}-{}-{n}", std::process::id());
-    (TestQueue::named(format!("{name}.failed")), TestQueue::named(name))
-}
-
-fn on_stream<'a>(q: &'a TestQueue, words: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
-    let mut a: Vec<&str> = words.to_vec();
-    a.extend(["--queue", q.name.as_str(), "--queue-type", "stream"]);
-    a.extend(more);
-    a
-}
-
 fn produce(q: &TestQueue, dir: &Path, ids: std::ops::RangeInclusive<u64>) {
-    let mut text = String::from("ID,v\n");
-    for id in ids {
-        text.push_str(&format!("{id},v{id}\n"));
-    }
-    let path = dir.join("rows.csv");
-    std::fs::write(&path, text).expect("write csv");
-    mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&path), "-q"]))
-        .run()
-        .expect_code(0);
+    crate::replay_kit::produce(q, dir, "rows.csv", ids);
 }
 
 /// Defect: `--checkpoint FIFO` hangs forever, and SIGTERM does not end it. The checkpoint
@@ -44,7 +20,7 @@ fn produce(q: &TestQueue, dir: &Path, ids: std::ops::RangeInclusive<u64>) {
 /// a --checkpoint that is not a regular file: only `is_dir` is refused).
 #[test]
 fn a_fifo_as_checkpoint_is_refused_not_a_hang() {
-    let (_failed, q) = atk4_queue("fifo");
+    let (_failed, q) = attack_queue("atk4", "fifo");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, 1..=3);
@@ -66,7 +42,7 @@ fn a_fifo_as_checkpoint_is_refused_not_a_hang() {
 /// delivery, no overall deadline).
 #[test]
 fn an_offset_past_the_end_of_a_stream_being_written_is_refused_promptly() {
-    let (_failed, q) = atk4_queue("busy");
+    let (_failed, q) = attack_queue("atk4", "busy");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     produce(&q, tmpdir.path(), 1..=3);
     let name = q.name.clone();

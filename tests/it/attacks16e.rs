@@ -4,41 +4,11 @@
 //! checkpoint table without the `id` column). Each test fails on the current code against
 //! the real binary and broker.
 
+use crate::replay_kit::{attack_queue, on_stream, produce};
 use crate::support::*;
 use amiquip::{AmqpProperties, Publish};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A stream queue of this attack (`atk5-...`), and its failed queue, deleted on drop.
-fn atk5_queue(name: &str) -> (TestQueue, TestQueue) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let _ = url();
-    let name = format!("atk5-{name}-{}-{n}", std::process::id());
-    (TestQueue::named(format!("{name}.failed")), TestQueue::named(name))
-}
-
-/// `words`, `--queue Q --queue-type stream`, then `more`.
-fn on_stream<'a>(q: &'a TestQueue, words: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
-    let mut a: Vec<&str> = words.to_vec();
-    a.extend(["--queue", q.name.as_str(), "--queue-type", "stream"]);
-    a.extend(more);
-    a
-}
-
-/// Produce rows `ids` into stream `q` with mqdemo (confirmed), as a CSV `ID,v`.
-fn produce(q: &TestQueue, dir: &Path, name: &str, ids: impl IntoIterator<Item = u64>) {
-    let mut text = String::from("ID,v\n");
-    for id in ids {
-        text.push_str(&format!("{id},v{id}\n"));
-    }
-    let path: PathBuf = dir.join(name);
-    std::fs::write(&path, text).expect("write csv");
-    mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&path), "-q"]))
-        .run()
-        .expect_code(0);
-}
 
 /// Publish `bodies` to `q` as another producer (persistent, a message id each), one at a
 /// time, each confirmed.
@@ -109,8 +79,8 @@ fn until_exited_or_waiting(children: &mut [std::process::Child], db: &Path) {
 /// transaction is never begun IMMEDIATE.
 #[test]
 fn two_tables_filled_at_once_both_keep_their_place_through_unusable_messages() {
-    let (failed_a, qa) = atk5_queue("lockedA");
-    let (_failed_b, qb) = atk5_queue("lockedB");
+    let (failed_a, qa) = attack_queue("atk5", "lockedA");
+    let (_failed_b, qb) = attack_queue("atk5", "lockedB");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&qb, dir, "rows.csv", 1..=20_000);
@@ -187,7 +157,7 @@ fn db_without_id(db: &Path, queue: &str) {
 /// `migrate`'s `BEGIN IMMEDIATE` at :105).
 #[test]
 fn two_runs_adding_the_id_column_at_once_both_resume() {
-    let (_failed, q) = atk5_queue("addid");
+    let (_failed, q) = attack_queue("atk5", "addid");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "rows.csv", 1..=3);
@@ -229,7 +199,7 @@ fn two_runs_adding_the_id_column_at_once_both_resume() {
 /// it is not retried), the same in src/results_db/checkpoints.rs:274-277.
 #[test]
 fn a_run_on_a_new_database_waits_for_another_writer() {
-    let (_failed, q) = atk5_queue("newdb");
+    let (_failed, q) = attack_queue("atk5", "newdb");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "rows.csv", 1..=3);
@@ -348,7 +318,7 @@ impl Drop for SlowLink {
 /// arriving from nothing sent).
 #[test]
 fn a_resume_over_a_slower_link_is_not_refused_for_a_large_oldest_message() {
-    let (_failed, q) = atk5_queue("slowbig");
+    let (_failed, q) = attack_queue("atk5", "slowbig");
     let tmpdir = tempfile::tempdir().expect("tempdir");
     let dir = tmpdir.path();
     produce(&q, dir, "none.csv", []);

@@ -1,7 +1,8 @@
-//! What the replay tests (replay16, attacks16, attacks16b, attacks16c) share: reading rows
-//! back, times as RFC 3339, and publishing to a stream as another producer.
+//! What the replay tests (replay16 and the attacks16* files) share: stream queues and the
+//! command words for them, producing rows, reading rows back, times as RFC 3339, and
+//! publishing to a stream as another producer.
 
-use crate::support::{TestQueue, connect};
+use crate::support::{TestQueue, connect, mqdemo, s, url};
 use amiquip::{AmqpProperties, Publish};
 use std::path::Path;
 use std::process::Command;
@@ -91,4 +92,36 @@ pub fn synced_before_checkpoint(trace: &Path, checkpoint: &str) -> (bool, String
         .iter()
         .any(|c| c.starts_with("fdatasync(") || c.starts_with("fsync(1)"));
     (synced, calls.join("\n"))
+}
+
+/// A stream queue of an attack round (`PREFIX-NAME-pid-n`), and its failed queue, both
+/// deleted on drop.
+pub fn attack_queue(prefix: &str, name: &str) -> (TestQueue, TestQueue) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let _ = url();
+    let name = format!("{prefix}-{name}-{}-{n}", std::process::id());
+    (TestQueue::named(format!("{name}.failed")), TestQueue::named(name))
+}
+
+/// `words`, `--queue Q --queue-type stream`, then `more`.
+pub fn on_stream<'a>(q: &'a TestQueue, words: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+    let mut a: Vec<&str> = words.to_vec();
+    a.extend(["--queue", q.name.as_str(), "--queue-type", "stream"]);
+    a.extend(more);
+    a
+}
+
+/// Produce rows `ids` into stream `q` with mqdemo (confirmed), from `dir/name`, a CSV `ID,v`.
+pub fn produce(q: &TestQueue, dir: &Path, name: &str, ids: impl IntoIterator<Item = u64>) {
+    let mut text = String::from("ID,v\n");
+    for id in ids {
+        text.push_str(&format!("{id},v{id}\n"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write csv");
+    mqdemo(&on_stream(q, &["produce", "tabular"], &["--file", s(&path), "-q"]))
+        .run()
+        .expect_code(0);
 }
