@@ -4,9 +4,9 @@
 //! real model processes. Each test shows a defect and fails on the code it was written
 //! against.
 
-use crate::stage_kit::{drain, header_int, pipe, publish_indexed, rows};
-use crate::support::{TestQueue, connect, mqdemo, s, wait_until};
-use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
+use crate::stage_kit::{drain, header_int, now_ms, pipe, publish_indexed, publish_request, rows};
+use crate::support::{TestQueue, mqdemo, s, wait_until};
+use amiquip::{AmqpProperties, Publish, QueueDeclareOptions};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,32 +34,6 @@ fn slow_echo(log: &Path, secs: f64) -> String {
          print(l.strip(), flush=True)'",
         s(log)
     )
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A request to `q` with `x-mqdemo-deadline` and a header `k`, body `{"k":k}`.
-fn publish_request(q: &TestQueue, deadline_ms: i64, k: i64) {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
-        .expect("declare");
-    let mut h = FieldTable::new();
-    h.insert("x-mqdemo-deadline".into(), AmqpValue::LongLongInt(deadline_ms));
-    h.insert("k".into(), AmqpValue::LongLongInt(k));
-    let props = AmqpProperties::default()
-        .with_headers(h)
-        .with_message_id(format!("{}-req-{k}", q.name))
-        .with_content_type("application/json".to_string());
-    let body = format!("{{\"k\":{k}}}");
-    ch.basic_publish("", Publish::with_properties(body.as_bytes(), q.name.clone(), props))
-        .expect("publish");
-    let _ = ch.close();
-    let _ = conn.close();
 }
 
 /// Defect: a SIGTERM that comes while mqdemo waits for the answer to the batch in flight,
@@ -124,10 +98,10 @@ fn serve_never_hands_the_model_a_request_that_expired_while_the_batch_before_was
     // Two requests with a long deadline (the first batch, 2 s at the model), then two whose
     // deadline passes a second from now (the second batch: full at once, not expired yet).
     let now = now_ms();
-    publish_request(&q, now + 600_000, 0);
-    publish_request(&q, now + 600_000, 1);
-    publish_request(&q, now_ms() + 1000, 2);
-    publish_request(&q, now_ms() + 1000, 3);
+    publish_request(&q, br#"{"k":0}"#, now + 600_000, 0);
+    publish_request(&q, br#"{"k":1}"#, now + 600_000, 1);
+    publish_request(&q, br#"{"k":2}"#, now_ms() + 1000, 2);
+    publish_request(&q, br#"{"k":3}"#, now_ms() + 1000, 3);
     let exec = slow_echo(&log, 2.0);
     let out = mqdemo(&[
         "serve",

@@ -3,9 +3,11 @@
 //! `expiration` and `x-mqdemo-deadline`; `serve` never answers a request past it). Real
 //! broker, real binary, real model processes.
 
-use crate::stage_kit::{drain, header_int, header_str, pipe, publish_indexed, rows, shifted};
-use crate::support::{TestQueue, connect, held, mqdemo, s, wait_until};
-use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish, QueueDeclareOptions};
+use crate::stage_kit::{
+    drain, header_int, header_str, now_ms, pipe, publish_indexed, publish_request, rows, shifted,
+};
+use crate::support::{TestQueue, held, mqdemo, s, wait_until};
+use amiquip::AmqpProperties;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -314,30 +316,6 @@ fn batch_size_needs_a_batch_framing() {
 }
 
 // ---- deadlines ----
-
-fn publish_request(q: &TestQueue, body: &[u8], deadline_ms: i64, k: i64) {
-    let mut conn = connect();
-    let ch = conn.open_channel(None).expect("channel");
-    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
-        .expect("declare");
-    let mut h = FieldTable::new();
-    h.insert("x-mqdemo-deadline".into(), AmqpValue::LongLongInt(deadline_ms));
-    h.insert("k".into(), AmqpValue::LongLongInt(k));
-    let props = AmqpProperties::default()
-        .with_headers(h)
-        .with_message_id(format!("{}-req-{k}", q.name))
-        .with_correlation_id(format!("c{k}"))
-        .with_content_type("application/json".to_string());
-    ch.basic_publish("", Publish::with_properties(body, q.name.clone(), props)).expect("publish");
-    let _ = ch.close();
-    let _ = conn.close();
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// The case: a model that takes 1 s per call, 20 requests with --timeout 0.5 and
 /// --concurrency 20: the model is called for at most a few, every request is reported as

@@ -99,3 +99,30 @@ pub fn pipe(from: &TestQueue, to: &TestQueue, exec: &str, extra: &[&str]) -> Mqd
     args.extend_from_slice(extra);
     mqdemo(&args)
 }
+
+/// A request to `q` (declared durable) with `x-mqdemo-deadline`, a header `k`, message id
+/// `Q-req-k` and correlation id `ck`.
+pub fn publish_request(q: &TestQueue, body: &[u8], deadline_ms: i64, k: i64) {
+    let mut conn = connect();
+    let ch = conn.open_channel(None).expect("channel");
+    ch.queue_declare(q.name.clone(), QueueDeclareOptions { durable: true, ..Default::default() })
+        .expect("declare");
+    let mut h = FieldTable::new();
+    h.insert("x-mqdemo-deadline".into(), AmqpValue::LongLongInt(deadline_ms));
+    h.insert("k".into(), AmqpValue::LongLongInt(k));
+    let props = AmqpProperties::default()
+        .with_headers(h)
+        .with_message_id(format!("{}-req-{k}", q.name))
+        .with_correlation_id(format!("c{k}"))
+        .with_content_type("application/json".to_string());
+    ch.basic_publish("", Publish::with_properties(body, q.name.clone(), props)).expect("publish");
+    let _ = ch.close();
+    let _ = conn.close();
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
