@@ -45,7 +45,7 @@ fn publish_inputs(broker: &PrivateBroker, ks: impl IntoIterator<Item = usize>) {
     let _ = conn.close();
 }
 
-/// `pipe --from in --to out` with two workers, json-batch batches of 4, on the private node.
+/// `pipe --from in --to out --workers W`, json-batch batches of 4, on the private node.
 fn pipe(broker: &PrivateBroker, exec: &str, workers: &str, extra: &[&str]) -> Watched {
     let url = broker.url();
     let mut args = vec![
