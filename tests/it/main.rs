@@ -7,6 +7,7 @@ mod attacks11b;
 mod attacks15p;
 mod attacks15q;
 mod attacks15r;
+mod attacks15s;
 mod attacks16;
 mod attacks16b;
 mod attacks16c;
