@@ -68,6 +68,7 @@ impl Counts {
     /// Take back what a batch added (`delta`).
     fn take_back(&mut self, delta: &Counts) {
         self.messages -= delta.messages;
+        self.duplicates -= delta.duplicates;
         self.bytes -= delta.bytes;
         self.answered -= delta.answered;
         self.silent -= delta.silent;
@@ -114,7 +115,11 @@ pub(crate) fn run(global: &Global, cfg: &StageConfig, stop: &Arc<AtomicBool>) ->
         total.answered += c.answered;
         total.silent += c.silent;
         total.failed += c.failed;
-        total.duplicates += c.duplicates;
+        // Repeats held with those (unacked, so they come again) are not counted either.
+        let riders = stage.riders + stage.in_flight.as_ref().map_or(0, |f| f.riders);
+        let riders =
+            riders + stage.confirming.iter().map(|c| c.counts.duplicates as usize).sum::<usize>();
+        total.duplicates += c.duplicates - riders as u64;
         total.expired += c.expired;
         total.restarts += stage.child.starts.saturating_sub(1);
         let (report, closed) = stage.close();
@@ -564,9 +569,10 @@ impl<'a> Stage<'a> {
         let result = self.advance_from(next, &before);
         if result.is_err() {
             // What stranded batches added goes back with them (`strand` took back what
-            // they were counted as when they came).
+            // they and their repeats were counted as when they came).
             let (messages, bytes) = (self.counts.messages, self.counts.bytes);
-            self.counts = Counts { messages, bytes, ..before };
+            let duplicates = self.counts.duplicates;
+            self.counts = Counts { messages, bytes, duplicates, ..before };
         }
         result
     }
@@ -650,6 +656,7 @@ impl<'a> Stage<'a> {
         let ids = inputs().filter_map(|h| h.d.assigned_id().map(str::to_string)).collect();
         counts.messages = inputs().count() as u64;
         counts.bytes = inputs().map(|h| h.d.body.len() as u64).sum();
+        counts.duplicates = flights.iter().map(|f| f.riders as u64).sum();
         self.confirming.push_back(Confirming { held, ids, counts, end, since: Instant::now() });
     }
 
@@ -823,6 +830,8 @@ impl<'a> Stage<'a> {
         for f in flights {
             self.stuck += f.held.len() + f.riders;
             self.counts.messages -= f.held.len() as u64;
+            // Repeats held with it are not acked either: they come again.
+            self.counts.duplicates -= f.riders as u64;
             self.counts.bytes -= f.held.iter().map(|h| h.d.body.len() as u64).sum::<u64>();
         }
     }
@@ -866,6 +875,7 @@ impl Handler for Stage<'_> {
             } else if let Some(c) = self.confirming.back_mut() {
                 // Newer than the answered batches waiting for confirms: acked with them.
                 c.held += 1;
+                c.counts.duplicates += 1;
             }
             return Ok(Disposition::Ack);
         }
@@ -970,6 +980,9 @@ impl Handler for Stage<'_> {
 
     fn dropped(&mut self) {
         self.stuck = 0;
+        // Repeats held unacked come again, and are counted then.
+        let riders = self.riders + self.in_flight.as_ref().map_or(0, |f| f.riders);
+        self.counts.duplicates -= riders as u64;
         self.riders = 0;
         // Answered but not acked: when they come again they are handled afresh (their
         // answers' ids are the same, so downstream keeps one), and counted then. The next
